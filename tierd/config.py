@@ -1,0 +1,136 @@
+"""Store configuration: one frozen value, built once and passed to every component.
+
+Every threshold, size, batch limit and policy the store uses comes from here; the daemon's
+config (TOML, ``TIERD_*`` environment, flags) composes a ``StoreConfig``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tierd.errors import ConfigError
+from tierd.tier import Tier
+
+
+class WritePolicy(enum.Enum):
+    """When committed pages reach disk."""
+
+    WRITE_BACK = "write_back"        # on eviction from dram (and on flush/close)
+    WRITE_THROUGH = "write_through"  # queued for disk as soon as committed
+
+
+class EvictionPolicy(enum.Enum):
+    """How victims are chosen inside one tier."""
+
+    LRU = "lru"
+
+
+@dataclass(frozen=True)
+class MemoryTierConfig:
+    """An ``hbm`` or ``dram`` tier: a byte budget shared by per-namespace regions.
+
+    Watermarks are fractions of a region's slots: above ``high_watermark`` used, background
+    eviction demotes least-recently-used pages until ``low_watermark`` is reached.
+    """
+
+    capacity_bytes: int
+    high_watermark: float = 0.90
+    low_watermark: float = 0.75
+    # A namespace without a tenant quota gets this share of the tier's still unassigned bytes.
+    region_share: float = 0.5
+
+
+@dataclass(frozen=True)
+class DiskConfig:
+    """The ``disk`` tier: one LMDB environment under ``StoreConfig.data_dir``."""
+
+    capacity_bytes: int
+    high_watermark: float = 0.95
+    low_watermark: float = 0.85
+    # LMDB's map is larger than the budget: B-tree pages, headers and free-list fragmentation.
+    map_headroom: float = 0.5
+    map_min_extra_bytes: int = 64 << 20
+    # Group commit: one transaction takes up to this many pages / bytes, or waits this long.
+    writer_batch_pages: int = 256
+    writer_batch_bytes: int = 256 << 20
+    writer_linger_s: float = 0.002
+    writer_queue_pages: int = 4096
+    reader_threads: int = 4
+    # fsync on every commit (durability of acknowledged pages); False only for throwaway caches.
+    fsync: bool = True
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Everything the page store needs; see the README's config reference for each field."""
+
+    data_dir: Path
+    hbm: MemoryTierConfig
+    dram: MemoryTierConfig
+    disk: DiskConfig
+    write_policy: WritePolicy = WritePolicy.WRITE_BACK
+    eviction_policy: EvictionPolicy = EvictionPolicy.LRU
+    lease_ttl_s: float = 30.0
+    max_lease_ttl_s: float = 600.0
+    # Background maintenance (eviction to watermarks, lease expiry) wakes at least this often.
+    maintenance_interval_s: float = 0.05
+    # Copies between memory tiers and disk reads run on this many threads.
+    mover_threads: int = 4
+    # Per-tenant byte quotas per tier: {"tenant": {Tier.HBM: bytes, ...}}.
+    tenant_quotas: dict[str, dict[Tier, int]] = field(default_factory=dict)
+    # Names of shared-memory segments start with this (one per store instance and region).
+    shm_prefix: str = "tierd"
+    # Touch every arena page at region creation: fresh shm pages write 3-5x slower than touched ones.
+    prefault: bool = True
+    # Close waits this long for the flush of dirty pages to disk.
+    flush_timeout_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data_dir", Path(self.data_dir))
+        self.validate()
+
+    def tier_capacity_bytes(self, tier: Tier) -> int:
+        return {Tier.HBM: self.hbm.capacity_bytes, Tier.DRAM: self.dram.capacity_bytes,
+                Tier.DISK: self.disk.capacity_bytes}[tier]
+
+    def memory_tier(self, tier: Tier) -> MemoryTierConfig:
+        if tier is Tier.HBM:
+            return self.hbm
+        if tier is Tier.DRAM:
+            return self.dram
+        raise ValueError(f"{tier.label} is not a memory tier")
+
+    def with_changes(self, **changes: object) -> StoreConfig:
+        return replace(self, **changes)
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first field that cannot work."""
+        for name, tier in (("hbm", self.hbm), ("dram", self.dram), ("disk", self.disk)):
+            if tier.capacity_bytes < 0:
+                raise ConfigError(f"{name} capacity must not be negative, got {tier.capacity_bytes}")
+            if not 0.0 < tier.low_watermark <= tier.high_watermark <= 1.0:
+                raise ConfigError(f"{name} watermarks need 0 < low <= high <= 1, got low="
+                                  f"{tier.low_watermark} high={tier.high_watermark}")
+        for name, mem in (("hbm", self.hbm), ("dram", self.dram)):
+            if not 0.0 < mem.region_share <= 1.0:
+                raise ConfigError(f"{name}.region_share must be in (0, 1], got {mem.region_share}")
+        if self.dram.capacity_bytes == 0:
+            raise ConfigError("dram capacity must be above 0: every page passes through dram")
+        positive = {"lease_ttl_s": self.lease_ttl_s, "max_lease_ttl_s": self.max_lease_ttl_s,
+                    "maintenance_interval_s": self.maintenance_interval_s,
+                    "mover_threads": self.mover_threads, "flush_timeout_s": self.flush_timeout_s,
+                    "disk.writer_batch_pages": self.disk.writer_batch_pages,
+                    "disk.writer_batch_bytes": self.disk.writer_batch_bytes,
+                    "disk.writer_queue_pages": self.disk.writer_queue_pages,
+                    "disk.reader_threads": self.disk.reader_threads}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.lease_ttl_s > self.max_lease_ttl_s:
+            raise ConfigError(f"lease_ttl_s ({self.lease_ttl_s}) exceeds max_lease_ttl_s "
+                              f"({self.max_lease_ttl_s})")
+        if not self.shm_prefix.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"shm_prefix may hold letters, digits, '-' and '_' only, got "
+                              f"{self.shm_prefix!r}")

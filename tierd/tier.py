@@ -1,0 +1,34 @@
+"""The three tiers, fastest first. Names are the ones used in config, stats and the wire."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Tier(enum.IntEnum):
+    """A storage tier. Lower value = faster and smaller; demotion goes to ``value + 1``."""
+
+    HBM = 0
+    DRAM = 1
+    DISK = 2
+
+    @property
+    def label(self) -> str:
+        """The lowercase name used in config files, stats and `tierctl` (``hbm``, ``dram``, ``disk``)."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, name: str) -> Tier:
+        """``"hbm"``/``"dram"``/``"disk"`` (any case) to a ``Tier``; ``ValueError`` names the choices."""
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            choices = ", ".join(t.label for t in cls)
+            raise ValueError(f"unknown tier {name!r}: expected one of {choices}") from None
+
+    def lower(self) -> Tier | None:
+        """The next slower tier, or ``None`` for ``disk``."""
+        return Tier(self + 1) if self < Tier.DISK else None
+
+
+MEMORY_TIERS: tuple[Tier, Tier] = (Tier.HBM, Tier.DRAM)
