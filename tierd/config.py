@@ -74,6 +74,11 @@ class StoreConfig:
     eviction_policy: EvictionPolicy = EvictionPolicy.LRU
     lease_ttl_s: float = 30.0
     max_lease_ttl_s: float = 600.0
+    # Acquire/Allocate wait at most this long for pages to move or slots to free (unless told).
+    acquire_timeout_s: float = 30.0
+    # A put copies and publishes at most this many pages per step, so a large put never needs
+    # more free slots at once than a region can make.
+    put_batch_pages: int = 256
     # Background maintenance (eviction to watermarks, lease expiry) wakes at least this often.
     maintenance_interval_s: float = 0.05
     # Copies between memory tiers and disk reads run on this many threads.
@@ -119,6 +124,8 @@ class StoreConfig:
         if self.dram.capacity_bytes == 0:
             raise ConfigError("dram capacity must be above 0: every page passes through dram")
         positive = {"lease_ttl_s": self.lease_ttl_s, "max_lease_ttl_s": self.max_lease_ttl_s,
+                    "acquire_timeout_s": self.acquire_timeout_s,
+                    "put_batch_pages": self.put_batch_pages,
                     "maintenance_interval_s": self.maintenance_interval_s,
                     "mover_threads": self.mover_threads, "flush_timeout_s": self.flush_timeout_s,
                     "disk.writer_batch_pages": self.disk.writer_batch_pages,

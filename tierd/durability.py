@@ -1,0 +1,84 @@
+"""Durability tickets: lets a writer wait until the pages of one put are committed to disk.
+
+A ticket is a group of disk keys. ``watch(ticket, dkey)`` adds a page whose write is queued (by this
+put or an earlier one); ``page_done(dkey, ok)`` is called when that write's transaction commits or
+fails. ``wait(ticket)`` returns True once every page of the group is on disk, False when one failed.
+Thread-safe; its condition variable is independent of the store lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+# Failed tickets are remembered so a late ``wait`` still sees the failure; bounded so a client that
+# never waits cannot grow it forever.
+MAX_REMEMBERED_FAILURES = 65536
+
+
+class DurabilityTracker:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._ids = itertools.count(1)
+        self._remaining: dict[int, int] = {}          # ticket -> pages not yet committed
+        self._failed: dict[int, None] = {}            # insertion-ordered, bounded
+        self._watchers: dict[bytes, list[int]] = {}   # disk key -> tickets waiting on it
+
+    def new_ticket(self) -> int:
+        with self._cond:
+            ticket = next(self._ids)
+            self._remaining[ticket] = 0
+            return ticket
+
+    def watch(self, ticket: int, dkey: bytes) -> None:
+        with self._cond:
+            self._remaining[ticket] += 1
+            self._watchers.setdefault(dkey, []).append(ticket)
+
+    def page_done(self, dkey: bytes, ok: bool) -> None:
+        with self._cond:
+            tickets = self._watchers.pop(dkey, ())
+            for ticket in tickets:
+                if ticket not in self._remaining:
+                    continue
+                if not ok:
+                    self._fail(ticket)
+                    continue
+                self._remaining[ticket] -= 1
+                if self._remaining[ticket] == 0:
+                    del self._remaining[ticket]
+            if tickets:
+                self._cond.notify_all()
+
+    def seal(self, ticket: int) -> None:
+        """No more pages join ``ticket``; an empty ticket is complete at once."""
+        with self._cond:
+            if self._remaining.get(ticket) == 0:
+                del self._remaining[ticket]
+                self._cond.notify_all()
+
+    def fail_all(self) -> None:
+        """Closing: every open ticket fails (its pages may still be committed later)."""
+        with self._cond:
+            for ticket in list(self._remaining):
+                self._fail(ticket)
+            self._watchers.clear()
+            self._cond.notify_all()
+
+    def wait(self, ticket: int, timeout_s: float | None = None) -> bool:
+        """True when every page of ``ticket`` is on disk; False on failure or timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._cond:
+            while ticket in self._remaining:
+                remaining_s = None if deadline is None else deadline - time.monotonic()
+                if remaining_s is not None and remaining_s <= 0:
+                    return False
+                self._cond.wait(remaining_s)
+            return ticket not in self._failed
+
+    def _fail(self, ticket: int) -> None:
+        self._remaining.pop(ticket, None)
+        self._failed[ticket] = None
+        while len(self._failed) > MAX_REMEMBERED_FAILURES:
+            del self._failed[next(iter(self._failed))]

@@ -1,0 +1,191 @@
+"""Residency bookkeeping: which page sits in which slot of which tier, in LRU order.
+
+Pure bookkeeping: nothing here touches page bytes. Primitives, per memory tier of a namespace:
+
+- ``reserve(n)`` slots for pages about to be written, ``begin_store`` marks them pending (invisible to
+  lookups, never victims), ``complete_store(success)`` publishes them or gives the slots back;
+- ``pin``/``unpin`` a published page's slot (leases, copies in flight): pinned pages are never victims;
+- ``victims(n)`` the least recently used unpinned pages, ``touch`` moves a page to the MRU end.
+
+Recency is the insertion order of a plain ``dict`` (oldest first): a touch is pop + re-insert, which
+keeps an entry at about 100 bytes instead of an object per page. The caller holds the store lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Iterator
+
+from tierd.errors import InvalidArgument
+from tierd.index.slots import SlotAllocator
+from tierd.keys import PageKey
+
+
+class MemoryResidency:
+    """One namespace's pages in one memory tier (``hbm`` or ``dram``)."""
+
+    def __init__(self, num_slots: int) -> None:
+        self.allocator = SlotAllocator(num_slots)
+        self.slots: dict[PageKey, int] = {}      # published pages, least recently used first
+        self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
+        self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)
+
+    @property
+    def num_slots(self) -> int:
+        return self.allocator.num_slots
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.slots)
+
+    @property
+    def used_slots(self) -> int:
+        return self.allocator.num_used
+
+    def slot_of(self, key: PageKey) -> int | None:
+        return self.slots.get(key)
+
+    def touch(self, key: PageKey) -> None:
+        slot = self.slots.pop(key, None)
+        if slot is not None:
+            self.slots[key] = slot
+
+    def reserve(self, num_pages: int) -> list[int] | None:
+        """Free slots for ``num_pages`` pages, or ``None`` (nothing changes) when too few are free."""
+        return self.allocator.alloc(num_pages)
+
+    def unreserve(self, slots: Iterable[int]) -> None:
+        self.allocator.free(list(slots))
+
+    def begin_store(self, key: PageKey, slot: int) -> None:
+        self.pending[key] = slot
+
+    def complete_store(self, key: PageKey, success: bool) -> int | None:
+        """Publish a pending page (``success``) or give its slot back. Returns the published slot.
+
+        When the key was published meanwhile by someone else, the duplicate slot is freed.
+        """
+        slot = self.pending.pop(key)
+        if success and key not in self.slots:
+            self.slots[key] = slot
+            return slot
+        self.allocator.free([slot])
+        return None
+
+    def publish(self, key: PageKey, slot: int) -> bool:
+        """Bind an already reserved slot (a filled lease slot) to ``key``; False if ``key`` is cached."""
+        if key in self.slots or key in self.pending:
+            return False
+        self.slots[key] = slot
+        return True
+
+    def pin(self, slot: int) -> None:
+        self.pins[slot] = self.pins.get(slot, 0) + 1
+
+    def unpin(self, slot: int) -> None:
+        count = self.pins.get(slot, 0)
+        if count <= 0:
+            raise InvalidArgument(f"slot {slot} is not pinned")
+        if count == 1:
+            del self.pins[slot]
+        else:
+            self.pins[slot] = count - 1
+
+    def is_pinned(self, slot: int) -> bool:
+        return slot in self.pins
+
+    def victims(self, num_pages: int) -> list[tuple[PageKey, int]]:
+        """Up to ``num_pages`` least recently used unpinned pages (not removed; pin them to claim)."""
+        out: list[tuple[PageKey, int]] = []
+        if num_pages <= 0:
+            return out
+        pins = self.pins
+        for key, slot in self.slots.items():
+            if slot not in pins:
+                out.append((key, slot))
+                if len(out) == num_pages:
+                    break
+        return out
+
+    def remove(self, key: PageKey) -> int | None:
+        """Drop a published page; its slot is freed unless pinned (then the last unpin must free it)."""
+        slot = self.slots.pop(key, None)
+        if slot is not None and slot not in self.pins:
+            self.allocator.free([slot])
+        return slot
+
+    def drop_unpinned(self, key: PageKey, slot: int) -> bool:
+        """Remove ``key`` if it still sits in ``slot`` and nobody pins it; True when removed."""
+        if self.slots.get(key) != slot or slot in self.pins:
+            return False
+        del self.slots[key]
+        self.allocator.free([slot])
+        return True
+
+    def items(self) -> Iterator[tuple[PageKey, int]]:
+        return iter(list(self.slots.items()))
+
+
+class DiskResidency:
+    """Every namespace's pages on disk, least recently used first, keyed by the LMDB key.
+
+    ``used_bytes`` counts stored pages plus writes in flight, so the budget is enforced before
+    LMDB's map can fill.
+    """
+
+    def __init__(self) -> None:
+        self.pages: dict[bytes, int] = {}     # disk key -> stored bytes (header + payload)
+        self.pending: dict[bytes, int] = {}   # writes queued, not yet committed
+        self.used_bytes = 0
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.pages)
+
+    def __contains__(self, dkey: bytes) -> bool:
+        return dkey in self.pages
+
+    def touch(self, dkey: bytes) -> None:
+        size = self.pages.pop(dkey, None)
+        if size is not None:
+            self.pages[dkey] = size
+
+    def add(self, dkey: bytes, stored_bytes: int) -> None:
+        """A page found on disk at start-up (oldest first) or committed without a pending write."""
+        if dkey not in self.pages:
+            self.pages[dkey] = stored_bytes
+            self.used_bytes += stored_bytes
+
+    def begin_write(self, dkey: bytes, stored_bytes: int) -> bool:
+        """Account a queued write; False when the page is already stored or queued."""
+        if dkey in self.pages or dkey in self.pending:
+            return False
+        self.pending[dkey] = stored_bytes
+        self.used_bytes += stored_bytes
+        return True
+
+    def complete_write(self, dkey: bytes, success: bool) -> None:
+        stored_bytes = self.pending.pop(dkey)
+        if success:
+            self.pages[dkey] = stored_bytes
+        else:
+            self.used_bytes -= stored_bytes
+
+    def remove(self, dkey: bytes) -> bool:
+        stored_bytes = self.pages.pop(dkey, None)
+        if stored_bytes is None:
+            return False
+        self.used_bytes -= stored_bytes
+        return True
+
+    def victims(self, num_bytes: int, exclude: Container[bytes] = frozenset()) -> list[bytes]:
+        """Least recently used stored pages whose sizes add up to at least ``num_bytes``."""
+        out: list[bytes] = []
+        freed = 0
+        for dkey, size in self.pages.items():
+            if freed >= num_bytes:
+                break
+            if dkey in exclude:
+                continue
+            out.append(dkey)
+            freed += size
+        return out

@@ -1,0 +1,503 @@
+"""The page store: the library API the daemon serves (see DESIGN.md's page API).
+
+Synchronous and thread-safe. Methods may block on copies or disk I/O, so async callers use a
+bounded executor. Owns the media (arenas, disk tier), the bookkeeping (``StoreCore``), the movers'
+thread pool and the maintenance thread; ``open``/``close`` are idempotent and ``close`` flushes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from tierd.buffers import as_byte_views
+from tierd.config import StoreConfig, WritePolicy
+from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.eviction import Evictor
+from tierd.index.leases import Lease, LeaseKind, LeaseRecord
+from tierd.index.residency import MemoryResidency
+from tierd.keys import PageKey, check_keys, namespace_fingerprint
+from tierd.maintenance import Maintenance
+from tierd.promotion import Promoter
+from tierd.spec import Namespace, PageSpec
+from tierd.store_core import DiskJob, NamespaceState, StoreCore
+from tierd.store_reads import StoreReads
+from tierd.store_types import LookupResult, PutResult, StoreStats, TierStats
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.base import Arena, Region, RegionHandle
+from tierd.tiers.disk import DiskTier
+from tierd.tiers.shm_arena import ShmArena
+from tierd.tiers.shm_cleanup import cleanup_stale_segments
+
+log = logging.getLogger(__name__)
+
+MAX_TENANT_CHARS = 128
+
+
+class PageStore(StoreReads):
+    """hbm/dram/disk page store. ``with PageStore(cfg) as store:`` opens and closes it."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._state_lock = threading.Lock()   # open/close/register, never held during page I/O
+        self._opened = False
+        self._closed = False
+        self._started_at_s = time.monotonic()
+        self._core: StoreCore | None = None
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._maintenance: Maintenance | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the disk tier, rebuild the index from it (warm restart), start maintenance."""
+        with self._state_lock:
+            if self._closed:
+                raise Unavailable("this page store was closed; create a new PageStore")
+            if self._opened:
+                return
+            cfg = self.config
+            cleanup_stale_segments(cfg.shm_prefix)
+            disk = DiskTier(cfg)
+            disk.open()
+            arenas: dict[Tier, Arena] = {
+                tier: ShmArena(tier, cfg.tier_capacity_bytes(tier), cfg.shm_prefix, cfg.prefault)
+                for tier in MEMORY_TIERS}
+            core = StoreCore(cfg, arenas, disk)
+            self._load_index(core)
+            self._pool = cf.ThreadPoolExecutor(cfg.mover_threads, thread_name_prefix="tierd-mover")
+            self._core = core
+            self._evictor = Evictor(core)
+            self._promoter = Promoter(core, self._evictor, self._pool)
+            self._maintenance = Maintenance(core, self._evictor, self._release_record)
+            core.on_disk_progress = self._maintenance.wake
+            self._maintenance.start()
+            self._started_at_s = time.monotonic()
+            self._opened = True
+            log.info("page store open: %d namespaces, %d pages on disk", len(core.namespaces),
+                     core.disk_res.num_pages)
+
+    def _load_index(self, core: StoreCore) -> None:
+        for ns in core.disk.load_namespaces():
+            core.namespaces[ns.ns_id] = NamespaceState(ns)
+        entries = sorted(core.disk.scan(), key=lambda entry: entry.seq)
+        for entry in entries:
+            if entry.ns_id in core.namespaces:
+                core.disk_res.add(disk_key_of(core, entry.ns_id, entry.key), entry.stored_bytes)
+            else:
+                log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
+                core.deferred_deletes.append((entry.ns_id, entry.key))
+        if entries:
+            core.seq = itertools.count(entries[-1].seq + 1)
+
+    def close(self) -> None:
+        """Flush dirty pages to disk (within ``flush_timeout_s``), stop threads, free memory."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            if not self._opened:
+                return
+        core = self._core
+        if core is None or self._maintenance is None or self._pool is None:
+            return
+        self._maintenance.close()
+        try:
+            self._flush(core, self.config.flush_timeout_s)
+        except Exception:  # close must go on: log what could not be flushed
+            log.exception("flush on close failed; pages not on disk are lost")
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        core.drain_deletes()
+        core.disk.close()
+        core.durability.fail_all()
+        for arena in core.arenas.values():
+            arena.close()
+        log.info("page store closed")
+
+    def __enter__(self) -> PageStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require(self) -> StoreCore:
+        if self._core is None or self._closed:
+            raise Unavailable("the page store is not open (starting up or shutting down); retry")
+        return self._core
+
+    # -- namespaces -------------------------------------------------------------------------------
+    def register(self, spec: PageSpec, tenant: str = "default") -> Namespace:
+        """The namespace of (tenant, spec), creating it and its regions on first use. Idempotent."""
+        if not isinstance(spec, PageSpec):
+            raise InvalidArgument(f"spec must be a PageSpec, got {type(spec).__name__}")
+        if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT_CHARS \
+                or not tenant.isprintable():
+            raise InvalidArgument(f"tenant must be 1..{MAX_TENANT_CHARS} printable characters, "
+                                  f"got {tenant!r}")
+        core = self._require()
+        with self._state_lock:
+            with core.lock:
+                found = next((st for st in core.namespaces.values()
+                              if st.ns.tenant == tenant and st.ns.spec == spec), None)
+                next_id = max(core.namespaces, default=0) + 1
+            if found is None:
+                ns = Namespace(next_id, tenant, spec, namespace_fingerprint(spec, tenant.encode()))
+                core.disk.save_namespace(ns)
+                found = NamespaceState(ns)
+                with core.lock:
+                    core.namespaces[ns.ns_id] = found
+            self._ensure_regions(core, found)
+            return found.ns
+
+    def _ensure_regions(self, core: StoreCore, st: NamespaceState) -> None:
+        """Carve this namespace's hbm and dram regions (tenant quota, else a share of what is left)."""
+        for tier in MEMORY_TIERS:
+            if tier in st.regions:
+                continue
+            arena = core.arenas[tier]
+            quota = self.config.tenant_quotas.get(st.ns.tenant, {}).get(tier)
+            share = self.config.memory_tier(tier).region_share
+            budget = quota if quota is not None else int(share * (arena.capacity_bytes
+                                                                 - arena.assigned_bytes))
+            num_slots = min(budget, arena.capacity_bytes - arena.assigned_bytes) // st.page_bytes
+            if num_slots < 1:
+                if tier is Tier.HBM and arena.capacity_bytes == 0:
+                    continue  # hbm disabled: every page lives in dram and below
+                raise ResourceExhausted(
+                    f"no {tier.label} room for namespace {st.ns.ns_id}: pages are {st.page_bytes} "
+                    f"bytes and only {budget} bytes can be given to it; raise the {tier.label} "
+                    f"capacity or the tenant's quota")
+            region = arena.create_region(st.ns.ns_id, num_slots, st.page_bytes)
+            with core.lock:
+                st.regions[tier] = region
+                st.mem[tier] = MemoryResidency(num_slots)
+
+    def _ready_state(self, ns_id: int) -> NamespaceState:
+        core = self._require()
+        st = core.state(ns_id)
+        if Tier.DRAM not in st.regions:
+            with self._state_lock:
+                self._ensure_regions(core, st)
+        return st
+
+    def namespace(self, ns_id: int) -> Namespace:
+        return self._require().state(ns_id).ns
+
+    def namespaces(self) -> list[Namespace]:
+        core = self._require()
+        with core.lock:
+            return [st.ns for st in core.namespaces.values()]
+
+    def region_handles(self, ns_id: int) -> list[RegionHandle]:
+        st = self._ready_state(ns_id)
+        return [st.regions[tier].handle() for tier in MEMORY_TIERS if tier in st.regions]
+
+    def region(self, ns_id: int, tier: Tier) -> Region:
+        st = self._ready_state(ns_id)
+        st.residency(tier)
+        return st.regions[tier]
+
+    # -- writing -------------------------------------------------------------------------------------
+    def put(self, ns_id: int, keys: Sequence[PageKey], pages: Sequence[object],
+            tier: Tier = Tier.DRAM) -> PutResult:
+        """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped."""
+        st = self._ready_state(ns_id)
+        keys = check_keys(keys)
+        if len(keys) != len(pages):
+            raise InvalidArgument(f"got {len(keys)} keys but {len(pages)} pages; give one key per page")
+        if tier is Tier.DISK:
+            raise InvalidArgument("put targets a memory tier (hbm or dram); pages reach disk by "
+                                  "write policy, eviction or flush")
+        views = as_byte_views(pages, st.page_bytes)
+        st.residency(tier)
+        core = self._require()
+        through = self.config.write_policy is WritePolicy.WRITE_THROUGH
+        ticket = core.durability.new_ticket() if through else None
+        stored = skipped = 0
+        # A batch never needs more free slots than the region has.
+        batch = min(self.config.put_batch_pages, st.mem[tier].num_slots)
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s
+        for start in range(0, len(keys), batch):
+            done, dup = self._put_batch(st, tier, keys[start:start + batch],
+                                        views[start:start + batch], ticket, deadline_s)
+            stored += done
+            skipped += dup
+        if ticket is not None:
+            core.durability.seal(ticket)
+        self._maintenance_wake()
+        return PutResult(stored, skipped, ticket)
+
+    def _put_batch(self, st: NamespaceState, tier: Tier, keys: list[PageKey],
+                   views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
+        core = self._require()
+        res = st.mem[tier]
+        while True:
+            with core.lock:
+                todo: dict[PageKey, memoryview] = {}
+                skipped = 0
+                for key, view in zip(keys, views):
+                    found = core.fastest_tier_locked(st, key)
+                    if found is not None or key in res.pending or key in todo:
+                        skipped += 1
+                        if found is not None:
+                            core.touch_locked(st, found, key)
+                        core.watch_durable_locked(st, key, ticket)
+                        continue
+                    todo[key] = view
+                slots = res.reserve(len(todo)) if todo else []
+                if slots is not None:
+                    for key, slot in zip(todo, slots):
+                        res.begin_store(key, slot)
+                    break
+            if not self._evictor.make_room(st, tier, len(todo), deadline_s):
+                raise ResourceExhausted(
+                    f"namespace {st.ns.ns_id} cannot make {len(todo)} {tier.label} slots free: its "
+                    f"{res.num_slots} slots are leased or in flight; release leases or put fewer pages")
+        region = st.regions[tier]
+        ok = True
+        try:
+            for (key, view), slot in zip(todo.items(), slots):
+                region.write_slot(slot, view)
+        except BaseException:
+            ok = False
+            raise
+        finally:
+            jobs = self._publish(st, tier, list(todo), slots, ok, ticket)
+            core.submit(jobs)
+        return len(todo), skipped
+
+    def _publish(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list[int],
+                 ok: bool, ticket: int | None) -> list[DiskJob]:
+        core = self._require()
+        jobs: list[DiskJob] = []
+        with core.lock:
+            for key, slot in zip(keys, slots):
+                published = st.mem[tier].complete_store(key, ok)
+                if published is None:
+                    continue
+                core.counters[tier].bytes_in += st.page_bytes
+                job = core.committed_locked(st, tier, key, published, ticket)
+                if job is not None:
+                    jobs.append(job)
+        return jobs
+
+    def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
+        """True once every page of the put that returned ``ticket`` is committed to disk."""
+        return self._require().durability.wait(ticket, timeout_s)
+
+    def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
+        """Drop pages from every tier; returns how many of ``keys`` were cached."""
+        core = self._require()
+        st = core.state(ns_id)
+        keys = check_keys(keys)
+        removed = 0
+        with core.lock:
+            for key in keys:
+                found = False
+                for tier in st.mem:
+                    found |= core.remove_page_locked(st, tier, key)
+                dkey = st.dkey(key)
+                if core.disk_res.remove(dkey):
+                    core.deferred_deletes.append((ns_id, key))
+                    found = True
+                elif dkey in core.disk_res.pending:
+                    core.delete_after_write.add(dkey)
+                    found = True
+                removed += found
+        core.drain_deletes()
+        return removed
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Write every page that is not on disk yet; returns how many were written."""
+        return self._flush(self._require(), timeout_s)
+
+    @staticmethod
+    def _flush(core: StoreCore, timeout_s: float | None) -> int:
+        jobs: list[DiskJob] = []
+        ticket = core.durability.new_ticket()
+        with core.lock:
+            for st in core.namespaces.values():
+                for tier in MEMORY_TIERS:
+                    res = st.mem.get(tier)
+                    for key, slot in (res.slots.items() if res is not None else ()):
+                        job = core.disk_write_locked(st, tier, key, slot)
+                        if job is not None:
+                            jobs.append(job)
+                        core.watch_durable_locked(st, key, ticket)
+        core.durability.seal(ticket)
+        core.submit(jobs)
+        if not core.durability.wait(ticket, timeout_s):
+            raise DeadlineExceeded(f"flush: {len(jobs)} page(s) were not all committed to disk "
+                                   f"within {timeout_s} s (or the disk refused some; see the log)")
+        return len(jobs)
+
+    # -- leases ---------------------------------------------------------------------------------------
+    def _ttl(self, ttl_s: float | None) -> float:
+        if ttl_s is None:
+            return self.config.lease_ttl_s
+        if not 0 < ttl_s <= self.config.max_lease_ttl_s:
+            raise InvalidArgument(f"lease ttl must be in (0, {self.config.max_lease_ttl_s}] s, got {ttl_s}")
+        return ttl_s
+
+    def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
+                timeout_s: float | None = None, ttl_s: float | None = None,
+                owner: str | None = None) -> Lease:
+        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first)."""
+        st = self._ready_state(ns_id)
+        keys = check_keys(keys)
+        ttl = self._ttl(ttl_s)
+        if target_tier is Tier.DISK:
+            raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
+        res = st.residency(target_tier)
+        if len(keys) > res.num_slots:
+            raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
+                                    f"{res.num_slots} {target_tier.label} slots; acquire fewer at a time")
+        wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + wait_s
+        core = self._require()
+        while True:
+            present, futures = self._promoter.schedule(st, keys, target_tier, deadline_s)
+            done, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
+            if pending:
+                raise DeadlineExceeded(f"{len(pending)} of {present} pages did not reach "
+                                       f"{target_tier.label} within {wait_s} s; retry with a longer timeout")
+            with core.lock:
+                slots = [res.slots.get(key) for key in keys[:present]]
+                n = next((i for i, slot in enumerate(slots) if slot is None), present)
+                if n == present or time.monotonic() >= deadline_s:
+                    return self._lease_locked(st, target_tier, keys[:n], slots[:n], ttl, owner,
+                                              len(keys))
+            # A page moved in but was evicted before we pinned it: go round again.
+
+    def _lease_locked(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list,
+                      ttl_s: float, owner: str | None, asked: int) -> Lease:
+        core = self._require()
+        res = st.mem[tier]
+        for key, slot in zip(keys, slots):
+            res.pin(slot)
+            res.touch(key)
+        core.counters[tier].hits += len(keys)
+        core.counters[tier].misses += int(len(keys) < asked)
+        record = core.leases.add(st.ns.ns_id, tier, LeaseKind.READ, tuple(keys), tuple(slots),
+                                 time.monotonic() + ttl_s, owner)
+        return record.snapshot()
+
+    def allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
+                 owner: str | None = None) -> Lease:
+        """Lease ``num_pages`` free hbm slots for the caller to fill and then ``commit``."""
+        st = self._ready_state(ns_id)
+        ttl = self._ttl(ttl_s)
+        res = st.residency(Tier.HBM)
+        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= res.num_slots:
+            raise InvalidArgument(f"num_pages must be in 1..{res.num_slots} (the namespace's hbm "
+                                  f"slots), got {num_pages!r}")
+        core = self._require()
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s
+        while True:
+            with core.lock:
+                slots = res.reserve(num_pages)
+                if slots is not None:
+                    record = core.leases.add(ns_id, Tier.HBM, LeaseKind.FILL, (), tuple(slots),
+                                             time.monotonic() + ttl, owner)
+                    return record.snapshot()
+            if not self._evictor.make_room(st, Tier.HBM, num_pages, deadline_s):
+                raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
+                                        "the rest are leased or in flight; release leases and retry")
+
+    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> int:
+        """Bind filled slots of a FILL lease to keys; returns pages newly cached."""
+        core = self._require()
+        keys = check_keys(keys)
+        slots = list(slots)
+        if len(keys) != len(slots):
+            raise InvalidArgument(f"got {len(keys)} keys but {len(slots)} slots; give one slot per key")
+        jobs: list[DiskJob] = []
+        with core.lock:
+            record = core.leases.get(lease_id)
+            if record.kind is not LeaseKind.FILL:
+                raise FailedPrecondition(f"lease {lease_id} is a read lease; commit takes a lease "
+                                         "from Allocate")
+            bad = [s for s in slots if s not in record.open_slots]
+            if bad or len(set(slots)) != len(slots):
+                raise InvalidArgument(f"slots {bad or slots} are not open slots of lease {lease_id} "
+                                      f"(open: {sorted(record.open_slots)}) or repeat")
+            st = core.state(record.ns_id)
+            res = st.mem[Tier.HBM]
+            bound = 0
+            for key, slot in zip(keys, slots):
+                record.open_slots.discard(slot)
+                if not res.publish(key, slot):
+                    res.unreserve([slot])
+                    continue
+                bound += 1
+                core.counters[Tier.HBM].bytes_in += st.page_bytes
+                job = core.committed_locked(st, Tier.HBM, key, slot, None)
+                if job is not None:
+                    jobs.append(job)
+        core.submit(jobs)
+        self._maintenance_wake()
+        return bound
+
+    def renew(self, lease_id: int, ttl_s: float | None = None) -> Lease:
+        core = self._require()
+        ttl = self._ttl(ttl_s)
+        with core.lock:
+            record = core.leases.get(lease_id)
+            record.expires_at_s = time.monotonic() + ttl
+            return record.snapshot()
+
+    def release(self, lease_id: int) -> None:
+        core = self._require()
+        with core.lock:
+            self._release_record(core.leases.pop(lease_id))
+
+    def release_owner(self, owner: str) -> int:
+        """End every lease held by ``owner`` (a client session that ended)."""
+        core = self._require()
+        with core.lock:
+            ids = core.leases.owned_by(owner)
+            for lease_id in ids:
+                self._release_record(core.leases.pop(lease_id))
+        return len(ids)
+
+    def _release_record(self, record: LeaseRecord) -> None:
+        """Unpin a READ lease's pages or free a FILL lease's unfilled slots (lock held)."""
+        core = self._require()
+        st = core.namespaces[record.ns_id]
+        if record.kind is LeaseKind.READ:
+            for slot in record.slots:
+                core.unpin_locked(st, record.tier, slot)
+        else:
+            st.mem[record.tier].unreserve(record.open_slots)
+            record.open_slots.clear()
+
+    def _maintenance_wake(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.wake()
+
+    # -- statistics -----------------------------------------------------------------------------------
+    def stats(self) -> StoreStats:
+        core = self._require()
+        disk = core.disk.stats()
+        with core.lock:
+            tiers: dict[Tier, TierStats] = {}
+            for tier in Tier:
+                counters = core.counters[tier]
+                if tier is Tier.DISK:
+                    pages, queue = core.disk_res.num_pages, disk.queue_depth
+                else:
+                    pages = sum(st.mem[tier].num_pages for st in core.namespaces.values() if tier in st.mem)
+                    queue = sum(len(st.mem[tier].pending) for st in core.namespaces.values() if tier in st.mem)
+                tiers[tier] = TierStats(self.config.tier_capacity_bytes(tier), core.used_bytes_locked(tier),
+                                        pages, counters.hits, counters.misses, counters.evictions,
+                                        counters.bytes_in, counters.bytes_out, queue)
+            return StoreStats(tiers, len(core.namespaces), len(core.leases), disk.checksum_failures,
+                              time.monotonic() - self._started_at_s, self.config.write_policy)
+
+
+def disk_key_of(core: StoreCore, ns_id: int, key: PageKey) -> bytes:
+    return core.namespaces[ns_id].dkey(key)

@@ -1,0 +1,144 @@
+"""The page store's read side: Lookup, Get (bytes out) and Prefetch (background promotion)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from tierd.errors import InvalidArgument
+from tierd.keys import PageKey, check_keys
+from tierd.store_core import NamespaceState, StoreCore
+from tierd.store_types import LookupResult
+from tierd.tier import Tier
+from tierd.tiers.disk import ReadStatus
+
+
+class StoreReads:
+    """Mixed into ``PageStore``; relies on its ``_require``, ``_ready_state`` and ``_promoter``."""
+
+    def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
+        """Length of the longest cached prefix of ``keys`` and the fastest tier of each hit.
+
+        Touches the hits for eviction; moves nothing.
+        """
+        core: StoreCore = self._require()  # type: ignore[attr-defined]
+        st = core.state(ns_id)
+        keys = check_keys(keys)
+        tiers: list[Tier] = []
+        with core.lock:
+            for key in keys:
+                tier = core.fastest_tier_locked(st, key)
+                if tier is None:
+                    break
+                core.touch_locked(st, tier, key)
+                tiers.append(tier)
+            self._count_locked(core, tiers, missed=len(tiers) < len(keys))
+        return LookupResult(len(tiers), tuple(tiers))
+
+    @staticmethod
+    def _count_locked(core: StoreCore, tiers: list[Tier], missed: bool) -> None:
+        """A hit counts in the tier that served it and a miss in each faster tier it passed;
+        the first key not cached counts a miss in every tier."""
+        for tier in tiers:
+            core.counters[tier].hits += 1
+            for faster in Tier:
+                if faster < tier:
+                    core.counters[faster].misses += 1
+        if missed:
+            for tier in Tier:
+                core.counters[tier].misses += 1
+
+    def get(self, ns_id: int, keys: Sequence[PageKey]) -> list[bytearray]:
+        """Copies of the pages of the longest cached prefix of ``keys``, in order."""
+        st: NamespaceState = self._require().state(ns_id)  # type: ignore[attr-defined]
+        outs = [bytearray(st.page_bytes) for _ in range(len(keys))]
+        got = self.get_into(ns_id, keys, [memoryview(out) for out in outs])
+        return outs[:got]
+
+    def get_into(self, ns_id: int, keys: Sequence[PageKey], outs: Sequence[memoryview]) -> int:
+        """Copy the longest cached prefix of ``keys`` into ``outs``; returns how many were copied.
+
+        ``outs[i]`` must be a writable buffer of ``page_bytes``. Pages are read from their fastest
+        tier without being promoted. A disk page failing its checksum ends the prefix.
+        """
+        core: StoreCore = self._require()  # type: ignore[attr-defined]
+        st = core.state(ns_id)
+        keys = check_keys(keys)
+        if len(outs) < len(keys):
+            raise InvalidArgument(f"got {len(keys)} keys but only {len(outs)} output buffers")
+        views = [_writable(out, st.page_bytes, i) for i, out in enumerate(outs[:len(keys)])]
+        plan = self._pin_prefix(core, st, keys)
+        copied = 0
+        try:
+            for (tier, slot, key), view in zip(plan, views):
+                if tier is Tier.DISK:
+                    if core.disk.read_into(st.ns.ns_id, key, view) is not ReadStatus.OK:
+                        break
+                else:
+                    st.regions[tier].read_slot(slot, view)
+                copied += 1
+        finally:
+            self._unpin_plan(core, st, plan, copied)
+        return copied
+
+    def _pin_prefix(self, core: StoreCore, st: NamespaceState,
+                    keys: list[PageKey]) -> list[tuple[Tier, int, PageKey]]:
+        plan: list[tuple[Tier, int, PageKey]] = []
+        with core.lock:
+            for key in keys:
+                tier = core.fastest_tier_locked(st, key)
+                if tier is None:
+                    break
+                core.touch_locked(st, tier, key)
+                if tier is Tier.DISK:
+                    dkey = st.dkey(key)
+                    core.disk_reading[dkey] = core.disk_reading.get(dkey, 0) + 1
+                    plan.append((tier, -1, key))
+                else:
+                    slot = st.mem[tier].slots[key]
+                    st.mem[tier].pin(slot)
+                    plan.append((tier, slot, key))
+            self._count_locked(core, [tier for tier, _, _ in plan], missed=len(plan) < len(keys))
+        return plan
+
+    def _unpin_plan(self, core: StoreCore, st: NamespaceState,
+                    plan: list[tuple[Tier, int, PageKey]], copied: int) -> None:
+        with core.lock:
+            for i, (tier, slot, key) in enumerate(plan):
+                if i < copied:
+                    core.counters[tier].bytes_out += st.page_bytes
+                if tier is not Tier.DISK:
+                    core.unpin_locked(st, tier, slot)
+                    continue
+                dkey = st.dkey(key)
+                left = core.disk_reading[dkey] - 1
+                if left:
+                    core.disk_reading[dkey] = left
+                else:
+                    del core.disk_reading[dkey]
+                if i == copied:  # the read that ended the prefix: corrupt (deleted) or gone
+                    core.disk_res.remove(dkey)
+
+    def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
+        """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once
+        with the number of pages that will move."""
+        st = self._ready_state(ns_id)  # type: ignore[attr-defined]
+        keys = check_keys(keys)
+        if target_tier is Tier.DISK:
+            raise InvalidArgument("prefetch moves pages up into hbm or dram, not disk")
+        st.residency(target_tier)
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s  # type: ignore[attr-defined]
+        _, futures = self._promoter.schedule(st, keys, target_tier, deadline_s)  # type: ignore[attr-defined]
+        return len(futures)
+
+
+def _writable(out: object, page_bytes: int, index: int) -> memoryview:
+    view = memoryview(out) if not isinstance(out, np.ndarray) else memoryview(out.reshape(-1).view(np.uint8))
+    if view.readonly:
+        raise InvalidArgument(f"outs[{index}] is read-only; give writable buffers")
+    view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    if view.nbytes != page_bytes:
+        raise InvalidArgument(f"outs[{index}] holds {view.nbytes} bytes; pages are {page_bytes} bytes")
+    return view
