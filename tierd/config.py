@@ -135,6 +135,12 @@ class StoreConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        non_negative = {"disk.map_headroom": self.disk.map_headroom,
+                        "disk.map_min_extra_bytes": self.disk.map_min_extra_bytes,
+                        "disk.writer_linger_s": self.disk.writer_linger_s}
+        for name, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
         if self.lease_ttl_s > self.max_lease_ttl_s:
             raise ConfigError(f"lease_ttl_s ({self.lease_ttl_s}) exceeds max_lease_ttl_s "
                               f"({self.max_lease_ttl_s})")

@@ -33,8 +33,17 @@ class DurabilityTracker:
 
     def watch(self, ticket: int, dkey: bytes) -> None:
         with self._cond:
+            if ticket not in self._remaining:
+                return  # failed already: nothing can make it durable again
             self._remaining[ticket] += 1
             self._watchers.setdefault(dkey, []).append(ticket)
+
+    def fail(self, ticket: int) -> None:
+        """A page of ``ticket`` cannot be made durable (not queued for disk)."""
+        with self._cond:
+            if ticket in self._remaining:
+                self._fail(ticket)
+                self._cond.notify_all()
 
     def page_done(self, dkey: bytes, ok: bool) -> None:
         with self._cond:

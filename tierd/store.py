@@ -235,17 +235,17 @@ class PageStore(StoreReads):
                    views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
         core = self._require()
         res = st.mem[tier]
+        jobs: list[DiskJob] = []
         while True:
             with core.lock:
+                jobs.clear()
                 todo: dict[PageKey, memoryview] = {}
                 skipped = 0
                 for key, view in zip(keys, views):
                     found = core.fastest_tier_locked(st, key)
                     if found is not None or key in res.pending or key in todo:
                         skipped += 1
-                        if found is not None:
-                            core.touch_locked(st, found, key)
-                        core.watch_durable_locked(st, key, ticket)
+                        self._skip_locked(st, found, key, ticket, jobs)
                         continue
                     todo[key] = view
                 slots = res.reserve(len(todo)) if todo else []
@@ -253,6 +253,7 @@ class PageStore(StoreReads):
                     for key, slot in zip(todo, slots):
                         res.begin_store(key, slot)
                     break
+            core.submit(jobs)
             if not self._evictor.make_room(st, tier, len(todo), deadline_s):
                 raise ResourceExhausted(
                     f"namespace {st.ns.ns_id} cannot make {len(todo)} {tier.label} slots free: its "
@@ -266,9 +267,24 @@ class PageStore(StoreReads):
             ok = False
             raise
         finally:
-            jobs = self._publish(st, tier, list(todo), slots, ok, ticket)
+            jobs += self._publish(st, tier, list(todo), slots, ok, ticket)
             core.submit(jobs)
         return len(todo), skipped
+
+    def _skip_locked(self, st: NamespaceState, found: Tier | None, key: PageKey,
+                     ticket: int | None, jobs: list[DiskJob]) -> None:
+        """A page already cached (or being put): touch it; under write_through make sure it is
+        on its way to disk (an earlier write may have failed) and that ``ticket`` waits for it."""
+        core = self._require()
+        if found is None:
+            core.watch_durable_locked(st, key, ticket)
+            return
+        core.touch_locked(st, found, key)
+        if found is Tier.DISK:
+            return
+        job = core.committed_locked(st, found, key, st.mem[found].slots[key], ticket)
+        if job is not None:
+            jobs.append(job)
 
     def _publish(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list[int],
                  ok: bool, ticket: int | None) -> list[DiskJob]:
@@ -318,21 +334,31 @@ class PageStore(StoreReads):
     @staticmethod
     def _flush(core: StoreCore, timeout_s: float | None) -> int:
         jobs: list[DiskJob] = []
-        ticket = core.durability.new_ticket()
+        refused = 0
         with core.lock:
             for st in core.namespaces.values():
                 for tier in MEMORY_TIERS:
                     res = st.mem.get(tier)
-                    for key, slot in (res.slots.items() if res is not None else ()):
+                    for key, slot in (list(res.slots.items()) if res is not None else ()):
                         job = core.disk_write_locked(st, tier, key, slot)
                         if job is not None:
                             jobs.append(job)
-                        core.watch_durable_locked(st, key, ticket)
+                        elif st.dkey(key) not in core.disk_res.pages \
+                                and st.dkey(key) not in core.disk_res.pending:
+                            refused += 1
+        ticket = core.durability.new_ticket()
+        with core.lock:
+            for job in jobs:
+                core.durability.watch(ticket, core.namespaces[job.ns_id].dkey(job.key))
         core.durability.seal(ticket)
         core.submit(jobs)
         if not core.durability.wait(ticket, timeout_s):
             raise DeadlineExceeded(f"flush: {len(jobs)} page(s) were not all committed to disk "
-                                   f"within {timeout_s} s (or the disk refused some; see the log)")
+                                   f"within {timeout_s} s, or the disk refused some (see the log)")
+        if refused:
+            raise ResourceExhausted(f"flush wrote {len(jobs)} page(s) but {refused} did not fit: "
+                                    "the disk budget is full of pages being written; raise the "
+                                    "disk capacity or flush again once writes complete")
         return len(jobs)
 
     # -- leases ---------------------------------------------------------------------------------------

@@ -205,20 +205,24 @@ class StoreCore:
 
     def committed_locked(self, st: NamespaceState, tier: Tier, key: PageKey, slot: int,
                          ticket: int | None) -> DiskJob | None:
-        """A page just became cached in ``tier``: under write_through, queue it for disk."""
+        """A page is cached in ``tier``: under write_through, queue it for disk (if it is not
+        there or queued yet) and make ``ticket`` wait for it."""
         if self.config.write_policy is not WritePolicy.WRITE_THROUGH:
             return None
         job = self.disk_write_locked(st, tier, key, slot)
-        dkey = st.dkey(key)
-        if ticket is not None and dkey in self.disk_res.pending:
-            self.durability.watch(ticket, dkey)
+        self.watch_durable_locked(st, key, ticket)
         return job
 
     def watch_durable_locked(self, st: NamespaceState, key: PageKey, ticket: int | None) -> None:
-        """A skipped put of a page whose disk write is still queued waits for that write too."""
+        """Make ``ticket`` wait for ``key``'s disk write; fail it when the page is neither on disk
+        nor queued (disk budget full, or another put of the same key not published yet)."""
+        if ticket is None:
+            return
         dkey = st.dkey(key)
-        if ticket is not None and dkey in self.disk_res.pending:
+        if dkey in self.disk_res.pending:
             self.durability.watch(ticket, dkey)
+        elif dkey not in self.disk_res.pages:
+            self.durability.fail(ticket)
 
     # -- lookups -------------------------------------------------------------------------------------
     def fastest_tier_locked(self, st: NamespaceState, key: PageKey) -> Tier | None:

@@ -1,0 +1,183 @@
+"""Start-up checks: what the daemon refuses before it allocates anything.
+
+Each check returns a one-line reason (what is asked, what the machine has, what to change) or
+``None``. ``startup_problems`` runs them all; the daemon prints the first and exits with
+``EXIT_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierd.daemon.config import DaemonConfig, DeviceKind
+from tierd.daemon.machine import MachineFacts, existing_path, free_bytes, used_bytes_under
+from tierd.units import format_size
+
+# sysexits.h EX_CONFIG: systemd units may list it in RestartPreventExitStatus= (retrying is futile).
+EXIT_CONFIG = 78
+# sun_path holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+# Connecting to a possibly stale socket must not hang start-up.
+PROBE_TIMEOUT_S = 1.0
+
+
+@dataclass(frozen=True)
+class ResolvedDevice:
+    """Where ``hbm`` lives: ``"cpu"`` or ``"cuda:N"``; ``note`` says why when ``auto`` chose."""
+
+    name: str
+    note: str | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.name.startswith("cuda")
+
+
+def resolve_device(config: DaemonConfig, facts: MachineFacts) -> ResolvedDevice | str:
+    """The device ``hbm`` runs on, or the reason the requested one cannot be had."""
+    choice = config.device
+    count = len(facts.cuda_total_bytes)
+    if choice.kind is DeviceKind.CPU:
+        return ResolvedDevice("cpu")
+    if choice.kind is DeviceKind.AUTO:
+        if count:
+            return ResolvedDevice("cuda:0", f"device auto: using cuda:0 of {count} CUDA device(s)")
+        return ResolvedDevice("cpu", "device auto: no CUDA device found, hbm is a CPU shared-memory "
+                                     "arena")
+    if choice.index >= count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        seen = f"{count} CUDA device(s)" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else "")
+        return (f"device {choice} is not there: this machine shows {seen}; use --device auto or "
+                "--device cpu")
+    return ResolvedDevice(str(choice))
+
+
+def memory_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
+    """Host memory and /dev/shm must hold dram (and hbm when it is a CPU arena)."""
+    store = config.store
+    host_bytes = store.dram.capacity_bytes + (0 if device.is_cuda else store.hbm.capacity_bytes)
+    what = "dram" if device.is_cuda else "dram + hbm (on cpu)"
+    if facts.mem_available_bytes is not None and host_bytes > facts.mem_available_bytes:
+        return (f"{what} need {format_size(host_bytes)} of memory but only "
+                f"{format_size(facts.mem_available_bytes)} is available: lower --dram/--hbm")
+    if facts.shm_free_bytes is not None and host_bytes > facts.shm_free_bytes:
+        return (f"{what} need {format_size(host_bytes)} in /dev/shm but it has "
+                f"{format_size(facts.shm_free_bytes)} free: lower --dram/--hbm or enlarge /dev/shm")
+    if device.is_cuda:
+        index = int(device.name.partition(":")[2] or 0)
+        total = facts.cuda_total_bytes[index]
+        if store.hbm.capacity_bytes > total:
+            return (f"hbm of {format_size(store.hbm.capacity_bytes)} exceeds the "
+                    f"{format_size(total)} of {device.name}: lower --hbm")
+    return None
+
+
+def memlock_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
+    """With a GPU, dram is page-locked: it must fit under RLIMIT_MEMLOCK."""
+    limit = facts.memlock_limit_bytes
+    dram_bytes = config.store.dram.capacity_bytes
+    if not device.is_cuda or limit is None or dram_bytes <= limit:
+        return None
+    return (f"dram of {format_size(dram_bytes)} is pinned for the GPU but RLIMIT_MEMLOCK is "
+            f"{format_size(limit)}: set LimitMEMLOCK=infinity (systemd) or ulimit -l unlimited, "
+            "or lower --dram")
+
+
+def disk_problem(config: DaemonConfig) -> str | None:
+    """The disk tier must fit in the free space of its file system (plus what it already uses)."""
+    data_dir = config.store.data_dir
+    free = free_bytes(existing_path(data_dir))
+    if free is None:
+        return None
+    usable = free + used_bytes_under(data_dir)
+    wanted = config.store.disk.capacity_bytes
+    if wanted > usable:
+        return (f"disk of {format_size(wanted)} exceeds the {format_size(usable)} available for "
+                f"{data_dir}: lower --disk or choose another --data-dir")
+    return None
+
+
+def prepare_data_dir(path: Path) -> str | None:
+    """Create the data dir (and parents); the reason when it cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create data dir {path}: {exc.strerror}: choose another --data-dir"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"data dir {path} is not writable by uid {os.getuid()}: fix its owner or mode"
+    return None
+
+
+def prepare_socket_path(path: Path) -> str | None:
+    """Make the socket's directory; the reason the daemon cannot bind ``path``, else ``None``.
+
+    A socket file left by a daemon that died is fine (the runner replaces it); one a live process
+    answers on is not.
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
+        return (f"socket path {path} is {len(os.fsencode(path))} bytes; unix sockets allow "
+                f"{MAX_SOCKET_PATH_BYTES}: choose a shorter --socket")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"cannot create socket directory {path.parent}: {exc.strerror}: choose another --socket"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return (f"cannot create socket {path}: directory {path.parent} is not writable by uid "
+                f"{os.getuid()}: choose another --socket")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISSOCK(mode):
+        return f"{path} exists and is not a socket: remove it or choose another --socket"
+    if socket_is_live(path):
+        return f"another process is serving on {path}: stop it or choose another --socket"
+    return None
+
+
+def socket_is_live(path: Path) -> bool:
+    """Whether something accepts connections on the unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(PROBE_TIMEOUT_S)
+        try:
+            probe.connect(os.fspath(path))
+        except OSError as exc:
+            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
+    return True
+
+
+def tls_problem(config: DaemonConfig) -> str | None:
+    """Every TLS file named by the config must be readable."""
+    server = config.server
+    for name, path in (("tls_cert", server.tls_cert), ("tls_key", server.tls_key),
+                       ("tls_client_ca", server.tls_client_ca)):
+        if path is not None and not os.access(path, os.R_OK):
+            return f"server.{name} = {path} cannot be read: check the path and its permissions"
+    return None
+
+
+def startup_problems(config: DaemonConfig, facts: MachineFacts) -> tuple[ResolvedDevice | None, list[str]]:
+    """The resolved device and every reason to refuse start-up (empty: go ahead).
+
+    Creates the data dir and the socket's directory as a side effect (a check that they can be).
+    """
+    problems: list[str] = []
+    device = resolve_device(config, facts)
+    if isinstance(device, str):
+        problems.append(device)
+        device = None
+    else:
+        problems += [p for p in (memory_problem(config, device, facts),
+                                 memlock_problem(config, device, facts)) if p]
+    problems += [p for p in (prepare_data_dir(config.store.data_dir), disk_problem(config),
+                             tls_problem(config)) if p]
+    if config.server.socket is not None:
+        problem = prepare_socket_path(config.server.socket)
+        if problem:
+            problems.append(problem)
+    return device, problems

@@ -1,0 +1,344 @@
+"""The daemon's one config object, loaded once: flags > ``TIERD_*`` environment > TOML > defaults.
+
+TOML layout (every key optional; see ``systemd/tierd.toml``)::
+
+    device = "auto"             # auto | cpu | cuda | cuda:N
+    data_dir = "/var/lib/tierd"
+    log_level = "info"
+    [server]  socket, socket_mode, tcp, tls_cert, tls_key, tls_client_ca, max_message_size, ...
+    [hbm] / [dram]  capacity, high_watermark, low_watermark, region_share
+    [disk]  capacity, fsync, writer_batch_pages, writer_batch_size, reader_threads, ...
+    [store]  write_policy, lease_ttl_s, flush_timeout_s, prefault, shm_prefix, ...
+    [tenants.NAME]  hbm = "1GiB", dram = "4GiB", disk = "100GiB"   # per-tenant quotas
+
+Environment: ``TIERD_SECTION__NAME`` for any key (``TIERD_DISK__FSYNC=false``), plus the short
+forms in ``ENV_ALIASES`` (``TIERD_SOCKET``, ``TIERD_DRAM``, ...). ``TIERD_CONFIG`` names the file
+when ``--config`` is not given.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
+from tierd.daemon.schema import ConfigKey, keys_of, parse_size
+from tierd.errors import ConfigError
+from tierd.keys import KEY_BYTES
+from tierd.tier import Tier
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "TIERD_"
+CONFIG_ENV = "TIERD_CONFIG"
+ENV_ALIASES = {
+    "TIERD_SOCKET": "server.socket", "TIERD_TCP": "server.tcp", "TIERD_DATA_DIR": "data_dir",
+    "TIERD_DEVICE": "device", "TIERD_HBM": "hbm.capacity", "TIERD_DRAM": "dram.capacity",
+    "TIERD_DISK": "disk.capacity", "TIERD_LOG_LEVEL": "log_level",
+    "TIERD_WRITE_POLICY": "store.write_policy",
+}
+# Bytes a key costs on the wire inside a repeated field (tag + length + 16 bytes), rounded up.
+KEY_WIRE_BYTES = KEY_BYTES + 4
+# Room for the non-data fields of a chunk message next to its data bytes.
+CHUNK_OVERHEAD_BYTES = 64 << 10
+DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
+_TIER_SECTIONS = {"hbm": Tier.HBM, "dram": Tier.DRAM, "disk": Tier.DISK}
+
+
+class DeviceKind(enum.Enum):
+    AUTO = "auto"   # cuda:0 when a GPU is there, else cpu (and the log says so)
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+@dataclass(frozen=True)
+class DeviceChoice:
+    """``--device``: ``auto``, ``cpu`` or ``cuda[:N]``."""
+
+    kind: DeviceKind
+    index: int = 0
+
+    @classmethod
+    def parse(cls, text: object) -> DeviceChoice:
+        if isinstance(text, DeviceChoice):
+            return text
+        value = str(text).strip().lower()
+        name, _, index = value.partition(":")
+        if name == "cuda" and (not index or index.isdigit()):
+            return cls(DeviceKind.CUDA, int(index or 0))
+        if not index and name in ("auto", "cpu"):
+            return cls(DeviceKind(name))
+        raise ValueError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+
+    def __str__(self) -> str:
+        return f"cuda:{self.index}" if self.kind is DeviceKind.CUDA else self.kind.value
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def level(self) -> int:
+        return logging.getLevelNamesMapping()[self.name]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where and how the daemon listens; what it serves is the store's business.
+
+    Sizes are bytes, durations seconds. ``socket=None`` turns the unix socket off (then ``tcp``
+    must be set). TCP without TLS is refused unless the address is loopback.
+    """
+
+    socket: Path | None = Path("/run/tierd/tierd.sock")
+    socket_mode: int = 0o660
+    tcp: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None       # set: clients must present a cert it signed (mTLS)
+    max_message_bytes: int = 64 << 20       # receive and send limit per message, both sides
+    chunk_bytes: int = 4 << 20              # data bytes per PutPages/GetPages message
+    max_put_bytes: int = 256 << 20          # one PutPages call is buffered whole: bounded
+    max_get_bytes: int = 256 << 20          # one GetPages call is read whole: bounded
+    max_keys_per_request: int = 1 << 20
+    max_inflight_rpcs: int = 256            # more answer RESOURCE_EXHAUSTED (Session not counted)
+    rpc_threads: int = 16                   # store calls that return quickly
+    wait_threads: int = 16                  # store calls that wait (acquire, wait_durable, flush)
+    session_heartbeat_s: float = 5.0
+    shutdown_grace_s: float = 10.0          # in-flight RPCs get this long after SIGTERM
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first setting that cannot work."""
+        if self.socket is None and self.tcp is None:
+            raise ConfigError("neither server.socket nor server.tcp is set: nothing to listen on")
+        for name in ("max_message_bytes", "chunk_bytes", "max_put_bytes", "max_get_bytes",
+                     "max_keys_per_request", "max_inflight_rpcs", "rpc_threads", "wait_threads",
+                     "session_heartbeat_s", "shutdown_grace_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"server.{name} must be positive, got {getattr(self, name)}")
+        if self.chunk_bytes + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
+            raise ConfigError(f"server.chunk_size ({self.chunk_bytes} B) plus {CHUNK_OVERHEAD_BYTES}"
+                              f" B of framing exceeds server.max_message_size "
+                              f"({self.max_message_bytes} B): raise the limit or lower the chunk")
+        if self.max_keys_per_request * KEY_WIRE_BYTES + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
+            raise ConfigError(f"server.max_keys_per_request ({self.max_keys_per_request}) keys do "
+                              f"not fit in server.max_message_size ({self.max_message_bytes} B)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("server.tls_cert and server.tls_key go together: set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("server.tls_client_ca (mTLS) needs server.tls_cert and server.tls_key")
+        if self.tcp is not None:
+            host = tcp_host(self.tcp)
+            if self.tls_cert is None and not is_loopback(host):
+                raise ConfigError(f"server.tcp = {self.tcp!r} is not a loopback address: set "
+                                  "server.tls_cert and server.tls_key, or listen on 127.0.0.1")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """Everything the daemon runs with. ``config_path`` is the TOML file it came from, if any."""
+
+    store: StoreConfig
+    server: ServerSettings
+    device: DeviceChoice = DeviceChoice(DeviceKind.AUTO)
+    log_level: LogLevel = LogLevel.INFO
+    config_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class _Top:
+    """Top-level keys (no section); mirrors the fields of ``DaemonConfig`` that are scalars."""
+
+    device: DeviceChoice = DeviceChoice(DeviceKind.AUTO)
+    data_dir: Path = Path("/var/lib/tierd")
+    log_level: LogLevel = LogLevel.INFO
+
+
+# StoreConfig fields that come from elsewhere than the [store] table.
+_STORE_SKIP = frozenset({"data_dir", "hbm", "dram", "disk", "tenant_quotas", "device"})
+
+
+def all_keys() -> dict[str, ConfigKey]:
+    """Every settable key by dotted path (``disk.capacity``)."""
+    keys = [ConfigKey("device", "device", DeviceChoice.parse, "auto|cpu|cuda[:N]"),
+            *keys_of(_Top, "", skip=frozenset({"device"}))]
+    keys += keys_of(ServerSettings, "server")
+    keys += keys_of(MemoryTierConfig, "hbm") + keys_of(MemoryTierConfig, "dram")
+    keys += keys_of(DiskConfig, "disk")
+    keys += keys_of(StoreConfig, "store", skip=_STORE_SKIP)
+    return {key.path: key for key in keys}
+
+
+def tcp_host(address: str) -> str:
+    """``"[::1]:7070"`` -> ``"::1"``; ``"127.0.0.1:7070"`` -> ``"127.0.0.1"``."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"server.tcp must be HOST:PORT (e.g. 127.0.0.1:7070), got {address!r}")
+    return host.removeprefix("[").removesuffix("]")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_toml(path: Path) -> dict[str, object]:
+    """The file's keys flattened to dotted paths; ``ConfigError`` when unreadable or malformed."""
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    flat: dict[str, object] = {}
+    for name, value in data.items():
+        if isinstance(value, dict) and name != "tenants":
+            for sub, sub_value in value.items():
+                flat[f"{name}.{sub}"] = sub_value
+        else:
+            flat[name] = value
+    return flat
+
+
+def env_values(env: Mapping[str, str]) -> dict[str, str]:
+    """``TIERD_*`` variables as dotted keys; unknown ones are logged and ignored (shared env)."""
+    known = all_keys()
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        path = ENV_ALIASES.get(name)
+        if path is None:
+            path = name.removeprefix(ENV_PREFIX).lower().replace("__", ".", 1)
+        if path in known:
+            out[path] = value
+        else:
+            log.debug("ignoring environment variable %s: not a tierd daemon setting", name)
+    return out
+
+
+def load_config(config_path: Path | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, object] | None = None) -> DaemonConfig:
+    """The config from defaults < ``config_path`` < ``env`` < ``overrides`` (dotted keys).
+
+    ``config_path`` None falls back to ``env["TIERD_CONFIG"]``, else no file. ``ConfigError``
+    names the key, where its value came from, and what was expected.
+    """
+    env = dict(os.environ if env is None else env)
+    if config_path is None and env.get(CONFIG_ENV):
+        config_path = Path(env[CONFIG_ENV])
+    layers: list[tuple[str, Mapping[str, object]]] = []
+    if config_path is not None:
+        layers.append((str(config_path), read_toml(Path(config_path))))
+    layers.append(("environment", env_values(env)))
+    layers.append(("command line", dict(overrides or {})))
+    values, problems = parse_layers(layers)
+    if problems:
+        raise ConfigError(problems[0])
+    return build(values, config_path)
+
+
+def parse_layers(layers: list[tuple[str, Mapping[str, object]]]) -> tuple[dict[str, object], list[str]]:
+    """Parsed values by dotted key (later layers win) and every problem found, one line each."""
+    known = all_keys()
+    values: dict[str, object] = {}
+    problems: list[str] = []
+    for source, raw in layers:
+        for path, value in raw.items():
+            if path == "tenants":
+                parsed = _parse_tenants(value, source, problems)
+                if parsed is not None:
+                    values[path] = parsed
+                continue
+            key = known.get(path)
+            if key is None:
+                problems.append(f"{source}: unknown setting {path!r}; known settings: "
+                                + ", ".join(sorted(known)))
+                continue
+            try:
+                values[path] = key.parse(value)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"{source}: {path}: {exc}")
+    return values, problems
+
+
+def _parse_tenants(value: object, source: str, problems: list[str]) -> dict[str, dict[Tier, int]] | None:
+    if not isinstance(value, dict):
+        problems.append(f"{source}: tenants must be a table of [tenants.NAME] tables")
+        return None
+    quotas: dict[str, dict[Tier, int]] = {}
+    for tenant, table in value.items():
+        if not isinstance(table, dict):
+            problems.append(f"{source}: tenants.{tenant} must be a table like hbm = \"1GiB\"")
+            continue
+        quotas[tenant] = {}
+        for tier_name, size in table.items():
+            if tier_name not in _TIER_SECTIONS:
+                problems.append(f"{source}: tenants.{tenant}.{tier_name}: expected hbm, dram or disk")
+                continue
+            try:
+                quotas[tenant][_TIER_SECTIONS[tier_name]] = parse_size(size)
+            except ValueError as exc:
+                problems.append(f"{source}: tenants.{tenant}.{tier_name}: {exc}")
+    return quotas
+
+
+def _section(values: Mapping[str, object], section: str, cls: type) -> dict[str, object]:
+    """Constructor arguments of ``cls`` from the parsed ``section.*`` values that were given."""
+    keys = all_keys()
+    out: dict[str, object] = {}
+    for field in fields(cls):
+        for path, key in keys.items():
+            if key.field_name == field.name and path.rpartition(".")[0] == section and path in values:
+                out[field.name] = values[path]
+    return out
+
+
+def build(values: Mapping[str, object], config_path: Path | None = None) -> DaemonConfig:
+    """A validated ``DaemonConfig`` from parsed values; ``ConfigError`` for what cannot work."""
+    top = _Top(**_section(values, "", _Top))
+    tiers = {}
+    for name, cls in (("hbm", MemoryTierConfig), ("dram", MemoryTierConfig), ("disk", DiskConfig)):
+        args = {"capacity_bytes": DEFAULT_CAPACITY_BYTES[name], **_section(values, name, cls)}
+        tiers[name] = cls(**args)
+    store = StoreConfig(data_dir=top.data_dir, hbm=tiers["hbm"], dram=tiers["dram"],
+                        disk=tiers["disk"], tenant_quotas=dict(values.get("tenants", {})),
+                        **_section(values, "store", StoreConfig))
+    server = ServerSettings(**_section(values, "server", ServerSettings))
+    server.validate()
+    return DaemonConfig(store=store, server=server, device=top.device, log_level=top.log_level,
+                        config_path=config_path)
+
+
+def check_config(path: Path | str) -> list[str]:
+    """Every problem of the config file ``path`` (defaults filled in, environment ignored).
+
+    Empty when the daemon would accept it; for ``tierctl check-config``. Machine checks
+    (free memory, disk, RLIMIT_MEMLOCK, GPU) are in ``tierd.daemon.checks``.
+    """
+    try:
+        raw = read_toml(Path(path))
+    except ConfigError as exc:
+        return [str(exc)]
+    values, problems = parse_layers([(str(path), raw)])
+    if problems:
+        return problems
+    try:
+        build(values, Path(path))
+    except ConfigError as exc:
+        return [f"{path}: {exc}"]
+    return []

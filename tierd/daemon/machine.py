@@ -1,0 +1,109 @@
+"""Facts about this machine that start-up checks compare the config with.
+
+``MachineFacts.probe()`` reads them once; tests build ``MachineFacts`` by hand. The GPU probe asks
+the CUDA *driver* (``libcuda``, through ctypes) for device count and total memory: it creates no
+context, costs no GPU memory, and needs neither torch nor CuPy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
+_CUDA_SUCCESS = 0
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What start-up checks need. ``None`` means "unknown" (the check is skipped), except
+    ``memlock_limit_bytes`` where ``None`` means unlimited."""
+
+    mem_available_bytes: int | None
+    shm_free_bytes: int | None
+    memlock_limit_bytes: int | None
+    cuda_total_bytes: tuple[int, ...]  # one entry per visible CUDA device
+
+    @classmethod
+    def probe(cls) -> MachineFacts:
+        return cls(mem_available_bytes=mem_available_bytes(), shm_free_bytes=free_bytes(SHM_DIR),
+                   memlock_limit_bytes=memlock_limit_bytes(), cuda_total_bytes=cuda_devices())
+
+
+def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or ``None`` where there is no such file."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name == "MemAvailable":
+            return int(rest.split()[0]) * 1024  # the file counts kB
+    return None
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system holding ``path``."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize
+
+
+def existing_path(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (where free space is measured)."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def used_bytes_under(path: Path) -> int:
+    """Bytes allocated to regular files under ``path`` (sparse files count what they occupy)."""
+    total = 0
+    if not path.is_dir():
+        return 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.stat(os.path.join(root, name), follow_symlinks=False).st_blocks * 512
+            except OSError:
+                continue
+    return total
+
+
+def memlock_limit_bytes() -> int | None:
+    """The soft ``RLIMIT_MEMLOCK`` in bytes; ``None`` when unlimited."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def cuda_devices() -> tuple[int, ...]:
+    """Total memory in bytes of each CUDA device visible to this process; ``()`` without a driver."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return ()
+    if cuda.cuInit(0) != _CUDA_SUCCESS:
+        log.info("the CUDA driver is installed but cuInit failed: no usable GPU")
+        return ()
+    count = ctypes.c_int(0)
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != _CUDA_SUCCESS:
+        return ()
+    totals = []
+    for ordinal in range(count.value):
+        device = ctypes.c_int(0)
+        total = ctypes.c_size_t(0)
+        if (cuda.cuDeviceGet(ctypes.byref(device), ordinal) != _CUDA_SUCCESS
+                or cuda.cuDeviceTotalMem_v2(ctypes.byref(total), device) != _CUDA_SUCCESS):
+            return tuple(totals)
+        totals.append(total.value)
+    return tuple(totals)

@@ -1,0 +1,410 @@
+"""The ``tierd.v1.Tierd`` servicer: each RPC validated, then mapped onto the page store.
+
+Runs on the server's one event loop; every store call goes through a bounded thread pool (quick
+calls and waiting calls have separate pools, so waiters cannot starve lookups). Requests are
+checked before the store sees them, so a rejected request changes no state. At most
+``max_inflight_rpcs`` RPCs run at once (``Session`` streams excepted); more get RESOURCE_EXHAUSTED
+at once instead of queueing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
+
+import grpc
+
+from tierd.errors import InvalidArgument, NotFound, ResourceExhausted, TierdError, Unavailable
+from tierd.index.leases import Lease
+from tierd.server import convert
+from tierd.server.bytepath import PutAssembler, iter_chunks
+from tierd.server.sessions import Session, SessionRegistry
+from tierd.server.settings import ServingSettings
+from tierd.server.status import status_code_of
+from tierd.store import PageStore
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd.v1 import tierd_pb2 as pb
+from tierd.v1 import tierd_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TENANT = "default"
+# Client-chosen names only ever reach logs; cap them so a client cannot flood the journal.
+MAX_CLIENT_NAME_CHARS = 128
+
+R = TypeVar("R")
+
+
+def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
+    """Admission (in-flight cap, shutdown) and error mapping around one RPC handler."""
+
+    @functools.wraps(method)
+    async def handler(self: TierdServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
+        try:
+            with self._admit():
+                return await method(self, request, context)
+        except TierdError as exc:
+            code, details = status_code_of(exc), str(exc)
+            log.debug("%s rejected: %s: %s", method.__name__, code.name, details)
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # the RPC boundary: a bug must not take the daemon down
+            log.exception("%s failed", method.__name__)
+            code = grpc.StatusCode.INTERNAL
+            details = f"internal error in {method.__name__}; the daemon log has the traceback"
+        await context.abort(code, details)
+        raise AssertionError("unreachable: context.abort raises")
+
+    return handler
+
+
+class TierdServicer(pb_grpc.TierdServicer):
+    """Serves one ``PageStore``. The store is opened and closed by the caller, not here.
+
+    Owns its two thread pools (``close`` shuts them down) and the session registry.
+    """
+
+    def __init__(self, store: PageStore, settings: ServingSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._limits = pb.ServerLimits(
+            max_message_bytes=settings.max_message_bytes, chunk_bytes=settings.chunk_bytes,
+            max_put_bytes=settings.max_put_bytes, max_get_bytes=settings.max_get_bytes,
+            max_keys_per_request=settings.max_keys_per_request)
+        self._sessions = SessionRegistry()
+        self._pool = cf.ThreadPoolExecutor(settings.rpc_threads, thread_name_prefix="tierd-rpc")
+        self._wait_pool = cf.ThreadPoolExecutor(settings.wait_threads, thread_name_prefix="tierd-wait")
+        self._in_flight = 0
+        self._rejected = 0
+        self._closing = False
+        self._closed = False
+        self._shutdown = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def num_sessions(self) -> int:
+        return len(self._sessions)
+
+    def begin_shutdown(self) -> None:
+        """New RPCs get UNAVAILABLE from now on; Session streams end (freeing their leases)."""
+        self._closing = True
+        self._shutdown.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no RPC is in flight and session leases are released; ``False`` on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+                while self._background:
+                    await asyncio.gather(*self._background, return_exceptions=True)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Stop the thread pools (running store calls finish on their own). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.begin_shutdown()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._wait_pool.shutdown(wait=False, cancel_futures=True)
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        if self._closing:
+            raise Unavailable("tierd is shutting down: retry against the restarted daemon")
+        cap = self._settings.max_inflight_rpcs
+        if self._in_flight >= cap:
+            self._rejected += 1
+            raise ResourceExhausted(f"{cap} RPCs are already in flight (the daemon's "
+                                    "server.max_inflight_rpcs): retry with backoff")
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _call(self, fn: Callable[..., R], *args: Any, wait: bool = False, **kwargs: Any) -> R:
+        """``fn(*args, **kwargs)`` on a pool thread; ``wait`` picks the pool of calls that wait."""
+        pool = self._wait_pool if wait else self._pool
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *args, **kwargs))
+
+    async def _lease_call(self, fn: Callable[..., Lease], *args: Any, **kwargs: Any) -> Lease:
+        """Like ``_call`` for a call that makes a lease: if the RPC is cancelled meanwhile, the
+        lease it makes is released (nobody would ever learn its id)."""
+        future = asyncio.get_running_loop().run_in_executor(
+            self._wait_pool, functools.partial(fn, *args, **kwargs))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(self._release_orphan)
+            raise
+
+    def _release_orphan(self, future: asyncio.Future[Lease]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._spawn(self._release_quietly(future.result().lease_id, "its RPC was cancelled"))
+
+    async def _release_quietly(self, lease_id: int, why: str) -> None:
+        self._sessions.forget(lease_id)
+        try:
+            await self._call(self._store.release, lease_id)
+            log.info("released lease %d: %s", lease_id, why)
+        except NotFound:
+            pass  # already gone (expired, or its session's release got there first)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        """Run ``coro`` as a task the servicer keeps until it ends (and waits for on shutdown)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- helpers ---------------------------------------------------------------------------------------
+    def _keys(self, keys: Any, field: str = "keys") -> list[bytes]:
+        return convert.keys_from_pb(keys, self._settings.max_keys_per_request, field)
+
+    def _session(self, context: grpc.aio.ServicerContext) -> Session | None:
+        return self._sessions.resolve(context.invocation_metadata())
+
+    @staticmethod
+    def _wait_s(requested_s: float | None, context: grpc.aio.ServicerContext) -> float | None:
+        """The shorter of the requested wait and the RPC's remaining deadline (``None``: neither)."""
+        remaining_s = context.time_remaining()
+        if remaining_s is None:
+            return requested_s
+        return remaining_s if requested_s is None else min(requested_s, remaining_s)
+
+    async def _adopt(self, session: Session | None, lease: Lease) -> Lease:
+        """Record a new lease under its session; if the session ended meanwhile, release it."""
+        if session is None:
+            return lease
+        if session.closed:
+            await self._release_quietly(lease.lease_id, "its session ended while it was taken")
+            raise NotFound("the session ended while the lease was being taken; the lease was "
+                           "released: open a new Session and retry")
+        self._sessions.track(session, lease)
+        return lease
+
+    # -- control plane -------------------------------------------------------------------------------
+    @_rpc
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        if not request.HasField("spec"):
+            raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
+                                  "num_kv_heads, head_dim, page_tokens")
+        spec = convert.spec_from_pb(request.spec)
+        ns = await self._call(self._store.register, spec, request.tenant or DEFAULT_TENANT)
+        handles = await self._call(self._store.region_handles, ns.ns_id)
+        return convert.register_to_pb(ns, handles, self._limits)
+
+    @_rpc
+    async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupResponse:
+        keys = self._keys(request.keys)
+        result = await self._call(self._store.lookup, request.ns_id, keys)
+        return pb.LookupResponse(num_hits=result.num_hits,
+                                 tiers=[convert.tier_to_pb(t) for t in result.tiers])
+
+    @_rpc
+    async def Prefetch(self, request: pb.PrefetchRequest, context: Any) -> pb.PrefetchResponse:
+        keys = self._keys(request.keys)
+        target = convert.tier_from_pb(request.target_tier, Tier.HBM, "target_tier", MEMORY_TIERS)
+        num = await self._call(self._store.prefetch, request.ns_id, keys, target)
+        return pb.PrefetchResponse(num_scheduled=num)
+
+    @_rpc
+    async def Acquire(self, request: pb.AcquireRequest, context: Any) -> pb.AcquireResponse:
+        session = self._session(context)
+        keys = self._keys(request.keys)
+        target = convert.tier_from_pb(request.target_tier, Tier.HBM, "target_tier", MEMORY_TIERS)
+        ttl_s = convert.seconds_from_pb(request, "ttl_s")
+        wait_s = self._wait_s(convert.seconds_from_pb(request, "timeout_s", allow_zero=True), context)
+        lease = await self._lease_call(
+            self._store.acquire, request.ns_id, keys, target, timeout_s=wait_s, ttl_s=ttl_s,
+            owner=session.session_id if session else None)
+        return pb.AcquireResponse(lease=convert.lease_to_pb(await self._adopt(session, lease)))
+
+    @_rpc
+    async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
+        session = self._session(context)
+        if not 0 < request.num_pages <= self._settings.max_keys_per_request:
+            raise InvalidArgument(f"num_pages must be in 1..{self._settings.max_keys_per_request}, "
+                                  f"got {request.num_pages}")
+        ttl_s = convert.seconds_from_pb(request, "ttl_s")
+        lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
+                                       ttl_s=ttl_s, owner=session.session_id if session else None)
+        return pb.AllocateResponse(lease=convert.lease_to_pb(await self._adopt(session, lease)))
+
+    @_rpc
+    async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
+        self._sessions.check_access(request.lease_id, self._session(context))
+        keys = self._keys(request.keys)
+        if len(keys) != len(request.slots):
+            raise InvalidArgument(f"Commit got {len(keys)} keys but {len(request.slots)} slots; "
+                                  "give one slot per key")
+        num = await self._call(self._store.commit, request.lease_id, keys, list(request.slots))
+        return pb.CommitResponse(num_committed=num)
+
+    @_rpc
+    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
+        self._sessions.check_access(request.lease_id, self._session(context))
+        await self._call(self._store.release, request.lease_id)
+        self._sessions.forget(request.lease_id)
+        return pb.ReleaseResponse()
+
+    @_rpc
+    async def Renew(self, request: pb.RenewRequest, context: Any) -> pb.RenewResponse:
+        session = self._session(context)
+        self._sessions.check_access(request.lease_id, session)
+        ttl_s = convert.seconds_from_pb(request, "ttl_s")
+        lease = await self._call(self._store.renew, request.lease_id, ttl_s)
+        if session is not None and lease.owner == session.session_id:
+            self._sessions.track(session, lease)  # its new expiry
+        return pb.RenewResponse(lease=convert.lease_to_pb(lease))
+
+    @_rpc
+    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+        keys = self._keys(request.keys)
+        num = await self._call(self._store.delete, request.ns_id, keys)
+        return pb.DeleteResponse(num_deleted=num)
+
+    @_rpc
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+        stats = await self._call(self._store.stats)
+        server = pb.ServerStats(sessions=len(self._sessions), rpcs_in_flight=self._in_flight,
+                                rpcs_rejected=self._rejected, version=self._settings.version,
+                                device=self._settings.device)
+        return convert.stats_to_pb(stats, server)
+
+    @_rpc
+    async def WaitDurable(self, request: pb.WaitDurableRequest, context: Any) -> pb.WaitDurableResponse:
+        wait_s = self._wait_s(convert.seconds_from_pb(request, "timeout_s", allow_zero=True), context)
+        durable = await self._call(self._store.wait_durable, request.ticket, wait_s, wait=True)
+        return pb.WaitDurableResponse(durable=durable)
+
+    @_rpc
+    async def Flush(self, request: pb.FlushRequest, context: Any) -> pb.FlushResponse:
+        requested_s = convert.seconds_from_pb(request, "timeout_s", allow_zero=True)
+        wait_s = self._wait_s(requested_s if requested_s is not None
+                              else self._settings.flush_timeout_s, context)
+        num = await self._call(self._store.flush, wait_s, wait=True)
+        return pb.FlushResponse(num_flushed=num)
+
+    # -- byte path -------------------------------------------------------------------------------------
+    @_rpc
+    async def PutPages(self, request_iterator: AsyncIterator[pb.PutPagesRequest],
+                       context: Any) -> pb.PutPagesResponse:
+        header: pb.PutPagesHeader | None = None
+        assembler: PutAssembler | None = None
+        async for message in request_iterator:
+            if header is None:
+                if not message.HasField("header"):
+                    raise InvalidArgument("the first PutPages message must carry the header "
+                                          "(ns_id, tier)")
+                header = message.header
+                convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
+                convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
+                ns = await self._call(self._store.namespace, header.ns_id)
+                assembler = PutAssembler(ns.page_bytes, self._settings.max_keys_per_request,
+                                         self._settings.max_put_bytes)
+            elif message.HasField("header"):
+                raise InvalidArgument("only the first PutPages message may carry a header")
+            assembler.add(message.keys, message.data)  # type: ignore[union-attr]
+        if header is None or assembler is None:
+            raise InvalidArgument("PutPages got no messages: send the header first")
+        return await self._put(header, assembler, context)
+
+    async def _put(self, header: pb.PutPagesHeader, assembler: PutAssembler,
+                   context: Any) -> pb.PutPagesResponse:
+        tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
+        keys, pages = assembler.finish()
+        result = await self._call(self._store.put, header.ns_id, keys, pages, tier)
+        response = pb.PutPagesResponse(num_stored=result.stored, num_skipped=result.skipped)
+        if result.durable_ticket is not None:
+            response.durable_ticket = result.durable_ticket
+            if header.wait_durable:
+                wait_s = self._wait_s(convert.seconds_from_pb(header, "durable_timeout_s",
+                                                              allow_zero=True), context)
+                response.durable = await self._call(self._store.wait_durable,
+                                                    result.durable_ticket, wait_s, wait=True)
+        return response
+
+    @_rpc
+    async def GetPages(self, request: pb.GetPagesRequest, context: Any) -> None:
+        keys = self._keys(request.keys)
+        ns = await self._call(self._store.namespace, request.ns_id)
+        limit = self._settings.max_get_bytes
+        if len(keys) * ns.page_bytes > limit:
+            raise InvalidArgument(
+                f"GetPages asks for {len(keys)} pages of {ns.page_bytes} bytes; one call may ask for "
+                f"at most {limit // ns.page_bytes} (limits.max_get_bytes = {limit}): split it")
+        chunks, num_pages = await self._call(self._read_chunks, request.ns_id, keys)
+        first = chunks[0] if chunks else b""
+        await context.write(pb.GetPagesResponse(num_pages=num_pages, page_bytes=ns.page_bytes,
+                                                data=first))
+        for chunk in chunks[1:]:
+            await context.write(pb.GetPagesResponse(data=chunk))
+
+    def _read_chunks(self, ns_id: int, keys: list[bytes]) -> tuple[list[bytes], int]:
+        """On a pool thread: the prefix's pages cut into chunks (the copy stays off the loop)."""
+        pages = self._store.get(ns_id, keys)
+        return list(iter_chunks(pages, self._settings.chunk_bytes)), len(pages)
+
+    # -- sessions ----------------------------------------------------------------------------------------
+    async def Session(self, request: pb.SessionRequest, context: Any) -> None:
+        """Open a session and hold it until the client goes away or the daemon stops."""
+        if self._closing:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "tierd is shutting down: retry "
+                                "against the restarted daemon")
+        session = self._sessions.open(request.client_name[:MAX_CLIENT_NAME_CHARS], request.client_pid)
+        log.info("session %s opened by %r (pid %d)", session.session_id[:8], session.client_name,
+                 session.client_pid)
+        interval_s = self._settings.session_heartbeat_s
+        try:
+            await context.write(pb.SessionEvent(session_id=session.session_id,
+                                                heartbeat_interval_s=interval_s, limits=self._limits))
+            seq = 0
+            while not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._shutdown.wait(), interval_s)
+                    break
+                seq += 1
+                self._sessions.prune_expired(session, time.monotonic())
+                await context.write(pb.SessionEvent(session_id=session.session_id,
+                                                    heartbeat_interval_s=interval_s, heartbeat_seq=seq))
+        finally:
+            self._end_session(session)
+
+    def _end_session(self, session: Session) -> None:
+        self._sessions.close(session.session_id)
+        self._spawn(self._release_session(session))
+
+    async def _release_session(self, session: Session) -> None:
+        try:
+            num = await self._call(self._store.release_owner, session.session_id)
+        except TierdError as exc:
+            log.warning("could not release the leases of session %s: %s", session.session_id[:8], exc)
+            return
+        log.info("session %s of %r (pid %d) ended; released %d lease(s)", session.session_id[:8],
+                 session.client_name, session.client_pid, num)

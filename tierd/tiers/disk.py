@@ -1,0 +1,475 @@
+"""The ``disk`` tier: page bytes in one LMDB environment (``data_dir/pages.lmdb``).
+
+The tier stores and returns bytes; it never decides what to evict (the store's index does, and
+calls ``delete``). Two named databases: ``pages`` (disk key -> header + payload, see
+``page_format``) and ``meta`` (the persisted namespace registry). All writes go through the one
+writer thread of ``disk_writer``; reads run on the caller's thread in short read-only
+transactions over zero-copy views of the map, and never take a lock the writer holds.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import mmap
+import os
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from tierd.config import DiskConfig, StoreConfig
+from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, \
+    Unavailable
+from tierd.keys import check_keys
+from tierd.spec import Namespace, PageSpec
+from tierd.tiers.disk_writer import (Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta,
+                                     PutPage, WriterStats)
+from tierd.tiers.page_format import (HEADER_BYTES, MAX_SEQ, decode_header, disk_key,
+                                     split_disk_key, verify)
+
+log = logging.getLogger(__name__)
+
+ENV_DIR_NAME = "pages.lmdb"
+PAGES_DB = b"pages"
+META_DB = b"meta"
+MAX_DBS = 2
+NAMESPACE_PREFIX = b"ns/"
+# Reader slots beyond ``reader_threads``: the store's movers, scan/contains from other threads
+# and py-lmdb's cached spare transaction; LMDB's own default (126) costs 8 KiB of lock file.
+EXTRA_READER_SLOTS = 126
+# scan() closes its read transaction after this many entries: a long-lived read transaction
+# stops LMDB from reusing freed pages and the file grows.
+SCAN_CHUNK_ENTRIES = 1024
+
+
+class ReadStatus(enum.Enum):
+    """Outcome of ``DiskTier.read_into``."""
+
+    OK = "ok"
+    MISSING = "missing"
+    CORRUPT = "corrupt"  # header or checksum mismatch: the page was dropped, nothing returned
+
+
+@dataclass(frozen=True)
+class DiskEntry:
+    """One stored page as ``scan`` sees it; ``stored_bytes`` includes the header."""
+
+    ns_id: int
+    key: bytes
+    seq: int
+    stored_bytes: int
+
+
+@dataclass(frozen=True)
+class DiskStats:
+    """Counters of the tier; ``stored_bytes`` counts LMDB values (headers included)."""
+
+    stored_pages: int
+    stored_bytes: int
+    bytes_written: int
+    bytes_read: int
+    checksum_failures: int
+    map_full_events: int
+    queue_depth: int
+    commits: int
+    map_size_bytes: int
+
+
+def map_size_bytes(disk: DiskConfig) -> int:
+    """``capacity * (1 + map_headroom) + map_min_extra_bytes``, rounded up to the OS page size."""
+    wanted = int(disk.capacity_bytes * (1.0 + disk.map_headroom)) + disk.map_min_extra_bytes
+    return max(mmap.PAGESIZE, -(-wanted // mmap.PAGESIZE) * mmap.PAGESIZE)
+
+
+class _ReadCounters:
+    """Counters bumped by reader threads (the writer never takes this lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.bytes_read = 0
+        self.checksum_failures = 0
+
+    def add_read(self, num_bytes: int) -> None:
+        with self._lock:
+            self.bytes_read += num_bytes
+
+    def add_failure(self) -> None:
+        with self._lock:
+            self.checksum_failures += 1
+
+
+class _ReaderGate:
+    """Counts reads in flight so ``close`` never unmaps the map under a reader's zero-copy view."""
+
+    def __init__(self, closed_message: str) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._open = True
+        self._closed_message = closed_message
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        with self._cond:
+            if not self._open:
+                raise Unavailable(self._closed_message)
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Refuse new reads and wait for the ones in flight."""
+        with self._cond:
+            self._open = False
+            while self._active:
+                self._cond.wait()
+
+
+@dataclass(frozen=True)
+class _Session:
+    """Everything that lives from ``open`` to ``close``; swapped as one reference."""
+
+    env: lmdb.Environment
+    pages_db: lmdb._Database
+    meta_db: lmdb._Database
+    writer: DiskWriter
+    gate: _ReaderGate
+    pid: int
+    map_size_bytes: int  # LMDB's, which is larger than configured if the file already was
+
+
+class DiskTier:
+    """LMDB page storage under ``config.data_dir``; see the module docstring for threading."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self._config = config
+        self._path = Path(config.data_dir) / ENV_DIR_NAME
+        self._map_size_bytes = map_size_bytes(config.disk)
+        self._closed_message = (f"the disk tier at {self._path} is not open (closed or shutting "
+                                f"down): call open() first")
+        # Called from the writer thread when LMDB reported MapFullError; must not block long.
+        self.on_map_full: Callable[[], None] | None = None
+        self._state_lock = threading.Lock()
+        self._session: _Session | None = None
+        self._reads = _ReadCounters()
+        self._writer_totals = WriterStats()  # counters of writers of earlier open/close cycles
+
+    @property
+    def path(self) -> Path:
+        """The LMDB environment directory (holds ``data.mdb`` and ``lock.mdb``)."""
+        return self._path
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Open (creating) the environment and start the writer; idempotent."""
+        with self._state_lock:
+            if self._session is not None:
+                return
+            env = self._open_env()
+            try:
+                pages_db = env.open_db(PAGES_DB)
+                meta_db = env.open_db(META_DB)
+                stored_pages, stored_bytes = _measure(env, pages_db)
+            except BaseException:
+                env.close()
+                raise
+            initial = WriterStats(stored_pages=stored_pages, stored_bytes=stored_bytes,
+                                  bytes_written=self._writer_totals.bytes_written,
+                                  map_full_events=self._writer_totals.map_full_events,
+                                  commits=self._writer_totals.commits)
+            writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
+                                self._notify_map_full, self._closed_message)
+            writer.start()
+            self._session = _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
+                                     gate=_ReaderGate(self._closed_message), pid=os.getpid(),
+                                     map_size_bytes=env.info()["map_size"])
+
+    def _open_env(self) -> lmdb.Environment:
+        disk = self._config.disk
+        try:
+            self._path.mkdir(parents=True, exist_ok=True)
+            return lmdb.open(str(self._path), map_size=self._map_size_bytes, subdir=True,
+                             readahead=True, max_dbs=MAX_DBS, sync=disk.fsync,
+                             metasync=disk.fsync, lock=True,
+                             max_readers=disk.reader_threads + EXTRA_READER_SLOTS)
+        except (OSError, lmdb.Error) as exc:
+            raise ConfigError(f"cannot open the disk tier's LMDB environment at {self._path}: "
+                              f"{exc}; check that data_dir exists, is writable and is not "
+                              f"opened by another tierd") from exc
+
+    def close(self) -> None:
+        """Commit everything queued, stop the writer, wait for reads, close the env; idempotent."""
+        with self._state_lock:
+            session = self._session
+            if session is None:
+                return
+            if session.writer.on_writer_thread():
+                raise FailedPrecondition("DiskTier.close() was called from an on_done callback "
+                                         "(the writer thread); call it from another thread")
+            session.writer.close()
+            session.gate.close()
+            stats = session.writer.stats
+            self._writer_totals = WriterStats(bytes_written=stats.bytes_written,
+                                              map_full_events=stats.map_full_events,
+                                              commits=stats.commits)
+            self._session = None
+            try:
+                session.env.sync(True)  # durable on a clean close even when fsync is off
+            finally:
+                session.env.close()
+
+    def _require(self) -> _Session:
+        session = self._session
+        if session is None:
+            raise Unavailable(self._closed_message)
+        if session.pid != os.getpid():
+            raise FailedPrecondition(f"the disk tier at {self._path} was opened by process "
+                                     f"{session.pid} and cannot be used after fork (this is "
+                                     f"process {os.getpid()}): open a new DiskTier here")
+        return session
+
+    def _notify_map_full(self) -> None:
+        hook = self.on_map_full
+        if hook is not None:
+            hook()
+
+    # ---- namespaces ------------------------------------------------------------------------
+
+    def load_namespaces(self) -> list[Namespace]:
+        """Every persisted namespace, by ascending ``ns_id``."""
+        session = self._require()
+        records: list[tuple[bytes, bytes]] = []
+        with session.gate.reading(), session.env.begin(db=session.meta_db) as txn:
+            cursor = txn.cursor()
+            positioned = cursor.set_range(NAMESPACE_PREFIX)
+            while positioned and cursor.key().startswith(NAMESPACE_PREFIX):
+                records.append((cursor.key(), cursor.value()))
+                positioned = cursor.next()
+        return [_decode_namespace(key, value, self._path) for key, value in records]
+
+    def save_namespace(self, ns: Namespace) -> None:
+        """Persist ``ns``; durable when this returns (committed by the writer)."""
+        session = self._require()
+        if session.writer.on_writer_thread():
+            raise FailedPrecondition("save_namespace() cannot be called from an on_done callback")
+        done = threading.Event()
+        outcome: list[bool] = []
+
+        def finish(stored: bool) -> None:
+            outcome.append(stored)
+            done.set()
+
+        session.writer.submit(PutMeta(_namespace_key(ns.ns_id), _encode_namespace(ns), finish),
+                              block=False)
+        done.wait()
+        if not outcome[0]:
+            raise ResourceExhausted(f"the disk tier at {self._path} could not commit namespace "
+                                    f"{ns.ns_id} (map full or I/O error, see the log): free disk "
+                                    f"pages or raise disk.capacity_bytes")
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    def submit_write(self, ns_id: int, key: bytes, payload: memoryview, seq: int,
+                     on_done: Callable[[bool], None]) -> None:
+        """Queue one page; ``on_done(True)`` fires on the writer thread after its commit.
+
+        The caller keeps ``payload`` unchanged until ``on_done`` fires. Blocks while
+        ``disk.writer_queue_pages`` pages are queued; ``Unavailable`` once closed.
+        """
+        dkey = disk_key(ns_id, key)
+        view = _flat_view(payload, writable=False, what="payload")
+        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+            raise InvalidArgument(f"seq must be an integer in 0..{MAX_SEQ}, got {seq!r}")
+        self._require().writer.submit(PutPage(dkey, ns_id, view, seq, on_done), block=True)
+
+    def delete(self, ns_id: int, keys: Sequence[bytes],
+               on_done: Callable[[bool], None] | None = None) -> None:
+        """Queue removal of ``keys`` (absent ones are ignored); never blocks on backpressure."""
+        dkeys = tuple(disk_key(ns_id, key) for key in check_keys(keys))
+        self._require().writer.submit(DeletePages(dkeys, on_done), block=False)
+
+    def barrier(self, timeout_s: float | None) -> bool:
+        """``True`` once everything submitted before the call was committed (or failed)."""
+        session = self._session
+        if session is None:
+            return True  # close() drained the queue
+        if session.writer.on_writer_thread():
+            raise FailedPrecondition("barrier() cannot be called from an on_done callback")
+        done = threading.Event()
+        if not session.writer.try_submit(Barrier(lambda _stored: done.set())):
+            session.writer.close()  # closing meanwhile: wait until the queue is drained
+            return True
+        return done.wait(timeout_s)
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def read_into(self, ns_id: int, key: bytes, dst: memoryview) -> ReadStatus:
+        """Copy the payload of one page into ``dst`` (exactly its size), checksum verified."""
+        dkey = disk_key(ns_id, key)
+        out = _flat_view(dst, writable=True, what="dst")
+        session = self._require()
+        with session.gate.reading():
+            with session.env.begin(db=session.pages_db, buffers=True) as txn:
+                value = txn.get(dkey)
+                if value is None:
+                    return ReadStatus.MISSING
+                header = decode_header(value)
+                if (header is not None and header.payload_bytes != out.nbytes
+                        and len(value) == header.header_bytes + header.payload_bytes):
+                    raise InvalidArgument(f"dst holds {out.nbytes} bytes but page {key.hex()} of "
+                                          f"namespace {ns_id} holds {header.payload_bytes} bytes: "
+                                          f"pass a buffer of exactly the page size")
+                if header is None or verify(value, ns_id, out.nbytes) is None:
+                    seen = (bytes(value[:HEADER_BYTES]), len(value))
+                else:
+                    out[:] = value[header.header_bytes:]
+                    seen = None
+        if seen is not None:
+            self._drop_corrupt(session, dkey, *seen)
+            return ReadStatus.CORRUPT
+        self._reads.add_read(out.nbytes)
+        return ReadStatus.OK
+
+    def contains(self, ns_id: int, key: bytes) -> bool:
+        """Whether a page is stored (its checksum is only checked when it is read)."""
+        dkey = disk_key(ns_id, key)
+        session = self._require()
+        with session.gate.reading(), session.env.begin(db=session.pages_db, buffers=True) as txn:
+            return txn.get(dkey) is not None
+
+    def scan(self) -> Iterator[DiskEntry]:
+        """Every stored page, by disk key, from headers only (warm restart).
+
+        Entries whose header is unreadable or disagrees with their key or size are dropped and
+        counted as checksum failures. Each chunk of entries is read in its own short transaction.
+        """
+        after: bytes | None = None
+        while True:
+            session = self._require()
+            with session.gate.reading():
+                entries, bad, last_key, num_seen = _scan_chunk(session, after)
+            for dkey, seen_header, seen_bytes in bad:
+                self._drop_corrupt(session, dkey, seen_header, seen_bytes)
+            yield from entries
+            if num_seen < SCAN_CHUNK_ENTRIES:
+                return
+            after = last_key
+
+    def _drop_corrupt(self, session: _Session, dkey: bytes, seen_header: bytes,
+                      seen_bytes: int) -> None:
+        self._reads.add_failure()
+        try:
+            ns_id, key = split_disk_key(dkey)
+            name = f"page {key.hex()} of namespace {ns_id}"
+        except InvalidArgument:
+            name = f"malformed disk key {dkey.hex()}"
+        log.error("disk tier %s: %s failed its header/checksum check (%d bytes stored); dropping "
+                  "it", self._path, name, seen_bytes)
+        if not session.writer.try_submit(DropIfUnchanged(dkey, seen_header, seen_bytes)):
+            log.warning("disk tier %s: closing, %s stays until it is read again", self._path, name)
+
+    # ---- stats -----------------------------------------------------------------------------
+
+    def stats(self) -> DiskStats:
+        session = self._session
+        writer = session.writer.stats if session is not None else self._writer_totals
+        return DiskStats(stored_pages=writer.stored_pages, stored_bytes=writer.stored_bytes,
+                         bytes_written=writer.bytes_written, bytes_read=self._reads.bytes_read,
+                         checksum_failures=self._reads.checksum_failures,
+                         map_full_events=writer.map_full_events,
+                         queue_depth=session.writer.queue_depth if session is not None else 0,
+                         commits=writer.commits,
+                         map_size_bytes=(session.map_size_bytes if session is not None
+                                         else self._map_size_bytes))
+
+
+def _flat_view(buf: memoryview, writable: bool, what: str) -> memoryview:
+    """``buf`` as a flat byte view, without copying."""
+    view = memoryview(buf)
+    if writable and view.readonly:
+        raise InvalidArgument(f"{what} must be a writable buffer, got a read-only one")
+    if not view.c_contiguous:
+        raise InvalidArgument(f"{what} must be a C-contiguous buffer")
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _measure(env: lmdb.Environment, pages_db: lmdb._Database) -> tuple[int, int]:
+    """``(pages, bytes)`` stored; value sizes come from leaf nodes, payloads are not read."""
+    num_pages = num_bytes = 0
+    with env.begin(db=pages_db, buffers=True) as txn:
+        for value in txn.cursor().iternext(keys=False, values=True):
+            num_pages += 1
+            num_bytes += len(value)
+    return num_pages, num_bytes
+
+
+def _scan_chunk(session: _Session, after: bytes | None
+                ) -> tuple[list[DiskEntry], list[tuple[bytes, bytes, int]], bytes | None, int]:
+    """Up to ``SCAN_CHUNK_ENTRIES`` entries after key ``after``: (good, bad, last key, seen)."""
+    entries: list[DiskEntry] = []
+    bad: list[tuple[bytes, bytes, int]] = []
+    last_key: bytes | None = None
+    with session.env.begin(db=session.pages_db, buffers=True) as txn:
+        cursor = txn.cursor()
+        positioned = cursor.first() if after is None else cursor.set_range(after)
+        if positioned and after is not None and cursor.key() == after:
+            positioned = cursor.next()
+        while positioned and len(entries) + len(bad) < SCAN_CHUNK_ENTRIES:
+            last_key = bytes(cursor.key())
+            value = cursor.value()
+            entry = _entry_from_header(last_key, value)
+            if entry is None:
+                bad.append((last_key, bytes(value[:HEADER_BYTES]), len(value)))
+            else:
+                entries.append(entry)
+            positioned = cursor.next()
+    return entries, bad, last_key, len(entries) + len(bad)
+
+
+def _entry_from_header(dkey: bytes, value: memoryview) -> DiskEntry | None:
+    """The entry if its header is readable and agrees with its key and size (payload untouched)."""
+    try:
+        ns_id, key = split_disk_key(dkey)
+    except InvalidArgument:
+        return None
+    header = decode_header(value[:HEADER_BYTES])
+    if header is None or header.ns_id != ns_id or len(value) != header.header_bytes + \
+            header.payload_bytes:
+        return None
+    return DiskEntry(ns_id=ns_id, key=key, seq=header.seq, stored_bytes=len(value))
+
+
+def _namespace_key(ns_id: int) -> bytes:
+    return NAMESPACE_PREFIX + ns_id.to_bytes(4, "big")
+
+
+def _encode_namespace(ns: Namespace) -> bytes:
+    record = {"ns_id": ns.ns_id, "tenant": ns.tenant, "fingerprint": ns.fingerprint.hex(),
+              "spec": json.loads(ns.spec.canonical_json())}
+    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _decode_namespace(key: bytes, value: bytes, path: Path) -> Namespace:
+    try:
+        record = json.loads(value)
+        ns = Namespace(ns_id=int(record["ns_id"]), tenant=str(record["tenant"]),
+                       spec=PageSpec(**record["spec"]),
+                       fingerprint=bytes.fromhex(record["fingerprint"]))
+    except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+        raise FailedPrecondition(f"namespace record {key!r} in {path} is unreadable ({exc}); "
+                                 f"move the data dir away to start with an empty disk tier"
+                                 ) from exc
+    if _namespace_key(ns.ns_id) != key:
+        raise FailedPrecondition(f"namespace record {key!r} in {path} holds ns_id {ns.ns_id}; "
+                                 f"move the data dir away to start with an empty disk tier")
+    return ns

@@ -1,0 +1,379 @@
+"""The disk tier's single LMDB writer: a bounded FIFO of write ops and the thread that commits it.
+
+Every write to the environment (pages, deletes, namespace records) runs on this one thread: a
+write transaction belongs to the OS thread that began it, and LMDB admits one writer at a time.
+The thread takes a *group* of ops, applies them in one transaction, commits (fsync'd when the
+environment syncs) and only then calls each op's ``on_done``, in submission order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import lmdb
+
+from tierd.config import DiskConfig
+from tierd.errors import Unavailable
+from tierd.tiers.page_format import HEADER_BYTES, encode_header
+
+log = logging.getLogger(__name__)
+
+OnDone = Callable[[bool], None]
+
+# LMDB reuses pages freed by transaction N only from transaction N + 2 on, and an aborted
+# transaction does not advance the id: after deletes, a full map stays full until something
+# commits. Rewriting this small meta record is that "something".
+TICK_META_KEY = b"writer/tick"
+
+
+@dataclass(frozen=True)
+class PutPage:
+    """Store ``payload`` (flat bytes, pinned by the caller until ``on_done``) under ``dkey``."""
+
+    dkey: bytes
+    ns_id: int
+    payload: memoryview
+    seq: int
+    on_done: OnDone | None
+
+
+@dataclass(frozen=True)
+class DeletePages:
+    """Remove ``dkeys`` (absent ones are ignored)."""
+
+    dkeys: tuple[bytes, ...]
+    on_done: OnDone | None
+
+
+@dataclass(frozen=True)
+class DropIfUnchanged:
+    """Remove a value found corrupt, unless it was rewritten since (size or header differ)."""
+
+    dkey: bytes
+    seen_header: bytes
+    seen_bytes: int
+    on_done: OnDone | None = None
+
+
+@dataclass(frozen=True)
+class PutMeta:
+    """Store one record of the ``meta`` database."""
+
+    key: bytes
+    value: bytes
+    on_done: OnDone | None
+
+
+@dataclass(frozen=True)
+class Barrier:
+    """Completes once every op queued before it was committed (or failed)."""
+
+    on_done: OnDone
+
+
+WriteOp = PutPage | DeletePages | DropIfUnchanged | PutMeta | Barrier
+
+
+def _op_cost(op: WriteOp) -> tuple[int, int]:
+    """``(pages, bytes)`` an op adds to a group (the group-commit limits count these)."""
+    if isinstance(op, PutPage):
+        return 1, HEADER_BYTES + op.payload.nbytes
+    if isinstance(op, DeletePages):
+        return len(op.dkeys), 0
+    return 0, 0
+
+
+@dataclass(frozen=True)
+class WriterStats:
+    """Counters of one writer, published after every group (stored_* include headers)."""
+
+    stored_pages: int = 0
+    stored_bytes: int = 0
+    bytes_written: int = 0
+    map_full_events: int = 0
+    commits: int = 0
+
+
+@dataclass
+class _Delta:
+    """What one transaction changes; applied to the counters only if it commits."""
+
+    pages: int = 0
+    stored_bytes: int = 0
+    written_bytes: int = 0
+
+
+class OpQueue:
+    """FIFO of ops; ``put`` of a page blocks while ``max_queued_pages`` pages wait."""
+
+    def __init__(self, max_queued_pages: int, closed_message: str) -> None:
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._ops: deque[WriteOp] = deque()
+        self._queued_pages = 0
+        self._max_queued_pages = max_queued_pages
+        self._closed = False
+        self._closed_message = closed_message
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._ops)
+
+    def put(self, op: WriteOp, block: bool) -> None:
+        """Append ``op``; ``Unavailable`` once closed (also to a put blocked by backpressure)."""
+        with self._lock:
+            if block and isinstance(op, PutPage):
+                while not self._closed and self._queued_pages >= self._max_queued_pages:
+                    self._not_full.wait()
+            if self._closed:
+                raise Unavailable(self._closed_message)
+            self._ops.append(op)
+            if isinstance(op, PutPage):
+                self._queued_pages += 1
+            self._not_empty.notify()
+
+    def close(self) -> None:
+        """Refuse new ops; ops already queued are still handed out by ``take_group``."""
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._not_full.notify_all()
+
+    def take_group(self, max_pages: int, max_bytes: int, linger_s: float) -> list[WriteOp] | None:
+        """The next group of ops, waiting for the first; ``None`` when closed and drained.
+
+        After the first op it waits at most ``linger_s`` for more, unless a caller is blocked on
+        the group (a barrier or a namespace record) or the queue is closing.
+        """
+        with self._lock:
+            while not self._ops and not self._closed:
+                self._not_empty.wait()
+            if not self._ops:
+                return None
+            deadline = time.monotonic() + linger_s
+            group: list[WriteOp] = []
+            pages = num_bytes = 0
+            urgent = False
+            while True:
+                while self._ops:
+                    op_pages, op_bytes = _op_cost(self._ops[0])
+                    if group and (pages + op_pages > max_pages or num_bytes + op_bytes > max_bytes):
+                        return self._handed_out(group)
+                    op = self._ops.popleft()
+                    group.append(op)
+                    pages, num_bytes = pages + op_pages, num_bytes + op_bytes
+                    urgent = urgent or isinstance(op, (Barrier, PutMeta))
+                remaining_s = deadline - time.monotonic()
+                if urgent or self._closed or remaining_s <= 0:
+                    return self._handed_out(group)
+                self._not_empty.wait(remaining_s)
+
+    def _handed_out(self, group: list[WriteOp]) -> list[WriteOp]:
+        self._queued_pages -= sum(1 for op in group if isinstance(op, PutPage))
+        self._not_full.notify_all()
+        return group
+
+
+class DiskWriter:
+    """Owns the writer thread. The caller keeps ``env`` open until ``close`` has returned."""
+
+    def __init__(self, env: lmdb.Environment, pages_db: lmdb._Database, meta_db: lmdb._Database,
+                 disk: DiskConfig, initial: WriterStats, on_map_full: Callable[[], None],
+                 closed_message: str) -> None:
+        self._env = env
+        self._pages_db = pages_db
+        self._meta_db = meta_db
+        self._disk = disk
+        self._on_map_full = on_map_full
+        self._queue = OpQueue(disk.writer_queue_pages, closed_message)
+        self._counts = initial  # written by the writer thread only; read by anyone (atomic swap)
+        self._tick_count = 0
+        self._scratch = bytearray()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    @property
+    def stats(self) -> WriterStats:
+        return self._counts
+
+    @property
+    def queue_depth(self) -> int:
+        """Ops queued and not yet taken by the writer."""
+        return len(self._queue)
+
+    def on_writer_thread(self) -> bool:
+        return self._thread is not None and threading.current_thread() is self._thread
+
+    def start(self) -> None:
+        """Start the thread; idempotent."""
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tierd-disk-writer",
+                                                daemon=True)
+                self._thread.start()
+
+    def submit(self, op: WriteOp, block: bool = True) -> None:
+        """Queue ``op``; ``block`` applies backpressure to pages. ``Unavailable`` once closed."""
+        self._queue.put(op, block=block and not self.on_writer_thread())
+
+    def try_submit(self, op: WriteOp) -> bool:
+        """Queue ``op`` without blocking; ``False`` if the writer is closed."""
+        try:
+            self._queue.put(op, block=False)
+        except Unavailable:
+            return False
+        return True
+
+    def close(self) -> None:
+        """Commit everything queued, then stop the thread; idempotent. Not from an ``on_done``."""
+        self._queue.close()
+        with self._start_lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    # ---- writer thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        disk = self._disk
+        while True:
+            group = self._queue.take_group(disk.writer_batch_pages, disk.writer_batch_bytes,
+                                           disk.writer_linger_s)
+            if group is None:
+                return
+            try:
+                results = self._commit_group(group)
+            except Exception:
+                log.exception("disk writer: a group of %d ops failed; reporting them as not "
+                              "stored", len(group))
+                results = [False] * len(group)
+            self._notify(group, results)
+
+    def _commit_group(self, group: list[WriteOp]) -> list[bool]:
+        try:
+            delta = self._commit(group)
+        except lmdb.MapFullError:
+            self._counts = replace(self._counts, map_full_events=self._counts.map_full_events + 1)
+            log.warning("disk writer: the LMDB map (%d bytes) is full; storing the %d ops of this "
+                        "group one by one, the ones that do not fit are reported as not stored",
+                        self._env.info()["map_size"], len(group))
+            try:
+                self._on_map_full()
+            except Exception:
+                log.exception("disk writer: the on_map_full hook raised")
+            return self._one_by_one(group)
+        except lmdb.TxnFullError:
+            log.warning("disk writer: a group of %d ops dirtied more pages than one LMDB "
+                        "transaction holds; storing them one by one (lower "
+                        "disk.writer_batch_bytes)", len(group))
+            return self._one_by_one(group)
+        self._count(delta)
+        return [True] * len(group)
+
+    def _one_by_one(self, group: list[WriteOp]) -> list[bool]:
+        """Store every op of ``group`` that still fits, one transaction each."""
+        results: list[bool] = []
+        ticked = False
+        for op in group:
+            stored = self._commit_alone(op)
+            if not stored and not ticked:
+                ticked = True
+                stored = self._tick() and self._commit_alone(op)
+            results.append(stored)
+        return results
+
+    def _commit_alone(self, op: WriteOp) -> bool:
+        if isinstance(op, Barrier):
+            return True
+        try:
+            delta = self._commit([op])
+        except (lmdb.MapFullError, lmdb.TxnFullError):
+            return False
+        except Exception:
+            log.exception("disk writer: %s failed; reporting it as not stored", type(op).__name__)
+            return False
+        self._count(delta)
+        return True
+
+    def _tick(self) -> bool:
+        """Commit a tiny transaction so pages freed by the last commits become reusable."""
+        self._tick_count += 1
+        tick = PutMeta(TICK_META_KEY, self._tick_count.to_bytes(8, "little"), None)
+        try:
+            self._count(self._commit([tick]))
+        except lmdb.Error:
+            return False
+        return True
+
+    def _commit(self, ops: list[WriteOp]) -> _Delta:
+        delta = _Delta()
+        txn = self._env.begin(write=True, buffers=True)
+        try:
+            for op in ops:
+                self._apply(txn, op, delta)
+            txn.commit()
+        except BaseException:
+            txn.abort()
+            raise
+        return delta
+
+    def _apply(self, txn: lmdb.Transaction, op: WriteOp, delta: _Delta) -> None:
+        if isinstance(op, PutPage):
+            value = self._encode(op)
+            old = txn.get(op.dkey, db=self._pages_db)
+            old_bytes = 0 if old is None else len(old)  # before put: the view dies with the page
+            txn.put(op.dkey, value, db=self._pages_db)
+            delta.pages += old is None
+            delta.stored_bytes += len(value) - old_bytes
+            delta.written_bytes += len(value)
+        elif isinstance(op, DeletePages):
+            for dkey in op.dkeys:
+                self._delete(txn, dkey, delta)
+        elif isinstance(op, DropIfUnchanged):
+            current = txn.get(op.dkey, db=self._pages_db)
+            if (current is not None and len(current) == op.seen_bytes
+                    and bytes(current[:len(op.seen_header)]) == op.seen_header):
+                self._delete(txn, op.dkey, delta)
+        elif isinstance(op, PutMeta):
+            txn.put(op.key, op.value, db=self._meta_db)
+
+    def _delete(self, txn: lmdb.Transaction, dkey: bytes, delta: _Delta) -> None:
+        old = txn.get(dkey, db=self._pages_db)
+        if old is not None:
+            delta.pages -= 1
+            delta.stored_bytes -= len(old)
+            txn.delete(dkey, db=self._pages_db)
+
+    def _encode(self, op: PutPage) -> memoryview:
+        """Header + payload in the writer's scratch buffer (LMDB copies it at ``put``)."""
+        payload_bytes = op.payload.nbytes
+        value_bytes = HEADER_BYTES + payload_bytes
+        if len(self._scratch) < value_bytes:
+            self._scratch = bytearray(value_bytes)
+        value = memoryview(self._scratch)[:value_bytes]
+        value[:HEADER_BYTES] = encode_header(op.ns_id, payload_bytes, op.seq, op.payload)
+        value[HEADER_BYTES:] = op.payload
+        return value
+
+    def _count(self, delta: _Delta) -> None:
+        c = self._counts
+        self._counts = WriterStats(stored_pages=c.stored_pages + delta.pages,
+                                   stored_bytes=c.stored_bytes + delta.stored_bytes,
+                                   bytes_written=c.bytes_written + delta.written_bytes,
+                                   map_full_events=c.map_full_events, commits=c.commits + 1)
+
+    def _notify(self, group: list[WriteOp], results: list[bool]) -> None:
+        for op, stored in zip(group, results):
+            if op.on_done is None:
+                continue
+            try:
+                op.on_done(stored)
+            except Exception:
+                log.exception("disk writer: an on_done callback raised; the writer goes on")
+

@@ -1,0 +1,492 @@
+"""Shared-memory arenas: regions as files under ``/dev/shm`` that local clients can map.
+
+Without CUDA both ``hbm`` and ``dram`` are ``ShmArena``s. Each region is one tmpfs file created
+with ``os.open(O_EXCL)`` + ``ftruncate`` + ``mmap`` (not ``multiprocessing.shared_memory``, whose
+resource tracker unlinks a segment when any process that merely attached it exits). Only the
+creating ``ShmRegion`` ever unlinks; a client maps a region with ``map_region(handle)``, whose
+``MappedRegion.close()`` only unmaps.
+
+Budget: ``ShmArena.create_region`` takes ``num_slots * page_bytes`` from the arena's budget;
+``ShmRegion.close()`` gives it back (it tells its arena), so callers close regions, never
+``release`` them through the arena. ``ShmArena.close()`` closes every region still open.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import mmap
+import operator
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tierd.errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.base import HandleKind, RegionHandle
+from tierd.tiers.host_memory import SHM_DIR, shm_free_bytes
+from tierd.units import format_size
+
+logger = logging.getLogger(__name__)
+
+# rw for the daemon's user and group: workers run in the daemon's group, nobody else may map pages.
+_FILE_MODE = 0o660
+# 8 hex chars: two stores of one process never pick the same name in practice, and O_EXCL plus a
+# few retries turns the rare collision (or a stale file of a recycled pid) into a fresh name.
+_TOKEN_BYTES = 4
+_NAME_ATTEMPTS = 8
+# Prefault touches one byte per OS page: that is what makes the kernel back and map the page.
+_OS_PAGE_BYTES = mmap.PAGESIZE
+# posix_fallocate errors that only mean "this filesystem cannot preallocate": ftruncate suffices.
+_NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def _check_int(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got "
+                              f"{type(value).__name__} {value!r}") from None
+    if number < minimum:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {number}")
+    return number
+
+
+def _as_page_array(buffer: object, page_bytes: int, what: str, writable: bool) -> np.ndarray:
+    """``buffer`` as a flat uint8 array of exactly ``page_bytes`` bytes, without copying."""
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"{what} must be a buffer (bytes, bytearray, memoryview, numpy "
+                              f"array), got {type(buffer).__name__}") from None
+    if writable and view.readonly:
+        raise InvalidArgument(f"{what} is read-only: pass a writable buffer such as a bytearray "
+                              f"or a numpy array")
+    if not view.c_contiguous:
+        raise InvalidArgument(f"{what} must be C-contiguous (one page of {page_bytes} bytes in a "
+                              f"row); copy it first, e.g. numpy.ascontiguousarray")
+    if view.nbytes != page_bytes:
+        raise InvalidArgument(f"{what} must be exactly one page of {page_bytes} bytes, got "
+                              f"{view.nbytes} bytes")
+    return np.frombuffer(view, dtype=np.uint8)
+
+
+class _SlotPages:
+    """Slot copies over one mmap: slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)``.
+
+    Copies go through numpy, which releases the GIL for them. Copies to distinct slots may run
+    on several threads at once; a copy racing ``close`` either completes or raises
+    ``Unavailable``, and never touches unmapped memory (the views it holds keep the mmap alive).
+    """
+
+    def __init__(self, mm: mmap.mmap, start_bytes: int, num_slots: int, page_bytes: int,
+                 label: str) -> None:
+        self._mm: mmap.mmap | None = mm
+        pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes, offset=start_bytes)
+        self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
+        self._num_slots = num_slots
+        self._page_bytes = page_bytes
+        self._label = label
+        self._close_lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def num_slots(self) -> int:
+        return self._num_slots
+
+    @property
+    def page_bytes(self) -> int:
+        return self._page_bytes
+
+    @property
+    def size_bytes(self) -> int:
+        """``num_slots * page_bytes``."""
+        return self._num_slots * self._page_bytes
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def write_slot(self, slot: int, src: memoryview) -> None:
+        """Copy one page (``page_bytes`` contiguous bytes of any buffer) into ``slot``."""
+        pages = self._live_pages()
+        index = self._check_slot(slot)
+        data = _as_page_array(src, self._page_bytes, f"write_slot({index}) source", writable=False)
+        np.copyto(pages[index], data)
+
+    def read_slot(self, slot: int, dst: memoryview) -> None:
+        """Copy the page in ``slot`` into ``dst`` (``page_bytes`` writable contiguous bytes)."""
+        pages = self._live_pages()
+        index = self._check_slot(slot)
+        out = _as_page_array(dst, self._page_bytes, f"read_slot({index}) destination", writable=True)
+        np.copyto(out, pages[index])
+
+    def slot_view(self, slot: int) -> memoryview:
+        """Writable zero-copy view of ``slot`` (``page_bytes`` bytes); release it before close."""
+        pages = self._live_pages()
+        return pages[self._check_slot(slot)].data
+
+    def array(self) -> np.ndarray:
+        """Writable zero-copy uint8 array of shape ``[num_slots, page_bytes]`` over the region."""
+        return self._live_pages().view()
+
+    def _live_pages(self) -> np.ndarray:
+        pages = self._pages
+        if pages is None:
+            raise Unavailable(f"{self._label} is closed; its slots can no longer be read or written")
+        return pages
+
+    def _check_slot(self, slot: object) -> int:
+        if isinstance(slot, bool):
+            raise InvalidArgument(f"slot must be an integer, got {slot!r}")
+        try:
+            index = operator.index(slot)  # type: ignore[arg-type]
+        except TypeError:
+            raise InvalidArgument(f"slot must be an integer, got {type(slot).__name__} "
+                                  f"{slot!r}") from None
+        if not 0 <= index < self._num_slots:
+            raise InvalidArgument(f"slot {index} is out of range for {self._label}: it has "
+                                  f"{self._num_slots} slots (0..{self._num_slots - 1})")
+        return index
+
+    def _begin_close(self) -> bool:
+        """Mark closed; ``True`` for the one caller that must do the closing."""
+        with self._close_lock:
+            if self._closed:
+                return False
+            self._closed = True
+            return True
+
+    def _unmap(self) -> bool:
+        """Drop our views and unmap; ``False`` if views handed out still pin the mapping.
+
+        Then the mapping stays valid until the last such view is dropped, and is unmapped by
+        the garbage collector: nobody ever sees unmapped memory.
+        """
+        self._pages = None
+        mm, self._mm = self._mm, None
+        if mm is None:
+            return True
+        try:
+            mm.close()
+        except BufferError:
+            return False
+        return True
+
+
+class ShmRegion(_SlotPages):
+    """One namespace's pages in one tier: the ``/dev/shm`` file ``name``, created and owned here.
+
+    Made by ``ShmArena.create_region``. ``close()`` unmaps, unlinks the file and returns the
+    region's bytes to its arena's budget.
+    """
+
+    def __init__(self, tier: Tier, ns_id: int, name: str, mm: mmap.mmap, num_slots: int,
+                 page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
+        super().__init__(mm, 0, num_slots, page_bytes, f"{tier.label} region {name}")
+        self._tier = tier
+        self._ns_id = ns_id
+        self._name = name
+        self._on_close = on_close
+
+    @property
+    def tier(self) -> Tier:
+        return self._tier
+
+    @property
+    def ns_id(self) -> int:
+        return self._ns_id
+
+    @property
+    def name(self) -> str:
+        """File name under ``/dev/shm`` (what a client passes to ``map_region``)."""
+        return self._name
+
+    @property
+    def path(self) -> Path:
+        return SHM_DIR / self._name
+
+    def handle(self) -> RegionHandle:
+        """What a local client needs to map this region (``map_region``)."""
+        return RegionHandle(tier=self._tier, kind=HandleKind.SHM, name=self._name, offset_bytes=0,
+                            size_bytes=self.size_bytes, page_bytes=self._page_bytes,
+                            num_slots=self._num_slots, device="cpu")
+
+    def prefault(self) -> float:
+        """Touch every OS page so later writes run at full speed; returns the seconds it took."""
+        started = time.monotonic()
+        flat = self._live_pages().reshape(-1)
+        # Fresh tmpfs pages are zero, so writing zero changes no content, only backs the page.
+        flat[::_OS_PAGE_BYTES] = 0
+        return time.monotonic() - started
+
+    def close(self) -> None:
+        """Unmap, unlink the file, give the bytes back to the arena. Idempotent; never raises.
+
+        Views still exported (``slot_view``, ``array``) stay valid; the memory is freed when the
+        last of them is dropped. Clients that mapped the file keep their mapping until they close.
+        """
+        if not self._begin_close():
+            return
+        if not self._unmap():
+            logger.warning("%s closed while views of it are still in use; its %s are freed when "
+                           "the last view is dropped", self._label, format_size(self.size_bytes))
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            logger.warning("%s: %s was already removed by someone else", self._label, self.path)
+        except OSError:
+            logger.warning("%s: could not remove %s", self._label, self.path, exc_info=True)
+        self._on_close(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (f"ShmRegion({self._name!r}, num_slots={self._num_slots}, "
+                f"page_bytes={self._page_bytes}, {state})")
+
+
+class MappedRegion(_SlotPages):
+    """A client's mapping of a region another process created; ``close()`` unmaps, never unlinks."""
+
+    def __init__(self, handle: RegionHandle, mm: mmap.mmap, start_bytes: int) -> None:
+        super().__init__(mm, start_bytes, handle.num_slots, handle.page_bytes,
+                         f"mapped {handle.tier.label} region {handle.name}")
+        self._handle = handle
+
+    def handle(self) -> RegionHandle:
+        return self._handle
+
+    def close(self) -> None:
+        """Unmap (once every exported view is dropped). Idempotent; never unlinks the file."""
+        if self._begin_close() and not self._unmap():
+            logger.debug("%s: views still in use; unmapped when the last one is dropped",
+                         self._label)
+
+
+def map_region(handle: RegionHandle) -> MappedRegion:
+    """Map the shm region ``handle`` names, read-write, in this process (a worker's side).
+
+    Raises ``NotFound`` if the file is gone (daemon closed the region or restarted),
+    ``InvalidArgument`` for a handle that is not a well-formed shm handle.
+    """
+    if handle.kind is not HandleKind.SHM:
+        raise InvalidArgument(f"map_region maps shm handles only, got a {handle.kind.value} handle "
+                              f"for region {handle.name!r}")
+    if not handle.name or "/" in handle.name or handle.name in (".", ".."):
+        raise InvalidArgument(f"an shm handle names a file directly under {SHM_DIR}, got "
+                              f"{handle.name!r}")
+    num_slots = _check_int(handle.num_slots, "handle.num_slots", 1)
+    page_bytes = _check_int(handle.page_bytes, "handle.page_bytes", 1)
+    offset_bytes = _check_int(handle.offset_bytes, "handle.offset_bytes", 0)
+    if handle.size_bytes != num_slots * page_bytes:
+        raise InvalidArgument(f"handle.size_bytes is {handle.size_bytes}, expected num_slots x "
+                              f"page_bytes = {num_slots} x {page_bytes} = {num_slots * page_bytes}")
+    path = SHM_DIR / handle.name
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        raise NotFound(f"shared-memory region {path} does not exist: the daemon closed it or "
+                       f"restarted; register the namespace again for fresh handles") from None
+    except PermissionError:
+        raise ConfigError(f"no permission to open {path} read-write: run the worker as the "
+                          f"daemon's user or in its group") from None
+    try:
+        file_bytes = os.fstat(fd).st_size
+        if offset_bytes + handle.size_bytes > file_bytes:
+            end_bytes = offset_bytes + handle.size_bytes
+            raise InvalidArgument(f"handle asks for bytes {offset_bytes}..{end_bytes} of {path}, "
+                                  f"but the file holds {file_bytes} bytes")
+        # mmap offsets must be multiples of the allocation granularity: map from the one below.
+        start_bytes = offset_bytes % mmap.ALLOCATIONGRANULARITY
+        mm = mmap.mmap(fd, start_bytes + handle.size_bytes, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset_bytes - start_bytes)
+    finally:
+        os.close(fd)
+    return MappedRegion(handle, mm, start_bytes)
+
+
+def _reserve_segment(fd: int, size_bytes: int, path: Path) -> None:
+    """Size the file and make tmpfs commit its pages now.
+
+    Without the reservation a full ``/dev/shm`` would surface as SIGBUS on some later write;
+    ``posix_fallocate`` turns it into an error here. It allocates but does not yet map pages,
+    which is what prefaulting is for.
+    """
+    os.ftruncate(fd, size_bytes)
+    try:
+        os.posix_fallocate(fd, 0, size_bytes)
+    except OSError as exc:
+        if exc.errno in _NO_FALLOCATE:
+            return
+        if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+            free = shm_free_bytes(path.parent)
+            raise ResourceExhausted(f"cannot reserve {format_size(size_bytes)} ({size_bytes} "
+                                    f"bytes) in {path.parent} for {path.name}: only "
+                                    f"{format_size(free)} ({free} bytes) free there; enlarge "
+                                    f"the tmpfs or lower the tier's capacity") from None
+        raise
+
+
+def _create_segment(path: Path, size_bytes: int) -> mmap.mmap:
+    """Create ``path`` (must not exist), reserve ``size_bytes`` and map it shared, read-write."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+    except PermissionError:
+        raise ConfigError(f"cannot create {path}: permission denied; the daemon's user needs "
+                          f"write access to {path.parent}") from None
+    try:
+        # The umask would otherwise strip group write, and workers map regions read-write.
+        os.fchmod(fd, _FILE_MODE)
+        _reserve_segment(fd, size_bytes, path)
+        return mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except BaseException:
+        os.unlink(path)
+        raise
+    finally:
+        os.close(fd)
+
+
+class ShmArena:
+    """One memory tier's byte budget, carved into ``/dev/shm`` regions (one per namespace).
+
+    ``capacity_bytes`` is a budget, not an allocation: a region's bytes are reserved when it is
+    created and returned when it closes. Thread-safe. Region files are named
+    ``{name_prefix}-{pid}-{tier}-ns{ns_id}-{token}``.
+    """
+
+    def __init__(self, tier: Tier, capacity_bytes: int, name_prefix: str, prefault: bool) -> None:
+        if tier not in MEMORY_TIERS:
+            choices = ", ".join(t.label for t in MEMORY_TIERS)
+            raise InvalidArgument(f"a shm arena holds a memory tier ({choices}), got {tier!r}")
+        self._capacity_bytes = _check_int(capacity_bytes, "capacity_bytes", 0)
+        if not name_prefix or not name_prefix.replace("-", "").replace("_", "").isalnum():
+            raise InvalidArgument(f"name_prefix may hold letters, digits, '-' and '_' only, got "
+                                  f"{name_prefix!r}")
+        self._tier = tier
+        self._name_prefix = name_prefix
+        self._prefault = bool(prefault)
+        self._lock = threading.Lock()
+        self._regions: dict[str, ShmRegion] = {}
+        self._assigned_bytes = 0  # includes regions still being created
+        self._closed = False
+
+    @property
+    def tier(self) -> Tier:
+        return self._tier
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    @property
+    def assigned_bytes(self) -> int:
+        """Bytes held by open regions (and by regions being created)."""
+        with self._lock:
+            return self._assigned_bytes
+
+    @property
+    def unassigned_bytes(self) -> int:
+        """Bytes of the budget not yet given to a region."""
+        with self._lock:
+            return self._capacity_bytes - self._assigned_bytes
+
+    def regions(self) -> list[ShmRegion]:
+        """The regions still open, oldest first."""
+        with self._lock:
+            return list(self._regions.values())
+
+    def create_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
+        """A new region of ``num_slots`` pages of ``page_bytes``, prefaulted if configured.
+
+        Raises ``ResourceExhausted`` when the unassigned budget (or ``/dev/shm``) cannot hold
+        it, ``Unavailable`` once the arena is closed.
+        """
+        ns_id = _check_int(ns_id, "ns_id", 0)
+        num_slots = _check_int(num_slots, "num_slots", 1)
+        page_bytes = _check_int(page_bytes, "page_bytes", 1)
+        size_bytes = num_slots * page_bytes
+        self._reserve(ns_id, num_slots, page_bytes)
+        try:
+            region = self._make_region(ns_id, num_slots, page_bytes)
+        except BaseException:
+            with self._lock:
+                self._assigned_bytes -= size_bytes
+            raise
+        with self._lock:
+            closed = self._closed
+            if closed:
+                self._assigned_bytes -= size_bytes
+            else:
+                self._regions[region.name] = region
+        if closed:
+            region.close()
+            raise Unavailable(f"the {self._tier.label} arena was closed while a region for "
+                              f"namespace {ns_id} was being created")
+        return region
+
+    def close(self) -> None:
+        """Close every open region (unlinking its file); idempotent. Later creates are refused."""
+        with self._lock:
+            self._closed = True
+            regions = list(self._regions.values())
+        for region in regions:
+            region.close()
+
+    def __enter__(self) -> ShmArena:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _reserve(self, ns_id: int, num_slots: int, page_bytes: int) -> None:
+        size_bytes = num_slots * page_bytes
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"the {self._tier.label} arena is closed; no new regions")
+            left_bytes = self._capacity_bytes - self._assigned_bytes
+            if size_bytes > left_bytes:
+                raise ResourceExhausted(
+                    f"a {self._tier.label} region for namespace {ns_id} asks for "
+                    f"{format_size(size_bytes)} ({size_bytes} bytes = {num_slots} slots x "
+                    f"{page_bytes} bytes) but only {format_size(left_bytes)} ({left_bytes} bytes) "
+                    f"of the {self._tier.label} budget of {self._capacity_bytes} bytes is left; "
+                    f"ask for fewer slots, close other namespaces or raise the tier's capacity")
+            self._assigned_bytes += size_bytes
+
+    def _make_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
+        size_bytes = num_slots * page_bytes
+        for _ in range(_NAME_ATTEMPTS):
+            name = (f"{self._name_prefix}-{os.getpid()}-{self._tier.label}-ns{ns_id}-"
+                    f"{secrets.token_hex(_TOKEN_BYTES)}")
+            try:
+                mm = _create_segment(SHM_DIR / name, size_bytes)
+            except FileExistsError:
+                continue
+            break
+        else:
+            raise ResourceExhausted(f"could not find a free name for a {self._tier.label} region "
+                                    f"in {SHM_DIR} after {_NAME_ATTEMPTS} attempts")
+        region = ShmRegion(self._tier, ns_id, name, mm, num_slots, page_bytes, self._forget)
+        try:
+            prefault_s = region.prefault() if self._prefault else 0.0
+        except BaseException:
+            region.close()
+            raise
+        logger.info("created %s region %s: %d slots x %d bytes (%s), prefault %.2f s",
+                    self._tier.label, name, num_slots, page_bytes, format_size(size_bytes),
+                    prefault_s)
+        return region
+
+    def _forget(self, region: ShmRegion) -> None:
+        """Called by ``ShmRegion.close``: its bytes go back to the budget."""
+        with self._lock:
+            if self._regions.pop(region.name, None) is not None:
+                self._assigned_bytes -= region.size_bytes
