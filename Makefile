@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench clean
+.PHONY: install run test bench proto clean
 
 install: $(STAMP)
 
@@ -22,11 +22,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# Starts the daemon in the foreground on a small CPU-friendly config; data and socket under ./var/.
+run: $(STAMP)
+	@mkdir -p var
+	$(VENV)/bin/tierd --config systemd/tierd.dev.toml
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
 	$(PY) benchmarks/tiers.py --quick
+
+# Regenerates the committed gRPC stubs (tests/test_proto_stubs.py fails when they drift).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/tierd/v1/tierd.proto
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,6 +12,8 @@ import itertools
 import threading
 import time
 
+from tierd.errors import InvalidArgument
+
 # Failed tickets are remembered so a late ``wait`` still sees the failure; bounded so a client that
 # never waits cannot grow it forever.
 MAX_REMEMBERED_FAILURES = 65536
@@ -21,6 +23,7 @@ class DurabilityTracker:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._ids = itertools.count(1)
+        self._issued = 0
         self._remaining: dict[int, int] = {}          # ticket -> pages not yet committed
         self._failed: dict[int, None] = {}            # insertion-ordered, bounded
         self._watchers: dict[bytes, list[int]] = {}   # disk key -> tickets waiting on it
@@ -28,6 +31,7 @@ class DurabilityTracker:
     def new_ticket(self) -> int:
         with self._cond:
             ticket = next(self._ids)
+            self._issued = ticket
             self._remaining[ticket] = 0
             return ticket
 
@@ -79,6 +83,9 @@ class DurabilityTracker:
         """True when every page of ``ticket`` is on disk; False on failure or timeout."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cond:
+            if isinstance(ticket, bool) or not isinstance(ticket, int) or not 0 < ticket <= self._issued:
+                raise InvalidArgument(f"durability ticket {ticket!r} was never issued by this daemon "
+                                      "(tickets do not survive a restart): put the pages again")
             while ticket in self._remaining:
                 remaining_s = None if deadline is None else deadline - time.monotonic()
                 if remaining_s is not None and remaining_s <= 0:

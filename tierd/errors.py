@@ -38,6 +38,18 @@ class ResourceExhausted(TierdError):
     status_name = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(TierdError):
+    """The request carries no valid tenant token."""
+
+    status_name = "UNAUTHENTICATED"
+
+
+class PermissionDenied(TierdError):
+    """The caller may not touch this resource (another session's lease, another tenant's namespace)."""
+
+    status_name = "PERMISSION_DENIED"
+
+
 class DeadlineExceeded(TierdError):
     """The pages did not become resident within the caller's timeout."""
 

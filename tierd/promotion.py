@@ -23,6 +23,16 @@ log = logging.getLogger(__name__)
 HopId = tuple[int, Tier, PageKey]
 
 
+class Hold:
+    """Pages pinned in the target tier on behalf of one acquirer as they arrive, so that pages
+    moved up for one request never evict each other. Guarded by the store lock; once ``closed``
+    (the lease is made or the wait gave up) late arrivals are no longer pinned."""
+
+    def __init__(self) -> None:
+        self.pins: dict[PageKey, int] = {}
+        self.closed = False
+
+
 class Promoter:
     def __init__(self, core: StoreCore, evictor: Evictor, pool: cf.ThreadPoolExecutor) -> None:
         self.core = core
@@ -31,10 +41,11 @@ class Promoter:
         self._hops: dict[HopId, cf.Future[bool]] = {}  # guarded by core.lock
 
     def schedule(self, st: NamespaceState, keys: Sequence[PageKey], target: Tier,
-                 deadline_s: float) -> tuple[int, list[cf.Future[bool]]]:
+                 deadline_s: float, hold: Hold | None = None) -> tuple[int, list[cf.Future[bool]]]:
         """Start moving the present prefix of ``keys`` into ``target``.
 
         Returns the prefix length and one future per page not yet in ``target`` (True once it is).
+        With ``hold``, pages already there are pinned into it now, the others as they arrive.
         """
         core = self.core
         todo: list[PageKey] = []
@@ -45,12 +56,40 @@ class Promoter:
                 if core.fastest_tier_locked(st, key) is None:
                     break
                 present += 1
-                if key not in dst.slots:
+                slot = dst.slots.get(key)
+                if slot is None:
                     todo.append(key)
-        futures = [self.pool.submit(self._promote, st, key, target, deadline_s) for key in todo]
+                elif hold is not None and key not in hold.pins:
+                    dst.pin(slot)
+                    hold.pins[key] = slot
+        futures = [self.pool.submit(self._promote, st, key, target, deadline_s, hold) for key in todo]
         return present, futures
 
-    def _promote(self, st: NamespaceState, key: PageKey, target: Tier, deadline_s: float) -> bool:
+    def release_hold_locked(self, st: NamespaceState, target: Tier, hold: Hold,
+                            keep: Sequence[PageKey] = ()) -> None:
+        """Close ``hold`` and unpin every page it holds except ``keep`` (handed to a lease)."""
+        hold.closed = True
+        kept = set(keep)
+        for key, slot in hold.pins.items():
+            if key not in kept:
+                self.core.unpin_locked(st, target, slot)
+        hold.pins.clear()
+
+    def _promote(self, st: NamespaceState, key: PageKey, target: Tier, deadline_s: float,
+                 hold: Hold | None = None) -> bool:
+        moved = self._move_up(st, key, target, deadline_s)
+        if not moved or hold is None:
+            return moved
+        with self.core.lock:
+            slot = st.mem[target].slots.get(key)
+            if slot is None or hold.closed:
+                return False  # evicted between arrival and pin, or the acquirer stopped waiting
+            if key not in hold.pins:
+                st.mem[target].pin(slot)
+                hold.pins[key] = slot
+        return True
+
+    def _move_up(self, st: NamespaceState, key: PageKey, target: Tier, deadline_s: float) -> bool:
         try:
             with self.core.lock:
                 tier = self.core.fastest_tier_locked(st, key)
@@ -99,6 +138,8 @@ class Promoter:
         dres = st.mem[dst]
         if key in dres.slots:
             return True
+        if key in dres.pending:
+            return False  # a put is storing it right now; the acquirer looks again
         if src is Tier.DISK:
             dkey = st.dkey(key)
             if dkey not in core.disk_res.pages:

@@ -22,7 +22,7 @@ from tierd.index.leases import Lease, LeaseKind, LeaseRecord
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.maintenance import Maintenance
-from tierd.promotion import Promoter
+from tierd.promotion import Hold, Promoter
 from tierd.spec import Namespace, PageSpec
 from tierd.store_core import DiskJob, NamespaceState, StoreCore
 from tierd.store_reads import StoreReads
@@ -316,6 +316,7 @@ class PageStore(StoreReads):
                 found = False
                 for tier in st.mem:
                     found |= core.remove_page_locked(st, tier, key)
+                    found |= st.mem[tier].cancel_pending(key)
                 dkey = st.dkey(key)
                 if core.disk_res.remove(dkey):
                     core.deferred_deletes.append((ns_id, key))
@@ -333,7 +334,9 @@ class PageStore(StoreReads):
 
     @staticmethod
     def _flush(core: StoreCore, timeout_s: float | None) -> int:
+        """Queue every page not on disk, then wait for those writes and for any already queued."""
         jobs: list[DiskJob] = []
+        dirty: list[bytes] = []
         refused = 0
         with core.lock:
             for st in core.namespaces.values():
@@ -343,17 +346,18 @@ class PageStore(StoreReads):
                         job = core.disk_write_locked(st, tier, key, slot)
                         if job is not None:
                             jobs.append(job)
-                        elif st.dkey(key) not in core.disk_res.pages \
-                                and st.dkey(key) not in core.disk_res.pending:
+                        dkey = st.dkey(key)
+                        if dkey in core.disk_res.pending:
+                            dirty.append(dkey)
+                        elif dkey not in core.disk_res.pages:
                             refused += 1
-        ticket = core.durability.new_ticket()
-        with core.lock:
-            for job in jobs:
-                core.durability.watch(ticket, core.namespaces[job.ns_id].dkey(job.key))
+            ticket = core.durability.new_ticket()
+            for dkey in dict.fromkeys(dirty):
+                core.durability.watch(ticket, dkey)
         core.durability.seal(ticket)
         core.submit(jobs)
         if not core.durability.wait(ticket, timeout_s):
-            raise DeadlineExceeded(f"flush: {len(jobs)} page(s) were not all committed to disk "
+            raise DeadlineExceeded(f"flush: {len(dirty)} page(s) were not all committed to disk "
                                    f"within {timeout_s} s, or the disk refused some (see the log)")
         if refused:
             raise ResourceExhausted(f"flush wrote {len(jobs)} page(s) but {refused} did not fit: "
@@ -378,6 +382,8 @@ class PageStore(StoreReads):
         ttl = self._ttl(ttl_s)
         if target_tier is Tier.DISK:
             raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
+        if len(set(keys)) != len(keys):
+            raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
         res = st.residency(target_tier)
         if len(keys) > res.num_slots:
             raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
@@ -385,26 +391,27 @@ class PageStore(StoreReads):
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + wait_s
         core = self._require()
-        while True:
-            present, futures = self._promoter.schedule(st, keys, target_tier, deadline_s)
-            done, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
+        hold = Hold()
+        present, futures = self._promoter.schedule(st, keys, target_tier, deadline_s, hold)
+        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
+        with core.lock:
             if pending:
+                self._promoter.release_hold_locked(st, target_tier, hold)
                 raise DeadlineExceeded(f"{len(pending)} of {present} pages did not reach "
                                        f"{target_tier.label} within {wait_s} s; retry with a longer timeout")
-            with core.lock:
-                slots = [res.slots.get(key) for key in keys[:present]]
-                n = next((i for i, slot in enumerate(slots) if slot is None), present)
-                if n == present or time.monotonic() >= deadline_s:
-                    return self._lease_locked(st, target_tier, keys[:n], slots[:n], ttl, owner,
-                                              len(keys))
-            # A page moved in but was evicted before we pinned it: go round again.
+            # The lease covers the leading pages that arrived; a page that could not be moved
+            # (no unpinned room, failed checksum, deleted) ends it.
+            leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
+            slots = [hold.pins[key] for key in leased]
+            self._promoter.release_hold_locked(st, target_tier, hold, keep=leased)
+            return self._lease_locked(st, target_tier, leased, slots, ttl, owner, len(keys))
 
-    def _lease_locked(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list,
+    def _lease_locked(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list[int],
                       ttl_s: float, owner: str | None, asked: int) -> Lease:
+        """A READ lease over pages whose slots are already pinned for it."""
         core = self._require()
         res = st.mem[tier]
-        for key, slot in zip(keys, slots):
-            res.pin(slot)
+        for key in keys:
             res.touch(key)
         core.counters[tier].hits += len(keys)
         core.counters[tier].misses += int(len(keys) < asked)

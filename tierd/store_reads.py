@@ -11,8 +11,11 @@ from tierd.errors import InvalidArgument
 from tierd.keys import PageKey, check_keys
 from tierd.store_core import NamespaceState, StoreCore
 from tierd.store_types import LookupResult
-from tierd.tier import Tier
+from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.disk import ReadStatus
+
+
+ALL_TIERS: tuple[Tier, ...] = tuple(Tier)
 
 
 class StoreReads:
@@ -21,19 +24,31 @@ class StoreReads:
     def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
         """Length of the longest cached prefix of ``keys`` and the fastest tier of each hit.
 
-        Touches the hits for eviction; moves nothing.
+        Touches the hits for eviction; moves nothing. This is the per-request hot path, so the
+        loop works on the residency dicts directly (pop + re-insert = move to the MRU end).
         """
         core: StoreCore = self._require()  # type: ignore[attr-defined]
         st = core.state(ns_id)
         keys = check_keys(keys)
         tiers: list[Tier] = []
+        append = tiers.append
         with core.lock:
+            memory = [(tier, st.mem[tier].slots) for tier in MEMORY_TIERS if tier in st.mem]
+            on_disk, prefix = core.disk_res.pages, st.prefix
             for key in keys:
-                tier = core.fastest_tier_locked(st, key)
-                if tier is None:
-                    break
-                core.touch_locked(st, tier, key)
-                tiers.append(tier)
+                for tier, slots in memory:
+                    slot = slots.pop(key, None)
+                    if slot is not None:
+                        slots[key] = slot
+                        append(tier)
+                        break
+                else:
+                    dkey = prefix + key
+                    size = on_disk.pop(dkey, None)
+                    if size is None:
+                        break
+                    on_disk[dkey] = size
+                    append(Tier.DISK)
             self._count_locked(core, tiers, missed=len(tiers) < len(keys))
         return LookupResult(len(tiers), tuple(tiers))
 
@@ -41,14 +56,12 @@ class StoreReads:
     def _count_locked(core: StoreCore, tiers: list[Tier], missed: bool) -> None:
         """A hit counts in the tier that served it and a miss in each faster tier it passed;
         the first key not cached counts a miss in every tier."""
-        for tier in tiers:
-            core.counters[tier].hits += 1
-            for faster in Tier:
-                if faster < tier:
-                    core.counters[faster].misses += 1
-        if missed:
-            for tier in Tier:
-                core.counters[tier].misses += 1
+        served = {tier: tiers.count(tier) for tier in ALL_TIERS}
+        passed = 0  # hits served below the tier being counted
+        for tier in reversed(ALL_TIERS):
+            core.counters[tier].hits += served[tier]
+            core.counters[tier].misses += passed + int(missed)
+            passed += served[tier]
 
     def get(self, ns_id: int, keys: Sequence[PageKey]) -> list[bytearray]:
         """Copies of the pages of the longest cached prefix of ``keys``, in order."""

@@ -31,6 +31,7 @@ from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.daemon.schema import ConfigKey, keys_of, parse_size
 from tierd.errors import ConfigError
 from tierd.keys import KEY_BYTES
+from tierd.server.settings import ServingSettings
 from tierd.tier import Tier
 
 log = logging.getLogger(__name__)
@@ -105,15 +106,17 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None       # set: clients must present a cert it signed (mTLS)
-    max_message_bytes: int = 64 << 20       # receive and send limit per message, both sides
-    chunk_bytes: int = 4 << 20              # data bytes per PutPages/GetPages message
-    max_put_bytes: int = 256 << 20          # one PutPages call is buffered whole: bounded
-    max_get_bytes: int = 256 << 20          # one GetPages call is read whole: bounded
-    max_keys_per_request: int = 1 << 20
-    max_inflight_rpcs: int = 256            # more answer RESOURCE_EXHAUSTED (Session not counted)
-    rpc_threads: int = 16                   # store calls that return quickly
-    wait_threads: int = 16                  # store calls that wait (acquire, wait_durable, flush)
-    session_heartbeat_s: float = 5.0
+    # Limits and pools of the servicer: defaults and meaning are ServingSettings'.
+    max_message_bytes: int = ServingSettings.max_message_bytes
+    chunk_bytes: int = ServingSettings.chunk_bytes
+    max_put_bytes: int = ServingSettings.max_put_bytes
+    max_get_bytes: int = ServingSettings.max_get_bytes
+    max_keys_per_request: int = ServingSettings.max_keys_per_request
+    max_inflight_rpcs: int = ServingSettings.max_inflight_rpcs
+    max_sessions: int = ServingSettings.max_sessions
+    rpc_threads: int = ServingSettings.rpc_threads
+    wait_threads: int = ServingSettings.wait_threads
+    session_heartbeat_s: float = ServingSettings.session_heartbeat_s
     shutdown_grace_s: float = 10.0          # in-flight RPCs get this long after SIGTERM
 
     def validate(self) -> None:
@@ -121,7 +124,8 @@ class ServerSettings:
         if self.socket is None and self.tcp is None:
             raise ConfigError("neither server.socket nor server.tcp is set: nothing to listen on")
         for name in ("max_message_bytes", "chunk_bytes", "max_put_bytes", "max_get_bytes",
-                     "max_keys_per_request", "max_inflight_rpcs", "rpc_threads", "wait_threads",
+                     "max_keys_per_request", "max_inflight_rpcs", "max_sessions", "rpc_threads",
+                     "wait_threads",
                      "session_heartbeat_s", "shutdown_grace_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"server.{name} must be positive, got {getattr(self, name)}")
@@ -214,21 +218,25 @@ def read_toml(path: Path) -> dict[str, object]:
     return flat
 
 
-def env_values(env: Mapping[str, str]) -> dict[str, str]:
-    """``TIERD_*`` variables as dotted keys; unknown ones are logged and ignored (shared env)."""
+def env_layers(env: Mapping[str, str]) -> list[tuple[str, dict[str, object]]]:
+    """One (source, {key: value}) layer per ``TIERD_*`` variable, so errors name the variable.
+
+    Unknown ``TIERD_*`` names are logged and ignored: the environment is shared with clients.
+    """
     known = all_keys()
-    out: dict[str, str] = {}
-    for name, value in env.items():
+    layers: list[tuple[str, dict[str, object]]] = []
+    for name, value in sorted(env.items()):
         if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
             continue
         path = ENV_ALIASES.get(name)
         if path is None:
             path = name.removeprefix(ENV_PREFIX).lower().replace("__", ".", 1)
         if path in known:
-            out[path] = value
+            layers.append((f"${name}", {path: value}))
         else:
             log.debug("ignoring environment variable %s: not a tierd daemon setting", name)
-    return out
+    # The long form first, so that the short alias of the same key (TIERD_DRAM) wins over it.
+    return sorted(layers, key=lambda layer: layer[0].removeprefix("$") in ENV_ALIASES)
 
 
 def load_config(config_path: Path | None = None, env: Mapping[str, str] | None = None,
@@ -244,7 +252,7 @@ def load_config(config_path: Path | None = None, env: Mapping[str, str] | None =
     layers: list[tuple[str, Mapping[str, object]]] = []
     if config_path is not None:
         layers.append((str(config_path), read_toml(Path(config_path))))
-    layers.append(("environment", env_values(env)))
+    layers += env_layers(env)
     layers.append(("command line", dict(overrides or {})))
     values, problems = parse_layers(layers)
     if problems:

@@ -27,6 +27,7 @@ class MemoryResidency:
         self.allocator = SlotAllocator(num_slots)
         self.slots: dict[PageKey, int] = {}      # published pages, least recently used first
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
+        self.cancelled: set[PageKey] = set()     # pending pages deleted meanwhile: never published
         self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)
 
     @property
@@ -65,11 +66,20 @@ class MemoryResidency:
         When the key was published meanwhile by someone else, the duplicate slot is freed.
         """
         slot = self.pending.pop(key)
-        if success and key not in self.slots:
+        cancelled = key in self.cancelled
+        self.cancelled.discard(key)
+        if success and not cancelled and key not in self.slots:
             self.slots[key] = slot
             return slot
         self.allocator.free([slot])
         return None
+
+    def cancel_pending(self, key: PageKey) -> bool:
+        """A page being written was deleted: its store completes without publishing it."""
+        if key in self.pending:
+            self.cancelled.add(key)
+            return True
+        return False
 
     def publish(self, key: PageKey, slot: int) -> bool:
         """Bind an already reserved slot (a filled lease slot) to ``key``; False if ``key`` is cached."""

@@ -33,6 +33,9 @@ def server_options(settings: ServingSettings) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_CLIENT_PING_INTERVAL_MS),
         ("grpc.http2.max_pings_without_data", 0),
+        # grpc turns SO_REUSEPORT on by default: a second daemon could then bind our TCP port
+        # and take half of the connections. One port, one daemon.
+        ("grpc.so_reuseport", 0),
     ]
 
 

@@ -316,28 +316,24 @@ class TierdServicer(pb_grpc.TierdServicer):
     async def PutPages(self, request_iterator: AsyncIterator[pb.PutPagesRequest],
                        context: Any) -> pb.PutPagesResponse:
         header: pb.PutPagesHeader | None = None
+        tier = Tier.DRAM
         assembler: PutAssembler | None = None
         async for message in request_iterator:
-            if header is None:
+            if assembler is None:
                 if not message.HasField("header"):
                     raise InvalidArgument("the first PutPages message must carry the header "
                                           "(ns_id, tier)")
                 header = message.header
-                convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
+                tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
                 convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
                 ns = await self._call(self._store.namespace, header.ns_id)
                 assembler = PutAssembler(ns.page_bytes, self._settings.max_keys_per_request,
                                          self._settings.max_put_bytes)
             elif message.HasField("header"):
                 raise InvalidArgument("only the first PutPages message may carry a header")
-            assembler.add(message.keys, message.data)  # type: ignore[union-attr]
+            assembler.add(message.keys, message.data)
         if header is None or assembler is None:
             raise InvalidArgument("PutPages got no messages: send the header first")
-        return await self._put(header, assembler, context)
-
-    async def _put(self, header: pb.PutPagesHeader, assembler: PutAssembler,
-                   context: Any) -> pb.PutPagesResponse:
-        tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
         keys, pages = assembler.finish()
         result = await self._call(self._store.put, header.ns_id, keys, pages, tier)
         response = pb.PutPagesResponse(num_stored=result.stored, num_skipped=result.skipped)
@@ -377,6 +373,10 @@ class TierdServicer(pb_grpc.TierdServicer):
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tierd is shutting down: retry "
                                 "against the restarted daemon")
+        if len(self._sessions) >= self._settings.max_sessions:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self._settings.max_sessions} sessions are open (the daemon's "
+                                "server.max_sessions): open one session per process and share it")
         session = self._sessions.open(request.client_name[:MAX_CLIENT_NAME_CHARS], request.client_pid)
         log.info("session %s opened by %r (pid %d)", session.session_id[:8], session.client_name,
                  session.client_pid)

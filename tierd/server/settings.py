@@ -19,6 +19,7 @@ class ServingSettings:
     max_get_bytes: int = 256 << 20
     max_keys_per_request: int = 1 << 20
     max_inflight_rpcs: int = 256
+    max_sessions: int = 4096                # open Session streams (one per client process)
     rpc_threads: int = 16
     wait_threads: int = 16
     session_heartbeat_s: float = 5.0

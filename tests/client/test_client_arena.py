@@ -1,0 +1,104 @@
+"""Arena views: the worker sees the daemon's slots in place, with the page layout, and never
+deletes the daemon's segment."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tierd.tier import Tier
+from tierd.tiers.shm_arena import SHM_DIR, ShmArena, ShmRegion
+from tierd_client import FailedPreconditionError, InvalidArgumentError, NotFoundError, PageSpec
+from tierd_client.arena import ArenaView
+
+SPEC = PageSpec(model="m@1", dtype="bfloat16", num_layers=3, num_kv_heads=2, head_dim=8,
+                page_tokens=4)
+NUM_SLOTS = 5
+PREFIX = "tierdclienttest"
+
+
+@pytest.fixture()
+def region() -> Iterator[ShmRegion]:
+    """A region created the way the daemon creates one (the daemon's code, another 'process')."""
+    with ShmArena(Tier.HBM, NUM_SLOTS * SPEC.page_bytes, PREFIX, prefault=False) as arena:
+        yield arena.create_region(1, NUM_SLOTS, SPEC.page_bytes)
+
+
+def test_numpy_view_has_the_page_layout_and_shares_memory(region: ShmRegion) -> None:
+    view = ArenaView(region.handle(), SPEC)
+    arr = view.numpy()
+    assert arr.shape == (NUM_SLOTS, 3, 2, 4, 2, 8) and arr.dtype == np.uint16  # bf16 bits
+    # Write K of layer 1, token 2, head 1 in slot 3 through the worker's view ...
+    arr[3, 1, 0, 2, 1, :] = np.arange(8, dtype=np.uint16) + 100
+    # ... and the daemon reads it at the page-first offset in the same slot.
+    page = bytearray(SPEC.page_bytes)
+    region.read_slot(3, memoryview(page))
+    itemsize = 2
+    offset = ((((1 * 2 + 0) * 4 + 2) * 2 + 1) * 8) * itemsize
+    got = np.frombuffer(bytes(page[offset:offset + 8 * itemsize]), dtype=np.uint16)
+    assert got.tolist() == list(range(100, 108))
+    # The daemon's writes are visible to the worker.
+    region.write_slot(0, memoryview(bytes([7]) * SPEC.page_bytes))
+    assert (view.bytes()[0] == 7).all() and view.bytes().shape == (NUM_SLOTS, SPEC.page_bytes)
+    view.close()
+
+
+def test_torch_view_is_typed_and_in_place(region: ShmRegion) -> None:
+    view = ArenaView(region.handle(), SPEC)
+    tensor = view.torch()
+    assert tensor.dtype == torch.bfloat16 and tuple(tensor.shape) == view.shape
+    tensor[2].fill_(1.5)
+    page = bytearray(SPEC.page_bytes)
+    region.read_slot(2, memoryview(page))
+    assert torch.frombuffer(page, dtype=torch.bfloat16).eq(1.5).all()
+    assert view.slot(2).shape == SPEC.page_shape
+    with pytest.raises(InvalidArgumentError, match="slot 5 is outside"):
+        view.slot(NUM_SLOTS)
+    view.close()
+
+
+def test_closing_or_exiting_never_unlinks_the_daemons_segment(region: ShmRegion) -> None:
+    path = SHM_DIR / region.handle().name
+    view = ArenaView(region.handle(), SPEC)
+    view.close()
+    view.close()  # idempotent
+    assert path.exists()
+    with pytest.raises(FailedPreconditionError, match="closed"):
+        view.numpy()
+    # A worker process that maps the region and exits (resource trackers run at exit) leaves it.
+    child = ("import sys, pickle; from tierd_client.arena import ArenaView; "
+             "h, s = pickle.loads(sys.stdin.buffer.read()); v = ArenaView(h, s); "
+             "v.bytes()[0] = 9")
+    subprocess.run([sys.executable, "-c", child], input=pickle.dumps((region.handle(), SPEC)),
+                   check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
+    assert path.exists()
+    page = bytearray(SPEC.page_bytes)
+    region.read_slot(0, memoryview(page))
+    assert set(page) == {9}
+
+
+def test_a_gone_region_or_a_wrong_spec_is_reported(region: ShmRegion) -> None:
+    handle = region.handle()
+    with pytest.raises(NotFoundError, match="register the namespace again"):
+        ArenaView(replace(handle, name=handle.name + "-gone"), SPEC)
+    other = PageSpec(model="m@1", dtype="float32", num_layers=3, num_kv_heads=2, head_dim=8,
+                     page_tokens=4)
+    with pytest.raises(FailedPreconditionError, match="disagree on the spec"):
+        ArenaView(handle, other)
+
+
+def test_a_region_the_daemon_replaced_is_stale(region: ShmRegion) -> None:
+    view = ArenaView(region.handle(), SPEC)
+    assert not view.is_stale()
+    region.close()  # the daemon stopped: its file is gone, whatever this process still maps
+    assert view.is_stale()
+    view.close()

@@ -1,0 +1,102 @@
+"""tierctl against the scripted daemon: stats (table, JSON, watch), health, flush, check-config."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from fake_tierd import FakeDaemon
+from grpc_health.v1 import health_pb2
+
+from tierd_client import PageSpec, TierClient
+from tierd_client.tierctl import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, main
+
+SPEC = PageSpec(model="m@1", dtype="float16", num_layers=1, num_kv_heads=1, head_dim=4,
+                page_tokens=2)
+TIER_FIELDS = {"capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in",
+               "bytes_out"}
+
+
+def _run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def test_stats_json_has_every_field_with_the_daemons_numbers(fake_daemon: FakeDaemon) -> None:
+    with TierClient(fake_daemon.socket_path) as client:
+        ns = client.register(SPEC)
+        client.put(ns, ns.keys(range(6)), [bytes(SPEC.page_bytes)] * 3)
+    code, text = _run("--socket", str(fake_daemon.socket_path), "stats", "--json")
+    assert code == EXIT_OK
+    data = json.loads(text)
+    assert set(data["tiers"]) == {"hbm", "dram", "disk"}
+    for index, label in enumerate(("hbm", "dram", "disk"), start=1):
+        tier = data["tiers"][label]
+        assert TIER_FIELDS <= set(tier)
+        # The fake reports capacity 1000 * wire tier and the page count it holds.
+        assert tier["capacity_bytes"] == 1000 * index and tier["pages"] == 3
+        assert tier["evictions"] == 3 * index and tier["bytes_out"] == 5 * index
+    assert (data["namespaces"], data["leases"], data["checksum_failures"]) == (1, 0, 0)
+    assert data["uptime_s"] == pytest.approx(12.5)
+    assert data["write_policy"] == "write_through"
+
+
+def test_stats_table_names_each_tier(fake_daemon: FakeDaemon) -> None:
+    code, text = _run("--socket", str(fake_daemon.socket_path), "stats")
+    assert code == EXIT_OK
+    lines = text.splitlines()
+    assert lines[0].split()[:3] == ["tier", "capacity", "used"]
+    assert [line.split()[0] for line in lines[1:4]] == ["hbm", "dram", "disk"]
+    assert "namespaces 1" in text and "write policy write_through" in text
+
+
+def test_stats_watch_refreshes_until_interrupted(fake_daemon: FakeDaemon,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+
+    def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("tierd_client.tierctl.time.sleep", fake_sleep)
+    code, text = _run("--socket", str(fake_daemon.socket_path), "stats", "--json", "--watch", "0.5")
+    assert code == EXIT_OK and sleeps == [0.5, 0.5, 0.5]
+    assert len(text.splitlines()) == 3 and fake_daemon.state.calls["Stats"] == 3
+
+
+def test_health_and_flush(fake_daemon: FakeDaemon) -> None:
+    sock = str(fake_daemon.socket_path)
+    assert _run("--socket", sock, "health")[0] == EXIT_OK
+    fake_daemon.health.set("tierd.v1.Tierd", health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert _run("--socket", sock, "health")[0] == EXIT_UNREACHABLE
+    code, text = _run("--socket", sock, "flush")
+    assert code == EXIT_OK and "flushed 0 dirty pages" in text
+
+
+def test_unreachable_daemon_exits_non_zero_with_a_message(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    for command in (["health"], ["stats"], ["flush"]):
+        code, _ = _run("--socket", str(tmp_path / "none.sock"), *command)
+        assert code == EXIT_UNREACHABLE
+        assert "cannot reach tierd" in capsys.readouterr().err
+
+
+def test_check_config_reports_problems(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[dram]\ncapacity = "64MiB"\n')
+    code, text = _run("check-config", str(good))
+    assert code == EXIT_OK and "OK" in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[dram]\ncapacity = "lots"\n[server]\nsockett = "/x"\n')
+    code, text = _run("check-config", str(bad))
+    assert code == EXIT_ERROR
+    assert "dram.capacity" in text and "server.sockett" in text
+
+
+def test_usage_errors_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["stats", "--watch", "0"])
+    assert info.value.code == 2

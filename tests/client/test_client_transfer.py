@@ -1,0 +1,100 @@
+"""The byte path's framing: puts split within the daemon's limits, GetPages streams reassembled."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tierd.tier import Tier
+from tierd.v1 import tierd_pb2 as pb
+from tierd_client import InvalidArgumentError, TierdRpcError
+from tierd_client.transfer import PageAssembler, TransferPlan, put_messages
+from tierd_client.types import ServerLimits
+
+
+def _collect(agen: object) -> list[pb.PutPagesRequest]:
+    async def run() -> list[pb.PutPagesRequest]:
+        return [m async for m in agen]  # type: ignore[attr-defined]
+    return asyncio.run(run())
+
+
+@settings(max_examples=60, deadline=None)
+@given(page_bytes=st.integers(1, 200), num_pages=st.integers(0, 12), chunk_bytes=st.integers(1, 500),
+       seed=st.integers(0, 255))
+def test_put_messages_carry_every_byte_in_order_within_the_chunk(
+        page_bytes: int, num_pages: int, chunk_bytes: int, seed: int) -> None:
+    pages = [bytes((seed + i + j) % 256 for j in range(page_bytes)) for i in range(num_pages)]
+    keys = [bytes([i]) * 16 for i in range(num_pages)]
+    msgs = _collect(put_messages(7, Tier.HBM, keys, [memoryview(p) for p in pages], chunk_bytes,
+                                 True, 2.5))
+    assert msgs[0].HasField("header") and not msgs[0].data
+    assert msgs[0].header.ns_id == 7 and msgs[0].header.tier == pb.TIER_HBM
+    assert msgs[0].header.wait_durable and msgs[0].header.durable_timeout_s == 2.5
+    assert all(not m.HasField("header") for m in msgs[1:])
+    assert [k for m in msgs for k in m.keys] == keys
+    assert all(0 < len(m.data) <= chunk_bytes for m in msgs[1:])
+    assert b"".join(m.data for m in msgs) == b"".join(pages)
+
+
+@settings(max_examples=60, deadline=None)
+@given(page_bytes=st.integers(1, 100), num_pages=st.integers(0, 10), data=st.data())
+def test_assembler_rebuilds_pages_from_any_chunking(page_bytes: int, num_pages: int,
+                                                    data: st.DataObject) -> None:
+    pages = [bytes([i % 256]) * page_bytes for i in range(num_pages)]
+    blob = b"".join(pages)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
+    pieces = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
+    assembler = PageAssembler(page_bytes, max_pages=num_pages)
+    assembler.add(pb.GetPagesResponse(num_pages=num_pages, page_bytes=page_bytes, data=pieces[0]))
+    for piece in pieces[1:]:
+        assembler.add(pb.GetPagesResponse(data=piece))
+    assert assembler.pages() == pages
+
+
+def test_assembler_refuses_short_long_and_mismatched_streams() -> None:
+    short = PageAssembler(4, 2)
+    short.add(pb.GetPagesResponse(num_pages=2, page_bytes=4, data=b"abcd"))
+    with pytest.raises(TierdRpcError, match="ended after 4 of 8"):
+        short.pages()
+    long = PageAssembler(4, 1)
+    long.add(pb.GetPagesResponse(num_pages=1, page_bytes=4, data=b"abcd"))
+    with pytest.raises(TierdRpcError, match="sent 5 bytes"):
+        long.add(pb.GetPagesResponse(data=b"e"))
+    with pytest.raises(TierdRpcError, match="pages of 8 bytes"):
+        PageAssembler(4, 1).add(pb.GetPagesResponse(num_pages=1, page_bytes=8))
+    with pytest.raises(TierdRpcError, match="announced 3 pages for 2 keys"):
+        PageAssembler(4, 2).add(pb.GetPagesResponse(num_pages=3, page_bytes=4))
+    assert PageAssembler(4, 2).pages() == []
+
+
+@settings(max_examples=80, deadline=None)
+@given(page_bytes=st.integers(1, 1000), num_pages=st.integers(0, 200),
+       max_put_bytes=st.integers(1, 20000), max_get_bytes=st.integers(1, 20000),
+       max_keys=st.integers(1, 50))
+def test_batches_cover_every_page_once_within_limits(page_bytes: int, num_pages: int,
+                                                     max_put_bytes: int, max_get_bytes: int,
+                                                     max_keys: int) -> None:
+    limits = ServerLimits(max_message_bytes=1 << 20, chunk_bytes=1000, max_put_bytes=max_put_bytes,
+                          max_keys_per_request=max_keys, max_get_bytes=max_get_bytes)
+    if min(max_put_bytes, max_get_bytes) < page_bytes:
+        with pytest.raises(InvalidArgumentError, match="max_(put|get)_size"):
+            TransferPlan.from_limits(limits, 1 << 20, page_bytes)
+        return
+    plan = TransferPlan.from_limits(limits, 1 << 20, page_bytes)
+    for batches, byte_limit in ((plan.put_batches(num_pages, page_bytes), max_put_bytes),
+                                (plan.get_batches(num_pages, page_bytes), max_get_bytes)):
+        assert [i for b in batches for i in b] == list(range(num_pages))
+        assert all(len(b) <= max_keys and len(b) * page_bytes <= byte_limit for b in batches)
+    keyed = plan.key_batches(num_pages)
+    assert [i for b in keyed for i in b] == list(range(num_pages))
+    assert all(len(b) <= max_keys for b in keyed)
+
+
+def test_chunk_is_capped_by_the_clients_message_limit() -> None:
+    limits = ServerLimits(max_message_bytes=1 << 30, chunk_bytes=512 << 20, max_put_bytes=1 << 30,
+                          max_keys_per_request=10)
+    plan = TransferPlan.from_limits(limits, 64 << 20, 4096)
+    assert plan.chunk_bytes < 64 << 20

@@ -1,0 +1,101 @@
+"""Start-up checks on hand-made machine facts and real paths."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from pathlib import Path
+
+from tierd.daemon.checks import (ResolvedDevice, disk_problem, memlock_problem, memory_problem,
+                                 prepare_data_dir, prepare_socket_path, resolve_device, startup_problems)
+from tierd.daemon.config import DaemonConfig, load_config
+from tierd.daemon.machine import MachineFacts, mem_available_bytes
+
+GiB = 1 << 30
+ROOMY = MachineFacts(mem_available_bytes=100 * GiB, shm_free_bytes=100 * GiB,
+                     memlock_limit_bytes=None, cuda_total_bytes=())
+ONE_GPU = replace(ROOMY, cuda_total_bytes=(80 * GiB,))
+CPU = ResolvedDevice("cpu")
+GPU = ResolvedDevice("cuda:0")
+
+
+def config(tmp_path: Path, **overrides: object) -> DaemonConfig:
+    base = {"server.socket": str(tmp_path / "run" / "t.sock"), "data_dir": str(tmp_path / "data"),
+            "hbm.capacity": "1GiB", "dram.capacity": "4GiB", "disk.capacity": "1GiB"}
+    return load_config(None, env={}, overrides={**base, **overrides})
+
+
+def test_device_resolution(tmp_path: Path) -> None:
+    auto = resolve_device(config(tmp_path), ROOMY)
+    assert auto == ResolvedDevice("cpu", auto.note) and "no CUDA device" in auto.note
+    assert resolve_device(config(tmp_path), ONE_GPU).name == "cuda:0"
+    assert resolve_device(config(tmp_path, device="cpu"), ONE_GPU) == CPU
+    assert resolve_device(config(tmp_path, device="cuda:0"), ONE_GPU) == GPU
+    reason = resolve_device(config(tmp_path, device="cuda:1"), ONE_GPU)
+    assert isinstance(reason, str) and "cuda:1 is not there" in reason and "1 CUDA device" in reason
+    assert "0 CUDA device" in resolve_device(config(tmp_path, device="cuda"), ROOMY)
+
+
+def test_memory_checks(tmp_path: Path) -> None:
+    cfg = config(tmp_path)  # 4 GiB dram + 1 GiB hbm
+    assert memory_problem(cfg, CPU, ROOMY) is None
+    tight = replace(ROOMY, mem_available_bytes=4 * GiB + GiB // 2)
+    assert "dram + hbm (on cpu) need 5.0 GiB" in memory_problem(cfg, CPU, tight)
+    assert memory_problem(cfg, GPU, replace(tight, cuda_total_bytes=(80 * GiB,))) is None
+    small_shm = replace(ROOMY, shm_free_bytes=2 * GiB)
+    assert "/dev/shm" in memory_problem(cfg, CPU, small_shm)
+    small_gpu = replace(ROOMY, cuda_total_bytes=(GiB // 2,))
+    assert "exceeds the 512.0 MiB of cuda:0" in memory_problem(cfg, GPU, small_gpu)
+    unknown = replace(ROOMY, mem_available_bytes=None, shm_free_bytes=None)
+    assert memory_problem(cfg, CPU, unknown) is None
+
+
+def test_memlock_only_matters_when_dram_is_pinned_for_a_gpu(tmp_path: Path) -> None:
+    cfg = config(tmp_path)
+    limited = replace(ONE_GPU, memlock_limit_bytes=64 << 20)
+    reason = memlock_problem(cfg, GPU, limited)
+    assert reason is not None and "RLIMIT_MEMLOCK" in reason and "LimitMEMLOCK=infinity" in reason
+    assert memlock_problem(cfg, CPU, limited) is None
+    assert memlock_problem(cfg, GPU, ONE_GPU) is None
+
+
+def test_disk_larger_than_the_file_system_is_refused(tmp_path: Path) -> None:
+    assert disk_problem(config(tmp_path)) is None
+    reason = disk_problem(config(tmp_path, **{"disk.capacity": "1000000TiB"}))
+    assert reason is not None and "lower --disk" in reason
+
+
+def test_socket_path_checks(tmp_path: Path) -> None:
+    assert prepare_socket_path(tmp_path / "new" / "dir" / "t.sock") is None
+    assert (tmp_path / "new" / "dir").is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot create socket directory" in prepare_socket_path(blocker / "t.sock")
+    assert "is not a socket" in prepare_socket_path(blocker)
+    assert "shorter --socket" in prepare_socket_path(tmp_path / ("x" * 120))
+    path = tmp_path / "live.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen()
+        assert "another process is serving" in prepare_socket_path(path)
+    assert prepare_socket_path(path) is None  # the socket file stayed, nobody answers: stale
+
+
+def test_data_dir_that_cannot_be_created(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert "cannot create data dir" in prepare_data_dir(blocker / "data")
+
+
+def test_startup_problems_collects_and_resolves(tmp_path: Path) -> None:
+    device, problems = startup_problems(config(tmp_path), ROOMY)
+    assert device is not None and device.name == "cpu" and problems == []
+    device, problems = startup_problems(config(tmp_path, device="cuda:3"), ROOMY)
+    assert device is None and len(problems) == 1 and "cuda:3" in problems[0]
+
+
+def test_meminfo_is_read_in_bytes(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       1000 kB\nMemAvailable:     512 kB\n")
+    assert mem_available_bytes(meminfo) == 512 * 1024
+    assert mem_available_bytes(tmp_path / "absent") is None

@@ -1,0 +1,49 @@
+"""Corruption: bytes flipped inside a stored value in LMDB's data file are caught by the checksum;
+the store reports a miss, counts a checksum failure and never returns the bad page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from store_helpers import SPEC, make_keys, make_pages, small_config
+
+from tierd.store import PageStore
+from tierd.tier import Tier
+
+
+def _flip_inside(data_file: Path, payload: bytes, offset: int) -> None:
+    raw = bytearray(data_file.read_bytes())
+    at = raw.find(payload[:64])
+    assert at >= 0, "the stored payload was not found verbatim in data.mdb"
+    raw[at + offset] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("read_path", ["get", "acquire"])
+def test_flipped_byte_is_a_miss_and_a_checksum_failure(tmp_path: Path, read_path: str) -> None:
+    cfg = small_config(tmp_path)
+    with PageStore(cfg) as store:
+        ns = store.register(SPEC)
+        keys, pages = make_keys(ns, 4), make_pages(ns, 4)
+        store.put(ns.ns_id, keys, pages)
+    data_file = next(cfg.data_dir.rglob("data.mdb"))
+    _flip_inside(data_file, pages[2], offset=SPEC.page_bytes // 2)
+
+    with PageStore(cfg) as store:
+        assert store.lookup(ns.ns_id, keys).num_hits == 4  # headers still look fine
+        if read_path == "get":
+            got = store.get(ns.ns_id, keys)
+            assert [bytes(p) for p in got] == pages[:2]
+        else:
+            lease = store.acquire(ns.ns_id, keys, Tier.HBM)
+            assert lease.keys == tuple(keys[:2])
+            region = store.region(ns.ns_id, Tier.HBM)
+            assert [bytes(region.slot_view(s)) for s in lease.slots] == pages[:2]
+            store.release(lease.lease_id)
+        assert store.stats().checksum_failures == 1
+        # The bad page is gone for good; the pages after it are untouched.
+        assert store.lookup(ns.ns_id, keys).num_hits == 2
+        assert [bytes(p) for p in store.get(ns.ns_id, keys[3:])] == pages[3:]
+        store.put(ns.ns_id, keys[2:3], pages[2:3])  # a fresh copy can be stored again
+        assert [bytes(p) for p in store.get(ns.ns_id, keys)] == pages

@@ -1,0 +1,188 @@
+"""Client-side views of a namespace's regions (the daemon's arenas), for the zero-copy path.
+
+A region is ``num_slots * page_bytes`` bytes; slot ``i`` is bytes ``[i*page_bytes, (i+1)*page_bytes)``
+and holds one page ``[num_layers][2][page_tokens][num_kv_heads][head_dim]``. The daemon owns the
+memory: the client maps it (shm: ``tierd.tiers.shm_arena.map_region``, ``os.open`` + ``mmap`` of
+``/dev/shm/NAME``, never ``multiprocessing.shared_memory``, whose resource tracker would unlink the
+daemon's segment when this process exits) and unmaps it on ``close``; it never unlinks a segment.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+import grpc
+import numpy as np
+
+from tierd.errors import TierdError
+from tierd.spec import DType, PageSpec
+from tierd.tiers.base import HandleKind, RegionHandle
+from tierd.tiers.shm_arena import SHM_DIR, MappedRegion, map_region
+from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, error_for
+
+# numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
+# itemsize (use ``ArenaView.torch()`` for typed values).
+_NUMPY_DTYPES: dict[DType, np.dtype] = {
+    DType.FLOAT16: np.dtype(np.float16), DType.BFLOAT16: np.dtype(np.uint16),
+    DType.FLOAT32: np.dtype(np.float32), DType.FLOAT8_E4M3: np.dtype(np.uint8),
+    DType.FLOAT8_E5M2: np.dtype(np.uint8), DType.INT8: np.dtype(np.int8),
+}
+
+
+def numpy_dtype(dtype: DType) -> np.dtype:
+    """The numpy dtype arena arrays of ``dtype`` use (raw bits for bfloat16 / float8)."""
+    return _NUMPY_DTYPES[dtype]
+
+
+def _torch_dtype(dtype: DType) -> Any:
+    import torch
+
+    return getattr(torch, dtype.label)
+
+
+def _check_handle(handle: RegionHandle, spec: PageSpec) -> None:
+    if handle.page_bytes != spec.page_bytes:
+        raise FailedPreconditionError(
+            f"{handle.tier.label} region {handle.name!r} has {handle.page_bytes}-byte slots but the "
+            f"spec's pages are {spec.page_bytes} bytes: client and daemon disagree on the spec")
+    if handle.size_bytes < handle.num_slots * handle.page_bytes:
+        raise FailedPreconditionError(
+            f"{handle.tier.label} region {handle.name!r} is {handle.size_bytes} bytes, too small for "
+            f"{handle.num_slots} slots of {handle.page_bytes} bytes")
+
+
+class ArenaView:
+    """One region of one namespace, mapped into this process. Owned by the client that mapped it.
+
+    ``numpy()``: ``[num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim]`` of the spec's
+    dtype (raw bits for bfloat16/float8); ``bytes()``: ``uint8 [num_slots, page_bytes]``;
+    ``torch()``: a tensor of the spec's dtype and the same shape (on the region's device).
+    Views stay valid until ``close()``; writing into slots the caller does not hold a FILL lease on
+    corrupts other workers' pages.
+    """
+
+    def __init__(self, handle: RegionHandle, spec: PageSpec) -> None:
+        _check_handle(handle, spec)
+        self.handle = handle
+        self.spec = spec
+        self._lock = threading.Lock()
+        self._mapped: MappedRegion | None = None
+        self._cuda_mem: Any = None  # cupy memory of a CUDA IPC region
+        self._closed = False
+        self._ipc_ptr = 0
+        self._inode = 0  # of the shm file mapped: a restarted daemon's regions are new files
+        if handle.kind is HandleKind.SHM:
+            self._mapped = self._map_shm()
+        elif handle.kind is HandleKind.CUDA_IPC:
+            self._cuda_mem = self._open_cuda_ipc()
+        else:
+            raise InvalidArgumentError(f"region handle kind {handle.kind!r} cannot be mapped")
+
+    @property
+    def num_slots(self) -> int:
+        return self.handle.num_slots
+
+    @property
+    def page_bytes(self) -> int:
+        return self.handle.page_bytes
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim)``."""
+        return (self.num_slots, *self.spec.page_shape)
+
+    def _map_shm(self) -> MappedRegion:
+        try:
+            mapped = map_region(self.handle)
+        except TierdError as exc:  # the store's error classes: re-raised with a gRPC code
+            raise error_for(grpc.StatusCode[exc.status_name], str(exc)) from None
+        self._inode = self._current_inode()
+        return mapped
+
+    def _current_inode(self) -> int:
+        try:
+            return os.stat(SHM_DIR / self.handle.name).st_ino
+        except FileNotFoundError:
+            return 0
+
+    def is_stale(self) -> bool:
+        """True when the daemon no longer serves this mapping (it closed the region or restarted):
+        its slots are no longer the cache's. Checked for shm regions only."""
+        if self._closed:
+            return True
+        return self._mapped is not None and self._current_inode() != self._inode
+
+    def _open_cuda_ipc(self) -> Any:
+        # Only a worker on a CUDA machine gets such a handle; cupy is imported on first use only.
+        import cupy
+
+        device_index = int(self.handle.device.partition(":")[2] or 0)
+        with cupy.cuda.Device(device_index):
+            ptr = cupy.cuda.runtime.ipcOpenMemHandle(self.handle.ipc_handle)
+            mem = cupy.cuda.UnownedMemory(ptr + self.handle.offset_bytes, self.handle.size_bytes,
+                                          self, device_index)
+        self._ipc_ptr = ptr
+        return mem
+
+    def _require_open(self) -> None:
+        if self._closed:
+            raise FailedPreconditionError(
+                f"the view of region {self.handle.name!r} is closed (its client was closed)")
+
+    def bytes(self) -> np.ndarray:
+        """``uint8 [num_slots, page_bytes]`` over the shared memory (host regions only)."""
+        self._require_open()
+        if self._mapped is None:
+            raise FailedPreconditionError(
+                f"{self.handle.tier.label} region lives on {self.handle.device}; use torch() or cupy()")
+        return self._mapped.array()
+
+    def numpy(self) -> np.ndarray:
+        """The region as ``[num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim]``."""
+        dtype = numpy_dtype(DType.parse(self.spec.dtype))
+        return self.bytes().view(dtype).reshape(self.shape)
+
+    def slot(self, slot: int) -> np.ndarray:
+        """One page ``[num_layers, 2, page_tokens, num_kv_heads, head_dim]`` (a view)."""
+        if not 0 <= slot < self.num_slots:
+            raise InvalidArgumentError(f"slot {slot} is outside 0..{self.num_slots - 1}")
+        return self.numpy()[slot]
+
+    def torch(self) -> Any:
+        """The region as a torch tensor of the spec's dtype, shape ``shape``, sharing memory."""
+        self._require_open()
+        import torch
+
+        dtype = _torch_dtype(DType.parse(self.spec.dtype))
+        if self._mapped is not None:
+            raw = torch.from_numpy(self.bytes())
+        else:
+            raw = torch.from_dlpack(self.cupy())
+        return raw.view(dtype).reshape(self.shape)
+
+    def cupy(self) -> Any:
+        """``uint8 [num_slots, page_bytes]`` cupy array over a CUDA IPC region."""
+        self._require_open()
+        if self._cuda_mem is None:
+            raise FailedPreconditionError(f"{self.handle.tier.label} region is host memory; use numpy()")
+        import cupy
+
+        ptr = cupy.cuda.MemoryPointer(self._cuda_mem, 0)
+        return cupy.ndarray((self.num_slots, self.page_bytes), dtype=cupy.uint8, memptr=ptr)
+
+    def close(self) -> None:
+        """Unmap (idempotent). Arrays still referencing the mapping keep it alive until collected."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            mapped, self._mapped = self._mapped, None
+            cuda_mem, self._cuda_mem = self._cuda_mem, None
+        if mapped is not None:
+            mapped.close()  # unmaps once numpy/torch views of it are dropped; never unlinks
+        if cuda_mem is not None:
+            import cupy
+
+            cupy.cuda.runtime.ipcCloseMemHandle(self._ipc_ptr)

@@ -1,0 +1,59 @@
+"""Running one RPC: a cap on calls in flight per channel, and retries with backoff on UNAVAILABLE.
+
+Only UNAVAILABLE is retried: the daemon answers it when it is shutting down or not (yet)
+listening, and a rejected request changes no state, so trying again is safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+
+from tierd_client.errors import TierdRpcError, UnavailableError, from_grpc
+from tierd_client.options import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class RpcRunner:
+    """Runs RPC attempts for one channel. Belongs to the event loop of its client."""
+
+    def __init__(self, target: str, retry: RetryPolicy, max_inflight_rpcs: int) -> None:
+        self._target = target
+        self._retry = retry
+        self._inflight = asyncio.Semaphore(max_inflight_rpcs)
+
+    async def call(self, rpc: str, attempt: Callable[[], Awaitable[T]], *, limited: bool = True) -> T:
+        """``await attempt()`` until it succeeds, fails with another code, or attempts run out.
+
+        ``limited``: hold one of the channel's in-flight slots during each attempt (streams that
+        stay open for the client's life, like ``Session``, do not).
+        """
+        for number in range(1, self._retry.max_attempts + 1):
+            try:
+                if limited:
+                    async with self._inflight:
+                        return await attempt()
+                return await attempt()
+            except grpc.RpcError as exc:
+                error = from_grpc(exc, rpc)
+            except TierdRpcError as exc:
+                error = exc
+            if error.code != grpc.StatusCode.UNAVAILABLE:
+                raise error
+            if number == self._retry.max_attempts:
+                break
+            delay_s = self._retry.backoff_s(number)
+            log.debug("%s: tierd unavailable (%s); attempt %d again in %.3f s", rpc, error.details,
+                      number + 1, delay_s)
+            await asyncio.sleep(delay_s)
+        raise UnavailableError(
+            f"tierd at {self._target} did not answer after {self._retry.max_attempts} attempts "
+            f"({error.details}); is the daemon running? (`systemctl status tierd`, "
+            "`tierctl health`)", rpc=rpc)

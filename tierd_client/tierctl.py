@@ -1,0 +1,174 @@
+"""``tierctl``: inspect and operate a running tierd.
+
+::
+
+    tierctl [--socket PATH] stats [--json] [--watch SECONDS]
+    tierctl [--socket PATH] health
+    tierctl [--socket PATH] flush [--timeout SECONDS]
+    tierctl check-config FILE
+
+Exit status: 0 on success, 1 when the daemon answered with an error or the config has problems,
+2 for usage errors (argparse), 3 when the daemon cannot be reached or is not serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+from tierd.tier import Tier
+from tierd.units import format_size
+from tierd_client.errors import TierdRpcError, UnavailableError
+from tierd_client.options import DEFAULT_SOCKET_PATH, SOCKET_ENV, ClientOptions, RetryPolicy
+from tierd_client.sync import TierClient
+from tierd_client.types import DaemonStats
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_UNREACHABLE = 3
+# An operator's command should fail within about a second when the daemon is down, not retry long.
+TIERCTL_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=0.5)
+# ANSI: cursor home + clear screen, so --watch redraws in place.
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
+
+_TABLE_COLUMNS = ("tier", "capacity", "used", "used%", "pages", "hits", "misses", "hit%",
+                  "evictions", "in", "out", "queue")
+
+
+def _percent(part: int, whole: int) -> str:
+    return f"{100.0 * part / whole:.1f}" if whole else "-"
+
+
+def format_stats(stats: DaemonStats) -> str:
+    """A table with one row per tier, then the daemon-wide counters."""
+    rows = [list(_TABLE_COLUMNS)]
+    for tier in Tier:
+        s = stats.tiers.get(tier)
+        if s is None:
+            continue
+        rows.append([tier.label, format_size(s.capacity_bytes), format_size(s.used_bytes),
+                     _percent(s.used_bytes, s.capacity_bytes), str(s.pages), str(s.hits),
+                     str(s.misses), _percent(s.hits, s.hits + s.misses), str(s.evictions),
+                     format_size(s.bytes_in), format_size(s.bytes_out), str(s.queue_depth)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                       for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.append("")
+    lines.append(f"namespaces {stats.namespaces}   leases {stats.leases}   sessions {stats.sessions}"
+                 f"   checksum failures {stats.checksum_failures}")
+    lines.append(f"write policy {stats.write_policy}   device {stats.device or '?'}   "
+                 f"uptime {stats.uptime_s:.0f} s   rpcs in flight {stats.rpcs_in_flight}   "
+                 f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
+    return "\n".join(lines)
+
+
+def _cmd_stats(client: TierClient, args: argparse.Namespace, out: TextIO) -> int:
+    def show() -> None:
+        stats = client.stats()
+        text = json.dumps(stats.to_json_dict(), sort_keys=True) if args.json else format_stats(stats)
+        if args.watch is not None and out.isatty():
+            out.write(_CLEAR_SCREEN)
+        out.write(text + "\n")
+        out.flush()
+
+    show()
+    if args.watch is None:
+        return EXIT_OK
+    try:
+        while True:
+            time.sleep(args.watch)
+            show()
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _cmd_health(client: TierClient, args: argparse.Namespace, out: TextIO) -> int:
+    if client.health(timeout_s=args.timeout):
+        out.write(f"tierd at {client.target}: SERVING\n")
+        return EXIT_OK
+    sys.stderr.write(f"tierd at {client.target} answers but is NOT SERVING (starting or "
+                     "shutting down)\n")
+    return EXIT_UNREACHABLE
+
+
+def _cmd_flush(client: TierClient, args: argparse.Namespace, out: TextIO) -> int:
+    flushed = client.flush(timeout_s=args.timeout)
+    out.write(f"flushed {flushed} dirty pages to disk\n")
+    return EXIT_OK
+
+
+def _cmd_check_config(args: argparse.Namespace, out: TextIO) -> int:
+    from tierd.daemon import check_config  # the daemon's own rules, imported on use only
+
+    problems = check_config(args.file)
+    for problem in problems:
+        out.write(problem + "\n")
+    if problems:
+        return EXIT_ERROR
+    out.write(f"{args.file}: OK\n")
+    return EXIT_OK
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tierctl", description="Inspect and operate tierd.")
+    parser.add_argument("--socket", default=None,
+                        help=f"daemon socket path or host:port (default ${SOCKET_ENV} or "
+                             f"{DEFAULT_SOCKET_PATH})")
+    parser.add_argument("--tls-ca", type=Path, metavar="PEM", default=None,
+                        help="CA of the daemon's certificate, for a TLS TCP address")
+    parser.add_argument("--tls-cert", type=Path, metavar="PEM", default=None,
+                        help="client certificate (mTLS); with --tls-key")
+    parser.add_argument("--tls-key", type=Path, metavar="PEM", default=None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    stats = sub.add_parser("stats", help="per-tier usage and counters")
+    stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    stats.add_argument("--watch", type=_positive_float, metavar="SECONDS", default=None,
+                       help="refresh every SECONDS until interrupted")
+    health = sub.add_parser("health", help="exit 0 when the daemon is serving")
+    health.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS")
+    flush = sub.add_parser("flush", help="write every dirty page to disk")
+    flush.add_argument("--timeout", type=_positive_float, default=None, metavar="SECONDS",
+                       help="give up after SECONDS (default: the daemon's flush_timeout_s)")
+    check = sub.add_parser("check-config", help="report every problem of a tierd.toml")
+    check.add_argument("file", metavar="FILE")
+    return parser
+
+
+_CLIENT_COMMANDS: dict[str, Callable[[TierClient, argparse.Namespace, TextIO], int]] = {
+    "stats": _cmd_stats, "health": _cmd_health, "flush": _cmd_flush,
+}
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
+    """Run one tierctl command; returns the exit status (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    out = out or sys.stdout
+    if args.command == "check-config":
+        return _cmd_check_config(args, out)
+    try:
+        options = ClientOptions(retry=TIERCTL_RETRY, client_name="tierctl", tls_ca=args.tls_ca,
+                                tls_cert=args.tls_cert, tls_key=args.tls_key)
+        with TierClient(args.socket, options) as client:
+            return _CLIENT_COMMANDS[args.command](client, args, out)
+    except UnavailableError as exc:
+        sys.stderr.write(f"tierctl {args.command}: cannot reach tierd: {exc.details}\n")
+        return EXIT_UNREACHABLE
+    except TierdRpcError as exc:
+        sys.stderr.write(f"tierctl {args.command}: {exc}\n")
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Values the client hands back: namespaces, results, lease state, daemon stats. All frozen."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from tierd.keys import chain_keys
+from tierd.spec import PageSpec
+from tierd.tier import Tier
+from tierd.tiers.base import RegionHandle
+
+
+class LeaseKind(enum.Enum):
+    """READ pins present pages; FILL pins free hbm slots for the worker to fill, then commit."""
+
+    READ = "read"
+    FILL = "fill"
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the daemon accepts per message and per request (bytes, pages)."""
+
+    max_message_bytes: int
+    chunk_bytes: int
+    max_put_bytes: int
+    max_keys_per_request: int
+    max_get_bytes: int = 0  # 0: not announced (older daemon); then max_put_bytes bounds gets too
+
+
+@dataclass(frozen=True)
+class NamespaceHandle:
+    """A registered (tenant, spec): what a worker needs to compute keys and move pages.
+
+    ``fingerprint`` (16 bytes) is the daemon's; ``regions`` are the hbm and dram region handles to
+    map for the zero-copy path (``TierClient.arena``).
+    """
+
+    ns_id: int
+    tenant: str
+    spec: PageSpec
+    fingerprint: bytes
+    page_bytes: int
+    regions: tuple[RegionHandle, ...]
+    limits: ServerLimits = field(compare=False)
+
+    def keys(self, token_ids: Sequence[int] | np.ndarray, parent: bytes | None = None) -> list[bytes]:
+        """Chain keys (16 bytes each) of the full pages of ``token_ids``; a partial tail gets none.
+
+        ``parent`` continues a chain from the key of the page just before ``token_ids[0]``.
+        """
+        return chain_keys(self.fingerprint, token_ids, self.spec.page_tokens, parent=parent)
+
+    def region(self, tier: Tier) -> RegionHandle | None:
+        """The handle of this namespace's ``tier`` region, or ``None`` if the daemon gave none."""
+        for handle in self.regions:
+            if handle.tier is tier:
+                return handle
+        return None
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """``num_hits``: length of the longest cached prefix; ``tiers[i]``: where hit ``i`` lives."""
+
+    num_hits: int
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True)
+class PutResult:
+    """Pages newly stored, pages skipped (already cached), and durability of the put.
+
+    ``durable_tickets``: one per PutPages call that queued pages for disk (``wait_durable`` each);
+    ``durable`` is True only when the put asked to wait and every page reached disk in time.
+    """
+
+    num_stored: int
+    num_skipped: int
+    durable_tickets: tuple[int, ...]
+    durable: bool
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A lease as the daemon granted it. ``keys[i]`` lives in ``slots[i]`` (READ leases);
+    FILL leases have slots and no keys. ``expires_at_s`` is on this process's ``time.monotonic``.
+    """
+
+    lease_id: int
+    ns_id: int
+    tier: Tier
+    kind: LeaseKind
+    keys: tuple[bytes, ...]
+    slots: tuple[int, ...]
+    expires_at_s: float
+
+
+@dataclass(frozen=True)
+class TierStats:
+    """Counters of one tier since the daemon started (bytes and pages)."""
+
+    tier: Tier
+    capacity_bytes: int
+    used_bytes: int
+    pages: int
+    hits: int
+    misses: int
+    evictions: int
+    bytes_in: int
+    bytes_out: int
+    queue_depth: int
+
+
+@dataclass(frozen=True)
+class DaemonStats:
+    """One ``Stats`` answer. ``tiers`` maps each tier to its counters."""
+
+    tiers: dict[Tier, TierStats]
+    namespaces: int
+    leases: int
+    checksum_failures: int
+    uptime_s: float
+    write_policy: str
+    sessions: int = 0
+    rpcs_in_flight: int = 0
+    rpcs_rejected: int = 0
+    version: str = ""
+    device: str = ""
+
+    def to_json_dict(self) -> dict[str, object]:
+        """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk``, then totals."""
+        tiers = {
+            tier.label: {"capacity_bytes": s.capacity_bytes, "used_bytes": s.used_bytes,
+                         "pages": s.pages, "hits": s.hits, "misses": s.misses,
+                         "evictions": s.evictions, "bytes_in": s.bytes_in,
+                         "bytes_out": s.bytes_out, "queue_depth": s.queue_depth}
+            for tier, s in sorted(self.tiers.items())
+        }
+        return {"tiers": tiers, "namespaces": self.namespaces, "leases": self.leases,
+                "checksum_failures": self.checksum_failures, "uptime_s": self.uptime_s,
+                "write_policy": self.write_policy,
+                "server": {"sessions": self.sessions, "rpcs_in_flight": self.rpcs_in_flight,
+                           "rpcs_rejected": self.rpcs_rejected, "version": self.version,
+                           "device": self.device}}

@@ -1,0 +1,102 @@
+"""CuPy loader and launcher: compile each kernel specialisation on first use, launch plans.
+
+CuPy is an optional dependency (the ``cuda`` extra), imported only when a CUDA tensor reaches a
+kernel. Kernels are compiled through NVRTC from the packaged sources, cached per
+(KernelSpec, device) in a ``KernelCache`` (CuPy also caches the binaries on disk), and launched on
+torch's current stream of the tensors' device, so they order with the caller's torch work.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from tierd_kernels.errors import KernelUnavailableError
+from tierd_kernels.plans import ArgKind, KernelArg, LaunchPlan
+from tierd_kernels.sources import KernelSpec, expand_source
+
+logger = logging.getLogger(__name__)
+
+_NUMPY_TYPES = {
+    ArgKind.POINTER: np.uint64,
+    ArgKind.INT32: np.int32,
+    ArgKind.INT64: np.int64,
+    ArgKind.FLOAT32: np.float32,
+}
+
+
+def import_cupy() -> ModuleType:
+    """CuPy, or a KernelUnavailableError that says how to get it."""
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency, imported on first CUDA use only
+    except ImportError as exc:
+        raise KernelUnavailableError(
+            "the CUDA kernels need CuPy: install it with `pip install 'tierd[cuda]'` (cupy-cuda12x), "
+            "or pass backend=Backend.REFERENCE to run the torch reference on these tensors") from exc
+    return cupy
+
+
+def to_cupy_arg(arg: KernelArg) -> Any:
+    """A kernel argument as the NumPy scalar whose size matches the C parameter."""
+    return _NUMPY_TYPES[arg.kind](arg.value)
+
+
+class KernelCache:
+    """Compiled kernels by (spec, device index). Thread-safe; compiles each key once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._kernels: dict[tuple[KernelSpec, int], Any] = {}
+
+    def get(self, spec: KernelSpec, device_index: int) -> Any:
+        key = (spec, device_index)
+        with self._lock:
+            kernel = self._kernels.get(key)
+            if kernel is None:
+                kernel = self._compile(spec, device_index)
+                self._kernels[key] = kernel
+            return kernel
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._kernels)
+
+    @staticmethod
+    def _compile(spec: KernelSpec, device_index: int) -> Any:
+        cupy = import_cupy()
+        logger.info("compiling %s from %s with %s on cuda:%d", spec.function, spec.source.value,
+                    " ".join(spec.define_flags()), device_index)
+        with cupy.cuda.Device(device_index):
+            module = cupy.RawModule(code=expand_source(spec.source), options=spec.define_flags())
+            return module.get_function(spec.function)
+
+
+@functools.cache
+def default_cache() -> KernelCache:
+    """The process-wide cache (compiled modules belong to the process's CUDA contexts)."""
+    return KernelCache()
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (the split-K heuristic's measure of width)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def launch(plans: tuple[LaunchPlan, ...], device: torch.device, cache: KernelCache | None = None) -> None:
+    """Launch plans in order on torch's current stream of ``device``."""
+    if not plans:
+        return
+    cupy = import_cupy()
+    cache = cache if cache is not None else default_cache()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream_ptr = torch.cuda.current_stream(index).cuda_stream
+    with cupy.cuda.Device(index), cupy.cuda.ExternalStream(stream_ptr):
+        for plan in plans:
+            kernel = cache.get(plan.kernel, index)
+            kernel(plan.grid, plan.block, tuple(to_cupy_arg(a) for a in plan.args))
