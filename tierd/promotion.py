@@ -150,7 +150,7 @@ class Promoter:
         if got is None:
             return None
         if src is Tier.DISK:
-            core.disk_reading[dkey] = core.disk_reading.get(dkey, 0) + 1
+            core.begin_disk_read_locked(dkey)
         else:
             st.mem[src].pin(st.mem[src].slots[key])
         dres.begin_store(key, got[0])
@@ -181,7 +181,7 @@ class Promoter:
         ok = status is ReadStatus.OK
         with core.lock:
             if src is Tier.DISK:
-                self._done_reading_locked(st, key, status)
+                core.end_disk_read_locked(st.dkey(key), status is ReadStatus.OK)
             else:
                 core.unpin_locked(st, src, src_slot)
             st.mem[dst].complete_store(key, ok)
@@ -189,15 +189,3 @@ class Promoter:
                 core.counters[src].bytes_out += st.page_bytes
                 core.counters[dst].bytes_in += st.page_bytes
         return ok
-
-    def _done_reading_locked(self, st: NamespaceState, key: PageKey, status: ReadStatus) -> None:
-        core = self.core
-        dkey = st.dkey(key)
-        left = core.disk_reading[dkey] - 1
-        if left:
-            core.disk_reading[dkey] = left
-        else:
-            del core.disk_reading[dkey]
-        if status is not ReadStatus.OK:
-            # CORRUPT: the disk tier deleted and counted it; MISSING: the index was stale.
-            core.disk_res.remove(dkey)

@@ -224,6 +224,22 @@ class StoreCore:
         elif dkey not in self.disk_res.pages:
             self.durability.fail(ticket)
 
+    # -- disk reads in progress ------------------------------------------------------------------
+    def begin_disk_read_locked(self, dkey: bytes) -> None:
+        """``dkey`` is being read: not a disk victim until ``end_disk_read_locked``."""
+        self.disk_reading[dkey] = self.disk_reading.get(dkey, 0) + 1
+
+    def end_disk_read_locked(self, dkey: bytes, ok: bool) -> None:
+        """A read ended; a failed one (corrupt: the disk tier dropped it; missing: the index was
+        stale) removes the page from the index."""
+        left = self.disk_reading[dkey] - 1
+        if left:
+            self.disk_reading[dkey] = left
+        else:
+            del self.disk_reading[dkey]
+        if not ok:
+            self.disk_res.remove(dkey)
+
     # -- lookups -------------------------------------------------------------------------------------
     def fastest_tier_locked(self, st: NamespaceState, key: PageKey) -> Tier | None:
         for tier in MEMORY_TIERS:

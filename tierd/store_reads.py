@@ -106,8 +106,7 @@ class StoreReads:
                     break
                 core.touch_locked(st, tier, key)
                 if tier is Tier.DISK:
-                    dkey = st.dkey(key)
-                    core.disk_reading[dkey] = core.disk_reading.get(dkey, 0) + 1
+                    core.begin_disk_read_locked(st.dkey(key))
                     plan.append((tier, -1, key))
                 else:
                     slot = st.mem[tier].slots[key]
@@ -125,14 +124,8 @@ class StoreReads:
                 if tier is not Tier.DISK:
                     core.unpin_locked(st, tier, slot)
                     continue
-                dkey = st.dkey(key)
-                left = core.disk_reading[dkey] - 1
-                if left:
-                    core.disk_reading[dkey] = left
-                else:
-                    del core.disk_reading[dkey]
-                if i == copied:  # the read that ended the prefix: corrupt (deleted) or gone
-                    core.disk_res.remove(dkey)
+                # The read that ended the prefix failed: corrupt (dropped) or gone.
+                core.end_disk_read_locked(st.dkey(key), ok=i != copied)
 
     def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
         """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once

@@ -67,13 +67,13 @@ class UnavailableError(TierdRpcError, store_errors.Unavailable):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class UnauthenticatedError(TierdRpcError):
+class UnauthenticatedError(TierdRpcError, store_errors.Unauthenticated):
     """No or an unknown tenant token."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class PermissionDeniedError(TierdRpcError):
+class PermissionDeniedError(TierdRpcError, store_errors.PermissionDenied):
     """The tenant may not do this."""
 
     code = grpc.StatusCode.PERMISSION_DENIED

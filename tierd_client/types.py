@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from tierd.index.leases import LeaseKind
 from tierd.keys import chain_keys
 from tierd.spec import PageSpec
 from tierd.tier import Tier
+from tierd.store_types import LookupResult
 from tierd.tiers.base import RegionHandle
 
-
-class LeaseKind(enum.Enum):
-    """READ pins present pages; FILL pins free hbm slots for the worker to fill, then commit."""
-
-    READ = "read"
-    FILL = "fill"
+__all__ = ["DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle", "PutResult",
+           "ServerLimits", "TierStats"]
 
 
 @dataclass(frozen=True)
@@ -61,14 +58,6 @@ class NamespaceHandle:
             if handle.tier is tier:
                 return handle
         return None
-
-
-@dataclass(frozen=True)
-class LookupResult:
-    """``num_hits``: length of the longest cached prefix; ``tiers[i]``: where hit ``i`` lives."""
-
-    num_hits: int
-    tiers: tuple[Tier, ...]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tierd.errors import NotFound
+from tierd.errors import NotFound, PermissionDenied
 from tierd.index.leases import Lease
-from tierd.server.status import PermissionDenied
 
 SESSION_METADATA_KEY = "tierd-session"
 # 128 random bits: a session id is a capability (it can release the session's leases).
@@ -26,12 +25,16 @@ SESSION_ID_BYTES = 16
 
 @dataclass
 class Session:
-    """One open client session; ``leases`` maps lease id to its expiry (``time.monotonic``)."""
+    """One open client session; ``leases`` maps lease id to its expiry (``time.monotonic``).
+
+    ``tenant`` is the tenant whose token opened it (``None`` when the daemon has no tenants).
+    """
 
     session_id: str
     client_name: str
     client_pid: int
     opened_at_s: float
+    tenant: str | None = None
     leases: dict[int, float] = field(default_factory=dict)
     closed: bool = False
 
@@ -46,9 +49,9 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def open(self, client_name: str, client_pid: int) -> Session:
+    def open(self, client_name: str, client_pid: int, tenant: str | None = None) -> Session:
         session_id = secrets.token_hex(SESSION_ID_BYTES)
-        session = Session(session_id, client_name, client_pid, time.monotonic())
+        session = Session(session_id, client_name, client_pid, time.monotonic(), tenant)
         self._sessions[session_id] = session
         return session
 
@@ -62,8 +65,10 @@ class SessionRegistry:
             session.leases.clear()
         return session
 
-    def resolve(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Session | None:
-        """The session named by the call's ``tierd-session`` metadata; ``NotFound`` if it is not open."""
+    def resolve(self, metadata: Sequence[tuple[str, str | bytes]] | None,
+                tenant: str | None = None) -> Session | None:
+        """The session named by the call's ``tierd-session`` metadata; ``NotFound`` if it is not
+        open, ``PermissionDenied`` if another tenant opened it (``tenant`` None: no tenants)."""
         session_id = next((str(value) for key, value in metadata or () if key == SESSION_METADATA_KEY),
                           None)
         if session_id is None:
@@ -72,6 +77,9 @@ class SessionRegistry:
         if session is None:
             raise NotFound(f"session {session_id[:8]}... is not open (it ended or never existed): "
                            "open a Session stream and send its id in the tierd-session metadata")
+        if tenant is not None and session.tenant != tenant:
+            raise PermissionDenied(f"session {session_id[:8]}... was opened by another tenant: "
+                                   "open a Session with your own token and send its id")
         return session
 
     def track(self, session: Session, lease: Lease) -> None:

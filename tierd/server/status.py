@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import grpc
 
-from tierd.errors import TierdError
+from tierd.errors import PermissionDenied, TierdError
 
-
-class PermissionDenied(TierdError):
-    """The caller may not touch this object (a lease taken by another session)."""
-
-    # TODO(lead): move next to the other typed errors in tierd/errors.py.
-    status_name = "PERMISSION_DENIED"
+__all__ = ["PermissionDenied", "status_code_of"]
 
 
 def status_code_of(exc: TierdError) -> grpc.StatusCode:
