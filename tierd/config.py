@@ -58,6 +58,9 @@ class DiskConfig:
     writer_linger_s: float = 0.002
     writer_queue_pages: int = 4096
     reader_threads: int = 4
+    # When LMDB's map fills before the byte budget does (fragmentation), the budget drops to this
+    # fraction of the bytes stored and eviction brings the disk under it.
+    map_full_budget_factor: float = 0.9
     # fsync on every commit (durability of acknowledged pages); False only for throwaway caches.
     fsync: bool = True
 
@@ -118,6 +121,9 @@ class StoreConfig:
             if not 0.0 < tier.low_watermark <= tier.high_watermark <= 1.0:
                 raise ConfigError(f"{name} watermarks need 0 < low <= high <= 1, got low="
                                   f"{tier.low_watermark} high={tier.high_watermark}")
+        if not 0.0 < self.disk.map_full_budget_factor < 1.0:
+            raise ConfigError(f"disk.map_full_budget_factor must be in (0, 1), got "
+                              f"{self.disk.map_full_budget_factor}")
         for name, mem in (("hbm", self.hbm), ("dram", self.dram)):
             if not 0.0 < mem.region_share <= 1.0:
                 raise ConfigError(f"{name}.region_share must be in (0, 1], got {mem.region_share}")

@@ -74,9 +74,10 @@ class Evictor:
                 self.demote(st, tier, excess, deadline_s)
         disk = self.core.config.disk
         with self.core.lock:
-            if self.core.disk_res.used_bytes > disk.high_watermark * disk.capacity_bytes:
+            budget = self.core.disk_budget_bytes
+            if self.core.disk_res.used_bytes > disk.high_watermark * budget:
                 self.core.evict_disk_locked(
-                    self.core.disk_res.used_bytes - int(disk.low_watermark * disk.capacity_bytes))
+                    self.core.disk_res.used_bytes - int(disk.low_watermark * budget))
         self.core.drain_deletes()
 
     # -- demotion ------------------------------------------------------------------------------------

@@ -16,17 +16,17 @@ from collections.abc import Sequence
 
 from tierd.buffers import as_byte_views
 from tierd.config import StoreConfig, WritePolicy
-from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.eviction import Evictor
-from tierd.index.leases import Lease, LeaseKind, LeaseRecord
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.maintenance import Maintenance
-from tierd.promotion import Hold, Promoter
+from tierd.promotion import Promoter
 from tierd.spec import Namespace, PageSpec
 from tierd.store_core import DiskJob, NamespaceState, StoreCore
+from tierd.store_leases import StoreLeases
 from tierd.store_reads import StoreReads
-from tierd.store_types import LookupResult, PutResult, StoreStats, TierStats
+from tierd.store_types import PutResult, StoreStats, TierStats
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Arena, Region, RegionHandle
 from tierd.tiers.disk import DiskTier
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 MAX_TENANT_CHARS = 128
 
 
-class PageStore(StoreReads):
+class PageStore(StoreReads, StoreLeases):
     """hbm/dram/disk page store. ``with PageStore(cfg) as store:`` opens and closes it."""
 
     def __init__(self, config: StoreConfig) -> None:
@@ -74,6 +74,7 @@ class PageStore(StoreReads):
             self._promoter = Promoter(core, self._evictor, self._pool)
             self._maintenance = Maintenance(core, self._evictor, self._release_record)
             core.on_disk_progress = self._maintenance.wake
+            disk.on_map_full = core.map_full
             self._maintenance.start()
             self._started_at_s = time.monotonic()
             self._opened = True
@@ -364,149 +365,6 @@ class PageStore(StoreReads):
                                     "the disk budget is full of pages being written; raise the "
                                     "disk capacity or flush again once writes complete")
         return len(jobs)
-
-    # -- leases ---------------------------------------------------------------------------------------
-    def _ttl(self, ttl_s: float | None) -> float:
-        if ttl_s is None:
-            return self.config.lease_ttl_s
-        if not 0 < ttl_s <= self.config.max_lease_ttl_s:
-            raise InvalidArgument(f"lease ttl must be in (0, {self.config.max_lease_ttl_s}] s, got {ttl_s}")
-        return ttl_s
-
-    def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
-                timeout_s: float | None = None, ttl_s: float | None = None,
-                owner: str | None = None) -> Lease:
-        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first)."""
-        st = self._ready_state(ns_id)
-        keys = check_keys(keys)
-        ttl = self._ttl(ttl_s)
-        if target_tier is Tier.DISK:
-            raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
-        if len(set(keys)) != len(keys):
-            raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
-        res = st.residency(target_tier)
-        if len(keys) > res.num_slots:
-            raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
-                                    f"{res.num_slots} {target_tier.label} slots; acquire fewer at a time")
-        wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
-        deadline_s = time.monotonic() + wait_s
-        core = self._require()
-        hold = Hold()
-        present, futures = self._promoter.schedule(st, keys, target_tier, deadline_s, hold)
-        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
-        with core.lock:
-            if pending:
-                self._promoter.release_hold_locked(st, target_tier, hold)
-                raise DeadlineExceeded(f"{len(pending)} of {present} pages did not reach "
-                                       f"{target_tier.label} within {wait_s} s; retry with a longer timeout")
-            # The lease covers the leading pages that arrived; a page that could not be moved
-            # (no unpinned room, failed checksum, deleted) ends it.
-            leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
-            slots = [hold.pins[key] for key in leased]
-            self._promoter.release_hold_locked(st, target_tier, hold, keep=leased)
-            return self._lease_locked(st, target_tier, leased, slots, ttl, owner, len(keys))
-
-    def _lease_locked(self, st: NamespaceState, tier: Tier, keys: list[PageKey], slots: list[int],
-                      ttl_s: float, owner: str | None, asked: int) -> Lease:
-        """A READ lease over pages whose slots are already pinned for it."""
-        core = self._require()
-        res = st.mem[tier]
-        for key in keys:
-            res.touch(key)
-        core.counters[tier].hits += len(keys)
-        core.counters[tier].misses += int(len(keys) < asked)
-        record = core.leases.add(st.ns.ns_id, tier, LeaseKind.READ, tuple(keys), tuple(slots),
-                                 time.monotonic() + ttl_s, owner)
-        return record.snapshot()
-
-    def allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
-                 owner: str | None = None) -> Lease:
-        """Lease ``num_pages`` free hbm slots for the caller to fill and then ``commit``."""
-        st = self._ready_state(ns_id)
-        ttl = self._ttl(ttl_s)
-        res = st.residency(Tier.HBM)
-        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= res.num_slots:
-            raise InvalidArgument(f"num_pages must be in 1..{res.num_slots} (the namespace's hbm "
-                                  f"slots), got {num_pages!r}")
-        core = self._require()
-        deadline_s = time.monotonic() + self.config.acquire_timeout_s
-        while True:
-            with core.lock:
-                slots = res.reserve(num_pages)
-                if slots is not None:
-                    record = core.leases.add(ns_id, Tier.HBM, LeaseKind.FILL, (), tuple(slots),
-                                             time.monotonic() + ttl, owner)
-                    return record.snapshot()
-            if not self._evictor.make_room(st, Tier.HBM, num_pages, deadline_s):
-                raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
-                                        "the rest are leased or in flight; release leases and retry")
-
-    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> int:
-        """Bind filled slots of a FILL lease to keys; returns pages newly cached."""
-        core = self._require()
-        keys = check_keys(keys)
-        slots = list(slots)
-        if len(keys) != len(slots):
-            raise InvalidArgument(f"got {len(keys)} keys but {len(slots)} slots; give one slot per key")
-        jobs: list[DiskJob] = []
-        with core.lock:
-            record = core.leases.get(lease_id)
-            if record.kind is not LeaseKind.FILL:
-                raise FailedPrecondition(f"lease {lease_id} is a read lease; commit takes a lease "
-                                         "from Allocate")
-            bad = [s for s in slots if s not in record.open_slots]
-            if bad or len(set(slots)) != len(slots):
-                raise InvalidArgument(f"slots {bad or slots} are not open slots of lease {lease_id} "
-                                      f"(open: {sorted(record.open_slots)}) or repeat")
-            st = core.state(record.ns_id)
-            res = st.mem[Tier.HBM]
-            bound = 0
-            for key, slot in zip(keys, slots):
-                record.open_slots.discard(slot)
-                if not res.publish(key, slot):
-                    res.unreserve([slot])
-                    continue
-                bound += 1
-                core.counters[Tier.HBM].bytes_in += st.page_bytes
-                job = core.committed_locked(st, Tier.HBM, key, slot, None)
-                if job is not None:
-                    jobs.append(job)
-        core.submit(jobs)
-        self._maintenance_wake()
-        return bound
-
-    def renew(self, lease_id: int, ttl_s: float | None = None) -> Lease:
-        core = self._require()
-        ttl = self._ttl(ttl_s)
-        with core.lock:
-            record = core.leases.get(lease_id)
-            record.expires_at_s = time.monotonic() + ttl
-            return record.snapshot()
-
-    def release(self, lease_id: int) -> None:
-        core = self._require()
-        with core.lock:
-            self._release_record(core.leases.pop(lease_id))
-
-    def release_owner(self, owner: str) -> int:
-        """End every lease held by ``owner`` (a client session that ended)."""
-        core = self._require()
-        with core.lock:
-            ids = core.leases.owned_by(owner)
-            for lease_id in ids:
-                self._release_record(core.leases.pop(lease_id))
-        return len(ids)
-
-    def _release_record(self, record: LeaseRecord) -> None:
-        """Unpin a READ lease's pages or free a FILL lease's unfilled slots (lock held)."""
-        core = self._require()
-        st = core.namespaces[record.ns_id]
-        if record.kind is LeaseKind.READ:
-            for slot in record.slots:
-                core.unpin_locked(st, record.tier, slot)
-        else:
-            st.mem[record.tier].unreserve(record.open_slots)
-            record.open_slots.clear()
 
     def _maintenance_wake(self) -> None:
         if self._maintenance is not None:

@@ -76,6 +76,8 @@ class StoreCore:
         self.disk = disk
         self.namespaces: dict[int, NamespaceState] = {}
         self.disk_res = DiskResidency()
+        # The disk byte budget in force: the configured capacity, lowered when LMDB's map filled.
+        self.disk_budget_bytes = config.disk.capacity_bytes
         self.leases = LeaseTable()
         self.durability = DurabilityTracker()
         self.counters: dict[Tier, TierCounters] = {tier: TierCounters() for tier in Tier}
@@ -197,11 +199,23 @@ class StoreCore:
 
     def disk_room_locked(self, num_bytes: int) -> bool:
         """Make the disk budget hold ``num_bytes`` more, evicting LRU pages if needed."""
-        capacity = self.config.disk.capacity_bytes
+        capacity = self.disk_budget_bytes
         over = self.disk_res.used_bytes + num_bytes - capacity
         if over > 0:
             self.evict_disk_locked(over)
         return self.disk_res.used_bytes + num_bytes <= capacity
+
+    def map_full(self) -> None:
+        """LMDB's map filled before the budget did: lower the budget below what is stored so
+        eviction frees map space (called by the disk writer; never blocks on it)."""
+        with self.lock:
+            lowered = int(self.disk_res.used_bytes * self.config.disk.map_full_budget_factor)
+            if lowered < self.disk_budget_bytes:
+                self.disk_budget_bytes = lowered
+                log.warning("the LMDB map is full at %d bytes stored: the disk budget is now %d "
+                            "bytes (raise disk.map_headroom to use the configured capacity)",
+                            self.disk_res.used_bytes, lowered)
+        self.on_disk_progress()
 
     def committed_locked(self, st: NamespaceState, tier: Tier, key: PageKey, slot: int,
                          ticket: int | None) -> DiskJob | None:
