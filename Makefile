@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench proto clean
+.PHONY: install run test bench bench-kernels proto clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/tiers.py --quick
+
+# Needs a CUDA GPU and the `cuda` extra (CuPy); exits 2 with a message without one.
+bench-kernels: $(STAMP)
+	$(PY) benchmarks/kernels.py --quick
 
 # Regenerates the committed gRPC stubs (tests/test_proto_stubs.py fails when they drift).
 proto: $(STAMP)

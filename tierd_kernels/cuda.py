@@ -19,7 +19,7 @@ import torch
 
 from tierd_kernels.errors import KernelUnavailableError
 from tierd_kernels.plans import ArgKind, KernelArg, LaunchPlan
-from tierd_kernels.sources import KernelSpec, expand_source
+from tierd_kernels.sources import KernelSource, KernelSpec, expand_source
 
 logger = logging.getLogger(__name__)
 
@@ -48,10 +48,12 @@ def to_cupy_arg(arg: KernelArg) -> Any:
 
 
 class KernelCache:
-    """Compiled kernels by (spec, device index). Thread-safe; compiles each key once."""
+    """Compiled kernels by (KernelSpec, device index); one module per (source, macros, device)
+    serves every function of that source. Thread-safe; compiles each module once."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._modules: dict[tuple[KernelSource, tuple[tuple[str, str], ...], int], Any] = {}
         self._kernels: dict[tuple[KernelSpec, int], Any] = {}
 
     def get(self, spec: KernelSpec, device_index: int) -> Any:
@@ -59,22 +61,27 @@ class KernelCache:
         with self._lock:
             kernel = self._kernels.get(key)
             if kernel is None:
-                kernel = self._compile(spec, device_index)
+                module_key = (spec.source, spec.macros, device_index)
+                module = self._modules.get(module_key)
+                if module is None:
+                    module = self._compile(spec, device_index)
+                    self._modules[module_key] = module
+                kernel = module.get_function(spec.function)
                 self._kernels[key] = kernel
             return kernel
 
-    def __len__(self) -> int:
+    def num_modules(self) -> int:
+        """Modules compiled so far (one per source, specialisation and device)."""
         with self._lock:
-            return len(self._kernels)
+            return len(self._modules)
 
     @staticmethod
     def _compile(spec: KernelSpec, device_index: int) -> Any:
         cupy = import_cupy()
-        logger.info("compiling %s from %s with %s on cuda:%d", spec.function, spec.source.value,
-                    " ".join(spec.define_flags()), device_index)
+        logger.info("compiling %s with %s for cuda:%d", spec.source.value, " ".join(spec.define_flags()),
+                    device_index)
         with cupy.cuda.Device(device_index):
-            module = cupy.RawModule(code=expand_source(spec.source), options=spec.define_flags())
-            return module.get_function(spec.function)
+            return cupy.RawModule(code=expand_source(spec.source), options=spec.define_flags())
 
 
 @functools.cache

@@ -28,9 +28,10 @@ STORE_THREADS = 128
 MAX_SPLITS = 128
 VEC_BYTES = 16
 
-# Split-K heuristic. A decode CTA is short-lived and memory bound: two resident CTAs per SM keep
-# HBM busy, so a batch with fewer (sequence, kv head) CTAs than that splits its contexts.
-TARGET_CTAS_PER_SM = 2
+# Split-K heuristic. A decode CTA is memory bound and keeps only a few loads in flight per lane
+# (kDecodeUnroll), so HBM needs several resident CTAs per SM (a GQA-4 CTA fits four by registers);
+# a batch with fewer (sequence, kv head) CTAs than this splits its contexts.
+TARGET_CTAS_PER_SM = 4
 # A split shorter than this spends more on writing its partial row and on the reduce than its
 # extra parallelism gains.
 MIN_TOKENS_PER_SPLIT = 256
@@ -108,7 +109,7 @@ def check_aligned(name: str, tensor: torch.Tensor, *strides_elems: int) -> None:
                                f"{tensor.stride()} (elements of {itemsize} bytes)")
 
 
-def _check_capacity(problem: AttentionProblem) -> int:
+def _check_limits(problem: AttentionProblem) -> int:
     capacity = problem.max_pages * problem.geometry.page_tokens
     # The kernels index tokens in int32 and add one split to a position: keep a factor of two spare.
     if 2 * capacity > INT32_LIMIT:
@@ -142,8 +143,10 @@ def plan_decode(problem: AttentionProblem, q: torch.Tensor, arena: torch.Tensor,
     ``max_seq_len`` (a host-side bound of seq_lens) and ``num_splits`` only shape the work: the last
     split of a sequence takes every remaining token, so neither can make the result wrong.
     """
-    capacity = _check_capacity(problem)
+    capacity = _check_limits(problem)
     check_aligned("arena", arena)
+    if problem.num_seqs == 0:
+        return ()
     g = problem.geometry
     heads_per_cta = decode_heads_per_cta(problem.group_size)
     head_tiles = -(-problem.group_size // heads_per_cta)
@@ -176,7 +179,7 @@ def plan_decode(problem: AttentionProblem, q: torch.Tensor, arena: torch.Tensor,
 
 def prefill_rows_per_cta(dtype: torch.dtype, head_dim: int) -> int:
     """Query rows ((token, head) pairs) one prefill CTA owns; mirrors RowLayout in common.cuh."""
-    itemsize = torch.empty((), dtype=dtype).element_size()
+    itemsize = dtype.itemsize
     lanes_per_row = min(32, head_dim * itemsize // VEC_BYTES)
     return (PREFILL_THREADS // 32) * (32 // lanes_per_row) * PREFILL_ROWS_PER_GROUP
 
@@ -186,7 +189,7 @@ def plan_prefill(problem: AttentionProblem, q: torch.Tensor, cu_q_lens: torch.Te
                  max_q_len: int | None = None) -> tuple[LaunchPlan, ...]:
     """The prefill launch. ``max_q_len`` (a host-side bound of the q lengths) sets the grid width;
     CTAs stride over row tiles, so a low bound costs parallelism, never correctness."""
-    _check_capacity(problem)
+    _check_limits(problem)
     check_aligned("arena", arena)
     g = problem.geometry
     total_q = q.shape[0]

@@ -114,24 +114,38 @@ def test_compile_check_specs_touch_every_specialisation_axis() -> None:
 
 
 def test_kernel_cache_compiles_each_specialisation_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    compiled: list[tuple[sources.KernelSpec, int]] = []
+    compiled: list[tuple[sources.KernelSource, tuple[tuple[str, str], ...], int]] = []
     lock = threading.Lock()
 
-    def fake_compile(spec: sources.KernelSpec, device_index: int) -> object:
+    class FakeModule:
+        def get_function(self, name: str) -> tuple[str, int]:
+            return (name, id(self))
+
+    def fake_compile(spec: sources.KernelSpec, device_index: int) -> FakeModule:
         with lock:
-            compiled.append((spec, device_index))
-        return object()
+            compiled.append((spec.source, spec.macros, device_index))
+        return FakeModule()
 
     monkeypatch.setattr(cuda.KernelCache, "_compile", staticmethod(fake_compile))
     cache = cuda.KernelCache()
-    spec_a = sources.prefill_spec(torch.float16, 128, 16)
-    spec_b = sources.prefill_spec(torch.float16, 128, 32)
-    threads = [threading.Thread(target=cache.get, args=(spec, 0)) for spec in (spec_a, spec_b) * 8]
+    partial, reduce = sources.decode_specs(torch.float16, 128, 16, 4)
+    other = sources.prefill_spec(torch.float16, 128, 32)
+    threads = [threading.Thread(target=cache.get, args=(spec, 0)) for spec in (partial, reduce, other) * 8]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert cache.get(spec_a, 0) is cache.get(sources.prefill_spec(torch.float16, 128, 16), 0)
-    assert sorted(compiled, key=str) == sorted([(spec_a, 0), (spec_b, 0)], key=str)
-    cache.get(spec_a, 1)  # another device is another module
-    assert len(cache) == 3
+    assert cache.get(partial, 0) is cache.get(sources.decode_specs(torch.float16, 128, 16, 4)[0], 0)
+    assert cache.get(partial, 0)[1] == cache.get(reduce, 0)[1]  # one module serves both decode kernels
+    assert sorted(compiled, key=str) == sorted([(partial.source, partial.macros, 0),
+                                                (other.source, other.macros, 0)], key=str)
+    cache.get(partial, 1)  # another device is another module
+    assert cache.num_modules() == 3
+
+
+def test_an_empty_batch_launches_nothing() -> None:
+    batch = make_batch([3], dtype=torch.float16, head_dim=64, num_kv_heads=1, page_tokens=8)
+    q = make_queries(0, 1, 64, torch.float16)
+    tables, lens = batch.block_tables[:0], batch.seq_lens[:0]
+    problem = validation.check_decode_inputs(q, batch.arena, tables, lens, 0, None, None)
+    assert plans.plan_decode(problem, q, batch.arena, tables, lens, torch.empty_like(q), num_sms=132) == ()

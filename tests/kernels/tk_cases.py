@@ -1,6 +1,6 @@
 """Test data for the kernel tests: random arenas and page tables, and a naive dense oracle.
 
-The oracle gathers K/V token by token with plain indexing and calls
+The oracle gathers K/V per token with plain indexing (independently of the reference) and calls
 torch.nn.functional.scaled_dot_product_attention in float64, independently of the reference.
 """
 

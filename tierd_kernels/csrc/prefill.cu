@@ -4,9 +4,10 @@
 // kv positions 0..that position; its K/V are already in the pages. Queries are packed:
 // q[total_q_tokens][num_heads][HEAD_DIM] with sequence s at rows cu_q_lens[s]..cu_q_lens[s+1).
 //
-// Grid: x = tile of query rows, y = sequence, z = kv head; block = kPrefillThreads. The rows of a
-// sequence and kv head are its (token, head-in-group) pairs, row = token * group + head, so a CTA
-// works on consecutive tokens and every q head of the GQA group. The CTA stages BLOCK_KEYS keys of
+// Grid: x = tile of query rows (CTAs stride over a sequence's tiles, so any width is correct),
+// y = sequence, z = kv head; block = kPrefillThreads. The rows of a sequence and kv head are its
+// (token, head-in-group) pairs, row = token * group + head, so a CTA works on consecutive tokens
+// and every q head of the GQA group. The CTA stages BLOCK_KEYS keys of
 // K and V at a time in shared memory (read once from the arena, used by all its rows); each lane
 // group of kLanesPerRow lanes owns kPrefillRowsPerGroup rows and folds the staged keys into their
 // online softmax (fp32, log2 domain).
