@@ -281,3 +281,18 @@ def test_hbm_disabled_keeps_working_in_dram(tmp_path: Path) -> None:
         with pytest.raises(FailedPrecondition, match="hbm"):
             store.acquire(ns.ns_id, keys, Tier.HBM)
         assert store.acquire(ns.ns_id, keys, Tier.DRAM).num_pages == 2
+
+
+def test_tenant_quota_caps_the_total_of_its_namespaces(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, hbm_pages=32, dram_pages=64)
+    quota = {Tier.HBM: 6 * SPEC.page_bytes, Tier.DRAM: 10 * SPEC.page_bytes}
+    cfg = cfg.with_changes(tenant_quotas={"team": quota})
+    with PageStore(cfg) as store:
+        first = store.register(SPEC, tenant="team")
+        assert store.region(first.ns_id, Tier.HBM).num_slots == 6
+        assert store.region(first.ns_id, Tier.DRAM).num_slots == 10
+        with pytest.raises(ResourceExhausted, match="tenant 'team'"):
+            store.register(PageSpec("tiny@r2", "float16", 2, 2, 64, 16), tenant="team")
+        assert len(store.namespaces()) == 1  # the refused register left nothing behind
+        other = store.register(SPEC, tenant="other")  # no quota: a share of what is unassigned
+        assert store.region(other.ns_id, Tier.DRAM).num_slots == 64 - 10

@@ -145,14 +145,22 @@ class PageStore(StoreReads, StoreLeases):
                 found = next((st for st in core.namespaces.values()
                               if st.ns.tenant == tenant and st.ns.spec == spec), None)
                 next_id = max(core.namespaces, default=0) + 1
-            if found is None:
-                ns = Namespace(next_id, tenant, spec, namespace_fingerprint(spec, tenant.encode()))
+            if found is not None:
+                self._ensure_regions(core, found)
+                return found.ns
+            ns = Namespace(next_id, tenant, spec, namespace_fingerprint(spec, tenant.encode()))
+            fresh = NamespaceState(ns)
+            try:
+                # Regions first: a namespace that cannot get its memory is never persisted.
+                self._ensure_regions(core, fresh)
                 core.disk.save_namespace(ns)
-                found = NamespaceState(ns)
-                with core.lock:
-                    core.namespaces[ns.ns_id] = found
-            self._ensure_regions(core, found)
-            return found.ns
+            except BaseException:
+                for region in fresh.regions.values():
+                    region.close()
+                raise
+            with core.lock:
+                core.namespaces[ns.ns_id] = fresh
+            return ns
 
     def _ensure_regions(self, core: StoreCore, st: NamespaceState) -> None:
         """Carve this namespace's hbm and dram regions (tenant quota, else a share of what is left)."""
@@ -160,22 +168,32 @@ class PageStore(StoreReads, StoreLeases):
             if tier in st.regions:
                 continue
             arena = core.arenas[tier]
-            quota = self.config.tenant_quotas.get(st.ns.tenant, {}).get(tier)
-            share = self.config.memory_tier(tier).region_share
-            budget = quota if quota is not None else int(share * (arena.capacity_bytes
-                                                                 - arena.assigned_bytes))
+            budget = self._region_budget(core, st, tier)
             num_slots = min(budget, arena.capacity_bytes - arena.assigned_bytes) // st.page_bytes
             if num_slots < 1:
                 if tier is Tier.HBM and arena.capacity_bytes == 0:
                     continue  # hbm disabled: every page lives in dram and below
                 raise ResourceExhausted(
-                    f"no {tier.label} room for namespace {st.ns.ns_id}: pages are {st.page_bytes} "
-                    f"bytes and only {budget} bytes can be given to it; raise the {tier.label} "
-                    f"capacity or the tenant's quota")
+                    f"no {tier.label} room for namespace {st.ns.ns_id} of tenant {st.ns.tenant!r}: "
+                    f"pages are {st.page_bytes} bytes and only {budget} bytes can be given to it; "
+                    f"raise the {tier.label} capacity or the tenant's quota")
             region = arena.create_region(st.ns.ns_id, num_slots, st.page_bytes)
             with core.lock:
                 st.regions[tier] = region
                 st.mem[tier] = MemoryResidency(num_slots)
+
+    def _region_budget(self, core: StoreCore, st: NamespaceState, tier: Tier) -> int:
+        """Bytes a new region may take: what is left of the tenant's quota (shared by all its
+        namespaces), else ``region_share`` of the tier's unassigned bytes."""
+        arena = core.arenas[tier]
+        quota = self.config.tenant_quotas.get(st.ns.tenant, {}).get(tier)
+        if quota is None:
+            share = self.config.memory_tier(tier).region_share
+            return int(share * (arena.capacity_bytes - arena.assigned_bytes))
+        with core.lock:
+            taken = sum(other.regions[tier].size_bytes for other in core.namespaces.values()
+                        if other.ns.tenant == st.ns.tenant and tier in other.regions)
+        return max(0, quota - taken)
 
     def _ready_state(self, ns_id: int) -> NamespaceState:
         core = self._require()

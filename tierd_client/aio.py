@@ -86,6 +86,8 @@ class AsyncTierClient:
                  options: ClientOptions | None = None) -> None:
         self.target = grpc_target(target)
         self.options = options or ClientOptions()
+        # Sent on every call: the options' metadata and the tenant token (or $TIERD_TOKEN's).
+        self._metadata = self.options.call_metadata()
         self._conn: _Connection | None = None
         self._arenas: dict[tuple[int, Tier, str], ArenaView] = {}
         self._arenas_lock = threading.Lock()
@@ -113,7 +115,7 @@ class AsyncTierClient:
         runner = RpcRunner(self.target, self.options.retry, self.options.max_inflight_rpcs)
         # The session stream lives as long as the client: it takes no in-flight slot (opening it
         # from inside a limited call must not wait for a slot that call holds).
-        session = ClientSession(lambda request: stub.Session(request, metadata=self.options.metadata),
+        session = ClientSession(lambda request: stub.Session(request, metadata=self._metadata),
                                 self.options.client_name or f"pid-{os.getpid()}",
                                 functools.partial(runner.call, limited=False))
         self._conn = _Connection(channel=channel, stub=stub, runner=runner, session=session)
@@ -157,11 +159,11 @@ class AsyncTierClient:
 
         async def attempt() -> Any:
             if not session:
-                return await method(request, timeout=timeout, metadata=self.options.metadata)
+                return await method(request, timeout=timeout, metadata=self._metadata)
             session_metadata = await conn.session.metadata()
             try:
                 return await method(request, timeout=timeout,
-                                    metadata=self.options.metadata + session_metadata)
+                                    metadata=self._metadata + session_metadata)
             except grpc.RpcError as exc:
                 # The daemon restarted since the session opened: it knows neither the session
                 # nor its leases. Try again (the runner retries UNAVAILABLE) in a new session.
@@ -259,7 +261,7 @@ class AsyncTierClient:
             messages = put_messages(ns.ns_id, tier, keys, pages, chunk_bytes, wait_durable,
                                     durable_timeout_s)
             return await conn.stub.PutPages(messages, timeout=deadline_s,
-                                            metadata=self.options.metadata)
+                                            metadata=self._metadata)
 
         return await conn.runner.call("PutPages", attempt)
 
@@ -283,7 +285,7 @@ class AsyncTierClient:
         async def attempt() -> list[bytes]:
             assembler = PageAssembler(ns.page_bytes, len(keys))
             call = conn.stub.GetPages(request, timeout=self.options.rpc_timeout_s,
-                                      metadata=self.options.metadata)
+                                      metadata=self._metadata)
             async for message in call:
                 assembler.add(message)
             return assembler.pages()
@@ -396,7 +398,7 @@ class AsyncTierClient:
         stub = health_pb2_grpc.HealthStub(self._ready().channel)
         try:
             response = await stub.Check(health_pb2.HealthCheckRequest(service=service),
-                                        timeout=timeout_s, metadata=self.options.metadata)
+                                        timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_grpc(exc, "Health.Check") from None
         return response.status == health_pb2.HealthCheckResponse.SERVING

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,9 @@ from tierd_client.errors import InvalidArgumentError
 # Where the daemon listens under systemd (RuntimeDirectory=tierd); TIERD_SOCKET overrides it.
 DEFAULT_SOCKET_PATH = "/run/tierd/tierd.sock"
 SOCKET_ENV = "TIERD_SOCKET"
+# The tenant token when ClientOptions.token is not set; sent as "authorization: Bearer <token>".
+TOKEN_ENV = "TIERD_TOKEN"
+AUTH_METADATA_KEY = "authorization"
 
 # gRPC's default limit is 4 MiB per message. The daemon sends GetPages data in chunks of its
 # chunk_bytes (a few MiB) plus framing; 64 MiB leaves room for any chunk size the daemon allows
@@ -60,7 +64,10 @@ class RetryPolicy:
 class ClientOptions:
     """Everything a client can tune; the defaults suit a worker on the daemon's node.
 
-    ``metadata``: extra (key, value) pairs sent on every call (e.g. a tenant token).
+    ``token``: the tenant token, sent on every call (Session stream included) as metadata
+    ``authorization: Bearer <token>``; ``None`` falls back to ``$TIERD_TOKEN``, and without
+    either no token is sent (a daemon without tenants needs none).
+    ``metadata``: extra (key, value) pairs sent on every call.
     ``rpc_timeout_s``: deadline of each RPC (Acquire adds its own ``timeout_s`` to it).
     ``tls_ca``: PEM file of the CA that signed the daemon's certificate: TLS for a TCP target
     (unset: plaintext, as for the unix socket and loopback TCP); ``tls_cert`` + ``tls_key``: this
@@ -72,6 +79,7 @@ class ClientOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     rpc_timeout_s: float = 60.0
     client_name: str = ""
+    token: str | None = field(default=None, repr=False)  # a secret: kept out of reprs and logs
     metadata: tuple[tuple[str, str], ...] = ()
     tls_ca: Path | None = None
     tls_cert: Path | None = None
@@ -91,6 +99,33 @@ class ClientOptions:
         if self.tls_cert is not None and self.tls_ca is None:
             raise InvalidArgumentError("tls_cert (mTLS) needs tls_ca, the CA of the daemon's "
                                        "certificate")
+        if self.token is not None:
+            _check_token(self.token, "ClientOptions.token")
+        if any(key.lower() == AUTH_METADATA_KEY for key, _value in self.metadata):
+            raise InvalidArgumentError("send the tenant token as ClientOptions(token=...), not "
+                                       "as an authorization entry of metadata")
+
+    def call_metadata(self, env: Mapping[str, str] | None = None) -> tuple[tuple[str, str], ...]:
+        """The metadata of every call: ``metadata`` plus the bearer token (``token``, else
+        ``$TIERD_TOKEN`` from ``env``, default ``os.environ``), if there is one."""
+        token = self.token
+        if token is None:
+            token = (os.environ if env is None else env).get(TOKEN_ENV) or None
+            if token is not None:
+                token = token.strip()
+                _check_token(token, f"${TOKEN_ENV}")
+        if token is None:
+            return self.metadata
+        return self.metadata + ((AUTH_METADATA_KEY, f"Bearer {token}"),)
+
+
+def _check_token(token: str, where: str) -> None:
+    """A token must be one printable ASCII word: it is sent as a metadata value."""
+    if not token or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        # Never echo the token: it is a secret.
+        got = f"a value of {len(token)} characters that is not" if token else "an empty value"
+        raise InvalidArgumentError(f"{where} must be one word of printable ASCII characters "
+                                   f"(no spaces), got {got}")
 
 
 def grpc_target(socket_or_address: str | os.PathLike[str] | None) -> str:

@@ -2,10 +2,12 @@
 
 ::
 
-    tierctl [--socket PATH] stats [--json] [--watch SECONDS]
+    tierctl [--socket PATH] [--token TOKEN] stats [--json] [--watch SECONDS]
     tierctl [--socket PATH] health
-    tierctl [--socket PATH] flush [--timeout SECONDS]
+    tierctl [--socket PATH] [--token TOKEN] flush [--timeout SECONDS]
     tierctl check-config FILE
+
+A daemon with tenants wants a tenant's token on stats and flush: ``--token`` or ``$TIERD_TOKEN``.
 
 Exit status: 0 on success, 1 when the daemon answered with an error or the config has problems,
 2 for usage errors (argparse), 3 when the daemon cannot be reached or is not serving.
@@ -24,7 +26,8 @@ from typing import TextIO
 from tierd.tier import Tier
 from tierd.units import format_size
 from tierd_client.errors import TierdRpcError, UnavailableError
-from tierd_client.options import DEFAULT_SOCKET_PATH, SOCKET_ENV, ClientOptions, RetryPolicy
+from tierd_client.options import (DEFAULT_SOCKET_PATH, SOCKET_ENV, TOKEN_ENV, ClientOptions,
+                                  RetryPolicy)
 from tierd_client.sync import TierClient
 from tierd_client.types import DaemonStats
 
@@ -131,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", default=None,
                         help="client certificate (mTLS); with --tls-key")
     parser.add_argument("--tls-key", type=Path, metavar="PEM", default=None)
+    parser.add_argument("--token", default=None, metavar="TOKEN",
+                        help=f"tenant token, for a daemon with tenants (default ${TOKEN_ENV}, "
+                             "which other users cannot read in `ps` as they can a flag)")
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="per-tier usage and counters")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
@@ -159,7 +165,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return _cmd_check_config(args, out)
     try:
         options = ClientOptions(retry=TIERCTL_RETRY, client_name="tierctl", tls_ca=args.tls_ca,
-                                tls_cert=args.tls_cert, tls_key=args.tls_key)
+                                tls_cert=args.tls_cert, tls_key=args.tls_key, token=args.token)
         with TierClient(args.socket, options) as client:
             return _CLIENT_COMMANDS[args.command](client, args, out)
     except UnavailableError as exc:

@@ -94,11 +94,17 @@ class ServerThread:
         self._thread.join(START_TIMEOUT_S)
 
 
+def serving_settings(**changes: object) -> ServingSettings:
+    """Small limits (chunks of 5000 bytes, 40-page gets), fast heartbeats; ``changes`` on top."""
+    settings = ServingSettings(chunk_bytes=5000, max_message_bytes=1 << 20, max_put_bytes=1 << 20,
+                               max_get_bytes=40 * PAGE_BYTES, max_keys_per_request=1000,
+                               session_heartbeat_s=0.2)
+    return replace(settings, **changes)
+
+
 def make_server(tmp: Path, settings: ServingSettings | None = None, **store_changes: object
                 ) -> ServerThread:
-    settings = settings or ServingSettings(chunk_bytes=5000, max_message_bytes=1 << 20,
-                                           max_put_bytes=1 << 20, max_get_bytes=40 * PAGE_BYTES,
-                                           max_keys_per_request=1000, session_heartbeat_s=0.2)
+    settings = settings or serving_settings()
     server = ServerThread(store_config(tmp / "data", **store_changes), settings, tmp / "s.sock")
     server.start()
     return server

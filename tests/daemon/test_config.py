@@ -47,6 +47,7 @@ write_policy = "write_through"
 lease_ttl_s = 12.5
 
 [tenants.alice]
+token_sha256 = "6c0f3e3b4b6c2a1f0e9d8c7b6a5948372615049382716a5b4c3d2e1f0a9b8c7d"
 hbm = "1GiB"
 dram = "2GiB"
 """
@@ -150,7 +151,8 @@ def test_bad_sizes_name_their_source_and_the_accepted_forms(tmp_path: Path) -> N
     ('[server]\nsocket = ""\n', "nothing to listen on"),
     ('[dram]\ncapacity = 0\n', "dram capacity must be above 0"),
     ('[hbm]\nlow_watermark = 0.95\n', "watermarks"),
-    ('[tenants.bob]\ngpu = "1GiB"\n', "expected hbm, dram or disk"),
+    ('[tenants.bob]\ntoken_sha256 = "%s"\ngpu = "1GiB"\n' % ("ab" * 32),
+     "tenants.bob.gpu: unknown key"),
     ('this is = not toml =', "not valid TOML"),
 ])
 def test_invalid_configs_are_refused_with_a_reason(tmp_path: Path, text: str, fragment: str) -> None:

@@ -59,11 +59,15 @@ flush_timeout_s = 30.0
 
 @dataclass
 class TierdProcess:
-    """One daemon's paths and process. ``start`` may be called again after it stopped (restart)."""
+    """One daemon's paths and process. ``start`` may be called again after it stopped (restart).
+
+    ``extra_config``: TOML appended to the config file (e.g. ``[tenants.NAME]`` tables).
+    """
 
     work_dir: Path
     write_policy: str = "write_back"
     fsync: bool = False
+    extra_config: str = ""
     shm_prefix: str = field(default_factory=lambda: f"tde2e{secrets.token_hex(3)}")
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -87,7 +91,8 @@ class TierdProcess:
     def start(self) -> None:
         """Start the daemon and wait until it serves; fails with its log if it does not."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync))
+        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync)
+                                    + self.extra_config)
         self.starts += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

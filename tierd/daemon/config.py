@@ -9,11 +9,11 @@ TOML layout (every key optional; see ``systemd/tierd.toml``)::
     [hbm] / [dram]  capacity, high_watermark, low_watermark, region_share
     [disk]  capacity, fsync, writer_batch_pages, writer_batch_size, reader_threads, ...
     [store]  write_policy, lease_ttl_s, flush_timeout_s, prefault, shm_prefix, ...
-    [tenants.NAME]  hbm = "1GiB", dram = "4GiB", disk = "100GiB"   # per-tenant quotas
+    [tenants.NAME]  token_sha256 = "<hex>" | token_file = "/path", hbm = "1GiB", dram = "4GiB"
 
 Environment: ``TIERD_SECTION__NAME`` for any key (``TIERD_DISK__FSYNC=false``), plus the short
 forms in ``ENV_ALIASES`` (``TIERD_SOCKET``, ``TIERD_DRAM``, ...). ``TIERD_CONFIG`` names the file
-when ``--config`` is not given.
+when ``--config`` is not given. Tenants come from the file only (``tierd.daemon.tenants``).
 """
 
 from __future__ import annotations
@@ -26,13 +26,17 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import cast
 
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
-from tierd.daemon.schema import ConfigKey, keys_of, parse_size
+from tierd.daemon.schema import ConfigKey, keys_of
+from tierd.daemon.tenants import TenantConfig, parse_tenants
 from tierd.errors import ConfigError
 from tierd.keys import KEY_BYTES
+from tierd.server.auth import TenantToken
 from tierd.server.settings import ServingSettings
 from tierd.tier import Tier
+from tierd.units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,6 @@ KEY_WIRE_BYTES = KEY_BYTES + 4
 # Room for the non-data fields of a chunk message next to its data bytes.
 CHUNK_OVERHEAD_BYTES = 64 << 10
 DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
-_TIER_SECTIONS = {"hbm": Tier.HBM, "dram": Tier.DRAM, "disk": Tier.DISK}
 
 
 class DeviceKind(enum.Enum):
@@ -149,13 +152,18 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    """Everything the daemon runs with. ``config_path`` is the TOML file it came from, if any."""
+    """Everything the daemon runs with. ``config_path`` is the TOML file it came from, if any.
+
+    ``tenant_tokens`` empty: the daemon is open (single tenant); else every RPC but Health must
+    carry one of these tenants' tokens. Their quotas are in ``store.tenant_quotas``.
+    """
 
     store: StoreConfig
     server: ServerSettings
     device: DeviceChoice = DeviceChoice(DeviceKind.AUTO)
     log_level: LogLevel = LogLevel.INFO
     config_path: Path | None = None
+    tenant_tokens: tuple[TenantToken, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -268,7 +276,7 @@ def parse_layers(layers: list[tuple[str, Mapping[str, object]]]) -> tuple[dict[s
     for source, raw in layers:
         for path, value in raw.items():
             if path == "tenants":
-                parsed = _parse_tenants(value, source, problems)
+                parsed = parse_tenants(value, source, problems)
                 if parsed is not None:
                     values[path] = parsed
                 continue
@@ -282,27 +290,6 @@ def parse_layers(layers: list[tuple[str, Mapping[str, object]]]) -> tuple[dict[s
             except (ValueError, TypeError) as exc:
                 problems.append(f"{source}: {path}: {exc}")
     return values, problems
-
-
-def _parse_tenants(value: object, source: str, problems: list[str]) -> dict[str, dict[Tier, int]] | None:
-    if not isinstance(value, dict):
-        problems.append(f"{source}: tenants must be a table of [tenants.NAME] tables")
-        return None
-    quotas: dict[str, dict[Tier, int]] = {}
-    for tenant, table in value.items():
-        if not isinstance(table, dict):
-            problems.append(f"{source}: tenants.{tenant} must be a table like hbm = \"1GiB\"")
-            continue
-        quotas[tenant] = {}
-        for tier_name, size in table.items():
-            if tier_name not in _TIER_SECTIONS:
-                problems.append(f"{source}: tenants.{tenant}.{tier_name}: expected hbm, dram or disk")
-                continue
-            try:
-                quotas[tenant][_TIER_SECTIONS[tier_name]] = parse_size(size)
-            except ValueError as exc:
-                problems.append(f"{source}: tenants.{tenant}.{tier_name}: {exc}")
-    return quotas
 
 
 def _section(values: Mapping[str, object], section: str, cls: type) -> dict[str, object]:
@@ -323,13 +310,32 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     for name, cls in (("hbm", MemoryTierConfig), ("dram", MemoryTierConfig), ("disk", DiskConfig)):
         args = {"capacity_bytes": DEFAULT_CAPACITY_BYTES[name], **_section(values, name, cls)}
         tiers[name] = cls(**args)
+    tenants = cast(Mapping[str, TenantConfig], values.get("tenants", {}))
     store = StoreConfig(data_dir=top.data_dir, hbm=tiers["hbm"], dram=tiers["dram"],
-                        disk=tiers["disk"], tenant_quotas=dict(values.get("tenants", {})),
+                        disk=tiers["disk"], tenant_quotas=tenant_quotas(tenants),
                         **_section(values, "store", StoreConfig))
+    check_quotas(store)
     server = ServerSettings(**_section(values, "server", ServerSettings))
     server.validate()
+    tokens = tuple(TenantToken(name, tenant.token_sha256) for name, tenant in tenants.items())
     return DaemonConfig(store=store, server=server, device=top.device, log_level=top.log_level,
-                        config_path=config_path)
+                        config_path=config_path, tenant_tokens=tokens)
+
+
+def tenant_quotas(tenants: Mapping[str, TenantConfig]) -> dict[str, dict[Tier, int]]:
+    """``StoreConfig.tenant_quotas`` of the tenants that have quotas."""
+    return {name: dict(tenant.quotas) for name, tenant in tenants.items() if tenant.quotas}
+
+
+def check_quotas(store: StoreConfig) -> None:
+    """``ConfigError`` for a tenant quota larger than its whole tier (it could never be given)."""
+    for name, quotas in store.tenant_quotas.items():
+        for tier, quota_bytes in quotas.items():
+            capacity_bytes = store.tier_capacity_bytes(tier)
+            if quota_bytes > capacity_bytes:
+                raise ConfigError(f"tenants.{name}.{tier.label} ({format_size(quota_bytes)}) "
+                                  f"exceeds {tier.label}.capacity ({format_size(capacity_bytes)}): "
+                                  f"lower the quota or raise the capacity")
 
 
 def check_config(path: Path | str) -> list[str]:

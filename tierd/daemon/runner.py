@@ -49,7 +49,16 @@ def serving_settings(config: DaemonConfig, device: ResolvedDevice) -> ServingSet
         max_sessions=server.max_sessions,
         rpc_threads=server.rpc_threads, wait_threads=server.wait_threads,
         session_heartbeat_s=server.session_heartbeat_s,
-        flush_timeout_s=config.store.flush_timeout_s, version=tierd.__version__, device=device.name)
+        flush_timeout_s=config.store.flush_timeout_s, version=tierd.__version__, device=device.name,
+        tenant_tokens=config.tenant_tokens)
+
+
+def access_note(config: DaemonConfig) -> str:
+    """How callers are let in, for the start-up log line."""
+    names = [token.tenant for token in config.tenant_tokens]
+    if not names:
+        return "open: no tenants configured, the socket's mode is the access control"
+    return f"tenants {', '.join(names)}: every RPC but Health needs a tenant's token"
 
 
 class Daemon:
@@ -96,8 +105,9 @@ class Daemon:
         await server.start()
         await set_serving(health_servicer, True)
         where = ", ".join(addresses)
-        log.info("tierd %s serving on %s (hbm on %s, write policy %s)", tierd.__version__, where,
-                 self._device.name, self._config.store.write_policy.value)
+        log.info("tierd %s serving on %s (hbm on %s, write policy %s; %s)", tierd.__version__,
+                 where, self._device.name, self._config.store.write_policy.value,
+                 access_note(self._config))
         self._notifier.ready(f"serving on {where}")
         await self._stop.wait()
         return await self._shutdown(server, health_servicer, servicer, store)

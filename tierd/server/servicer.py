@@ -4,7 +4,8 @@ Runs on the server's one event loop; every store call goes through a bounded thr
 calls and waiting calls have separate pools, so waiters cannot starve lookups). Requests are
 checked before the store sees them, so a rejected request changes no state. At most
 ``max_inflight_rpcs`` RPCs run at once (``Session`` streams excepted); more get RESOURCE_EXHAUSTED
-at once instead of queueing.
+at once instead of queueing. With tenants configured, every RPC first authenticates its caller
+(``tierd.server.auth``) and may only touch its own tenant's namespaces and leases.
 """
 
 from __future__ import annotations
@@ -20,11 +21,15 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tierd.errors import InvalidArgument, NotFound, ResourceExhausted, TierdError, Unavailable
+from tierd.errors import (InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated,
+                          Unavailable)
 from tierd.index.leases import Lease
 from tierd.server import convert
+from tierd.server.auth import Authenticator, Caller
 from tierd.server.bytepath import PutAssembler, iter_chunks
-from tierd.server.sessions import Session, SessionRegistry
+from tierd.server.lease_tenants import LeaseTenants
+from tierd.server.sessions import Session as ClientSession
+from tierd.server.sessions import SessionRegistry
 from tierd.server.settings import ServingSettings
 from tierd.server.status import status_code_of
 from tierd.store import PageStore
@@ -42,13 +47,18 @@ R = TypeVar("R")
 
 
 def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
-    """Admission (in-flight cap, shutdown) and error mapping around one RPC handler."""
+    """Authentication, admission (in-flight cap, shutdown) and error mapping around one RPC
+    handler; the handler gets the authenticated ``Caller`` as its third argument."""
 
     @functools.wraps(method)
     async def handler(self: TierdServicer, request: Any, context: grpc.aio.ServicerContext) -> R:
         try:
+            caller = self._auth.caller(context.invocation_metadata())
             with self._admit():
-                return await method(self, request, context)
+                return await method(self, request, context, caller)
+        except Unauthenticated as exc:
+            code, details = grpc.StatusCode.UNAUTHENTICATED, str(exc)
+            log.info("%s from %s refused: %s", method.__name__, context.peer(), details)
         except TierdError as exc:
             code, details = status_code_of(exc), str(exc)
             log.debug("%s rejected: %s: %s", method.__name__, code.name, details)
@@ -67,12 +77,15 @@ def _rpc(method: Callable[..., Awaitable[R]]) -> Callable[..., Awaitable[R]]:
 class TierdServicer(pb_grpc.TierdServicer):
     """Serves one ``PageStore``. The store is opened and closed by the caller, not here.
 
-    Owns its two thread pools (``close`` shuts them down) and the session registry.
+    Owns its two thread pools (``close`` shuts them down), the session registry and, with
+    tenants, the tenant of every lease it hands out.
     """
 
     def __init__(self, store: PageStore, settings: ServingSettings) -> None:
         self._store = store
         self._settings = settings
+        self._auth = Authenticator(settings.tenant_tokens)
+        self._lease_tenants = LeaseTenants()
         self._limits = pb.ServerLimits(
             max_message_bytes=settings.max_message_bytes, chunk_bytes=settings.chunk_bytes,
             max_put_bytes=settings.max_put_bytes, max_get_bytes=settings.max_get_bytes,
@@ -165,6 +178,7 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     async def _release_quietly(self, lease_id: int, why: str) -> None:
         self._sessions.forget(lease_id)
+        self._lease_tenants.forget(lease_id)
         try:
             await self._call(self._store.release, lease_id)
             log.info("released lease %d: %s", lease_id, why)
@@ -186,8 +200,24 @@ class TierdServicer(pb_grpc.TierdServicer):
     def _keys(self, keys: Any, field: str = "keys") -> list[bytes]:
         return convert.keys_from_pb(keys, self._settings.max_keys_per_request, field)
 
-    def _session(self, context: grpc.aio.ServicerContext) -> Session | None:
-        return self._sessions.resolve(context.invocation_metadata())
+    def _session(self, context: grpc.aio.ServicerContext, caller: Caller) -> ClientSession | None:
+        return self._sessions.resolve(context.invocation_metadata(), caller.tenant)
+
+    def _check_namespace(self, ns_id: int, caller: Caller) -> None:
+        """With tenants: ``NotFound`` / ``PermissionDenied`` unless ``ns_id`` is the caller's."""
+        if caller.tenant is not None:
+            # A dict lookup without the store lock: fine on the event loop.
+            caller.check_namespace(self._store.namespace(ns_id))
+
+    def _check_lease(self, lease_id: int, caller: Caller) -> None:
+        """With tenants: ``NotFound`` / ``PermissionDenied`` unless the caller's tenant took it."""
+        if caller.tenant is not None:
+            self._lease_tenants.check(lease_id, caller.tenant)
+
+    def _record_lease(self, lease: Lease, caller: Caller) -> None:
+        if caller.tenant is not None:
+            self._lease_tenants.record(lease.lease_id, caller.tenant, lease.expires_at_s,
+                                       time.monotonic())
 
     @staticmethod
     def _wait_s(requested_s: float | None, context: grpc.aio.ServicerContext) -> float | None:
@@ -197,7 +227,7 @@ class TierdServicer(pb_grpc.TierdServicer):
             return requested_s
         return remaining_s if requested_s is None else min(requested_s, remaining_s)
 
-    async def _adopt(self, session: Session | None, lease: Lease) -> Lease:
+    async def _adopt(self, session: ClientSession | None, lease: Lease) -> Lease:
         """Record a new lease under its session; if the session ended meanwhile, release it."""
         if session is None:
             return lease
@@ -210,32 +240,40 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     # -- control plane -------------------------------------------------------------------------------
     @_rpc
-    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+    async def Register(self, request: pb.RegisterRequest, context: Any,
+                       caller: Caller) -> pb.RegisterResponse:
+        tenant = caller.register_tenant(request.tenant, DEFAULT_TENANT)
         if not request.HasField("spec"):
             raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
                                   "num_kv_heads, head_dim, page_tokens")
         spec = convert.spec_from_pb(request.spec)
-        ns = await self._call(self._store.register, spec, request.tenant or DEFAULT_TENANT)
+        ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
         return convert.register_to_pb(ns, handles, self._limits)
 
     @_rpc
-    async def Lookup(self, request: pb.LookupRequest, context: Any) -> pb.LookupResponse:
+    async def Lookup(self, request: pb.LookupRequest, context: Any,
+                     caller: Caller) -> pb.LookupResponse:
+        self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
         result = await self._call(self._store.lookup, request.ns_id, keys)
         return pb.LookupResponse(num_hits=result.num_hits,
                                  tiers=[convert.tier_to_pb(t) for t in result.tiers])
 
     @_rpc
-    async def Prefetch(self, request: pb.PrefetchRequest, context: Any) -> pb.PrefetchResponse:
+    async def Prefetch(self, request: pb.PrefetchRequest, context: Any,
+                       caller: Caller) -> pb.PrefetchResponse:
+        self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
         target = convert.tier_from_pb(request.target_tier, Tier.HBM, "target_tier", MEMORY_TIERS)
         num = await self._call(self._store.prefetch, request.ns_id, keys, target)
         return pb.PrefetchResponse(num_scheduled=num)
 
     @_rpc
-    async def Acquire(self, request: pb.AcquireRequest, context: Any) -> pb.AcquireResponse:
-        session = self._session(context)
+    async def Acquire(self, request: pb.AcquireRequest, context: Any,
+                      caller: Caller) -> pb.AcquireResponse:
+        self._check_namespace(request.ns_id, caller)
+        session = self._session(context, caller)
         keys = self._keys(request.keys)
         target = convert.tier_from_pb(request.target_tier, Tier.HBM, "target_tier", MEMORY_TIERS)
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
@@ -243,22 +281,30 @@ class TierdServicer(pb_grpc.TierdServicer):
         lease = await self._lease_call(
             self._store.acquire, request.ns_id, keys, target, timeout_s=wait_s, ttl_s=ttl_s,
             owner=session.session_id if session else None)
-        return pb.AcquireResponse(lease=convert.lease_to_pb(await self._adopt(session, lease)))
+        lease = await self._adopt(session, lease)
+        self._record_lease(lease, caller)
+        return pb.AcquireResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
-    async def Allocate(self, request: pb.AllocateRequest, context: Any) -> pb.AllocateResponse:
-        session = self._session(context)
+    async def Allocate(self, request: pb.AllocateRequest, context: Any,
+                       caller: Caller) -> pb.AllocateResponse:
+        self._check_namespace(request.ns_id, caller)
+        session = self._session(context, caller)
         if not 0 < request.num_pages <= self._settings.max_keys_per_request:
             raise InvalidArgument(f"num_pages must be in 1..{self._settings.max_keys_per_request}, "
                                   f"got {request.num_pages}")
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
         lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
                                        ttl_s=ttl_s, owner=session.session_id if session else None)
-        return pb.AllocateResponse(lease=convert.lease_to_pb(await self._adopt(session, lease)))
+        lease = await self._adopt(session, lease)
+        self._record_lease(lease, caller)
+        return pb.AllocateResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
-    async def Commit(self, request: pb.CommitRequest, context: Any) -> pb.CommitResponse:
-        self._sessions.check_access(request.lease_id, self._session(context))
+    async def Commit(self, request: pb.CommitRequest, context: Any,
+                     caller: Caller) -> pb.CommitResponse:
+        self._check_lease(request.lease_id, caller)
+        self._sessions.check_access(request.lease_id, self._session(context, caller))
         keys = self._keys(request.keys)
         if len(keys) != len(request.slots):
             raise InvalidArgument(f"Commit got {len(keys)} keys but {len(request.slots)} slots; "
@@ -267,30 +313,40 @@ class TierdServicer(pb_grpc.TierdServicer):
         return pb.CommitResponse(num_committed=num)
 
     @_rpc
-    async def Release(self, request: pb.ReleaseRequest, context: Any) -> pb.ReleaseResponse:
-        self._sessions.check_access(request.lease_id, self._session(context))
+    async def Release(self, request: pb.ReleaseRequest, context: Any,
+                      caller: Caller) -> pb.ReleaseResponse:
+        self._check_lease(request.lease_id, caller)
+        self._sessions.check_access(request.lease_id, self._session(context, caller))
         await self._call(self._store.release, request.lease_id)
         self._sessions.forget(request.lease_id)
+        self._lease_tenants.forget(request.lease_id)
         return pb.ReleaseResponse()
 
     @_rpc
-    async def Renew(self, request: pb.RenewRequest, context: Any) -> pb.RenewResponse:
-        session = self._session(context)
+    async def Renew(self, request: pb.RenewRequest, context: Any,
+                    caller: Caller) -> pb.RenewResponse:
+        self._check_lease(request.lease_id, caller)
+        session = self._session(context, caller)
         self._sessions.check_access(request.lease_id, session)
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
         lease = await self._call(self._store.renew, request.lease_id, ttl_s)
         if session is not None and lease.owner == session.session_id:
             self._sessions.track(session, lease)  # its new expiry
+        self._record_lease(lease, caller)  # its new expiry
         return pb.RenewResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
-    async def Delete(self, request: pb.DeleteRequest, context: Any) -> pb.DeleteResponse:
+    async def Delete(self, request: pb.DeleteRequest, context: Any,
+                     caller: Caller) -> pb.DeleteResponse:
+        self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
         num = await self._call(self._store.delete, request.ns_id, keys)
         return pb.DeleteResponse(num_deleted=num)
 
+    # Stats, WaitDurable and Flush are daemon-wide: any authenticated tenant may call them.
     @_rpc
-    async def Stats(self, request: pb.StatsRequest, context: Any) -> pb.StatsResponse:
+    async def Stats(self, request: pb.StatsRequest, context: Any,
+                    caller: Caller) -> pb.StatsResponse:
         stats = await self._call(self._store.stats)
         server = pb.ServerStats(sessions=len(self._sessions), rpcs_in_flight=self._in_flight,
                                 rpcs_rejected=self._rejected, version=self._settings.version,
@@ -298,13 +354,15 @@ class TierdServicer(pb_grpc.TierdServicer):
         return convert.stats_to_pb(stats, server)
 
     @_rpc
-    async def WaitDurable(self, request: pb.WaitDurableRequest, context: Any) -> pb.WaitDurableResponse:
+    async def WaitDurable(self, request: pb.WaitDurableRequest, context: Any,
+                          caller: Caller) -> pb.WaitDurableResponse:
         wait_s = self._wait_s(convert.seconds_from_pb(request, "timeout_s", allow_zero=True), context)
         durable = await self._call(self._store.wait_durable, request.ticket, wait_s, wait=True)
         return pb.WaitDurableResponse(durable=durable)
 
     @_rpc
-    async def Flush(self, request: pb.FlushRequest, context: Any) -> pb.FlushResponse:
+    async def Flush(self, request: pb.FlushRequest, context: Any,
+                    caller: Caller) -> pb.FlushResponse:
         requested_s = convert.seconds_from_pb(request, "timeout_s", allow_zero=True)
         wait_s = self._wait_s(requested_s if requested_s is not None
                               else self._settings.flush_timeout_s, context)
@@ -314,7 +372,7 @@ class TierdServicer(pb_grpc.TierdServicer):
     # -- byte path -------------------------------------------------------------------------------------
     @_rpc
     async def PutPages(self, request_iterator: AsyncIterator[pb.PutPagesRequest],
-                       context: Any) -> pb.PutPagesResponse:
+                       context: Any, caller: Caller) -> pb.PutPagesResponse:
         header: pb.PutPagesHeader | None = None
         tier = Tier.DRAM
         assembler: PutAssembler | None = None
@@ -327,6 +385,7 @@ class TierdServicer(pb_grpc.TierdServicer):
                 tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
                 convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
                 ns = await self._call(self._store.namespace, header.ns_id)
+                caller.check_namespace(ns)
                 assembler = PutAssembler(ns.page_bytes, self._settings.max_keys_per_request,
                                          self._settings.max_put_bytes)
             elif message.HasField("header"):
@@ -347,9 +406,10 @@ class TierdServicer(pb_grpc.TierdServicer):
         return response
 
     @_rpc
-    async def GetPages(self, request: pb.GetPagesRequest, context: Any) -> None:
+    async def GetPages(self, request: pb.GetPagesRequest, context: Any, caller: Caller) -> None:
         keys = self._keys(request.keys)
         ns = await self._call(self._store.namespace, request.ns_id)
+        caller.check_namespace(ns)
         limit = self._settings.max_get_bytes
         if len(keys) * ns.page_bytes > limit:
             raise InvalidArgument(
@@ -370,6 +430,12 @@ class TierdServicer(pb_grpc.TierdServicer):
     # -- sessions ----------------------------------------------------------------------------------------
     async def Session(self, request: pb.SessionRequest, context: Any) -> None:
         """Open a session and hold it until the client goes away or the daemon stops."""
+        try:
+            caller = self._auth.caller(context.invocation_metadata())
+        except Unauthenticated as exc:
+            log.info("Session from %s refused: %s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            raise AssertionError("unreachable: context.abort raises") from exc
         if self._closing:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "tierd is shutting down: retry "
                                 "against the restarted daemon")
@@ -377,9 +443,10 @@ class TierdServicer(pb_grpc.TierdServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self._settings.max_sessions} sessions are open (the daemon's "
                                 "server.max_sessions): open one session per process and share it")
-        session = self._sessions.open(request.client_name[:MAX_CLIENT_NAME_CHARS], request.client_pid)
-        log.info("session %s opened by %r (pid %d)", session.session_id[:8], session.client_name,
-                 session.client_pid)
+        session = self._sessions.open(request.client_name[:MAX_CLIENT_NAME_CHARS], request.client_pid,
+                                      caller.tenant)
+        log.info("session %s opened by %r (pid %d%s)", session.session_id[:8], session.client_name,
+                 session.client_pid, f", tenant {caller.tenant!r}" if caller.tenant else "")
         interval_s = self._settings.session_heartbeat_s
         try:
             await context.write(pb.SessionEvent(session_id=session.session_id,
@@ -396,11 +463,13 @@ class TierdServicer(pb_grpc.TierdServicer):
         finally:
             self._end_session(session)
 
-    def _end_session(self, session: Session) -> None:
+    def _end_session(self, session: ClientSession) -> None:
+        for lease_id in session.leases:
+            self._lease_tenants.forget(lease_id)
         self._sessions.close(session.session_id)
         self._spawn(self._release_session(session))
 
-    async def _release_session(self, session: Session) -> None:
+    async def _release_session(self, session: ClientSession) -> None:
         try:
             num = await self._call(self._store.release_owner, session.session_id)
         except TierdError as exc:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tierd.server.auth import TenantToken
+
 
 @dataclass(frozen=True)
 class ServingSettings:
     """Limits and pool sizes of the servicer. Sizes are bytes, durations seconds.
 
     ``chunk_bytes`` must stay below ``max_message_bytes`` (the daemon's config checks it);
-    ``flush_timeout_s`` bounds a Flush RPC that names no timeout.
+    ``flush_timeout_s`` bounds a Flush RPC that names no timeout. ``tenant_tokens`` empty: the
+    daemon is open (no token asked); else every RPC but Health must carry one of these tokens.
     """
 
     max_message_bytes: int = 64 << 20
@@ -26,3 +29,4 @@ class ServingSettings:
     flush_timeout_s: float = 120.0
     version: str = ""
     device: str = "cpu"
+    tenant_tokens: tuple[TenantToken, ...] = ()
