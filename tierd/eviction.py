@@ -26,14 +26,16 @@ class _Countdown:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._left = 0
+        self.succeeded = 0
 
     def add(self) -> None:
         with self._cond:
             self._left += 1
 
-    def done(self) -> None:
+    def done(self, ok: bool) -> None:
         with self._cond:
             self._left -= 1
+            self.succeeded += ok
             if self._left <= 0:
                 self._cond.notify_all()
 
@@ -111,13 +113,14 @@ class Evictor:
         core.submit(jobs)
         if jobs:
             countdown.wait(max(0.0, deadline_s - time.monotonic()))
-        return dropped + len(jobs)
+        # Writes that failed (disk refused, map full) freed nothing: they are not progress.
+        return dropped + countdown.succeeded
 
     def _after_write(self, st: NamespaceState, key: PageKey, slot: int, countdown: _Countdown):
         def then(ok: bool) -> None:  # runs under the lock, on the writer thread
             if ok:
                 self._drop_locked(st, Tier.DRAM, key, slot)
-            countdown.done()
+            countdown.done(ok)
         return then
 
     def _drop_locked(self, st: NamespaceState, tier: Tier, key: PageKey, slot: int) -> int:

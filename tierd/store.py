@@ -49,6 +49,7 @@ class PageStore(StoreReads, StoreLeases):
         self._started_at_s = time.monotonic()
         self._core: StoreCore | None = None
         self._pool: cf.ThreadPoolExecutor | None = None
+        self._readers: cf.ThreadPoolExecutor | None = None
         self._maintenance: Maintenance | None = None
 
     # -- life cycle -----------------------------------------------------------------------------------
@@ -67,8 +68,16 @@ class PageStore(StoreReads, StoreLeases):
                 tier: ShmArena(tier, cfg.tier_capacity_bytes(tier), cfg.shm_prefix, cfg.prefault)
                 for tier in MEMORY_TIERS}
             core = StoreCore(cfg, arenas, disk)
-            self._load_index(core)
+            try:
+                self._load_index(core)
+            except BaseException:
+                disk.close()
+                for arena in arenas.values():
+                    arena.close()
+                raise
             self._pool = cf.ThreadPoolExecutor(cfg.mover_threads, thread_name_prefix="tierd-mover")
+            self._readers = cf.ThreadPoolExecutor(cfg.disk.reader_threads,
+                                                  thread_name_prefix="tierd-disk-reader")
             self._core = core
             self._evictor = Evictor(core)
             self._promoter = Promoter(core, self._evictor, self._pool)
@@ -87,7 +96,7 @@ class PageStore(StoreReads, StoreLeases):
         entries = sorted(core.disk.scan(), key=lambda entry: entry.seq)
         for entry in entries:
             if entry.ns_id in core.namespaces:
-                core.disk_res.add(disk_key_of(core, entry.ns_id, entry.key), entry.stored_bytes)
+                core.disk_res.add(core.namespaces[entry.ns_id].dkey(entry.key), entry.stored_bytes)
             else:
                 log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
                 core.deferred_deletes.append((entry.ns_id, entry.key))
@@ -103,7 +112,7 @@ class PageStore(StoreReads, StoreLeases):
             if not self._opened:
                 return
         core = self._core
-        if core is None or self._maintenance is None or self._pool is None:
+        if core is None or self._maintenance is None or self._pool is None or self._readers is None:
             return
         self._maintenance.close()
         try:
@@ -111,6 +120,7 @@ class PageStore(StoreReads, StoreLeases):
         except Exception:  # close must go on: log what could not be flushed
             log.exception("flush on close failed; pages not on disk are lost")
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._readers.shutdown(wait=True, cancel_futures=True)
         core.drain_deletes()
         core.disk.close()
         core.durability.fail_all()
@@ -407,6 +417,3 @@ class PageStore(StoreReads, StoreLeases):
             return StoreStats(tiers, len(core.namespaces), len(core.leases), disk.checksum_failures,
                               time.monotonic() - self._started_at_s, self.config.write_policy)
 
-
-def disk_key_of(core: StoreCore, ns_id: int, key: PageKey) -> bytes:
-    return core.namespaces[ns_id].dkey(key)

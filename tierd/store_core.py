@@ -25,7 +25,7 @@ from tierd.spec import Namespace
 from tierd.store_types import TierCounters
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Arena, Region
-from tierd.tiers.disk import DiskTier
+from tierd.tiers.disk import DiskTier, PageWrite
 from tierd.tiers.page_format import HEADER_BYTES, disk_key
 
 log = logging.getLogger(__name__)
@@ -166,15 +166,17 @@ class StoreCore:
         reusable by the writes that follow.
         """
         self.drain_deletes()
-        for i, job in enumerate(jobs):
-            try:
-                self.disk.submit_write(job.ns_id, job.key, job.payload, job.seq, job.on_done)
-            except Exception:
-                # The writer is gone (closing): fail this and every later job so pins are released.
-                log.exception("disk writer refused %d page(s)", len(jobs) - i)
-                for failed in jobs[i:]:
-                    failed.on_done(False)
-                return
+        if not jobs:
+            return
+        queued = 0
+        try:
+            queued = self.disk.submit_writes(
+                [PageWrite(job.ns_id, job.key, job.payload, job.seq, job.on_done) for job in jobs])
+        except Exception:  # the disk tier is closed: nothing was queued
+            log.exception("disk writer refused %d page(s)", len(jobs))
+        # Pages never queued are failed here, so their pins and tickets are released.
+        for job in jobs[queued:]:
+            job.on_done(False)
 
     def drain_deletes(self) -> None:
         with self.lock:

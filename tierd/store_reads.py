@@ -83,18 +83,37 @@ class StoreReads:
             raise InvalidArgument(f"got {len(keys)} keys but only {len(outs)} output buffers")
         views = [_writable(out, st.page_bytes, i) for i, out in enumerate(outs[:len(keys)])]
         plan = self._pin_prefix(core, st, keys)
-        copied = 0
+        read_ok: list[bool] = []
         try:
-            for (tier, slot, key), view in zip(plan, views):
-                if tier is Tier.DISK:
-                    if core.disk.read_into(st.ns.ns_id, key, view) is not ReadStatus.OK:
-                        break
-                else:
-                    st.regions[tier].read_slot(slot, view)
-                copied += 1
+            read_ok = self._copy_out(core, st, plan, views)
         finally:
-            self._unpin_plan(core, st, plan, copied)
+            copied = read_ok.index(False) if False in read_ok else len(read_ok)
+            self._unpin_plan(core, st, plan, read_ok, copied)
         return copied
+
+    def _copy_out(self, core: StoreCore, st: NamespaceState,
+                  plan: list[tuple[Tier, int, PageKey]], views: list[memoryview]) -> list[bool]:
+        """Copy every planned page; disk pages on the reader pool when there are several (the
+        checksum holds the GIL, the copy does not, so two readers overlap)."""
+        ok = [True] * len(plan)
+        disk_reads = [i for i, (tier, _, _) in enumerate(plan) if tier is Tier.DISK]
+        for i, (tier, slot, _) in enumerate(plan):
+            if tier is not Tier.DISK:
+                st.regions[tier].read_slot(slot, views[i])
+
+        def read(indices: list[int]) -> list[bool]:
+            return [core.disk.read_into(st.ns.ns_id, plan[i][2], views[i]) is ReadStatus.OK
+                    for i in indices]
+
+        # One interleaved share per reader thread: a future per page costs more than it overlaps.
+        num_shares = min(len(disk_reads), self.config.disk.reader_threads)  # type: ignore[attr-defined]
+        shares = [disk_reads[k::num_shares] for k in range(num_shares)] if num_shares > 1 else [disk_reads]
+        pool = self._readers  # type: ignore[attr-defined]
+        results = pool.map(read, shares) if len(shares) > 1 else map(read, shares)
+        for share, share_ok in zip(shares, results):
+            for i, good in zip(share, share_ok):
+                ok[i] = good
+        return ok
 
     def _pin_prefix(self, core: StoreCore, st: NamespaceState,
                     keys: list[PageKey]) -> list[tuple[Tier, int, PageKey]]:
@@ -115,17 +134,17 @@ class StoreReads:
             self._count_locked(core, [tier for tier, _, _ in plan], missed=len(plan) < len(keys))
         return plan
 
-    def _unpin_plan(self, core: StoreCore, st: NamespaceState,
-                    plan: list[tuple[Tier, int, PageKey]], copied: int) -> None:
+    def _unpin_plan(self, core: StoreCore, st: NamespaceState, plan: list[tuple[Tier, int, PageKey]],
+                    read_ok: list[bool], copied: int) -> None:
+        """Release the plan's pins; a disk read that failed drops that page from the index."""
         with core.lock:
             for i, (tier, slot, key) in enumerate(plan):
                 if i < copied:
                     core.counters[tier].bytes_out += st.page_bytes
-                if tier is not Tier.DISK:
+                if tier is Tier.DISK:
+                    core.end_disk_read_locked(st.dkey(key), ok=read_ok[i] if i < len(read_ok) else True)
+                else:
                     core.unpin_locked(st, tier, slot)
-                    continue
-                # The read that ended the prefix failed: corrupt (dropped) or gone.
-                core.end_disk_read_locked(st.dkey(key), ok=i != copied)
 
     def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
         """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once

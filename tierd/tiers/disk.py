@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
+import numpy as np
 
 from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, \
@@ -29,7 +30,7 @@ from tierd.keys import check_keys
 from tierd.spec import Namespace, PageSpec
 from tierd.tiers.disk_writer import (Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta,
                                      PutPage, WriterStats)
-from tierd.tiers.page_format import (HEADER_BYTES, MAX_SEQ, decode_header, disk_key,
+from tierd.tiers.page_format import (HEADER_BYTES, MAX_SEQ, decode_header, disk_key, encode_header,
                                      split_disk_key, verify)
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,17 @@ class DiskEntry:
     key: bytes
     seq: int
     stored_bytes: int
+
+
+@dataclass(frozen=True)
+class PageWrite:
+    """One page for ``submit_writes``: ``payload`` stays unchanged until ``on_done`` fires."""
+
+    ns_id: int
+    key: bytes
+    payload: memoryview
+    seq: int
+    on_done: Callable[[bool], None]
 
 
 @dataclass(frozen=True)
@@ -286,11 +298,26 @@ class DiskTier:
         The caller keeps ``payload`` unchanged until ``on_done`` fires. Blocks while
         ``disk.writer_queue_pages`` pages are queued; ``Unavailable`` once closed.
         """
-        dkey = disk_key(ns_id, key)
-        view = _flat_view(payload, writable=False, what="payload")
-        if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
-            raise InvalidArgument(f"seq must be an integer in 0..{MAX_SEQ}, got {seq!r}")
-        self._require().writer.submit(PutPage(dkey, ns_id, view, seq, on_done), block=True)
+        if not self.submit_writes([PageWrite(ns_id, key, payload, seq, on_done)]):
+            raise Unavailable("the disk tier closed before the page could be queued")
+
+    def submit_writes(self, writes: Sequence[PageWrite]) -> int:
+        """Queue several pages as one run, so they share group commits (same contract as
+        ``submit_write`` for each). Checksums are computed here, on the caller's thread, before
+        anything is queued: the writer then commits the whole run without waiting for hashes.
+
+        Returns how many of ``writes`` (a prefix) were queued: fewer only if the tier closed
+        meanwhile; the caller owns the rest (their ``on_done`` will never fire)."""
+        ops: list[PutPage] = []
+        for write in writes:
+            view = _flat_view(write.payload, writable=False, what="payload")
+            seq = write.seq
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
+                raise InvalidArgument(f"seq must be an integer in 0..{MAX_SEQ}, got {seq!r}")
+            header = encode_header(write.ns_id, view.nbytes, seq, view)
+            ops.append(PutPage(disk_key(write.ns_id, write.key), write.ns_id, view, seq,
+                               write.on_done, header))
+        return self._require().writer.submit_pages(ops)
 
     def delete(self, ns_id: int, keys: Sequence[bytes],
                on_done: Callable[[bool], None] | None = None) -> None:
@@ -332,7 +359,9 @@ class DiskTier:
                 if header is None or verify(value, ns_id, out.nbytes) is None:
                     seen = (bytes(value[:HEADER_BYTES]), len(value))
                 else:
-                    out[:] = value[header.header_bytes:]
+                    # numpy's copy releases the GIL, so reads on other threads overlap it.
+                    np.copyto(np.frombuffer(out, np.uint8),
+                              np.frombuffer(value, np.uint8, offset=header.header_bytes))
                     seen = None
         if seen is not None:
             self._drop_corrupt(session, dkey, *seen)

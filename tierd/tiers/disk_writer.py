@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import lmdb
+import numpy as np
 
 from tierd.config import DiskConfig
 from tierd.errors import Unavailable
@@ -40,6 +41,7 @@ class PutPage:
     payload: memoryview
     seq: int
     on_done: OnDone | None
+    header: bytes | None = None  # encode_header(...) computed by the submitter, if it did
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,25 @@ class OpQueue:
                 self._queued_pages += 1
             self._not_empty.notify()
 
+    def put_many(self, ops: list[PutPage]) -> int:
+        """Append page ops as one run, so the writer can commit them as one group; blocks while
+        the queue is full, taking as many as fit each time. Returns how many were queued: fewer
+        than ``len(ops)`` only when the queue closed meanwhile (the rest never will be)."""
+        start = 0
+        with self._lock:
+            while start < len(ops):
+                while not self._closed and self._queued_pages >= self._max_queued_pages:
+                    self._not_full.wait()
+                if self._closed:
+                    return start
+                room = self._max_queued_pages - self._queued_pages
+                run = ops[start:start + room]
+                self._ops.extend(run)
+                self._queued_pages += len(run)
+                start += len(run)
+                self._not_empty.notify()
+        return start
+
     def close(self) -> None:
         """Refuse new ops; ops already queued are still handed out by ``take_group``."""
         with self._lock:
@@ -221,6 +242,15 @@ class DiskWriter:
     def submit(self, op: WriteOp, block: bool = True) -> None:
         """Queue ``op``; ``block`` applies backpressure to pages. ``Unavailable`` once closed."""
         self._queue.put(op, block=block and not self.on_writer_thread())
+
+    def submit_pages(self, ops: list[PutPage]) -> int:
+        """Queue page ops as one run (see ``OpQueue.put_many``); returns how many were queued."""
+        if self.on_writer_thread():  # never wait on the queue only this thread drains
+            for queued, op in enumerate(ops):
+                if not self.try_submit(op):
+                    return queued
+            return len(ops)
+        return self._queue.put_many(ops)
 
     def try_submit(self, op: WriteOp) -> bool:
         """Queue ``op`` without blocking; ``False`` if the writer is closed."""
@@ -357,8 +387,13 @@ class DiskWriter:
         if len(self._scratch) < value_bytes:
             self._scratch = bytearray(value_bytes)
         value = memoryview(self._scratch)[:value_bytes]
-        value[:HEADER_BYTES] = encode_header(op.ns_id, payload_bytes, op.seq, op.payload)
-        value[HEADER_BYTES:] = op.payload
+        header = op.header
+        if header is None:
+            header = encode_header(op.ns_id, payload_bytes, op.seq, op.payload)
+        value[:HEADER_BYTES] = header
+        # numpy's copy releases the GIL: submitters hash the next pages meanwhile.
+        np.copyto(np.frombuffer(value, np.uint8, offset=HEADER_BYTES),
+                  np.frombuffer(op.payload, np.uint8))
         return value
 
     def _count(self, delta: _Delta) -> None:
