@@ -404,3 +404,36 @@ def test_tier_matches_a_dict_model(script: list[tuple[object, ...]]) -> None:
         assert stats.stored_pages == len(model)
         assert stats.stored_bytes == sum(HEADER_BYTES + len(p) for p in model.values())
         t.close()
+
+
+def test_submit_writes_queues_a_run_that_commits_as_one_group(tmp_path: Path) -> None:
+    t = DiskTier(make_config(tmp_path, writer_linger_s=0.0))
+    t.open()
+    try:
+        pages = {i: random_page(i) for i in range(40)}
+        results = Results()
+        commits_before = t.stats().commits
+        queued = t.submit_writes([disk_module.PageWrite(1, key_of(i), memoryview(p), i,
+                                                        results.callback(i))
+                                  for i, p in pages.items()])
+        assert queued == 40 and t.barrier(WAIT_S)
+        assert results.calls == [(i, True) for i in range(40)]
+        # Even with no linger, a run queued at once is one transaction.
+        assert t.stats().commits - commits_before == 1
+        assert all(read_page(t, 1, i) == (ReadStatus.OK, p) for i, p in pages.items())
+    finally:
+        t.close()
+    with pytest.raises(Unavailable):
+        t.submit_writes([disk_module.PageWrite(1, key_of(0), memoryview(random_page(0)), 0,
+                                               Results().callback(0))])
+
+
+def test_put_many_reports_how_many_were_queued_when_the_queue_closes() -> None:
+    from tierd.tiers.disk_writer import OpQueue, PutPage
+
+    queue = OpQueue(max_queued_pages=2, closed_message="closed")
+    ops = [PutPage(key_of(i) + b"\0" * 4, 1, memoryview(b"x"), i, None) for i in range(5)]
+    closer = threading.Timer(0.2, queue.close)
+    closer.start()
+    assert queue.put_many(ops) == 2   # two fit, then the queue closed while it waited
+    closer.join()
