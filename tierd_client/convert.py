@@ -97,7 +97,7 @@ def stats_from_wire(msg: pb.StatsResponse) -> DaemonStats:
     tiers = {}
     for t in msg.tiers:
         tier = tier_from_wire(t.tier)
-        tiers[tier] = TierStats(tier=tier, capacity_bytes=t.capacity_bytes,
+        tiers[tier] = TierStats(capacity_bytes=t.capacity_bytes,
                                 used_bytes=t.used_bytes, pages=t.pages, hits=t.hits,
                                 misses=t.misses, evictions=t.evictions, bytes_in=t.bytes_in,
                                 bytes_out=t.bytes_out, queue_depth=t.queue_depth)

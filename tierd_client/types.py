@@ -11,7 +11,7 @@ from tierd.index.leases import LeaseKind
 from tierd.keys import chain_keys
 from tierd.spec import PageSpec
 from tierd.tier import Tier
-from tierd.store_types import LookupResult
+from tierd.store_types import LookupResult, TierStats
 from tierd.tiers.base import RegionHandle
 
 __all__ = ["DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle", "PutResult",
@@ -87,22 +87,6 @@ class LeaseState:
     keys: tuple[bytes, ...]
     slots: tuple[int, ...]
     expires_at_s: float
-
-
-@dataclass(frozen=True)
-class TierStats:
-    """Counters of one tier since the daemon started (bytes and pages)."""
-
-    tier: Tier
-    capacity_bytes: int
-    used_bytes: int
-    pages: int
-    hits: int
-    misses: int
-    evictions: int
-    bytes_in: int
-    bytes_out: int
-    queue_depth: int
 
 
 @dataclass(frozen=True)
