@@ -296,3 +296,11 @@ def test_tenant_quota_caps_the_total_of_its_namespaces(tmp_path: Path) -> None:
         assert len(store.namespaces()) == 1  # the refused register left nothing behind
         other = store.register(SPEC, tenant="other")  # no quota: a share of what is unassigned
         assert store.region(other.ns_id, Tier.DRAM).num_slots == 64 - 10
+
+
+def test_lease_namespace_names_the_owner_of_live_leases_only(store: PageStore, ns: Namespace) -> None:
+    lease = store.allocate(ns.ns_id, 1)
+    assert store.lease_namespace(lease.lease_id) == ns
+    store.release(lease.lease_id)
+    with pytest.raises(NotFound):
+        store.lease_namespace(lease.lease_id)

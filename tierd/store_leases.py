@@ -12,6 +12,7 @@ from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, 
 from tierd.index.leases import Lease, LeaseKind, LeaseRecord
 from tierd.keys import PageKey, check_keys
 from tierd.promotion import Hold
+from tierd.spec import Namespace
 from tierd.store_core import DiskJob, NamespaceState
 from tierd.tier import Tier
 
@@ -128,6 +129,15 @@ class StoreLeases:
         core.submit(jobs)
         self._maintenance_wake()
         return bound
+
+    def lease_namespace(self, lease_id: int) -> Namespace:
+        """The namespace a live lease belongs to (``NotFound`` otherwise).
+
+        Two dict reads without the store lock (a lease's ``ns_id`` never changes), so an event
+        loop may call it to check who owns a lease before handing the call to an executor.
+        """
+        core = self._require()  # type: ignore[attr-defined]
+        return core.state(core.leases.get(lease_id).ns_id).ns
 
     def renew(self, lease_id: int, ttl_s: float | None = None) -> Lease:
         core = self._require()

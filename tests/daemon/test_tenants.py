@@ -14,10 +14,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from daemon_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, make_server, open_channel,
                             pages_for, put_stream, serving_settings)
-from tierd.errors import NotFound, PermissionDenied, Unauthenticated
+from tierd.errors import Unauthenticated
 from tierd.server import SESSION_METADATA_KEY
 from tierd.server.auth import Authenticator, TenantToken, token_digest
-from tierd.server.lease_tenants import EXPIRY_GRACE_S, LeaseTenants
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
@@ -262,23 +261,6 @@ def test_authenticator_maps_tokens_to_tenants() -> None:
     assert Authenticator(()).caller(()).tenant is None  # open mode: everyone is let in
     with pytest.raises(ValueError, match="32 bytes"):
         Authenticator((TenantToken("bad", b"short"),))
-
-
-def test_lease_tenants_know_leases_until_well_past_expiry() -> None:
-    table = LeaseTenants()
-    table.record(1, "alpha", expires_at_s=100.0, now_s=0.0)
-    table.check(1, "alpha")
-    with pytest.raises(PermissionDenied):
-        table.check(1, "bravo")
-    with pytest.raises(NotFound):
-        table.check(2, "alpha")
-    assert table.prune(now_s=100.0 + EXPIRY_GRACE_S / 2) == 0
-    table.check(1, "alpha")  # the store may not have expired it yet
-    table.record(1, "alpha", expires_at_s=500.0, now_s=0.0)  # renewed
-    assert table.prune(now_s=100.0 + 2 * EXPIRY_GRACE_S) == 0
-    assert table.prune(now_s=500.0 + 2 * EXPIRY_GRACE_S) == 1
-    with pytest.raises(NotFound):
-        table.check(1, "alpha")
 
 
 def test_client_options_send_the_token_as_bearer_and_keep_it_out_of_reprs() -> None:

@@ -27,7 +27,6 @@ from tierd.index.leases import Lease
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
 from tierd.server.bytepath import PutAssembler, iter_chunks
-from tierd.server.lease_tenants import LeaseTenants
 from tierd.server.sessions import Session as ClientSession
 from tierd.server.sessions import SessionRegistry
 from tierd.server.settings import ServingSettings
@@ -85,7 +84,6 @@ class TierdServicer(pb_grpc.TierdServicer):
         self._store = store
         self._settings = settings
         self._auth = Authenticator(settings.tenant_tokens)
-        self._lease_tenants = LeaseTenants()
         self._limits = pb.ServerLimits(
             max_message_bytes=settings.max_message_bytes, chunk_bytes=settings.chunk_bytes,
             max_put_bytes=settings.max_put_bytes, max_get_bytes=settings.max_get_bytes,
@@ -178,7 +176,6 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     async def _release_quietly(self, lease_id: int, why: str) -> None:
         self._sessions.forget(lease_id)
-        self._lease_tenants.forget(lease_id)
         try:
             await self._call(self._store.release, lease_id)
             log.info("released lease %d: %s", lease_id, why)
@@ -210,14 +207,10 @@ class TierdServicer(pb_grpc.TierdServicer):
             caller.check_namespace(self._store.namespace(ns_id))
 
     def _check_lease(self, lease_id: int, caller: Caller) -> None:
-        """With tenants: ``NotFound`` / ``PermissionDenied`` unless the caller's tenant took it."""
+        """With tenants: ``NotFound`` / ``PermissionDenied`` unless the lease is in one of the
+        caller's namespaces (lock-free reads, fine on the event loop)."""
         if caller.tenant is not None:
-            self._lease_tenants.check(lease_id, caller.tenant)
-
-    def _record_lease(self, lease: Lease, caller: Caller) -> None:
-        if caller.tenant is not None:
-            self._lease_tenants.record(lease.lease_id, caller.tenant, lease.expires_at_s,
-                                       time.monotonic())
+            caller.check_namespace(self._store.lease_namespace(lease_id))
 
     @staticmethod
     def _wait_s(requested_s: float | None, context: grpc.aio.ServicerContext) -> float | None:
@@ -282,7 +275,6 @@ class TierdServicer(pb_grpc.TierdServicer):
             self._store.acquire, request.ns_id, keys, target, timeout_s=wait_s, ttl_s=ttl_s,
             owner=session.session_id if session else None)
         lease = await self._adopt(session, lease)
-        self._record_lease(lease, caller)
         return pb.AcquireResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
@@ -297,7 +289,6 @@ class TierdServicer(pb_grpc.TierdServicer):
         lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
                                        ttl_s=ttl_s, owner=session.session_id if session else None)
         lease = await self._adopt(session, lease)
-        self._record_lease(lease, caller)
         return pb.AllocateResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
@@ -319,7 +310,6 @@ class TierdServicer(pb_grpc.TierdServicer):
         self._sessions.check_access(request.lease_id, self._session(context, caller))
         await self._call(self._store.release, request.lease_id)
         self._sessions.forget(request.lease_id)
-        self._lease_tenants.forget(request.lease_id)
         return pb.ReleaseResponse()
 
     @_rpc
@@ -332,7 +322,6 @@ class TierdServicer(pb_grpc.TierdServicer):
         lease = await self._call(self._store.renew, request.lease_id, ttl_s)
         if session is not None and lease.owner == session.session_id:
             self._sessions.track(session, lease)  # its new expiry
-        self._record_lease(lease, caller)  # its new expiry
         return pb.RenewResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
@@ -464,8 +453,6 @@ class TierdServicer(pb_grpc.TierdServicer):
             self._end_session(session)
 
     def _end_session(self, session: ClientSession) -> None:
-        for lease_id in session.leases:
-            self._lease_tenants.forget(lease_id)
         self._sessions.close(session.session_id)
         self._spawn(self._release_session(session))
 
