@@ -27,7 +27,6 @@ class Maintenance:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.expired_leases = 0
 
     def start(self) -> None:
         if self._thread is not None:
@@ -56,7 +55,6 @@ class Maintenance:
             for lease_id in expired:
                 self._release_locked(core.leases.pop(lease_id))
         if expired:
-            self.expired_leases += len(expired)
             log.info("%d lease(s) expired and were released", len(expired))
         return len(expired)
 

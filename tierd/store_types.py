@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from tierd.config import WritePolicy
 from tierd.index.leases import Lease, LeaseKind
@@ -65,7 +65,3 @@ class TierCounters:
     evictions: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

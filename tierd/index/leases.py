@@ -96,6 +96,3 @@ class LeaseTable:
 
     def owned_by(self, owner: str) -> list[int]:
         return [lid for lid, rec in self._leases.items() if rec.owner == owner]
-
-    def of_namespace(self, ns_id: int) -> list[int]:
-        return [lid for lid, rec in self._leases.items() if rec.ns_id == ns_id]

@@ -13,7 +13,7 @@ keeps an entry at about 100 bytes instead of an object per page. The caller hold
 
 from __future__ import annotations
 
-from collections.abc import Container, Iterable, Iterator
+from collections.abc import Container, Iterable
 
 from tierd.errors import InvalidArgument
 from tierd.index.slots import SlotAllocator
@@ -130,9 +130,6 @@ class MemoryResidency:
         del self.slots[key]
         self.allocator.free([slot])
         return True
-
-    def items(self) -> Iterator[tuple[PageKey, int]]:
-        return iter(list(self.slots.items()))
 
 
 class DiskResidency:
