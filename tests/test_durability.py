@@ -44,3 +44,13 @@ def test_unknown_tickets_are_rejected(ticket: object) -> None:
     tracker.new_ticket()
     with pytest.raises(InvalidArgument, match="never issued"):
         tracker.wait(ticket, 0)  # type: ignore[arg-type]
+
+
+def test_owner_names_the_namespace_of_recent_tickets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("tierd.durability.MAX_REMEMBERED_OWNERS", 2)
+    tracker = DurabilityTracker()
+    first, second, third = tracker.new_ticket(7), tracker.new_ticket(8), tracker.new_ticket()
+    assert tracker.owner(first) == (False, None)        # forgotten: bounded memory
+    assert tracker.owner(second) == (True, 8)
+    assert tracker.owner(third) == (True, None)         # the store's own (flush) ticket
+    assert tracker.check_issued(first) == first

@@ -15,6 +15,7 @@ from tierd.errors import FailedPrecondition, InvalidArgument, NotFound, Resource
 from tierd.index.leases import LeaseKind
 from tierd.spec import Namespace, PageSpec
 from tierd.store import PageStore
+from tierd.store_types import CommitResult
 from tierd.tier import Tier
 
 
@@ -181,7 +182,7 @@ def test_allocate_commit_binds_slots_and_rejects_bad_commits(store: PageStore, n
     with pytest.raises(InvalidArgument, match="keys but"):
         store.commit(lease.lease_id, keys, lease.slots[:2])
     assert store.lookup(ns.ns_id, keys).num_hits == 0  # rejected commits changed nothing
-    assert store.commit(lease.lease_id, keys[:2], lease.slots[:2]) == 2
+    assert store.commit(lease.lease_id, keys[:2], lease.slots[:2]) == CommitResult(committed=2, durable_ticket=None)
     with pytest.raises(InvalidArgument):
         store.commit(lease.lease_id, keys[2:], lease.slots[:1])  # already committed
     store.release(lease.lease_id)
@@ -221,6 +222,54 @@ def test_write_through_is_durable_when_the_ticket_says_so(tmp_path: Path) -> Non
         assert store.stats().tiers[Tier.DISK].pages == 5
         again = store.put(ns.ns_id, keys, pages)
         assert again.skipped == 5 and store.wait_durable(again.durable_ticket, timeout_s=10)
+
+
+def test_write_through_commit_returns_a_ticket_covering_every_key(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, write_policy=WritePolicy.WRITE_THROUGH)
+    with PageStore(cfg) as store:
+        ns = store.register(SPEC)
+        keys, pages = make_keys(ns, 4), make_pages(ns, 4)
+        store.put(ns.ns_id, keys[:1], pages[:1], tier=Tier.HBM)  # cached before: skipped, still covered
+        lease = store.allocate(ns.ns_id, 4)
+        region = store.region(ns.ns_id, Tier.HBM)
+        for slot, page in zip(lease.slots, pages):
+            region.write_slot(slot, memoryview(page))
+        result = store.commit(lease.lease_id, keys, lease.slots)
+        assert result.committed == 3 and result.durable_ticket is not None
+        assert store.wait_durable(result.durable_ticket, timeout_s=10)
+        assert store.stats().tiers[Tier.DISK].pages == 4
+        assert store.ticket_namespace(result.durable_ticket) == ns.ns_id
+        store.release(lease.lease_id)
+    with PageStore(cfg) as store:  # the committed pages survive a restart
+        ns = store.register(SPEC)
+        assert [bytes(p) for p in store.get(ns.ns_id, keys)] == pages
+
+
+def test_ticket_namespace_names_the_issuer_and_rejects_unknown_tickets(tmp_path: Path) -> None:
+    cfg = small_config(tmp_path, hbm_pages=16, dram_pages=32, write_policy=WritePolicy.WRITE_THROUGH)
+    cfg = cfg.with_changes(hbm=replace(cfg.hbm, region_share=0.5), dram=replace(cfg.dram, region_share=0.5))
+    with PageStore(cfg) as store:
+        first = store.register(SPEC)
+        second = store.register(replace(SPEC, model="other@r1"))
+        t1 = store.put(first.ns_id, make_keys(first, 1), make_pages(first, 1)).durable_ticket
+        t2 = store.put(second.ns_id, make_keys(second, 1), make_pages(second, 1)).durable_ticket
+        assert (store.ticket_namespace(t1), store.ticket_namespace(t2)) == (first.ns_id, second.ns_id)
+        with pytest.raises(InvalidArgument, match="never issued"):
+            store.ticket_namespace(t2 + 100)
+
+
+def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    page = SPEC.page_bytes
+    cfg = small_config(tmp_path, write_policy=WritePolicy.WRITE_THROUGH)
+    cfg = cfg.with_changes(disk=replace(cfg.disk, capacity_bytes=2 * (page + 64)))
+    with caplog.at_level("WARNING", logger="tierd.store_core"), PageStore(cfg) as store:
+        ns = store.register(SPEC)
+        result = store.put(ns.ns_id, make_keys(ns, 8), make_pages(ns, 8))  # queued in one batch
+        assert not store.wait_durable(result.durable_ticket, timeout_s=10)  # some pages never queued
+        refused = store.stats().disk_writes_refused
+        assert refused >= 1
+    warnings = [r for r in caplog.records if "refused since the last warning" in r.getMessage()]
+    assert len(warnings) == 1 and refused > 1  # one line for the burst, not one per page
 
 
 def test_close_flushes_and_reopen_restores_pages_and_recency(tmp_path: Path) -> None:

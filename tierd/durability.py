@@ -1,8 +1,10 @@
-"""Durability tickets: lets a writer wait until the pages of one put are committed to disk.
+"""Durability tickets: lets a writer wait until the pages of one put or commit are on disk.
 
-A ticket is a group of disk keys. ``watch(ticket, dkey)`` adds a page whose write is queued (by this
-put or an earlier one); ``page_done(dkey, ok)`` is called when that write's transaction commits or
-fails. ``wait(ticket)`` returns True once every page of the group is on disk, False when one failed.
+A ticket is a group of disk keys issued to one namespace (``None``: the store's own, e.g. flush).
+``watch(ticket, dkey)`` adds a page whose write is queued (by this call or an earlier one);
+``page_done(dkey, ok)`` is called when that write's transaction commits or fails. ``wait(ticket)``
+returns True once every page of the group is on disk, False when one failed. ``owner(ticket)`` says
+which namespace a recent ticket was issued to, so the RPC layer can keep tenants to their own.
 Thread-safe; its condition variable is independent of the store lock.
 """
 
@@ -11,12 +13,15 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from collections import OrderedDict
 
 from tierd.errors import InvalidArgument
 
-# Failed tickets are remembered so a late ``wait`` still sees the failure; bounded so a client that
-# never waits cannot grow it forever.
+# Failed tickets are remembered so a late ``wait`` still sees the failure, and the owners of the
+# most recent tickets so a late ``wait`` can still be checked; both bounded so a client that never
+# waits cannot grow them forever.
 MAX_REMEMBERED_FAILURES = 65536
+MAX_REMEMBERED_OWNERS = 65536
 
 
 class DurabilityTracker:
@@ -27,13 +32,26 @@ class DurabilityTracker:
         self._remaining: dict[int, int] = {}          # ticket -> pages not yet committed
         self._failed: dict[int, None] = {}            # insertion-ordered, bounded
         self._watchers: dict[bytes, list[int]] = {}   # disk key -> tickets waiting on it
+        self._owners: OrderedDict[int, int | None] = OrderedDict()  # ticket -> ns_id, bounded
 
-    def new_ticket(self) -> int:
+    def new_ticket(self, ns_id: int | None = None) -> int:
+        """A fresh, open ticket for pages of namespace ``ns_id``."""
         with self._cond:
             ticket = next(self._ids)
             self._issued = ticket
             self._remaining[ticket] = 0
+            self._owners[ticket] = ns_id
+            while len(self._owners) > MAX_REMEMBERED_OWNERS:
+                self._owners.popitem(last=False)
             return ticket
+
+    def owner(self, ticket: int) -> tuple[bool, int | None]:
+        """``(known, ns_id)``: whether ``ticket`` is among the recent tickets whose owner is
+        remembered, and the namespace it was issued to."""
+        with self._cond:
+            if ticket in self._owners:
+                return True, self._owners[ticket]
+            return False, None
 
     def watch(self, ticket: int, dkey: bytes) -> None:
         with self._cond:
@@ -79,13 +97,19 @@ class DurabilityTracker:
             self._watchers.clear()
             self._cond.notify_all()
 
-    def wait(self, ticket: int, timeout_s: float | None = None) -> bool:
-        """True when every page of ``ticket`` is on disk; False on failure or timeout."""
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    def check_issued(self, ticket: object) -> int:
+        """``ticket`` as an int, or ``InvalidArgument`` when this tracker never issued it."""
         with self._cond:
             if isinstance(ticket, bool) or not isinstance(ticket, int) or not 0 < ticket <= self._issued:
                 raise InvalidArgument(f"durability ticket {ticket!r} was never issued by this daemon "
                                       "(tickets do not survive a restart): put the pages again")
+            return ticket
+
+    def wait(self, ticket: int, timeout_s: float | None = None) -> bool:
+        """True when every page of ``ticket`` is on disk; False on failure or timeout."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        ticket = self.check_issued(ticket)
+        with self._cond:
             while ticket in self._remaining:
                 remaining_s = None if deadline is None else deadline - time.monotonic()
                 if remaining_s is not None and remaining_s <= 0:

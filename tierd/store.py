@@ -245,7 +245,7 @@ class PageStore(StoreReads, StoreLeases):
         st.residency(tier)
         core = self._require()
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
-        ticket = core.durability.new_ticket() if through else None
+        ticket = core.durability.new_ticket(ns_id) if through else None
         stored = skipped = 0
         # A batch never needs more free slots than the region has.
         batch = min(self.config.put_batch_pages, st.mem[tier].num_slots)
@@ -331,8 +331,15 @@ class PageStore(StoreReads, StoreLeases):
         return jobs
 
     def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
-        """True once every page of the put that returned ``ticket`` is committed to disk."""
+        """True once every page of the put or commit that returned ``ticket`` is on disk."""
         return self._require().durability.wait(ticket, timeout_s)
+
+    def ticket_namespace(self, ticket: int) -> int | None:
+        """The namespace a durability ticket was issued to, or ``None`` when it is too old to be
+        remembered (``InvalidArgument`` when it was never issued). Lock-free of the store lock."""
+        durability = self._require().durability
+        known, ns_id = durability.owner(durability.check_issued(ticket))
+        return ns_id if known else None
 
     def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
         """Drop pages from every tier; returns how many of ``keys`` were cached."""
@@ -415,5 +422,6 @@ class PageStore(StoreReads, StoreLeases):
                                         pages, counters.hits, counters.misses, counters.evictions,
                                         counters.bytes_in, counters.bytes_out, queue)
             return StoreStats(tiers, len(core.namespaces), len(core.leases), disk.checksum_failures,
-                              time.monotonic() - self._started_at_s, self.config.write_policy)
+                              time.monotonic() - self._started_at_s, self.config.write_policy,
+                              core.disk_writes_refused)
 

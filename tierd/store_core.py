@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,6 +30,10 @@ from tierd.tiers.disk import DiskTier, PageWrite
 from tierd.tiers.page_format import HEADER_BYTES, disk_key
 
 log = logging.getLogger(__name__)
+
+# Under sustained pressure every page write can be refused: log that at most this often, with a
+# count, rather than once per page (the count is also in Stats as disk_writes_refused).
+REFUSED_WRITES_LOG_INTERVAL_S = 10.0
 
 
 @dataclass
@@ -91,6 +96,10 @@ class StoreCore:
         self.orphans: dict[tuple[int, Tier], set[int]] = {}
         # Called (outside the lock) after disk writes complete, to wake waiters of room in dram.
         self.on_disk_progress: Callable[[], None] = lambda: None
+        # Page writes refused because the disk budget was full of writes in flight.
+        self.disk_writes_refused = 0
+        self._refused_logged_at_s = -REFUSED_WRITES_LOG_INTERVAL_S
+        self._refused_since_log = 0
 
     # -- namespaces --------------------------------------------------------------------------------
     def state(self, ns_id: int) -> NamespaceState:
@@ -132,8 +141,7 @@ class StoreCore:
         if dkey in self.disk_res.pages or dkey in self.disk_res.pending:
             return None
         if not self.disk_room_locked(st.stored_bytes):
-            log.warning("disk budget full of pages being written; %s stays in %s only",
-                        key.hex(), tier.label)
+            self._refused_write_locked(tier)
             return None
         self.disk_res.begin_write(dkey, st.stored_bytes)
         st.mem[tier].pin(slot)
@@ -158,6 +166,18 @@ class StoreCore:
             self.on_disk_progress()
 
         return DiskJob(st.ns.ns_id, key, payload, next(self.seq), on_done)
+
+    def _refused_write_locked(self, tier: Tier) -> None:
+        """Count a page write the disk budget refused; warn at most once per interval."""
+        self.disk_writes_refused += 1
+        self._refused_since_log += 1
+        now_s = time.monotonic()
+        if now_s - self._refused_logged_at_s >= REFUSED_WRITES_LOG_INTERVAL_S:
+            log.warning("disk budget full of pages being written: %d page write(s) refused since the "
+                        "last warning (latest from %s; those pages stay in memory only); raise the "
+                        "disk capacity or write less at once", self._refused_since_log, tier.label)
+            self._refused_logged_at_s = now_s
+            self._refused_since_log = 0
 
     def submit(self, jobs: list[DiskJob]) -> None:
         """Hand deferred deletes, then ``jobs``, to the disk writer.

@@ -8,18 +8,20 @@ import itertools
 import time
 from collections.abc import Sequence
 
+from tierd.config import WritePolicy
 from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, ResourceExhausted
 from tierd.index.leases import Lease, LeaseKind, LeaseRecord
 from tierd.keys import PageKey, check_keys
 from tierd.promotion import Hold
 from tierd.spec import Namespace
 from tierd.store_core import DiskJob, NamespaceState
+from tierd.store_types import CommitResult
 from tierd.tier import Tier
 
 
 class StoreLeases:
     """Mixed into ``PageStore``; relies on its ``config``, ``_require``, ``_ready_state``,
-    ``_promoter``, ``_evictor`` and ``_maintenance_wake``."""
+    ``_promoter``, ``_evictor``, ``_skip_locked`` and ``_maintenance_wake``."""
 
     def _ttl(self, ttl_s: float | None) -> float:
         if ttl_s is None:
@@ -96,8 +98,9 @@ class StoreLeases:
                 raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
                                         "the rest are leased or in flight; release leases and retry")
 
-    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> int:
-        """Bind filled slots of a FILL lease to keys; returns pages newly cached."""
+    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> CommitResult:
+        """Bind filled slots of a FILL lease to keys. Under write_through the pages are queued for
+        disk and the result's ticket (for ``wait_durable``) covers every key, cached before or not."""
         core = self._require()
         keys = check_keys(keys)
         slots = list(slots)
@@ -114,21 +117,31 @@ class StoreLeases:
                 raise InvalidArgument(f"slots {bad or slots} are not open slots of lease {lease_id} "
                                       f"(open: {sorted(record.open_slots)}) or repeat")
             st = core.state(record.ns_id)
-            res = st.mem[Tier.HBM]
-            bound = 0
-            for key, slot in zip(keys, slots):
-                record.open_slots.discard(slot)
-                if not res.publish(key, slot):
-                    res.unreserve([slot])
-                    continue
-                bound += 1
-                core.counters[Tier.HBM].bytes_in += st.page_bytes
-                job = core.committed_locked(st, Tier.HBM, key, slot, None)
-                if job is not None:
-                    jobs.append(job)
+            through = self.config.write_policy is WritePolicy.WRITE_THROUGH
+            ticket = core.durability.new_ticket(record.ns_id) if through else None
+            bound = sum(self._bind_locked(st, record, key, slot, ticket, jobs) for key, slot in zip(keys, slots))
+        if ticket is not None:
+            core.durability.seal(ticket)
         core.submit(jobs)
         self._maintenance_wake()
-        return bound
+        return CommitResult(bound, ticket)
+
+    def _bind_locked(self, st: NamespaceState, record: LeaseRecord, key: PageKey, slot: int,
+                     ticket: int | None, jobs: list[DiskJob]) -> bool:
+        """Publish one filled hbm slot under ``key``; a key cached meanwhile keeps its page (the
+        slot goes back to the free list) and is treated as a skipped put."""
+        core = self._require()
+        record.open_slots.discard(slot)
+        res = st.mem[Tier.HBM]
+        if not res.publish(key, slot):
+            res.unreserve([slot])
+            self._skip_locked(st, core.fastest_tier_locked(st, key), key, ticket, jobs)
+            return False
+        core.counters[Tier.HBM].bytes_in += st.page_bytes
+        job = core.committed_locked(st, Tier.HBM, key, slot, ticket)
+        if job is not None:
+            jobs.append(job)
+        return True
 
     def lease_namespace(self, lease_id: int) -> Namespace:
         """The namespace a live lease belongs to (``NotFound`` otherwise).

@@ -34,6 +34,17 @@ class PutResult:
 
 
 @dataclass(frozen=True)
+class CommitResult:
+    """``committed`` slots newly bound to keys (a key cached meanwhile keeps its page).
+
+    ``durable_ticket`` is for ``PageStore.wait_durable`` under write_through, else ``None``.
+    """
+
+    committed: int
+    durable_ticket: int | None
+
+
+@dataclass(frozen=True)
 class TierStats:
     capacity_bytes: int
     used_bytes: int
@@ -54,6 +65,7 @@ class StoreStats:
     checksum_failures: int
     uptime_s: float
     write_policy: WritePolicy
+    disk_writes_refused: int = 0  # page writes refused: the disk budget was full of writes in flight
 
 
 @dataclass

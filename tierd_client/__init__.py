@@ -24,11 +24,11 @@ from tierd_client.errors import (DeadlineExceededError, FailedPreconditionError,
 from tierd_client.leases import AsyncLease
 from tierd_client.options import ClientOptions, RetryPolicy
 from tierd_client.sync import Lease, TierClient
-from tierd_client.types import (DaemonStats, LeaseKind, LookupResult, NamespaceHandle, PutResult,
-                                TierStats)
+from tierd_client.types import (CommitResult, DaemonStats, LeaseKind, LookupResult, NamespaceHandle,
+                                PutResult, TierStats)
 
 __all__ = [
-    "ArenaView", "AsyncLease", "AsyncTierClient", "ClientOptions", "DaemonStats",
+    "ArenaView", "AsyncLease", "AsyncTierClient", "ClientOptions", "CommitResult", "DaemonStats",
     "DeadlineExceededError", "FailedPreconditionError", "InvalidArgumentError", "Lease",
     "LeaseKind", "LookupResult", "NamespaceHandle", "NotFoundError", "PageSpec",
     "PermissionDeniedError", "PutResult", "ResourceExhaustedError", "RetryPolicy", "Tier",

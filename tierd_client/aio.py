@@ -32,7 +32,8 @@ from tierd_client.pages import checked_key_list, checked_keys_and_pages
 from tierd_client.rpc import RpcRunner
 from tierd_client.session import ClientSession
 from tierd_client.transfer import PageAssembler, TransferPlan, put_messages
-from tierd_client.types import (DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult)
+from tierd_client.types import (CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle,
+                                PutResult)
 
 HEALTH_SERVICE = "tierd.v1.Tierd"
 # Slack on top of Acquire's own timeout_s so the daemon's DEADLINE_EXCEEDED answer (with its
@@ -293,7 +294,7 @@ class AsyncTierClient:
         return await conn.runner.call("GetPages", attempt)
 
     async def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
-        """Wait until the pages of a put's ticket are on disk; False if ``timeout_s`` passed."""
+        """Wait until the pages of a put's or commit's ticket are on disk; False if ``timeout_s`` passed."""
         request = pb.WaitDurableRequest(ticket=ticket)
         if timeout_s is not None:
             request.timeout_s = timeout_s
@@ -354,9 +355,13 @@ class AsyncTierClient:
         response = await self._unary(rpc, request, timeout_s=deadline_s, session=True)
         return AsyncLease(self, ns, convert.lease_from_wire(response.lease, sent_at_s))
 
-    async def commit(self, lease: AsyncLease, keys: Sequence[bytes],
-                     slots: Sequence[int] | None = None) -> int:
-        """Bind filled ``slots`` (default: the lease's first ``len(keys)``) to ``keys``."""
+    async def commit(self, lease: AsyncLease, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
+                     wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
+        """Bind filled ``slots`` (default: the lease's first ``len(keys)``) to ``keys``.
+
+        ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
+        ``durable_timeout_s`` passed.
+        """
         checked = checked_key_list(keys)
         if slots is None:
             if len(checked) > len(lease.slots):
@@ -366,8 +371,15 @@ class AsyncTierClient:
         if len(slots) != len(checked):
             raise InvalidArgumentError(f"got {len(checked)} keys and {len(slots)} slots; commit "
                                        "binds one slot per key")
-        request = pb.CommitRequest(lease_id=lease.lease_id, keys=checked, slots=list(slots))
-        return (await self._unary("Commit", request, session=True)).num_committed
+        request = pb.CommitRequest(lease_id=lease.lease_id, keys=checked, slots=list(slots),
+                                   wait_durable=wait_durable)
+        if durable_timeout_s is not None:
+            request.durable_timeout_s = durable_timeout_s
+        deadline_s = self.options.rpc_timeout_s + (durable_timeout_s or 0.0)
+        response = await self._unary("Commit", request, timeout_s=deadline_s, session=True)
+        ticket = response.durable_ticket if response.HasField("durable_ticket") else None
+        return CommitResult(num_committed=response.num_committed, durable_ticket=ticket,
+                            durable=wait_durable and response.durable)
 
     async def renew_state(self, lease_id: int, ttl_s: float | None = None) -> LeaseState:
         request = pb.RenewRequest(lease_id=lease_id)

@@ -107,7 +107,7 @@ def stats_from_wire(msg: pb.StatsResponse) -> DaemonStats:
                        write_policy=_WRITE_POLICIES.get(msg.write_policy, "unspecified"),
                        sessions=server.sessions, rpcs_in_flight=server.rpcs_in_flight,
                        rpcs_rejected=server.rpcs_rejected, version=server.version,
-                       device=server.device)
+                       device=server.device, disk_writes_refused=msg.disk_writes_refused)
 
 
 def now_s() -> float:

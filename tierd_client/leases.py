@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from tierd.tier import Tier
 from tierd_client.convert import now_s
 from tierd_client.errors import NotFoundError
-from tierd_client.types import LeaseKind, LeaseState, NamespaceHandle
+from tierd_client.types import CommitResult, LeaseKind, LeaseState, NamespaceHandle
 
 if TYPE_CHECKING:
     from tierd_client.aio import AsyncTierClient
@@ -74,9 +74,12 @@ class AsyncLease:
         return (f"AsyncLease(id={self.lease_id}, ns={self.ns.ns_id}, {self.kind.value}, "
                 f"{self.tier.label}, pages={self.num_pages}, released={self._released})")
 
-    async def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None) -> int:
-        """Bind filled slots (default: the first ``len(keys)`` of this FILL lease) to ``keys``."""
-        return await self._client.commit(self, keys, slots)
+    async def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
+                     wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
+        """Bind filled slots (default: the first ``len(keys)`` of this FILL lease) to ``keys``;
+        ``wait_durable``: answer once they are on disk (write_through daemons)."""
+        return await self._client.commit(self, keys, slots, wait_durable=wait_durable,
+                                         durable_timeout_s=durable_timeout_s)
 
     async def renew(self, ttl_s: float | None = None) -> None:
         """Extend the lease by ``ttl_s`` (default: the daemon's lease TTL) from now."""

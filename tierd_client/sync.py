@@ -21,8 +21,8 @@ from tierd_client.arena import ArenaView
 from tierd_client.errors import FailedPreconditionError
 from tierd_client.leases import AsyncLease
 from tierd_client.options import ClientOptions
-from tierd_client.types import (DaemonStats, LeaseKind, LeaseState, LookupResult, NamespaceHandle,
-                                PutResult)
+from tierd_client.types import (CommitResult, DaemonStats, LeaseKind, LeaseState, LookupResult,
+                                NamespaceHandle, PutResult)
 
 T = TypeVar("T")
 
@@ -114,9 +114,12 @@ class Lease:
     def __repr__(self) -> str:
         return repr(self._inner).replace("AsyncLease", "Lease", 1)
 
-    def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None) -> int:
-        """Bind filled slots (default: the first ``len(keys)``) to ``keys``; returns pages bound."""
-        return self._runner.run(self._inner.commit(keys, slots))
+    def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
+               wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
+        """Bind filled slots (default: the first ``len(keys)``) to ``keys``; ``wait_durable``:
+        answer once they are on disk (write_through daemons)."""
+        return self._runner.run(self._inner.commit(keys, slots, wait_durable=wait_durable,
+                                                   durable_timeout_s=durable_timeout_s))
 
     def renew(self, ttl_s: float | None = None) -> None:
         self._runner.run(self._inner.renew(ttl_s))
@@ -222,8 +225,9 @@ class TierClient:
         request = self._aclient.allocate(ns, num_pages, ttl_s)
         return Lease(self._runner, self._runner.run(_awaited(request)))
 
-    def commit(self, lease: Lease, keys: Sequence[bytes], slots: Sequence[int] | None = None) -> int:
-        return lease.commit(keys, slots)
+    def commit(self, lease: Lease, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
+               wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
+        return lease.commit(keys, slots, wait_durable=wait_durable, durable_timeout_s=durable_timeout_s)
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> None:
         lease.renew(ttl_s)

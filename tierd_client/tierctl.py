@@ -63,7 +63,8 @@ def format_stats(stats: DaemonStats) -> str:
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
     lines.append("")
     lines.append(f"namespaces {stats.namespaces}   leases {stats.leases}   sessions {stats.sessions}"
-                 f"   checksum failures {stats.checksum_failures}")
+                 f"   checksum failures {stats.checksum_failures}"
+                 f"   disk writes refused {stats.disk_writes_refused}")
     lines.append(f"write policy {stats.write_policy}   device {stats.device or '?'}   "
                  f"uptime {stats.uptime_s:.0f} s   rpcs in flight {stats.rpcs_in_flight}   "
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")

@@ -14,8 +14,8 @@ from tierd.tier import Tier
 from tierd.store_types import LookupResult, TierStats
 from tierd.tiers.base import RegionHandle
 
-__all__ = ["DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle", "PutResult",
-           "ServerLimits", "TierStats"]
+__all__ = ["CommitResult", "DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle",
+           "PutResult", "ServerLimits", "TierStats"]
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,20 @@ class PutResult:
 
 
 @dataclass(frozen=True)
+class CommitResult:
+    """Slots newly bound to keys (a key cached meanwhile keeps its page), and durability.
+
+    ``durable_ticket``: set when the daemon (write_through) queued the pages for disk, for
+    ``wait_durable``; ``durable`` is True only when the commit asked to wait and every page reached
+    disk in time.
+    """
+
+    num_committed: int
+    durable_ticket: int | None
+    durable: bool
+
+
+@dataclass(frozen=True)
 class LeaseState:
     """A lease as the daemon granted it. ``keys[i]`` lives in ``slots[i]`` (READ leases);
     FILL leases have slots and no keys. ``expires_at_s`` is on this process's ``time.monotonic``.
@@ -104,6 +118,7 @@ class DaemonStats:
     rpcs_rejected: int = 0
     version: str = ""
     device: str = ""
+    disk_writes_refused: int = 0
 
     def to_json_dict(self) -> dict[str, object]:
         """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk``, then totals."""
@@ -116,7 +131,7 @@ class DaemonStats:
         }
         return {"tiers": tiers, "namespaces": self.namespaces, "leases": self.leases,
                 "checksum_failures": self.checksum_failures, "uptime_s": self.uptime_s,
-                "write_policy": self.write_policy,
+                "write_policy": self.write_policy, "disk_writes_refused": self.disk_writes_refused,
                 "server": {"sessions": self.sessions, "rpcs_in_flight": self.rpcs_in_flight,
                            "rpcs_rejected": self.rpcs_rejected, "version": self.version,
                            "device": self.device}}

@@ -338,6 +338,40 @@ def test_write_through_put_waits_until_durable(write_through_server: ServerThrea
             pb.WaitDurableRequest(ticket=again.durable_ticket, timeout_s=-1.0)))
 
 
+def test_write_through_commit_returns_a_ticket_and_can_wait_until_durable(
+        write_through_server: ServerThread) -> None:
+    with open_channel(write_through_server) as channel:
+        stub = pb_grpc.TierdStub(channel)
+        reg = register(stub)
+        keys, pages = keys_for(reg, 3), pages_for(3, seed=9)
+        lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=3)).lease
+        handle = hbm_handle(reg)
+        region = map_region(handle)
+        for slot, page in zip(lease.slots, pages):
+            start = handle.offset_bytes + slot * PAGE_BYTES
+            region[start:start + PAGE_BYTES] = page
+        region.close()
+        expect_status(Code.INVALID_ARGUMENT, lambda: stub.Commit(pb.CommitRequest(
+            lease_id=lease.lease_id, keys=keys, slots=lease.slots, wait_durable=True, durable_timeout_s=-2.0)))
+        assert store_pages(write_through_server)[Tier.HBM] == 0  # the rejected commit bound nothing
+        waited = stub.Commit(pb.CommitRequest(lease_id=lease.lease_id, keys=keys[:2], slots=lease.slots[:2],
+                                              wait_durable=True, durable_timeout_s=30.0))
+        assert waited.num_committed == 2 and waited.HasField("durable_ticket") and waited.durable
+        assert store_pages(write_through_server)[Tier.DISK] == 2
+        later = stub.Commit(pb.CommitRequest(lease_id=lease.lease_id, keys=keys[2:], slots=lease.slots[2:]))
+        assert later.HasField("durable_ticket") and not later.durable  # not asked to wait
+        assert stub.WaitDurable(pb.WaitDurableRequest(ticket=later.durable_ticket, timeout_s=30.0)).durable
+        stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))
+
+
+def test_write_back_commit_has_no_ticket(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
+    reg = register(stub)
+    lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=1)).lease
+    reply = stub.Commit(pb.CommitRequest(lease_id=lease.lease_id, keys=keys_for(reg, 1), slots=lease.slots,
+                                         wait_durable=True))
+    assert reply.num_committed == 1 and not reply.HasField("durable_ticket") and not reply.durable
+
+
 # -- health, reflection ------------------------------------------------------------------------------------
 def test_health_and_reflection(server: ServerThread) -> None:
     with open_channel(server) as channel:

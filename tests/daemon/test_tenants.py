@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from daemon_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, make_server, open_channel,
                             pages_for, put_stream, serving_settings)
+from tierd.config import WritePolicy
 from tierd.errors import Unauthenticated
 from tierd.server import SESSION_METADATA_KEY
 from tierd.server.auth import Authenticator, TenantToken, token_digest
@@ -198,6 +199,26 @@ def test_another_tenants_lease_and_session_are_permission_denied(
     expect_status(Code.NOT_FOUND, lambda: tstub.Release(pb.ReleaseRequest(lease_id=fill.lease_id),
                                                         metadata=AS_A))
     events.cancel()
+
+
+def test_durability_tickets_answer_only_the_tenant_that_got_them(short_tmp: Path) -> None:
+    tokens = (TenantToken("alpha", token_digest(TOKEN_A)), TenantToken("bravo", token_digest(TOKEN_B)))
+    srv = make_server(short_tmp, serving_settings(tenant_tokens=tokens), write_policy=WritePolicy.WRITE_THROUGH)
+    try:
+        with open_channel(srv) as channel:
+            stub = pb_grpc.TierdStub(channel)
+            reg = register(stub, AS_A)
+            reply = stub.PutPages(put_stream(reg.ns_id, keys_for(reg, 2), pages_for(2)), metadata=AS_A)
+            register(stub, AS_B)
+            details = expect_status(Code.PERMISSION_DENIED, lambda: stub.WaitDurable(
+                pb.WaitDurableRequest(ticket=reply.durable_ticket, timeout_s=5.0), metadata=AS_B))
+            assert f"ticket {reply.durable_ticket} belongs to another tenant" in details
+            assert stub.WaitDurable(pb.WaitDurableRequest(ticket=reply.durable_ticket, timeout_s=30.0),
+                                    metadata=AS_A).durable
+            expect_status(Code.INVALID_ARGUMENT, lambda: stub.WaitDurable(
+                pb.WaitDurableRequest(ticket=reply.durable_ticket + 50), metadata=AS_A))
+    finally:
+        srv.stop()
 
 
 def test_quota_sizes_the_tenants_regions(tstub: pb_grpc.TierdStub) -> None:

@@ -42,7 +42,7 @@ def put_zero_copy(client: TierClient, ns: NamespaceHandle, keys: list[bytes], pa
     arena = client.arena(ns, Tier.HBM)
     with client.allocate(ns, len(keys)) as lease:
         arena.bytes()[list(lease.slots)] = pages
-        assert lease.commit(keys) == len(keys)
+        assert lease.commit(keys).num_committed == len(keys)
 
 
 def assert_pages(client: TierClient, ns: NamespaceHandle, keys: list[bytes], pages: np.ndarray) -> None:
@@ -123,12 +123,19 @@ def test_kill_9_in_write_through_keeps_durable_pages(start_tierd: Callable[..., 
         keys = ns.keys(token_ids(12, seed=5))
         result = client.put(ns, keys, pages, wait_durable=True, durable_timeout_s=30.0)
         assert result.num_stored == 12 and result.durable
+        # The zero-copy path too: pages written into leased hbm slots, committed, waited on.
+        filled, fill_keys = make_pages(3, seed=15), ns.keys(token_ids(3, seed=15))
+        with client.allocate(ns, 3) as lease:
+            client.arena(ns, Tier.HBM).bytes()[list(lease.slots)] = filled
+            committed = lease.commit(fill_keys, wait_durable=True, durable_timeout_s=30.0)
+        assert committed.num_committed == 3 and committed.durable and committed.durable_ticket
     daemon.kill()
     daemon.start()
     with TierClient(daemon.socket_path) as client:
         ns = client.register(SPEC)
         assert client.lookup(ns, keys) == 12
         assert_pages(client, ns, keys, pages)
+        assert_pages(client, ns, fill_keys, filled)
         assert client.stats().checksum_failures == 0
 
 

@@ -68,7 +68,7 @@ def test_two_tenants_are_isolated(start_tierd: Callable[..., TierdProcess], tmp_
         arena = alpha.arena(a_ns, Tier.HBM)
         with alpha.allocate(a_ns, 2) as lease:  # zero-copy path, under alpha's session
             arena.bytes()[list(lease.slots)] = pages[2:]
-            assert lease.commit(a_keys[2:]) == 2
+            assert lease.commit(a_keys[2:]).num_committed == 2
 
         b_ns = bravo.register(SPEC)  # the same spec: a namespace of bravo's own
         assert b_ns.tenant == "bravo" and b_ns.ns_id != a_ns.ns_id

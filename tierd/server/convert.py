@@ -109,4 +109,5 @@ def stats_to_pb(stats: StoreStats, server: pb.ServerStats) -> pb.StatsResponse:
                                   bytes_out=t.bytes_out, queue_depth=t.queue_depth))
     return pb.StatsResponse(tiers=tiers, namespaces=stats.namespaces, leases=stats.leases,
                             checksum_failures=stats.checksum_failures, uptime_s=stats.uptime_s,
-                            write_policy=_WRITE_POLICIES[stats.write_policy], server=server)
+                            write_policy=_WRITE_POLICIES[stats.write_policy], server=server,
+                            disk_writes_refused=stats.disk_writes_refused)

@@ -21,8 +21,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tierd.errors import (InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated,
-                          Unavailable)
+from tierd.errors import (InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, TierdError,
+                          Unauthenticated, Unavailable)
 from tierd.index.leases import Lease
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
@@ -300,8 +300,14 @@ class TierdServicer(pb_grpc.TierdServicer):
         if len(keys) != len(request.slots):
             raise InvalidArgument(f"Commit got {len(keys)} keys but {len(request.slots)} slots; "
                                   "give one slot per key")
-        num = await self._call(self._store.commit, request.lease_id, keys, list(request.slots))
-        return pb.CommitResponse(num_committed=num)
+        durable_timeout_s = convert.seconds_from_pb(request, "durable_timeout_s", allow_zero=True)
+        result = await self._call(self._store.commit, request.lease_id, keys, list(request.slots))
+        response = pb.CommitResponse(num_committed=result.committed)
+        if result.durable_ticket is not None:
+            response.durable_ticket = result.durable_ticket
+            if request.wait_durable:
+                response.durable = await self._wait_durable(result.durable_ticket, durable_timeout_s, context)
+        return response
 
     @_rpc
     async def Release(self, request: pb.ReleaseRequest, context: Any,
@@ -332,7 +338,7 @@ class TierdServicer(pb_grpc.TierdServicer):
         num = await self._call(self._store.delete, request.ns_id, keys)
         return pb.DeleteResponse(num_deleted=num)
 
-    # Stats, WaitDurable and Flush are daemon-wide: any authenticated tenant may call them.
+    # Stats and Flush are daemon-wide: any authenticated tenant may call them.
     @_rpc
     async def Stats(self, request: pb.StatsRequest, context: Any,
                     caller: Caller) -> pb.StatsResponse:
@@ -345,9 +351,24 @@ class TierdServicer(pb_grpc.TierdServicer):
     @_rpc
     async def WaitDurable(self, request: pb.WaitDurableRequest, context: Any,
                           caller: Caller) -> pb.WaitDurableResponse:
-        wait_s = self._wait_s(convert.seconds_from_pb(request, "timeout_s", allow_zero=True), context)
-        durable = await self._call(self._store.wait_durable, request.ticket, wait_s, wait=True)
-        return pb.WaitDurableResponse(durable=durable)
+        timeout_s = convert.seconds_from_pb(request, "timeout_s", allow_zero=True)
+        if caller.tenant is not None:
+            self._check_ticket(request.ticket, caller)
+        return pb.WaitDurableResponse(durable=await self._wait_durable(request.ticket, timeout_s, context))
+
+    def _check_ticket(self, ticket: int, caller: Caller) -> None:
+        """``PermissionDenied`` unless ``ticket`` came from a put or commit in the caller's tenant."""
+        ns_id = self._store.ticket_namespace(ticket)
+        if ns_id is None:
+            raise PermissionDenied(f"durability ticket {ticket} is too old for this daemon to tell "
+                                   "which tenant it belongs to: wait on tickets as they are issued")
+        if self._store.namespace(ns_id).tenant != caller.tenant:
+            raise PermissionDenied(f"durability ticket {ticket} belongs to another tenant, not to "
+                                   f"{caller.tenant!r}: wait on the tickets your own calls returned")
+
+    async def _wait_durable(self, ticket: int, timeout_s: float | None, context: Any) -> bool:
+        """Wait (on the blocking pool) until ``ticket``'s pages are on disk, within the deadline."""
+        return await self._call(self._store.wait_durable, ticket, self._wait_s(timeout_s, context), wait=True)
 
     @_rpc
     async def Flush(self, request: pb.FlushRequest, context: Any,
@@ -388,10 +409,8 @@ class TierdServicer(pb_grpc.TierdServicer):
         if result.durable_ticket is not None:
             response.durable_ticket = result.durable_ticket
             if header.wait_durable:
-                wait_s = self._wait_s(convert.seconds_from_pb(header, "durable_timeout_s",
-                                                              allow_zero=True), context)
-                response.durable = await self._call(self._store.wait_durable,
-                                                    result.durable_ticket, wait_s, wait=True)
+                timeout_s = convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
+                response.durable = await self._wait_durable(result.durable_ticket, timeout_s, context)
         return response
 
     @_rpc

@@ -210,20 +210,28 @@ class AllocateResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("lease_id", "keys", "slots")
+    __slots__ = ("lease_id", "keys", "slots", "wait_durable", "durable_timeout_s")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_DURABLE_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     slots: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ...) -> None: ...
+    wait_durable: bool
+    durable_timeout_s: float
+    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
-    __slots__ = ("num_committed",)
+    __slots__ = ("num_committed", "durable_ticket", "durable")
     NUM_COMMITTED_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_TICKET_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     num_committed: int
-    def __init__(self, num_committed: _Optional[int] = ...) -> None: ...
+    durable_ticket: int
+    durable: bool
+    def __init__(self, num_committed: _Optional[int] = ..., durable_ticket: _Optional[int] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("lease_id",)
@@ -384,7 +392,7 @@ class ServerStats(_message.Message):
     def __init__(self, sessions: _Optional[int] = ..., rpcs_in_flight: _Optional[int] = ..., rpcs_rejected: _Optional[int] = ..., version: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server")
+    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -392,6 +400,7 @@ class StatsResponse(_message.Message):
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
     WRITE_POLICY_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITES_REFUSED_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: int
     leases: int
@@ -399,7 +408,8 @@ class StatsResponse(_message.Message):
     uptime_s: float
     write_policy: WritePolicy
     server: ServerStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ...) -> None: ...
+    disk_writes_refused: int
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("client_name", "client_pid")
