@@ -122,7 +122,7 @@ def test_leases_carry_the_session_and_release_on_exit(fake_daemon: FakeDaemon) -
         assert lease.released and lease.lease_id not in state.leases
         with client.allocate(ns, 2) as fill:
             assert fill.kind is LeaseKind.FILL and fill.num_pages == 2
-            assert fill.commit(keys[:2]) == 2
+            assert fill.commit(keys[:2]).num_committed == 2
             held = client.allocate(ns, 1)  # not released: the session end frees it
         assert state.commits == [(fill.lease_id, keys[:2], [0, 1])]
         assert set(state.lease_sessions) == {client.session_id}
