@@ -246,17 +246,22 @@ def test_bad_acquire_requests_take_no_lease(server: ServerThread, stub: pb_grpc.
     assert stats.leases == 0 and stats.tiers[Tier.HBM].pages == 0  # nothing was moved up either
 
 
+def fill_hbm_slots(reg: pb.RegisterResponse, slots: list[int], pages: list[bytes]) -> None:
+    """Write ``pages`` into ``slots`` of the namespace's hbm region, as a worker's kernels would."""
+    handle = hbm_handle(reg)
+    region = map_region(handle)
+    for slot, page in zip(slots, pages):
+        start = handle.offset_bytes + slot * PAGE_BYTES
+        region[start:start + PAGE_BYTES] = page
+    region.close()
+
+
 def test_allocate_fill_commit_then_read_back(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
     reg = register(stub)
     keys, pages = keys_for(reg, 2), pages_for(2, seed=5)
     lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=2)).lease
     assert lease.kind == pb.LEASE_KIND_FILL and len(lease.slots) == 2 and not lease.keys
-    handle = hbm_handle(reg)
-    region = map_region(handle)
-    for slot, page in zip(lease.slots, pages):
-        start = handle.offset_bytes + slot * PAGE_BYTES
-        region[start:start + PAGE_BYTES] = page
-    region.close()
+    fill_hbm_slots(reg, lease.slots, pages)
     expect_status(Code.INVALID_ARGUMENT, lambda: stub.Commit(
         pb.CommitRequest(lease_id=lease.lease_id, keys=keys, slots=lease.slots[:1])))
     reply = stub.Commit(pb.CommitRequest(lease_id=lease.lease_id, keys=keys, slots=lease.slots))
@@ -345,12 +350,7 @@ def test_write_through_commit_returns_a_ticket_and_can_wait_until_durable(
         reg = register(stub)
         keys, pages = keys_for(reg, 3), pages_for(3, seed=9)
         lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=3)).lease
-        handle = hbm_handle(reg)
-        region = map_region(handle)
-        for slot, page in zip(lease.slots, pages):
-            start = handle.offset_bytes + slot * PAGE_BYTES
-            region[start:start + PAGE_BYTES] = page
-        region.close()
+        fill_hbm_slots(reg, lease.slots, pages)
         expect_status(Code.INVALID_ARGUMENT, lambda: stub.Commit(pb.CommitRequest(
             lease_id=lease.lease_id, keys=keys, slots=lease.slots, wait_durable=True, durable_timeout_s=-2.0)))
         assert store_pages(write_through_server)[Tier.HBM] == 0  # the rejected commit bound nothing
