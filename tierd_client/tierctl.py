@@ -40,24 +40,38 @@ TIERCTL_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s
 _CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 _TABLE_COLUMNS = ("tier", "capacity", "used", "used%", "pages", "hits", "misses", "hit%",
-                  "evictions", "in", "out", "queue")
+                  "evictions", "in", "out", "in GB/s", "out GB/s", "queue")
+BYTES_PER_GB = 1e9
 
 
 def _percent(part: int, whole: int) -> str:
     return f"{100.0 * part / whole:.1f}" if whole else "-"
 
 
-def format_stats(stats: DaemonStats) -> str:
-    """A table with one row per tier, then the daemon-wide counters."""
+def _rate(now_bytes: int, before_bytes: int | None, interval_s: float) -> str:
+    """GB/s between two samples; "-" without an earlier sample of the same daemon."""
+    if before_bytes is None or interval_s <= 0 or now_bytes < before_bytes:
+        return "-"
+    return f"{(now_bytes - before_bytes) / interval_s / BYTES_PER_GB:.2f}"
+
+
+def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str:
+    """A table with one row per tier, then the daemon-wide counters. With ``previous`` (an earlier
+    sample, as ``--watch`` keeps) the GB/s columns show the rates in and out of each tier since."""
     rows = [list(_TABLE_COLUMNS)]
+    interval_s = stats.uptime_s - previous.uptime_s if previous is not None else 0.0
     for tier in Tier:
         s = stats.tiers.get(tier)
         if s is None:
             continue
+        before = previous.tiers.get(tier) if previous is not None else None
         rows.append([tier.label, format_size(s.capacity_bytes), format_size(s.used_bytes),
                      _percent(s.used_bytes, s.capacity_bytes), str(s.pages), str(s.hits),
                      str(s.misses), _percent(s.hits, s.hits + s.misses), str(s.evictions),
-                     format_size(s.bytes_in), format_size(s.bytes_out), str(s.queue_depth)])
+                     format_size(s.bytes_in), format_size(s.bytes_out),
+                     _rate(s.bytes_in, before.bytes_in if before else None, interval_s),
+                     _rate(s.bytes_out, before.bytes_out if before else None, interval_s),
+                     str(s.queue_depth)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(_TABLE_COLUMNS))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                        for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
@@ -72,21 +86,22 @@ def format_stats(stats: DaemonStats) -> str:
 
 
 def _cmd_stats(client: TierClient, args: argparse.Namespace, out: TextIO) -> int:
-    def show() -> None:
+    def show(previous: DaemonStats | None) -> DaemonStats:
         stats = client.stats()
-        text = json.dumps(stats.to_json_dict(), sort_keys=True) if args.json else format_stats(stats)
+        text = json.dumps(stats.to_json_dict(), sort_keys=True) if args.json else format_stats(stats, previous)
         if args.watch is not None and out.isatty():
             out.write(_CLEAR_SCREEN)
         out.write(text + "\n")
         out.flush()
+        return stats
 
-    show()
+    previous = show(None)
     if args.watch is None:
         return EXIT_OK
     try:
         while True:
             time.sleep(args.watch)
-            show()
+            previous = show(previous)
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -10,8 +10,9 @@ import pytest
 from fake_tierd import FakeDaemon
 from grpc_health.v1 import health_pb2
 
-from tierd_client import PageSpec, TierClient
-from tierd_client.tierctl import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, main
+from tierd.tier import Tier
+from tierd_client import DaemonStats, PageSpec, TierClient, TierStats
+from tierd_client.tierctl import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, format_stats, main
 
 SPEC = PageSpec(model="m@1", dtype="float16", num_layers=1, num_kv_heads=1, head_dim=4,
                 page_tokens=2)
@@ -100,3 +101,24 @@ def test_usage_errors_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["stats", "--watch", "0"])
     assert info.value.code == 2
+
+
+def _sample(uptime_s: float, bytes_in: int, bytes_out: int) -> DaemonStats:
+    tier = TierStats(capacity_bytes=1 << 30, used_bytes=0, pages=0, hits=0, misses=0, evictions=0,
+                     bytes_in=bytes_in, bytes_out=bytes_out, queue_depth=0)
+    return DaemonStats(tiers={t: tier for t in Tier}, namespaces=0, leases=0, checksum_failures=0,
+                       uptime_s=uptime_s, write_policy="write_back")
+
+
+def _rates(text: str) -> list[tuple[str, str]]:
+    header = text.splitlines()[0]
+    assert header.split()[-5:] == ["in", "GB/s", "out", "GB/s", "queue"]
+    return [(row.split()[-3], row.split()[-2]) for row in text.splitlines()[1:4]]
+
+
+def test_stats_rates_come_from_the_previous_sample() -> None:
+    first, second = _sample(10.0, 0, 4_000_000_000), _sample(12.0, 3_000_000_000, 5_000_000_000)
+    assert _rates(format_stats(first)) == [("-", "-")] * 3              # one sample: no rate yet
+    assert _rates(format_stats(second, first)) == [("1.50", "0.50")] * 3  # 3 GB and 1 GB in 2 s
+    restarted = _sample(1.0, 0, 0)                                      # counters went back to 0
+    assert _rates(format_stats(restarted, second)) == [("-", "-")] * 3
