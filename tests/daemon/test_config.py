@@ -146,6 +146,8 @@ def test_bad_sizes_name_their_source_and_the_accepted_forms(tmp_path: Path) -> N
     ('[store]\nwrite_policy = "sometimes"\n', "write_back, write_through"),
     ('[server]\ntcp = "10.0.0.5:7070"\n', "not a loopback address"),
     ('[server]\ntcp = "localhost"\n', "HOST:PORT"),
+    ('[server]\nmetrics = "9464"\n', "server.metrics must be HOST:PORT"),
+    ('[server]\nmetrics = "127.0.0.1:99999"\n', "server.metrics must be HOST:PORT"),
     ('[server]\ntls_cert = "/etc/cert.pem"\n', "tls_key go together"),
     ('[server]\nchunk_size = "64MiB"\nmax_message_size = "64MiB"\n', "exceeds server.max_message_size"),
     ('[server]\nsocket = ""\n', "nothing to listen on"),

@@ -65,6 +65,17 @@ def test_refusals_for_socket_config_and_environment(short_tmp: Path) -> None:
     assert done.returncode == 2 and "argument --hbm" in done.stderr
 
 
+def test_a_metrics_port_in_use_stops_the_start_with_a_message(short_tmp: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_refused(tierd_cmd(short_tmp), env={"TIERD_SERVER__METRICS": f"127.0.0.1:{port}"})
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen for metrics on 127.0.0.1:{port} (server.metrics)" in done.stderr
+    assert not (short_tmp / "t.sock").exists()  # nothing half-started is left behind
+
+
 class NotifyListener:
     """A fake systemd: collects sd_notify datagrams."""
 

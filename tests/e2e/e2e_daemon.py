@@ -33,14 +33,16 @@ SPEC = PageSpec(model="e2e-model@rev1", dtype="float16", num_layers=2, num_kv_he
 LOG_TAIL_CHARS = 4000
 
 
-def config_text(shm_prefix: str, write_policy: str, fsync: bool) -> str:
+def config_text(shm_prefix: str, write_policy: str, fsync: bool, metrics: str | None = None) -> str:
     """Small tiers: the first namespace gets 128 hbm and 256 dram slots (region_share 0.5)."""
+    metrics_line = "" if metrics is None else f'metrics = "{metrics}"'
     return f"""
 device = "cpu"
 log_level = "debug"
 [server]
 session_heartbeat_s = 0.5
 shutdown_grace_s = 5.0
+{metrics_line}
 [hbm]
 capacity = "2MiB"
 [dram]
@@ -68,6 +70,7 @@ class TierdProcess:
     write_policy: str = "write_back"
     fsync: bool = False
     extra_config: str = ""
+    metrics: str | None = None  # server.metrics (HOST:PORT of the Prometheus endpoint)
     shm_prefix: str = field(default_factory=lambda: f"tde2e{secrets.token_hex(3)}")
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -91,7 +94,7 @@ class TierdProcess:
     def start(self) -> None:
         """Start the daemon and wait until it serves; fails with its log if it does not."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync)
+        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync, self.metrics)
                                     + self.extra_config)
         self.starts += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")}

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -320,3 +322,19 @@ def test_the_readme_first_script_runs(tierd: TierdProcess) -> None:
     scope: dict[str, object] = {"token_ids": list(range(16 * spec_pages + 5)), "pages": pages}
     exec(compile(script, "README.md", "exec"), scope)  # noqa: S102 (our own README)
     assert scope["n"] == spec_pages and scope["got"] == pages
+
+
+def test_prometheus_endpoint_serves_the_daemons_counts(start_tierd: Callable[..., TierdProcess]) -> None:
+    with socket.socket() as probe:  # a free port for the endpoint
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    daemon = start_tierd(metrics=f"127.0.0.1:{port}")
+    with TierClient(daemon.socket_path) as client:
+        ns = client.register(SPEC)
+        client.put(ns, ns.keys(token_ids(3, seed=21)), make_pages(3, seed=21))
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_S) as response:
+        assert response.status == 200 and response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    assert 'tierd_tier_pages{tier="dram"} 3' in text.splitlines()
+    assert "tierd_namespaces 1" in text.splitlines()
+    assert 'device="cpu"' in text

@@ -52,6 +52,7 @@ ENV_ALIASES = {
 KEY_WIRE_BYTES = KEY_BYTES + 4
 # Room for the non-data fields of a chunk message next to its data bytes.
 CHUNK_OVERHEAD_BYTES = 64 << 10
+MAX_PORT = 65535
 DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
 
 
@@ -121,6 +122,7 @@ class ServerSettings:
     wait_threads: int = ServingSettings.wait_threads
     session_heartbeat_s: float = ServingSettings.session_heartbeat_s
     shutdown_grace_s: float = 10.0          # in-flight RPCs get this long after SIGTERM
+    metrics: str | None = None              # HOST:PORT of a Prometheus GET /metrics; None: off
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first setting that cannot work."""
@@ -143,8 +145,10 @@ class ServerSettings:
             raise ConfigError("server.tls_cert and server.tls_key go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ConfigError("server.tls_client_ca (mTLS) needs server.tls_cert and server.tls_key")
+        if self.metrics is not None:
+            host_port(self.metrics, "server.metrics")
         if self.tcp is not None:
-            host = tcp_host(self.tcp)
+            host, _ = host_port(self.tcp, "server.tcp")
             if self.tls_cert is None and not is_loopback(host):
                 raise ConfigError(f"server.tcp = {self.tcp!r} is not a loopback address: set "
                                   "server.tls_cert and server.tls_key, or listen on 127.0.0.1")
@@ -190,12 +194,12 @@ def all_keys() -> dict[str, ConfigKey]:
     return {key.path: key for key in keys}
 
 
-def tcp_host(address: str) -> str:
-    """``"[::1]:7070"`` -> ``"::1"``; ``"127.0.0.1:7070"`` -> ``"127.0.0.1"``."""
+def host_port(address: str, key: str) -> tuple[str, int]:
+    """``"[::1]:7070"`` -> ``("::1", 7070)``; ``ConfigError`` naming ``key`` when malformed."""
     host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"server.tcp must be HOST:PORT (e.g. 127.0.0.1:7070), got {address!r}")
-    return host.removeprefix("[").removesuffix("]")
+    if not sep or not port.isdigit() or not host or int(port) > MAX_PORT:
+        raise ConfigError(f"{key} must be HOST:PORT (e.g. 127.0.0.1:7070), got {address!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
 
 
 def is_loopback(host: str) -> bool:

@@ -1,15 +1,17 @@
 """The daemon's life: open the store, serve, tell systemd, stop cleanly.
 
 One uvloop event loop runs everything asynchronous (gRPC, signals, the watchdog); the store's
-blocking calls run on thread pools. Start: open the store (the disk index is rebuilt), bind,
-serve, READY=1. SIGTERM/SIGINT: STOPPING=1, new RPCs get UNAVAILABLE, in-flight ones get
+blocking calls run on thread pools. Start: open the store (the disk index is rebuilt), bind (gRPC,
+and the Prometheus endpoint when ``server.metrics`` is set), serve, READY=1. SIGTERM/SIGINT: STOPPING=1, new RPCs get UNAVAILABLE, in-flight ones get
 ``shutdown_grace_s`` to finish, then ``store.close()`` flushes dirty pages within the store's
-``flush_timeout_s``; exit 0 (1 when the flush did not complete). SIGHUP: reload the log level.
+``flush_timeout_s``, the metrics endpoint closes last; exit 0 (1 when the flush did not complete).
+SIGHUP: reload the log level.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 from collections.abc import Callable
@@ -20,12 +22,14 @@ from grpc_health.v1 import health
 
 import tierd
 from tierd.daemon.checks import ResolvedDevice
-from tierd.daemon.config import DaemonConfig
+from tierd.daemon.config import DaemonConfig, host_port
 from tierd.daemon.listen import ListenError, bind, unlink_socket
 from tierd.daemon.logs import set_log_level
 from tierd.daemon.notify import SdNotifier
 from tierd.errors import TierdError
 from tierd.server import ServingSettings, TierdServicer, build_server, set_serving
+from tierd.server.metrics import METRICS_PATH, MetricsEndpoint
+from tierd.server.metrics import render as render_metrics
 from tierd.store import PageStore
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,12 @@ def serving_settings(config: DaemonConfig, device: ResolvedDevice) -> ServingSet
         session_heartbeat_s=server.session_heartbeat_s,
         flush_timeout_s=config.store.flush_timeout_s, version=tierd.__version__, device=device.name,
         tenant_tokens=config.tenant_tokens)
+
+
+async def collect_metrics(store: PageStore, servicer: TierdServicer) -> str:
+    """One scrape: the store's stats (taken off the loop) and the servicer's counters."""
+    stats = await asyncio.to_thread(store.stats)
+    return render_metrics(stats, servicer.counters())
 
 
 def access_note(config: DaemonConfig) -> str:
@@ -95,10 +105,13 @@ class Daemon:
         settings = serving_settings(self._config, self._device)
         servicer = TierdServicer(store, settings)
         server, health_servicer = build_server(servicer, settings)
+        metrics = MetricsEndpoint(functools.partial(collect_metrics, store, servicer))
         try:
+            await self._start_metrics(metrics)
             addresses = bind(server, self._config.server)
         except (ListenError, OSError) as exc:
             log.error("%s", exc)
+            await metrics.close()
             await self._close_store(store)
             servicer.close()
             return EXIT_FAILURE
@@ -110,7 +123,21 @@ class Daemon:
                  access_note(self._config))
         self._notifier.ready(f"serving on {where}")
         await self._stop.wait()
-        return await self._shutdown(server, health_servicer, servicer, store)
+        status = await self._shutdown(server, health_servicer, servicer, store)
+        await metrics.close()
+        return status
+
+    async def _start_metrics(self, metrics: MetricsEndpoint) -> None:
+        """Listen for Prometheus scrapes when ``server.metrics`` is set (``OSError`` if it cannot)."""
+        address = self._config.server.metrics
+        if address is None:
+            return
+        host, port = host_port(address, "server.metrics")
+        try:
+            bound = await metrics.start(host, port)
+        except OSError as exc:
+            raise ListenError(f"cannot listen for metrics on {address} (server.metrics): {exc}") from exc
+        log.info("Prometheus metrics on http://%s%s", bound, METRICS_PATH)
 
     async def _open_store(self, store: PageStore) -> bool:
         self._notifier.status("opening the page store (rebuilding the disk index)")

@@ -14,6 +14,7 @@ from tierd.config import WritePolicy
 from tierd.errors import InvalidArgument
 from tierd.index.leases import Lease, LeaseKind
 from tierd.keys import PageKey, check_keys
+from tierd.server.metrics import ServerCounters
 from tierd.spec import Namespace, PageSpec
 from tierd.store_types import StoreStats
 from tierd.tier import Tier
@@ -99,7 +100,7 @@ def lease_to_pb(lease: Lease, now_s: float | None = None) -> pb.Lease:
                     expires_in_s=max(0.0, lease.expires_at_s - now_s))
 
 
-def stats_to_pb(stats: StoreStats, server: pb.ServerStats) -> pb.StatsResponse:
+def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse:
     tiers = []
     for tier in Tier:
         t = stats.tiers[tier]
@@ -107,6 +108,9 @@ def stats_to_pb(stats: StoreStats, server: pb.ServerStats) -> pb.StatsResponse:
                                   used_bytes=t.used_bytes, pages=t.pages, hits=t.hits,
                                   misses=t.misses, evictions=t.evictions, bytes_in=t.bytes_in,
                                   bytes_out=t.bytes_out, queue_depth=t.queue_depth))
+    server = pb.ServerStats(sessions=counters.sessions, rpcs_in_flight=counters.rpcs_in_flight,
+                            rpcs_rejected=counters.rpcs_rejected, version=counters.version,
+                            device=counters.device)
     return pb.StatsResponse(tiers=tiers, namespaces=stats.namespaces, leases=stats.leases,
                             checksum_failures=stats.checksum_failures, uptime_s=stats.uptime_s,
                             write_policy=_WRITE_POLICIES[stats.write_policy], server=server,

@@ -27,6 +27,7 @@ from tierd.index.leases import Lease
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
 from tierd.server.bytepath import PutAssembler, iter_chunks
+from tierd.server.metrics import ServerCounters
 from tierd.server.sessions import Session as ClientSession
 from tierd.server.sessions import SessionRegistry
 from tierd.server.settings import ServingSettings
@@ -108,6 +109,12 @@ class TierdServicer(pb_grpc.TierdServicer):
     @property
     def num_sessions(self) -> int:
         return len(self._sessions)
+
+    def counters(self) -> ServerCounters:
+        """The RPC side's numbers, for Stats and the metrics endpoint (call on the loop)."""
+        return ServerCounters(sessions=len(self._sessions), rpcs_in_flight=self._in_flight,
+                              rpcs_rejected=self._rejected, version=self._settings.version,
+                              device=self._settings.device)
 
     def begin_shutdown(self) -> None:
         """New RPCs get UNAVAILABLE from now on; Session streams end (freeing their leases)."""
@@ -343,10 +350,7 @@ class TierdServicer(pb_grpc.TierdServicer):
     async def Stats(self, request: pb.StatsRequest, context: Any,
                     caller: Caller) -> pb.StatsResponse:
         stats = await self._call(self._store.stats)
-        server = pb.ServerStats(sessions=len(self._sessions), rpcs_in_flight=self._in_flight,
-                                rpcs_rejected=self._rejected, version=self._settings.version,
-                                device=self._settings.device)
-        return convert.stats_to_pb(stats, server)
+        return convert.stats_to_pb(stats, self.counters())
 
     @_rpc
     async def WaitDurable(self, request: pb.WaitDurableRequest, context: Any,
