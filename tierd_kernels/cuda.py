@@ -95,6 +95,12 @@ def sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+def compute_capability(device: torch.device) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device (picks the prefill kernel)."""
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
+
+
 def launch(plans: tuple[LaunchPlan, ...], device: torch.device, cache: KernelCache | None = None) -> None:
     """Launch plans in order on torch's current stream of ``device``."""
     if not plans:

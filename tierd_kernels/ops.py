@@ -12,7 +12,7 @@ import enum
 
 import torch
 
-from tierd_kernels import plans, reference, validation
+from tierd_kernels import plans, reference, sources, validation
 from tierd_kernels.errors import KernelInputError
 
 
@@ -46,6 +46,15 @@ def _sm_count(device: torch.device) -> int:
     from tierd_kernels import cuda  # noqa: PLC0415
 
     return cuda.sm_count(device)
+
+
+def _prefill_tensor_cores(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether prefill on this CUDA device runs the tensor-core kernel (fp16 / bf16, capability >= 8.0)."""
+    if dtype not in sources.MMA_DTYPES:
+        return False  # no need to ask the device
+    from tierd_kernels import cuda  # noqa: PLC0415
+
+    return plans.prefill_uses_tensor_cores(dtype, cuda.compute_capability(device))
 
 
 def paged_attention_decode(q: torch.Tensor, arena: torch.Tensor, block_tables: torch.Tensor,
@@ -82,7 +91,8 @@ def paged_attention_prefill(q: torch.Tensor, cu_q_lens: torch.Tensor, arena: tor
     ``cu_q_lens[s]:cu_q_lens[s+1]`` (cu_q_lens int32 ``[num_seqs + 1]``, from 0 to total_q_tokens).
     The new tokens' K/V are already in the pages: query j of a sequence sits at position
     ``seq_len - q_len + j`` and sees kv positions up to its own. Returns ``out`` like q.
-    ``max_q_len`` (a host-side bound of the q lengths) only narrows the CUDA grid.
+    ``max_q_len`` (a host-side bound of the q lengths) only narrows the CUDA grid. On CUDA, fp16 / bf16
+    on a GPU of compute capability >= 8.0 run the tensor-core kernel, everything else the CUDA-core one.
     """
     problem = validation.check_prefill_inputs(q, cu_q_lens, arena, block_tables, seq_lens, layer, scale, out)
     if not _use_kernels(backend, arena.device):
@@ -92,8 +102,9 @@ def paged_attention_prefill(q: torch.Tensor, cu_q_lens: torch.Tensor, arena: tor
                                              problem.scale)
         return result if out is None else out.copy_(result)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device) if out is None else out
-    _launch(plans.plan_prefill(problem, q, cu_q_lens, arena, block_tables, seq_lens, out, max_q_len=max_q_len),
-            arena.device)
+    tensor_cores = _prefill_tensor_cores(arena.device, problem.geometry.dtype)
+    _launch(plans.plan_prefill(problem, q, cu_q_lens, arena, block_tables, seq_lens, out, max_q_len=max_q_len,
+                               tensor_cores=tensor_cores), arena.device)
     return out
 
 

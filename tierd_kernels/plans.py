@@ -15,13 +15,25 @@ import torch
 
 from tierd_kernels.errors import KernelInputError
 from tierd_kernels.layout import ArenaGeometry
-from tierd_kernels.sources import KernelSpec, decode_heads_per_cta, decode_specs, page_copy_spec, prefill_spec
+from tierd_kernels.sources import (
+    MMA_DTYPES,
+    KernelSpec,
+    decode_heads_per_cta,
+    decode_specs,
+    page_copy_spec,
+    prefill_mma_spec,
+    prefill_spec,
+)
 from tierd_kernels.validation import AttentionProblem
 
-# Mirrors of the CUDA constants (decode.cu, prefill.cu, page_copy.cu).
+# Mirrors of the CUDA constants (decode.cu, prefill.cu, prefill_mma.cu, page_copy.cu).
 DECODE_THREADS = 128
 PREFILL_THREADS = 128
 PREFILL_ROWS_PER_GROUP = 4
+PREFILL_MMA_THREADS = 128
+PREFILL_MMA_ROWS_PER_CTA = 64  # 4 warps x 16 query rows
+# Tensor cores with bf16 inputs (wmma) need compute capability 8.0; prefill_mma.cu traps below it.
+MMA_MIN_CAPABILITY = (8, 0)
 COPY_THREADS = 256
 COPY_VECS_PER_CTA = COPY_THREADS * 4
 STORE_THREADS = 128
@@ -184,11 +196,25 @@ def prefill_rows_per_cta(dtype: torch.dtype, head_dim: int) -> int:
     return (PREFILL_THREADS // 32) * (32 // lanes_per_row) * PREFILL_ROWS_PER_GROUP
 
 
+def prefill_uses_tensor_cores(dtype: torch.dtype, capability: tuple[int, int]) -> bool:
+    """Whether prefill runs tk_prefill_mma: fp16 / bf16 on compute capability >= 8.0 (else tk_prefill)."""
+    return dtype in MMA_DTYPES and tuple(capability) >= MMA_MIN_CAPABILITY
+
+
+def _vector_aligned(tensor: torch.Tensor, *strides_elems: int) -> bool:
+    itemsize = tensor.element_size()
+    return tensor.data_ptr() % VEC_BYTES == 0 and all((s * itemsize) % VEC_BYTES == 0 for s in strides_elems)
+
+
 def plan_prefill(problem: AttentionProblem, q: torch.Tensor, cu_q_lens: torch.Tensor, arena: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, out: torch.Tensor, *,
-                 max_q_len: int | None = None) -> tuple[LaunchPlan, ...]:
+                 max_q_len: int | None = None, tensor_cores: bool = False) -> tuple[LaunchPlan, ...]:
     """The prefill launch. ``max_q_len`` (a host-side bound of the q lengths) sets the grid width;
-    CTAs stride over row tiles, so a low bound costs parallelism, never correctness."""
+    CTAs stride over row tiles, so a low bound costs parallelism, never correctness.
+
+    ``tensor_cores`` (see ``prefill_uses_tensor_cores``) picks tk_prefill_mma, which reads q and
+    writes out 16 bytes at a time: a q or out that does not allow it gets tk_prefill instead.
+    """
     _check_limits(problem)
     check_aligned("arena", arena)
     g = problem.geometry
@@ -199,10 +225,17 @@ def plan_prefill(problem: AttentionProblem, q: torch.Tensor, cu_q_lens: torch.Te
         raise KernelInputError(f"total_q_tokens * num_heads must fit in int32; got {total_q} * "
                                f"{problem.num_heads} (split the call)")
     bound = total_q if max_q_len is None else min(max(int(max_q_len), 1), total_q)
-    row_tiles = -(-bound * problem.group_size // prefill_rows_per_cta(g.dtype, g.head_dim))
+    use_mma = (tensor_cores and g.dtype in MMA_DTYPES and _vector_aligned(q, q.stride(0), q.stride(1))
+               and _vector_aligned(out))
+    if use_mma:
+        spec, rows_per_cta, threads = (prefill_mma_spec(g.dtype, g.head_dim, g.page_tokens),
+                                       PREFILL_MMA_ROWS_PER_CTA, PREFILL_MMA_THREADS)
+    else:
+        spec, rows_per_cta, threads = (prefill_spec(g.dtype, g.head_dim, g.page_tokens),
+                                       prefill_rows_per_cta(g.dtype, g.head_dim), PREFILL_THREADS)
+    row_tiles = -(-bound * problem.group_size // rows_per_cta)
     plan = LaunchPlan(
-        prefill_spec(g.dtype, g.head_dim, g.page_tokens), (row_tiles, problem.num_seqs, g.num_kv_heads),
-        (PREFILL_THREADS, 1, 1),
+        spec, (row_tiles, problem.num_seqs, g.num_kv_heads), (threads, 1, 1),
         (pointer(q), i64(q.stride(0)), i64(q.stride(1)), pointer(cu_q_lens), i32(total_q),
          *_attention_common_args(problem, arena), pointer(block_tables), i32(problem.max_pages),
          pointer(seq_lens), i32(problem.num_heads), f32(problem.scale), pointer(out, writable=True)))

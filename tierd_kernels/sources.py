@@ -22,6 +22,9 @@ CUDA_SCALAR_TYPES = {
     torch.float32: "float",
 }
 
+# Input dtypes of the tensor-core prefill kernel (wmma m16n16k16 with fp32 accumulators).
+MMA_DTYPES = (torch.float16, torch.bfloat16)
+
 # Most q heads one decode CTA serves from registers; a larger GQA group is cut into tiles of this.
 MAX_DECODE_HEADS_PER_CTA = 8
 
@@ -33,6 +36,7 @@ class KernelSource(enum.Enum):
 
     DECODE = "decode.cu"
     PREFILL = "prefill.cu"
+    PREFILL_MMA = "prefill_mma.cu"
     PAGE_COPY = "page_copy.cu"
 
 
@@ -100,10 +104,21 @@ def decode_specs(dtype: torch.dtype, head_dim: int, page_tokens: int,
             KernelSpec(KernelSource.DECODE, "tk_decode_reduce", macros))
 
 
+def _prefill_macros(dtype: torch.dtype, head_dim: int, page_tokens: int) -> tuple[tuple[str, str], ...]:
+    return (("TK_SCALAR_T", _scalar_type(dtype)), ("TK_HEAD_DIM", str(head_dim)),
+            ("TK_PAGE_TOKENS", str(page_tokens)))
+
+
 def prefill_spec(dtype: torch.dtype, head_dim: int, page_tokens: int) -> KernelSpec:
-    macros = (("TK_SCALAR_T", _scalar_type(dtype)), ("TK_HEAD_DIM", str(head_dim)),
-              ("TK_PAGE_TOKENS", str(page_tokens)))
-    return KernelSpec(KernelSource.PREFILL, "tk_prefill", macros)
+    """The CUDA-core prefill kernel (every dtype, every GPU)."""
+    return KernelSpec(KernelSource.PREFILL, "tk_prefill", _prefill_macros(dtype, head_dim, page_tokens))
+
+
+def prefill_mma_spec(dtype: torch.dtype, head_dim: int, page_tokens: int) -> KernelSpec:
+    """The tensor-core prefill kernel: fp16 / bf16 only, launched on compute capability 8.0 and up."""
+    if dtype not in MMA_DTYPES:
+        raise KernelInputError(f"the tensor-core prefill kernel takes dtypes {MMA_DTYPES}; got {dtype}")
+    return KernelSpec(KernelSource.PREFILL_MMA, "tk_prefill_mma", _prefill_macros(dtype, head_dim, page_tokens))
 
 
 def page_copy_spec(function: str) -> KernelSpec:
@@ -122,4 +137,6 @@ def compile_check_specs() -> tuple[KernelSpec, ...]:
         page_tokens = page_tokens_cycle[i % len(page_tokens_cycle)]
         specs.append(decode_specs(dtype, head_dim, page_tokens, heads_cycle[i % len(heads_cycle)])[0])
         specs.append(prefill_spec(dtype, head_dim, page_tokens))
+        if dtype in MMA_DTYPES:
+            specs.append(prefill_mma_spec(dtype, head_dim, page_tokens))
     return tuple(specs)

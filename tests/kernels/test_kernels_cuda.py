@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tierd_kernels as tk
-from tierd_kernels import cuda
+from tierd_kernels import cuda, plans, reference, validation
 from tierd_kernels.tolerances import attention_tolerance
 from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
 
@@ -68,6 +68,32 @@ def test_prefill_kernel_matches_reference(dtype: torch.dtype, head_dim: int, gro
     got = tk.paged_attention_prefill(q.to(DEVICE), cu.to(DEVICE), gpu.arena, gpu.block_tables, gpu.seq_lens, 1)
     expected = tk.paged_attention_prefill(q, cu, batch.arena, batch.block_tables, batch.seq_lens, 1)
     _assert_close(got, expected)
+
+
+@pytest.mark.parametrize(("dtype", "head_dim", "group", "page_tokens"), list(itertools.product(
+    [torch.float16, torch.bfloat16], [64, 128, 256], [1, 3, 8], [8, 16, 256])))
+@pytest.mark.parametrize("tensor_cores", [False, True], ids=["tk_prefill", "tk_prefill_mma"])
+def test_both_prefill_kernels_match_reference(dtype: torch.dtype, head_dim: int, group: int, page_tokens: int,
+                                              tensor_cores: bool) -> None:
+    """Each prefill path, planned explicitly (the public API picks one by dtype and GPU)."""
+    if tensor_cores and not plans.prefill_uses_tensor_cores(dtype, cuda.compute_capability(DEVICE)):
+        pytest.skip("the tensor-core prefill kernel needs compute capability 8.0")
+    seq_lens = [1, 2 * page_tokens + 3, 300, 77, 1000]
+    q_lens = [1, 2 * page_tokens + 3, 45, 0, 700]  # prefills, extends, an empty query, many row and key tiles
+    batch = make_batch(seq_lens, dtype=dtype, head_dim=head_dim, num_kv_heads=2, page_tokens=page_tokens)
+    q = make_queries(sum(q_lens), 2 * group, head_dim, dtype)
+    cu = cu_lens(q_lens)
+    gpu, q_gpu, cu_gpu = _on_gpu(batch), q.to(DEVICE), cu.to(DEVICE)
+    problem = validation.check_prefill_inputs(q_gpu, cu_gpu, gpu.arena, gpu.block_tables, gpu.seq_lens, 1, None,
+                                              None)
+    expected = reference.prefill_reference(q, cu, batch.arena, batch.block_tables, batch.seq_lens, 1, head_dim ** -0.5)
+    for max_q_len in (None, 8):  # the full grid, and a bound below the true length (CTAs stride)
+        out = torch.full_like(q_gpu, float("nan"))
+        launches = plans.plan_prefill(problem, q_gpu, cu_gpu, gpu.arena, gpu.block_tables, gpu.seq_lens, out,
+                                      max_q_len=max_q_len, tensor_cores=tensor_cores)
+        assert launches[0].kernel.function == ("tk_prefill_mma" if tensor_cores else "tk_prefill")
+        cuda.launch(launches, DEVICE)
+        _assert_close(out, expected)
 
 
 def test_copy_kernels_are_exact() -> None:

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tierd_kernels import cuda, plans, sources, validation
+from tierd_kernels import cuda, ops, plans, sources, validation
 from tierd_kernels.sources import KernelSource
 from tk_cases import cu_lens, make_batch, make_queries
 
@@ -74,6 +74,71 @@ def test_prefill_plan_grid_covers_the_longest_sequence() -> None:
     assert hinted.grid[0] * rows >= 40 * 4 > (hinted.grid[0] - 1) * rows
     (unhinted,) = plans.plan_prefill(problem, q, cu, batch.arena, batch.block_tables, batch.seq_lens, out)
     assert unhinted.grid[0] * rows >= 45 * 4
+
+
+@pytest.mark.parametrize(("dtype", "capability", "expected"), [
+    (torch.float16, (8, 0), True), (torch.bfloat16, (8, 0), True), (torch.bfloat16, (9, 0), True),
+    (torch.float16, (12, 1), True), (torch.float32, (9, 0), False), (torch.float16, (7, 5), False),
+    (torch.bfloat16, (7, 5), False), (torch.float16, (6, 1), False),
+])
+def test_prefill_dispatch_uses_tensor_cores_for_16_bit_types_from_sm80(dtype: torch.dtype,
+                                                                       capability: tuple[int, int],
+                                                                       expected: bool) -> None:
+    assert plans.prefill_uses_tensor_cores(dtype, capability) is expected
+
+
+PrefillCall = tuple[validation.AttentionProblem, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                    torch.Tensor]
+
+
+def _prefill_problem(dtype: torch.dtype, q: torch.Tensor | None = None) -> PrefillCall:
+    """plan_prefill's positional arguments for a small batch (q optionally given, e.g. as a view)."""
+    batch = make_batch([40, 9], dtype=dtype, head_dim=128, num_kv_heads=2, page_tokens=16)
+    q = make_queries(45, 8, 128, dtype) if q is None else q
+    cu = cu_lens([40, 5])
+    problem = validation.check_prefill_inputs(q, cu, batch.arena, batch.block_tables, batch.seq_lens, 1, None, None)
+    return problem, q, cu, batch.arena, batch.block_tables, batch.seq_lens, torch.empty(q.shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_prefill_plan_with_tensor_cores_launches_the_mma_kernel(dtype: torch.dtype) -> None:
+    (plan,) = plans.plan_prefill(*_prefill_problem(dtype), max_q_len=40, tensor_cores=True)
+    assert plan.kernel == sources.prefill_mma_spec(dtype, 128, 16)
+    assert plan.kernel.source is KernelSource.PREFILL_MMA and plan.kernel.function == "tk_prefill_mma"
+    assert plan.block == (plans.PREFILL_MMA_THREADS, 1, 1)
+    rows = plans.PREFILL_MMA_ROWS_PER_CTA
+    assert plan.grid[1:] == (2, 2) and plan.grid[0] * rows >= 40 * 4 > (plan.grid[0] - 1) * rows
+    (plain,) = plans.plan_prefill(*_prefill_problem(dtype), max_q_len=40)
+    assert plain.kernel == sources.prefill_spec(dtype, 128, 16)
+    assert [a.kind for a in plain.args] == [a.kind for a in plan.args]  # one argument list for both kernels
+
+
+def test_prefill_plan_falls_back_to_cuda_cores_for_fp32_and_unaligned_queries() -> None:
+    def kernel(dtype: torch.dtype, q: torch.Tensor | None = None) -> str:
+        (plan,) = plans.plan_prefill(*_prefill_problem(dtype, q), tensor_cores=True)
+        return plan.kernel.function
+
+    assert kernel(torch.float32) == "tk_prefill"
+    fp16 = torch.float16
+    assert kernel(fp16, torch.zeros((45, 10, 128), dtype=fp16)[:, 2:]) == "tk_prefill_mma"  # a fused-qkv view
+    assert kernel(fp16, torch.zeros((45, 8, 136), dtype=fp16)[:, :, 4:132]) == "tk_prefill"  # base 8 B off
+    assert kernel(fp16, torch.zeros((45, 8, 132), dtype=fp16)[:, :, :128]) == "tk_prefill"  # 264-byte head stride
+    with pytest.raises(plans.KernelInputError, match="tensor-core prefill kernel takes dtypes"):
+        sources.prefill_mma_spec(torch.float32, 128, 16)
+
+
+def test_ops_asks_the_device_capability_only_for_16_bit_types(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[torch.device] = []
+
+    def capability(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return (7, 5) if device.index == 1 else (9, 0)
+
+    monkeypatch.setattr(cuda, "compute_capability", capability)
+    assert ops._prefill_tensor_cores(torch.device("cuda", 0), torch.bfloat16)
+    assert not ops._prefill_tensor_cores(torch.device("cuda", 1), torch.float16)
+    assert not ops._prefill_tensor_cores(torch.device("cuda", 0), torch.float32)
+    assert asked == [torch.device("cuda", 0), torch.device("cuda", 1)]
 
 
 def test_cupy_marshalling_matches_the_declared_c_sizes() -> None:

@@ -25,6 +25,7 @@ CSRC_DIR = Path(__file__).resolve().parents[2] / "tierd_kernels" / "csrc"
 FUNCTIONS = {
     KernelSource.DECODE: ("tk_decode_partial", "tk_decode_reduce"),
     KernelSource.PREFILL: ("tk_prefill",),
+    KernelSource.PREFILL_MMA: ("tk_prefill_mma",),
     KernelSource.PAGE_COPY: ("tk_gather_pages", "tk_scatter_pages", "tk_store_kv"),
 }
 CXX_FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-fno-strict-aliasing", "-U_FORTIFY_SOURCE",
@@ -76,8 +77,9 @@ class Emulator:
     def _library_path(self, spec: KernelSpec) -> tuple[Path, Path]:
         exports = "".join(f"EMU_EXPORT({f})\n" for f in FUNCTIONS[spec.source])
         unit = f'#include "cuda_emu.h"\n#include "{CSRC_DIR / spec.source.value}"\n{exports}'
+        emu_headers = tuple(path.read_text() for path in sorted(EMU_DIR.glob("*.h")))  # cuda_emu.h, wmma_emu.h
         digest = hashlib.sha256("\0".join((
-            unit, " ".join(_cxx_flags()), " ".join(spec.define_flags()), (EMU_DIR / "cuda_emu.h").read_text(),
+            unit, " ".join(_cxx_flags()), " ".join(spec.define_flags()), *emu_headers,
             read_csrc("common.cuh"), read_csrc(spec.source.value))).encode()).hexdigest()[:20]
         source_path = self._build_dir / f"{spec.source.name.lower()}_{digest}.cpp"
         if not source_path.exists():
@@ -88,14 +90,7 @@ class Emulator:
         source_path, library_path = self._library_path(spec)
         if library_path.exists():
             return library_path
-        include = cuda_include_dir()
-        tmp = library_path.with_suffix(f".{os.getpid()}.tmp")
-        command = ["g++", *_cxx_flags(), *spec.define_flags(), f"-I{EMU_DIR}", f"-I{CSRC_DIR}", f"-I{include}",
-                   str(source_path), "-o", str(tmp)]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise EmulationError(f"g++ failed for {spec}:\n{result.stderr[-4000:]}")
-        tmp.replace(library_path)
+        compile_library(source_path, library_path, spec.define_flags())
         return library_path
 
     def build(self, specs: Iterable[KernelSpec], workers: int | None = None) -> None:
@@ -129,16 +124,35 @@ class Emulator:
             self._launch(plan)
 
     def _launch(self, plan: LaunchPlan) -> None:
-        values = [_CTYPES[arg.kind](arg.value) for arg in plan.args]
-        argv = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
-        regions = _regions(plan.args)
-        region_array = (ctypes.c_uint64 * max(len(regions), 1))(*regions)
-        error = ctypes.create_string_buffer(ERROR_BYTES)
-        launch = getattr(self._library(plan.kernel), f"emu_launch_{plan.kernel.function}")
-        status = launch((ctypes.c_uint * 3)(*plan.grid), (ctypes.c_uint * 3)(*plan.block), argv, region_array,
-                        len(regions) // 3, error, ERROR_BYTES)
-        if status != 0:
-            raise EmulationError(f"{plan.kernel.function} {dict(plan.kernel.macros)}: {error.value.decode()}")
+        error = launch_function(self._library(plan.kernel), plan.kernel.function, plan.grid, plan.block, plan.args)
+        if error is not None:
+            raise EmulationError(f"{plan.kernel.function} {dict(plan.kernel.macros)}: {error}")
+
+
+def compile_library(source_path: Path, library_path: Path, define_flags: Iterable[str] = ()) -> None:
+    """g++ a translation unit that includes cuda_emu.h and a kernel source into a shared library."""
+    include = cuda_include_dir()
+    tmp = library_path.with_suffix(f".{os.getpid()}.tmp")
+    command = ["g++", *_cxx_flags(), *define_flags, f"-I{EMU_DIR}", f"-I{CSRC_DIR}", f"-I{include}",
+               str(source_path), "-o", str(tmp)]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise EmulationError(f"g++ failed for {source_path.name} {' '.join(define_flags)}:\n{result.stderr[-4000:]}")
+    tmp.replace(library_path)
+
+
+def launch_function(library: ctypes.CDLL, function: str, grid: tuple[int, int, int], block: tuple[int, int, int],
+                    args: tuple[KernelArg, ...]) -> str | None:
+    """Run one EMU_EXPORTed kernel of a library; None on success, else the emulator's report."""
+    values = [_CTYPES[arg.kind](arg.value) for arg in args]
+    argv = (ctypes.c_void_p * len(values))(*(ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values))
+    regions = _regions(args)
+    region_array = (ctypes.c_uint64 * max(len(regions), 1))(*regions)
+    error = ctypes.create_string_buffer(ERROR_BYTES)
+    launch = getattr(library, f"emu_launch_{function}")
+    status = launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), argv, region_array, len(regions) // 3,
+                    error, ERROR_BYTES)
+    return None if status == 0 else error.value.decode()
 
 
 def _regions(args: tuple[KernelArg, ...]) -> list[int]:

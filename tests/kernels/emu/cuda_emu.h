@@ -9,6 +9,7 @@
 // call access_ok(): an access outside the buffers passed to the launch, a write to a read-only
 // buffer, or a misaligned vector access is reported with its address. `__shared__` becomes
 // `static`: blocks run one after another, so a static array is exactly one block's shared memory.
+// nvcuda::wmma (tensor cores) is emulated, with its own checks, in wmma_emu.h (included at the end).
 #ifndef TIERD_CUDA_EMU_H
 #define TIERD_CUDA_EMU_H
 
@@ -305,5 +306,8 @@ inline T __shfl_xor_sync(unsigned, T value, int lane_mask, int width = 32) {
         return ::emu::launch(grid, block, regions, num_regions, emu_body_##kernel, args, err,    \
                              err_len);                                                           \
     }
+
+// nvcuda::wmma (the kernels' `#include <mma.h>` is empty outside nvcc/NVRTC).
+#include "wmma_emu.h"
 
 #endif  // TIERD_CUDA_EMU_H
