@@ -37,8 +37,9 @@ def import_cupy() -> ModuleType:
         import cupy  # noqa: PLC0415 - optional dependency, imported on first CUDA use only
     except ImportError as exc:
         raise KernelUnavailableError(
-            "the CUDA kernels need CuPy: install it with `pip install 'tierd[cuda]'` (cupy-cuda12x), "
-            "or pass backend=Backend.REFERENCE to run the torch reference on these tensors") from exc
+            "the CUDA kernels need CuPy: install it with `pip install 'tierd[cuda]'` (CUDA 13; "
+            "'tierd[cuda12]' for CUDA 12), or pass backend=Backend.REFERENCE to run the torch reference "
+            "on these tensors") from exc
     return cupy
 
 
