@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tierd_kernels.plans import ArgKind, KernelArg, LaunchPlan
-from tierd_kernels.sources import KernelSource, KernelSpec, read_csrc
+from tierd_kernels.sources import KernelSource, KernelSpec, expand_source
 
 EMU_DIR = Path(__file__).resolve().parent / "emu"
 CSRC_DIR = Path(__file__).resolve().parents[2] / "tierd_kernels" / "csrc"
@@ -80,7 +80,7 @@ class Emulator:
         emu_headers = tuple(path.read_text() for path in sorted(EMU_DIR.glob("*.h")))  # cuda_emu.h, wmma_emu.h
         digest = hashlib.sha256("\0".join((
             unit, " ".join(_cxx_flags()), " ".join(spec.define_flags()), *emu_headers,
-            read_csrc("common.cuh"), read_csrc(spec.source.value))).encode()).hexdigest()[:20]
+            expand_source(spec.source))).encode()).hexdigest()[:20]  # the source with its headers
         source_path = self._build_dir / f"{spec.source.name.lower()}_{digest}.cpp"
         if not source_path.exists():
             source_path.write_text(unit)

@@ -13,7 +13,7 @@
 // online softmax (fp32, log2 domain).
 //
 // Specialisation macros (set by tierd_kernels.sources): TK_SCALAR_T, TK_HEAD_DIM, TK_PAGE_TOKENS.
-#include "common.cuh"
+#include "prefill_common.cuh"
 
 namespace tk {
 
@@ -31,29 +31,6 @@ struct PrefillTile {
     static constexpr int kFit = kPrefillTileBytes / (HEAD_DIM * (int)sizeof(T));
     static constexpr int kKeys = kFit < kPrefillMaxKeys ? kFit : kPrefillMaxKeys;
     static_assert(kKeys >= 1, "one key row must fit in a tile");
-};
-
-struct PrefillArgs {
-    long long q_stride_token;
-    long long q_stride_head;
-    int total_q_tokens;
-    long long slot_stride;
-    long long layer_offset;
-    int num_slots;
-    int num_kv_heads;
-    int max_pages;
-    int num_heads;
-    float scale;
-};
-
-// One sequence as seen by a CTA: its query rows and key range.
-struct PrefillSeq {
-    int seq;
-    int kv_head;
-    int group_size;  // q heads per kv head
-    int q_begin;     // first query token of the sequence in q and out
-    int q_len;
-    int seq_len;
 };
 
 // The rows [first_row, first_row + kRowsPerCta) of one sequence, as seen by one lane group: its
@@ -207,14 +184,7 @@ __device__ __forceinline__ void prefill(
         T* __restrict__ out) {
     typedef RowLayout<T, HEAD_DIM> L;
     constexpr int kRowsPerCta = kPrefillWarps * L::kRowsPerWarp * kPrefillRowsPerGroup;
-    PrefillSeq sq;
-    sq.seq = blockIdx.y;
-    sq.kv_head = blockIdx.z;
-    sq.group_size = a.num_heads / a.num_kv_heads;
-    // Out-of-range cu_q_lens or seq_lens are clamped so that no access leaves the buffers.
-    sq.q_begin = iclamp(load(cu_q_lens + sq.seq), 0, a.total_q_tokens);
-    sq.q_len = iclamp(load(cu_q_lens + sq.seq + 1), sq.q_begin, a.total_q_tokens) - sq.q_begin;
-    sq.seq_len = iclamp(load(seq_lens + sq.seq), 0, a.max_pages * PAGE_TOKENS);
+    const PrefillSeq sq = prefill_seq<PAGE_TOKENS>(cu_q_lens, seq_lens, a);
     // Grid-stride over row tiles (uniform over the CTA): any grid width is correct, the planner
     // only picks how many CTAs share the rows of a sequence.
     const int rows_total = sq.q_len * sq.group_size;
@@ -234,17 +204,8 @@ extern "C" __global__ void __launch_bounds__(tk::kPrefillThreads) tk_prefill(
         long long slot_stride, long long layer_offset, int num_slots, int num_kv_heads,
         const int* __restrict__ block_tables, int max_pages, const int* __restrict__ seq_lens,
         int num_heads, float scale, TK_SCALAR_T* __restrict__ out) {
-    tk::PrefillArgs a;
-    a.q_stride_token = q_stride_token;
-    a.q_stride_head = q_stride_head;
-    a.total_q_tokens = total_q_tokens;
-    a.slot_stride = slot_stride;
-    a.layer_offset = layer_offset;
-    a.num_slots = num_slots;
-    a.num_kv_heads = num_kv_heads;
-    a.max_pages = max_pages;
-    a.num_heads = num_heads;
-    a.scale = scale;
+    const tk::PrefillArgs a = tk::prefill_args(q_stride_token, q_stride_head, total_q_tokens, slot_stride,
+                                               layer_offset, num_slots, num_kv_heads, max_pages, num_heads, scale);
     tk::prefill<TK_SCALAR_T, TK_HEAD_DIM, TK_PAGE_TOKENS>(q, cu_q_lens, arena, block_tables, seq_lens, a, out);
 }
 

@@ -25,7 +25,7 @@
 // bf16 wmma needs sm_80: below it the kernel is compiled as a trap (the planner never launches it).
 // Specialisation macros (set by tierd_kernels.sources): TK_SCALAR_T (__half or __nv_bfloat16),
 // TK_HEAD_DIM, TK_PAGE_TOKENS.
-#include "common.cuh"
+#include "prefill_common.cuh"
 #include <mma.h>
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
@@ -76,29 +76,6 @@ struct MmaLayout {
     static_assert(kHalfKeys % kVecElems == 0 && kHalfKeys <= 32, "a lane's output run is whole vectors");
 };
 
-struct MmaArgs {
-    long long q_stride_token;
-    long long q_stride_head;
-    int total_q_tokens;
-    long long slot_stride;
-    long long layer_offset;
-    int num_slots;
-    int num_kv_heads;
-    int max_pages;
-    int num_heads;
-    float scale;
-};
-
-// One sequence as seen by a CTA: its query rows and key range.
-struct MmaSeq {
-    int seq;
-    int kv_head;
-    int group_size;  // q heads per kv head
-    int q_begin;     // first query token of the sequence in q and out
-    int q_len;
-    int seq_len;
-};
-
 // The query row this lane works on (two lanes per row) and the online-softmax state of that row.
 struct MmaRow {
     bool ok;
@@ -118,7 +95,7 @@ template <typename T, typename Layout>
 using MmaFragB = wmma::fragment<wmma::matrix_b, kMmaDim, kMmaDim, kMmaDim, T, Layout>;
 using MmaFragC = wmma::fragment<wmma::accumulator, kMmaDim, kMmaDim, kMmaDim, float>;
 
-__device__ __forceinline__ MmaRow mma_row(const MmaArgs& a, const MmaSeq& sq, int row, int end_row) {
+__device__ __forceinline__ MmaRow mma_row(const PrefillArgs& a, const PrefillSeq& sq, int row, int end_row) {
     MmaRow r;
     r.ok = row < end_row;
     const int j = r.ok ? row / sq.group_size : 0;
@@ -132,7 +109,7 @@ __device__ __forceinline__ MmaRow mma_row(const MmaArgs& a, const MmaSeq& sq, in
 
 // Stage the CTA's query rows [first_row, first_row + kMmaRowsPerCta) (zeros past end_row).
 template <typename T, int HEAD_DIM>
-__device__ __forceinline__ void stage_q_tile(const T* __restrict__ q, const MmaArgs& a, const MmaSeq& sq,
+__device__ __forceinline__ void stage_q_tile(const T* __restrict__ q, const PrefillArgs& a, const PrefillSeq& sq,
                                              int first_row, int end_row, uint4* __restrict__ s_q) {
     typedef MmaLayout<T, HEAD_DIM> L;
     for (int idx = threadIdx.x; idx < kMmaRowsPerCta * L::kDataVecs; idx += kMmaThreads) {
@@ -155,7 +132,7 @@ __device__ __forceinline__ void stage_q_tile(const T* __restrict__ q, const MmaA
 // a slot outside the arena are zero rows; s_key_ok (when not null) marks the keys that were read.
 template <typename T, int HEAD_DIM, int PAGE_TOKENS>
 __device__ __forceinline__ void stage_kv_rows(const T* __restrict__ block_base, const int* __restrict__ table,
-                                              const MmaArgs& a, int tile_start, int num_keys,
+                                              const PrefillArgs& a, int tile_start, int num_keys,
                                               uint4* __restrict__ s_rows, int* __restrict__ s_key_ok) {
     typedef MmaLayout<T, HEAD_DIM> L;
     const long long row_stride = (long long)a.num_kv_heads * HEAD_DIM;
@@ -321,8 +298,8 @@ __device__ __forceinline__ void store_mma_output(T* __restrict__ out, const MmaR
 // over their causal key range, kKeys keys at a time.
 template <typename T, int HEAD_DIM, int PAGE_TOKENS>
 __device__ __forceinline__ void prefill_mma_tile(const T* __restrict__ q, const T* __restrict__ arena,
-                                                 const int* __restrict__ block_tables, const MmaArgs& a,
-                                                 const MmaSeq& sq, int tile_first_row, T* __restrict__ out) {
+                                                 const int* __restrict__ block_tables, const PrefillArgs& a,
+                                                 const PrefillSeq& sq, int tile_first_row, T* __restrict__ out) {
     typedef MmaLayout<T, HEAD_DIM> L;
     __shared__ __align__(32) uint4 s_q[kMmaRowsPerCta * L::kRowVecs];
     __shared__ __align__(32) uint4 s_kv[L::kKvBufs * L::kKeys * L::kRowVecs];
@@ -378,16 +355,9 @@ __device__ __forceinline__ void prefill_mma_tile(const T* __restrict__ q, const 
 template <typename T, int HEAD_DIM, int PAGE_TOKENS>
 __device__ __forceinline__ void prefill_mma(
         const T* __restrict__ q, const int* __restrict__ cu_q_lens, const T* __restrict__ arena,
-        const int* __restrict__ block_tables, const int* __restrict__ seq_lens, const MmaArgs& a,
+        const int* __restrict__ block_tables, const int* __restrict__ seq_lens, const PrefillArgs& a,
         T* __restrict__ out) {
-    MmaSeq sq;
-    sq.seq = blockIdx.y;
-    sq.kv_head = blockIdx.z;
-    sq.group_size = a.num_heads / a.num_kv_heads;
-    // Out-of-range cu_q_lens or seq_lens are clamped so that no access leaves the buffers.
-    sq.q_begin = iclamp(load(cu_q_lens + sq.seq), 0, a.total_q_tokens);
-    sq.q_len = iclamp(load(cu_q_lens + sq.seq + 1), sq.q_begin, a.total_q_tokens) - sq.q_begin;
-    sq.seq_len = iclamp(load(seq_lens + sq.seq), 0, a.max_pages * PAGE_TOKENS);
+    const PrefillSeq sq = prefill_seq<PAGE_TOKENS>(cu_q_lens, seq_lens, a);
     // Grid-stride over row tiles (uniform over the CTA): any grid width is correct.
     const int rows_total = sq.q_len * sq.group_size;
     for (int first = blockIdx.x * kMmaRowsPerCta; first < rows_total; first += gridDim.x * kMmaRowsPerCta) {
@@ -410,17 +380,8 @@ extern "C" __global__ void __launch_bounds__(tk::kMmaThreads) tk_prefill_mma(
         const int* __restrict__ block_tables, int max_pages, const int* __restrict__ seq_lens,
         int num_heads, float scale, TK_SCALAR_T* __restrict__ out) {
 #if TK_MMA_ENABLED
-    tk::MmaArgs a;
-    a.q_stride_token = q_stride_token;
-    a.q_stride_head = q_stride_head;
-    a.total_q_tokens = total_q_tokens;
-    a.slot_stride = slot_stride;
-    a.layer_offset = layer_offset;
-    a.num_slots = num_slots;
-    a.num_kv_heads = num_kv_heads;
-    a.max_pages = max_pages;
-    a.num_heads = num_heads;
-    a.scale = scale;
+    const tk::PrefillArgs a = tk::prefill_args(q_stride_token, q_stride_head, total_q_tokens, slot_stride,
+                                               layer_offset, num_slots, num_kv_heads, max_pages, num_heads, scale);
     tk::prefill_mma<TK_SCALAR_T, TK_HEAD_DIM, TK_PAGE_TOKENS>(q, cu_q_lens, arena, block_tables, seq_lens, a, out);
 #else
     __trap();  // tensor cores with bf16 need sm_80; tierd_kernels.plans never launches this below it
