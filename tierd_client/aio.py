@@ -251,12 +251,16 @@ class AsyncTierClient:
         return PutResult(num_stored=stored, num_skipped=skipped, durable_tickets=tuple(tickets),
                          durable=durable)
 
+    def _durable_deadline_s(self, durable_timeout_s: float | None) -> float:
+        """RPC deadline of a call that may wait ``durable_timeout_s`` for disk on top of its work."""
+        return self.options.rpc_timeout_s + (durable_timeout_s or 0.0)
+
     async def _put_call(self, ns: NamespaceHandle, tier: Tier, keys: list[bytes],
                         pages: list[memoryview], chunk_bytes: int, wait_durable: bool,
                         durable_timeout_s: float | None) -> pb.PutPagesResponse:
         """One PutPages call (re-sent from its first message if retried)."""
         conn = self._ready()
-        deadline_s = self.options.rpc_timeout_s + (durable_timeout_s or 0.0)
+        deadline_s = self._durable_deadline_s(durable_timeout_s)
 
         async def attempt() -> pb.PutPagesResponse:
             messages = put_messages(ns.ns_id, tier, keys, pages, chunk_bytes, wait_durable,
@@ -375,7 +379,7 @@ class AsyncTierClient:
                                    wait_durable=wait_durable)
         if durable_timeout_s is not None:
             request.durable_timeout_s = durable_timeout_s
-        deadline_s = self.options.rpc_timeout_s + (durable_timeout_s or 0.0)
+        deadline_s = self._durable_deadline_s(durable_timeout_s)
         response = await self._unary("Commit", request, timeout_s=deadline_s, session=True)
         ticket = response.durable_ticket if response.HasField("durable_ticket") else None
         return CommitResult(num_committed=response.num_committed, durable_ticket=ticket,

@@ -112,10 +112,16 @@ class LaunchPlan:
     args: tuple[KernelArg, ...]
 
 
+def vector_aligned(tensor: torch.Tensor, *strides_elems: int) -> bool:
+    """Whether 16-byte accesses fit: the base pointer and the given strides are 16-byte multiples."""
+    itemsize = tensor.element_size()
+    return tensor.data_ptr() % VEC_BYTES == 0 and all((s * itemsize) % VEC_BYTES == 0 for s in strides_elems)
+
+
 def check_aligned(name: str, tensor: torch.Tensor, *strides_elems: int) -> None:
     """Vectorised kernels read 16 bytes at a time: the base pointer and strides must allow it."""
     itemsize = tensor.element_size()
-    if tensor.data_ptr() % VEC_BYTES or any((s * itemsize) % VEC_BYTES for s in strides_elems):
+    if not vector_aligned(tensor, *strides_elems):
         raise KernelInputError(f"{name} must start on a 16-byte boundary and have 16-byte multiple strides "
                                f"for the CUDA kernels; got data_ptr {tensor.data_ptr():#x}, strides "
                                f"{tensor.stride()} (elements of {itemsize} bytes)")
@@ -201,11 +207,6 @@ def prefill_uses_tensor_cores(dtype: torch.dtype, capability: tuple[int, int]) -
     return dtype in MMA_DTYPES and tuple(capability) >= MMA_MIN_CAPABILITY
 
 
-def _vector_aligned(tensor: torch.Tensor, *strides_elems: int) -> bool:
-    itemsize = tensor.element_size()
-    return tensor.data_ptr() % VEC_BYTES == 0 and all((s * itemsize) % VEC_BYTES == 0 for s in strides_elems)
-
-
 def plan_prefill(problem: AttentionProblem, q: torch.Tensor, cu_q_lens: torch.Tensor, arena: torch.Tensor,
                  block_tables: torch.Tensor, seq_lens: torch.Tensor, out: torch.Tensor, *,
                  max_q_len: int | None = None, tensor_cores: bool = False) -> tuple[LaunchPlan, ...]:
@@ -225,8 +226,8 @@ def plan_prefill(problem: AttentionProblem, q: torch.Tensor, cu_q_lens: torch.Te
         raise KernelInputError(f"total_q_tokens * num_heads must fit in int32; got {total_q} * "
                                f"{problem.num_heads} (split the call)")
     bound = total_q if max_q_len is None else min(max(int(max_q_len), 1), total_q)
-    use_mma = (tensor_cores and g.dtype in MMA_DTYPES and _vector_aligned(q, q.stride(0), q.stride(1))
-               and _vector_aligned(out))
+    use_mma = (tensor_cores and g.dtype in MMA_DTYPES and vector_aligned(q, q.stride(0), q.stride(1))
+               and vector_aligned(out))
     if use_mma:
         spec, rows_per_cta, threads = (prefill_mma_spec(g.dtype, g.head_dim, g.page_tokens),
                                        PREFILL_MMA_ROWS_PER_CTA, PREFILL_MMA_THREADS)

@@ -67,6 +67,19 @@ class Caller:
                 "namespace id returned by your own Register")
 
 
+    def check_ticket(self, ticket: int, ns: Namespace | None) -> None:
+        """``PermissionDenied`` unless durability ``ticket``, issued to namespace ``ns`` (``None``:
+        too old to be remembered), belongs to the caller's tenant."""
+        if self.tenant is None:
+            return
+        if ns is None:
+            raise PermissionDenied(f"durability ticket {ticket} is too old for this daemon to tell "
+                                   "which tenant it belongs to: wait on tickets as they are issued")
+        if ns.tenant != self.tenant:
+            raise PermissionDenied(f"durability ticket {ticket} belongs to another tenant, not to "
+                                   f"{self.tenant!r}: wait on the tickets your own calls returned")
+
+
 class Authenticator:
     """Maps a call's bearer token to its tenant. Immutable after construction; loop-safe."""
 
