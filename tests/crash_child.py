@@ -1,9 +1,12 @@
-"""Child process of the crash test: puts pages in write_through mode forever and prints the index
-of every page once ``wait_durable`` says it is on disk. The parent SIGKILLs it at random."""
+"""Child process of the crash test: puts ``num_pages`` pages from index ``start`` in write_through
+mode, printing the indices of each batch once ``wait_durable`` says it is on disk, then prints
+``done`` and waits to be killed. The parent SIGKILLs it after a random number of batches."""
 
 from __future__ import annotations
 
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from store_helpers import SPEC, small_config
@@ -12,23 +15,25 @@ from tierd.store import PageStore
 
 from test_crash import BATCH_PAGES, DISK_PAGES, page_bytes_for, page_key
 
+IDLE_S = 3600.0
+
 
 def main() -> None:
-    data_dir, start = Path(sys.argv[1]), int(sys.argv[2])
+    data_dir, start, num_pages = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     cfg = small_config(data_dir, hbm_pages=4, dram_pages=24, disk_pages=DISK_PAGES,
                        write_policy=WritePolicy.WRITE_THROUGH)
-    cfg = cfg.with_changes(disk=cfg.disk.__class__(**{**cfg.disk.__dict__, "fsync": True}))
+    cfg = cfg.with_changes(disk=replace(cfg.disk, fsync=True))
     store = PageStore(cfg)
     store.open()
     ns = store.register(SPEC)
     print("ready", flush=True)
-    i = start
-    while True:
-        idx = list(range(i, i + BATCH_PAGES))
+    for i in range(start, start + num_pages, BATCH_PAGES):
+        idx = list(range(i, min(i + BATCH_PAGES, start + num_pages)))
         result = store.put(ns.ns_id, [page_key(ns, k) for k in idx], [page_bytes_for(k) for k in idx])
-        if store.wait_durable(result.durable_ticket, timeout_s=30):
+        if store.wait_durable(result.durable_ticket, timeout_s=60):
             print(" ".join(map(str, idx)), flush=True)
-        i += BATCH_PAGES
+    print("done", flush=True)
+    time.sleep(IDLE_S)
 
 
 if __name__ == "__main__":

@@ -149,11 +149,12 @@ def test_acquire_returns_the_cached_prefix_only(store: PageStore, ns: Namespace)
 
 
 def test_lease_expiry_frees_pins(tmp_path: Path) -> None:
-    with PageStore(small_config(tmp_path, lease_ttl_s=0.05)) as store:
+    with PageStore(small_config(tmp_path)) as store:
         ns = store.register(SPEC)
-        fill = store.allocate(ns.ns_id, 8)
+        fill = store.allocate(ns.ns_id, 8, ttl_s=600)
         with pytest.raises(ResourceExhausted):
             store.allocate(ns.ns_id, 1, ttl_s=5)
+        store.renew(fill.lease_id, ttl_s=0.05)  # now it expires, however slow this machine is
         deadline = time.monotonic() + 10
         while store.stats().leases and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -33,7 +33,7 @@ def store_config(data_dir: Path, **changes: object) -> StoreConfig:
     """Small tiers: 32 hbm and 64 dram slots of 8 KiB for the first namespace (region_share 0.5)."""
     config = StoreConfig(data_dir=data_dir, hbm=MemoryTierConfig(64 * PAGE_BYTES),
                          dram=MemoryTierConfig(128 * PAGE_BYTES), disk=DiskConfig(64 << 20),
-                         shm_prefix=f"tdt{os.getpid()}", prefault=False, acquire_timeout_s=1.0)
+                         shm_prefix=f"tdt{os.getpid()}", prefault=False, acquire_timeout_s=10.0)
     return replace(config, **changes)
 
 

@@ -54,7 +54,7 @@ fsync = {str(fsync).lower()}
 write_policy = "{write_policy}"
 prefault = false
 shm_prefix = "{shm_prefix}"
-acquire_timeout_s = 1.0
+acquire_timeout_s = 10.0
 flush_timeout_s = 30.0
 """
 
