@@ -21,7 +21,7 @@ import pytest
 from tierd_kernels.sources import KernelSource, KernelSpec, compile_check_specs, expand_source
 from tk_emulator import cuda_include_dir
 
-CSRC = Path(__file__).resolve().parents[2] / "tierd_kernels" / "csrc"
+CSRC = Path(__file__).resolve().parents[2] / "kernels" / "csrc"
 NVCC = shutil.which("nvcc")
 # (flag selecting the target, output kind); the portable PTX build covers one spec per source and dtype.
 SM90 = ("-arch=sm_90", "-cubin")

@@ -21,7 +21,7 @@ from tierd_kernels.plans import ArgKind, KernelArg, LaunchPlan
 from tierd_kernels.sources import KernelSource, KernelSpec, expand_source
 
 EMU_DIR = Path(__file__).resolve().parent / "emu"
-CSRC_DIR = Path(__file__).resolve().parents[2] / "tierd_kernels" / "csrc"
+CSRC_DIR = Path(__file__).resolve().parents[2] / "kernels" / "csrc"
 FUNCTIONS = {
     KernelSource.DECODE: ("tk_decode_partial", "tk_decode_reduce"),
     KernelSource.PREFILL: ("tk_prefill",),
