@@ -22,9 +22,45 @@ class WritePolicy(enum.Enum):
 
 
 class EvictionPolicy(enum.Enum):
-    """How victims are chosen inside one tier."""
+    """How victims are chosen inside one tier (``tierd.policies``)."""
 
     LRU = "lru"
+
+
+class DeviceType(enum.Enum):
+    """What holds ``hbm``: picks the arenas and the transfer engine (``tierd.store.media``)."""
+
+    CPU = "cpu"    # host shared memory, memcpy
+    FAKE = "fake"  # the strict fake device of the tests: no host view, delayed completion
+    CUDA = "cuda"  # GPU memory on CUDA streams
+
+
+@dataclass(frozen=True)
+class StoreDevice:
+    """The resolved device of the store: ``cpu``, ``fake`` or ``cuda:N``.
+
+    The ``fake_*`` fields matter for ``fake`` only: each batch of device copies completes after a
+    delay drawn uniformly from ``[fake_min_delay_s, fake_max_delay_s]`` with ``fake_seed``.
+    """
+
+    type: DeviceType = DeviceType.CPU
+    index: int = 0
+    fake_min_delay_s: float = 0.0002
+    fake_max_delay_s: float = 0.002
+    fake_seed: int = 0
+
+    @classmethod
+    def parse(cls, text: str) -> StoreDevice:
+        """``cpu``, ``fake``, ``cuda`` or ``cuda:N``; ``ValueError`` names the forms."""
+        name, sep, index = str(text).strip().lower().partition(":")
+        if name == "cuda" and (not sep or index.isdigit()):
+            return cls(DeviceType.CUDA, int(index or 0))
+        if not sep and name in ("cpu", "fake"):
+            return cls(DeviceType(name))
+        raise ValueError(f"expected cpu, fake, cuda or cuda:N, got {text!r}")
+
+    def __str__(self) -> str:
+        return f"cuda:{self.index}" if self.type is DeviceType.CUDA else self.type.value
 
 
 @dataclass(frozen=True)
@@ -75,6 +111,8 @@ class StoreConfig:
     disk: DiskConfig
     write_policy: WritePolicy = WritePolicy.WRITE_BACK
     eviction_policy: EvictionPolicy = EvictionPolicy.LRU
+    # What holds hbm (the daemon resolves --device into this before opening the store).
+    device: StoreDevice = StoreDevice()
     lease_ttl_s: float = 30.0
     max_lease_ttl_s: float = 600.0
     # Acquire/Allocate wait at most this long for pages to move or slots to free (unless told).
@@ -147,6 +185,9 @@ class StoreConfig:
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
+        if not 0 <= self.device.fake_min_delay_s <= self.device.fake_max_delay_s:
+            raise ConfigError(f"device fake delays need 0 <= min <= max, got "
+                              f"{self.device.fake_min_delay_s} and {self.device.fake_max_delay_s}")
         if self.lease_ttl_s > self.max_lease_ttl_s:
             raise ConfigError(f"lease_ttl_s ({self.lease_ttl_s}) exceeds max_lease_ttl_s "
                               f"({self.max_lease_ttl_s})")

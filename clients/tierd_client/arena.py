@@ -2,9 +2,8 @@
 
 A region is ``num_slots * page_bytes`` bytes; slot ``i`` is bytes ``[i*page_bytes, (i+1)*page_bytes)``
 and holds one page ``[num_layers][2][page_tokens][num_kv_heads][head_dim]``. The daemon owns the
-memory: the client maps it (shm: ``tierd.tiers.shm_arena.map_region``, ``os.open`` + ``mmap`` of
-``/dev/shm/NAME``, never ``multiprocessing.shared_memory``, whose resource tracker would unlink the
-daemon's segment when this process exits) and unmaps it on ``close``; it never unlinks a segment.
+memory: the client maps it (shm: ``tierd_client.shm.map_shm``, ``os.open`` + ``mmap`` of
+``/dev/shm/NAME``) and unmaps it on ``close``; it never unlinks a segment.
 """
 
 from __future__ import annotations
@@ -13,14 +12,12 @@ import os
 import threading
 from typing import Any
 
-import grpc
 import numpy as np
 
-from tierd.errors import TierdError
+from tierd.handles import SHM_DIR, HandleKind, RegionHandle
 from tierd.spec import DType, PageSpec
-from tierd.tiers.base import HandleKind, RegionHandle
-from tierd.tiers.shm_arena import SHM_DIR, MappedRegion, map_region
-from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, error_for
+from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
+from tierd_client.shm import MappedShm, map_shm
 
 # numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
 # itemsize (use ``ArenaView.torch()`` for typed values).
@@ -68,7 +65,7 @@ class ArenaView:
         self.handle = handle
         self.spec = spec
         self._lock = threading.Lock()
-        self._mapped: MappedRegion | None = None
+        self._mapped: MappedShm | None = None
         self._cuda_mem: Any = None  # cupy memory of a CUDA IPC region
         self._closed = False
         self._ipc_ptr = 0
@@ -93,11 +90,8 @@ class ArenaView:
         """``(num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim)``."""
         return (self.num_slots, *self.spec.page_shape)
 
-    def _map_shm(self) -> MappedRegion:
-        try:
-            mapped = map_region(self.handle)
-        except TierdError as exc:  # the store's error classes: re-raised with a gRPC code
-            raise error_for(grpc.StatusCode[exc.status_name], str(exc)) from None
+    def _map_shm(self) -> MappedShm:
+        mapped = map_shm(self.handle)
         self._inode = self._current_inode()
         return mapped
 

@@ -2,82 +2,27 @@
 
 A page is ``page_bytes`` contiguous bytes laid out ``[num_layers][2][page_tokens][num_kv_heads]
 [head_dim]``. The caller keeps ownership of its buffers; views returned here borrow them (a copy is
-made only for non-contiguous arrays and for torch tensors that live on a GPU).
+made only for non-contiguous arrays and for torch tensors that live on a GPU). The conversion is
+``tierd.buffers``' (shared with the daemon); this module gives its errors the client's classes.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from typing import Any
 
-import numpy as np
-
+from tierd import buffers
 from tierd.errors import InvalidArgument
 from tierd.keys import check_keys
 from tierd_client.errors import InvalidArgumentError
 
 
-def _is_torch_tensor(obj: object) -> bool:
-    # Never import torch here: a caller that passed a tensor has already imported it.
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.Tensor)
-
-
-def _tensor_bytes(tensor: Any) -> memoryview:
-    """A torch tensor's bytes (any dtype, bfloat16 included), on the host, contiguous."""
-    import torch  # already imported by the caller (see _is_torch_tensor)
-
-    flat = tensor.detach()
-    if flat.device.type != "cpu":
-        flat = flat.cpu()
-    flat = flat.contiguous().reshape(-1)
-    if flat.numel() == 0:
-        return memoryview(b"")
-    return memoryview(flat.view(torch.uint8).numpy()).cast("B")
-
-
-def page_view(page: object, page_bytes: int, index: int) -> memoryview:
-    """One page as a flat ``memoryview`` of ``page_bytes`` bytes; ``InvalidArgumentError`` otherwise."""
-    if _is_torch_tensor(page):
-        view = _tensor_bytes(page)
-    elif isinstance(page, np.ndarray):
-        view = np.ascontiguousarray(page).data.cast("B")
-    else:
-        try:
-            view = memoryview(page)  # type: ignore[arg-type]
-        except TypeError:
-            raise InvalidArgumentError(
-                f"pages[{index}] is a {type(page).__name__}; expected bytes, bytearray, memoryview, "
-                "a numpy array or a torch tensor") from None
-        if not view.c_contiguous:
-            view = memoryview(view.tobytes())
-        view = view.cast("B")
-    if view.nbytes != page_bytes:
-        raise InvalidArgumentError(
-            f"pages[{index}] holds {view.nbytes} bytes; this namespace's pages are {page_bytes} "
-            "bytes (num_layers * 2 * page_tokens * num_kv_heads * head_dim * itemsize)")
-    return view
-
-
 def page_views(pages: object, page_bytes: int) -> list[memoryview]:
-    """Each page of ``pages`` as a checked flat view.
-
-    ``pages`` is a sequence of pages, or one numpy array / torch tensor whose first dimension
-    indexes pages (e.g. shape ``[num_pages, num_layers, 2, page_tokens, num_kv_heads, head_dim]``).
-    """
-    if isinstance(pages, (bytes, bytearray, memoryview, str)):
-        raise InvalidArgumentError(
-            "pages must be a sequence of pages (one bytes-like object per key), or an array whose "
-            f"first dimension indexes pages; got a single {type(pages).__name__}")
-    if (isinstance(pages, np.ndarray) or _is_torch_tensor(pages)) and getattr(pages, "ndim", 1) == 0:
-        raise InvalidArgumentError("pages is a 0-dimensional array; its first dimension must index pages")
+    """Each page of ``pages`` as a checked flat view (see ``tierd.buffers.page_views``); GPU
+    tensors are copied to the host for the byte path."""
     try:
-        items = list(pages)  # type: ignore[call-overload]
-    except TypeError:
-        raise InvalidArgumentError(
-            f"pages must be a sequence of pages, got {type(pages).__name__}") from None
-    return [page_view(page, page_bytes, i) for i, page in enumerate(items)]
+        return buffers.page_views(pages, page_bytes, allow_device=True)
+    except InvalidArgument as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def checked_keys_and_pages(keys: Sequence[object], pages: object,

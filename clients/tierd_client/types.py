@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tierd.index.leases import LeaseKind
+from tierd.handles import RegionHandle
 from tierd.keys import chain_keys
 from tierd.spec import PageSpec
 from tierd.tier import Tier
-from tierd.store_types import LookupResult, TierStats
-from tierd.tiers.base import RegionHandle
+from tierd.values import LeaseKind, LookupResult, TierStats
 
 __all__ = ["CommitResult", "DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle",
            "PutResult", "ServerLimits", "TierStats"]

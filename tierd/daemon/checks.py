@@ -14,8 +14,11 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from tierd.config import DeviceType, StoreDevice
 from tierd.daemon.config import DaemonConfig, DeviceKind
 from tierd.daemon.machine import MachineFacts, existing_path, free_bytes, used_bytes_under
+from tierd.store.media import host_tiers, shm_tiers
+from tierd.tier import Tier
 from tierd.units import format_size
 
 # sysexits.h EX_CONFIG: systemd units may list it in RestartPreventExitStatus= (retrying is futile).
@@ -28,14 +31,18 @@ PROBE_TIMEOUT_S = 1.0
 
 @dataclass(frozen=True)
 class ResolvedDevice:
-    """Where ``hbm`` lives: ``"cpu"`` or ``"cuda:N"``; ``note`` says why when ``auto`` chose."""
+    """Where ``hbm`` lives (``StoreConfig.device``); ``note`` says why when ``auto`` chose."""
 
-    name: str
+    device: StoreDevice
     note: str | None = None
 
     @property
+    def name(self) -> str:
+        return str(self.device)
+
+    @property
     def is_cuda(self) -> bool:
-        return self.name.startswith("cuda")
+        return self.device.type is DeviceType.CUDA
 
 
 def resolve_device(config: DaemonConfig, facts: MachineFacts) -> ResolvedDevice | str:
@@ -43,30 +50,33 @@ def resolve_device(config: DaemonConfig, facts: MachineFacts) -> ResolvedDevice 
     choice = config.device
     count = len(facts.cuda_total_bytes)
     if choice.kind is DeviceKind.CPU:
-        return ResolvedDevice("cpu")
+        return ResolvedDevice(StoreDevice(DeviceType.CPU))
     if choice.kind is DeviceKind.AUTO:
         if count:
-            return ResolvedDevice("cuda:0", f"device auto: using cuda:0 of {count} CUDA device(s)")
-        return ResolvedDevice("cpu", "device auto: no CUDA device found, hbm is a CPU shared-memory "
-                                     "arena")
+            return ResolvedDevice(StoreDevice(DeviceType.CUDA, 0),
+                                  f"device auto: using cuda:0 of {count} CUDA device(s)")
+        return ResolvedDevice(StoreDevice(DeviceType.CPU),
+                              "device auto: no CUDA device found, hbm is a CPU shared-memory arena")
     if choice.index >= count:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
         seen = f"{count} CUDA device(s)" + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible else "")
         return (f"device {choice} is not there: this machine shows {seen}; use --device auto or "
                 "--device cpu")
-    return ResolvedDevice(str(choice))
+    return ResolvedDevice(StoreDevice(DeviceType.CUDA, choice.index))
 
 
 def memory_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
-    """Host memory and /dev/shm must hold dram (and hbm when it is a CPU arena)."""
+    """Host memory and /dev/shm must hold the tiers the store puts there on this device (the same
+    answer ``tierd.store.media`` builds from)."""
     store = config.store
-    host_bytes = store.dram.capacity_bytes + (0 if device.is_cuda else store.hbm.capacity_bytes)
-    what = "dram" if device.is_cuda else "dram + hbm (on cpu)"
+    in_host, in_shm = host_tiers(device.device), shm_tiers(device.device)
+    host_bytes = sum(store.tier_capacity_bytes(tier) for tier in in_host)
+    shm_bytes = sum(store.tier_capacity_bytes(tier) for tier in in_shm)
     if facts.mem_available_bytes is not None and host_bytes > facts.mem_available_bytes:
-        return (f"{what} need {format_size(host_bytes)} of memory but only "
+        return (f"{_names(in_host, device)} need {format_size(host_bytes)} of memory but only "
                 f"{format_size(facts.mem_available_bytes)} is available: lower --dram/--hbm")
-    if facts.shm_free_bytes is not None and host_bytes > facts.shm_free_bytes:
-        return (f"{what} need {format_size(host_bytes)} in /dev/shm but it has "
+    if facts.shm_free_bytes is not None and shm_bytes > facts.shm_free_bytes:
+        return (f"{_names(in_shm, device)} need {format_size(shm_bytes)} in /dev/shm but it has "
                 f"{format_size(facts.shm_free_bytes)} free: lower --dram/--hbm or enlarge /dev/shm")
     if device.is_cuda:
         index = int(device.name.partition(":")[2] or 0)
@@ -75,6 +85,10 @@ def memory_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineF
             return (f"hbm of {format_size(store.hbm.capacity_bytes)} exceeds the "
                     f"{format_size(total)} of {device.name}: lower --hbm")
     return None
+
+
+def _names(tiers: tuple[Tier, ...], device: ResolvedDevice) -> str:
+    return " + ".join(tier.label for tier in tiers) + f" (on {device.name})"
 
 
 def memlock_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import tierd
@@ -99,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return refuse(problems[0] if problems else "no device")
     if device.note:
         log.warning("%s", device.note)
+    # The store builds its arenas for the device the checks resolved (one answer for both).
+    config = replace(config, store=config.store.with_changes(device=device.device),
+                     serving=replace(config.serving, device=device.name))
     return run_daemon(config, device, reload)
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import cast
 
+import tierd
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.daemon.schema import ConfigKey, keys_of
 from tierd.daemon.tenants import TenantConfig, parse_tenants
@@ -48,10 +49,6 @@ ENV_ALIASES = {
     "TIERD_DISK": "disk.capacity", "TIERD_LOG_LEVEL": "log_level",
     "TIERD_WRITE_POLICY": "store.write_policy",
 }
-# Bytes a key costs on the wire inside a repeated field (tag + length + 16 bytes), rounded up.
-KEY_WIRE_BYTES = KEY_BYTES + 4
-# Room for the non-data fields of a chunk message next to its data bytes.
-CHUNK_OVERHEAD_BYTES = 64 << 10
 MAX_PORT = 65535
 DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
 
@@ -110,17 +107,6 @@ class ServerSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None       # set: clients must present a cert it signed (mTLS)
-    # Limits and pools of the servicer: defaults and meaning are ServingSettings'.
-    max_message_bytes: int = ServingSettings.max_message_bytes
-    chunk_bytes: int = ServingSettings.chunk_bytes
-    max_put_bytes: int = ServingSettings.max_put_bytes
-    max_get_bytes: int = ServingSettings.max_get_bytes
-    max_keys_per_request: int = ServingSettings.max_keys_per_request
-    max_inflight_rpcs: int = ServingSettings.max_inflight_rpcs
-    max_sessions: int = ServingSettings.max_sessions
-    rpc_threads: int = ServingSettings.rpc_threads
-    wait_threads: int = ServingSettings.wait_threads
-    session_heartbeat_s: float = ServingSettings.session_heartbeat_s
     shutdown_grace_s: float = 10.0          # in-flight RPCs get this long after SIGTERM
     metrics: str | None = None              # HOST:PORT of a Prometheus GET /metrics; None: off
 
@@ -128,19 +114,8 @@ class ServerSettings:
         """Raise ``ConfigError`` naming the first setting that cannot work."""
         if self.socket is None and self.tcp is None:
             raise ConfigError("neither server.socket nor server.tcp is set: nothing to listen on")
-        for name in ("max_message_bytes", "chunk_bytes", "max_put_bytes", "max_get_bytes",
-                     "max_keys_per_request", "max_inflight_rpcs", "max_sessions", "rpc_threads",
-                     "wait_threads",
-                     "session_heartbeat_s", "shutdown_grace_s"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"server.{name} must be positive, got {getattr(self, name)}")
-        if self.chunk_bytes + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
-            raise ConfigError(f"server.chunk_size ({self.chunk_bytes} B) plus {CHUNK_OVERHEAD_BYTES}"
-                              f" B of framing exceeds server.max_message_size "
-                              f"({self.max_message_bytes} B): raise the limit or lower the chunk")
-        if self.max_keys_per_request * KEY_WIRE_BYTES + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
-            raise ConfigError(f"server.max_keys_per_request ({self.max_keys_per_request}) keys do "
-                              f"not fit in server.max_message_size ({self.max_message_bytes} B)")
+        if self.shutdown_grace_s <= 0:
+            raise ConfigError(f"server.shutdown_grace_s must be positive, got {self.shutdown_grace_s}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("server.tls_cert and server.tls_key go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -159,11 +134,13 @@ class DaemonConfig:
     """Everything the daemon runs with. ``config_path`` is the TOML file it came from, if any.
 
     ``tenant_tokens`` empty: the daemon is open (single tenant); else every RPC but Health must
-    carry one of these tenants' tokens. Their quotas are in ``store.tenant_quotas``.
+    carry one of these tenants' tokens. Their quotas are in ``store.tenant_quotas``. ``serving``
+    is what the servicer runs with, built from the ``[server]`` limits, the tokens and the store.
     """
 
     store: StoreConfig
     server: ServerSettings
+    serving: ServingSettings = ServingSettings()
     device: DeviceChoice = DeviceChoice(DeviceKind.AUTO)
     log_level: LogLevel = LogLevel.INFO
     config_path: Path | None = None
@@ -188,6 +165,7 @@ def all_keys() -> dict[str, ConfigKey]:
     keys = [ConfigKey("device", "device", DeviceChoice.parse, "auto|cpu|cuda[:N]"),
             *keys_of(_Top, "", skip=frozenset({"device"}))]
     keys += keys_of(ServerSettings, "server")
+    keys += keys_of(ServingSettings, "server", skip=ServingSettings.NOT_CONFIGURED)
     keys += keys_of(MemoryTierConfig, "hbm") + keys_of(MemoryTierConfig, "dram")
     keys += keys_of(DiskConfig, "disk")
     keys += keys_of(StoreConfig, "store", skip=_STORE_SKIP)
@@ -322,8 +300,12 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     server = ServerSettings(**_section(values, "server", ServerSettings))
     server.validate()
     tokens = tuple(TenantToken(name, tenant.token_sha256) for name, tenant in tenants.items())
-    return DaemonConfig(store=store, server=server, device=top.device, log_level=top.log_level,
-                        config_path=config_path, tenant_tokens=tokens)
+    serving = ServingSettings(**_section(values, "server", ServingSettings),
+                              flush_timeout_s=store.flush_timeout_s, version=tierd.__version__,
+                              tenant_tokens=tokens)
+    serving.validate()
+    return DaemonConfig(store=store, server=server, serving=serving, device=top.device,
+                        log_level=top.log_level, config_path=config_path, tenant_tokens=tokens)
 
 
 def tenant_quotas(tenants: Mapping[str, TenantConfig]) -> dict[str, dict[Tier, int]]:

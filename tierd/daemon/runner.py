@@ -43,20 +43,6 @@ EXTEND_EVERY_S = 10.0
 CLOSE_MARGIN_S = 30.0
 
 
-def serving_settings(config: DaemonConfig, device: ResolvedDevice) -> ServingSettings:
-    """What the servicer needs from the daemon's config."""
-    server = config.server
-    return ServingSettings(
-        max_message_bytes=server.max_message_bytes, chunk_bytes=server.chunk_bytes,
-        max_put_bytes=server.max_put_bytes, max_get_bytes=server.max_get_bytes,
-        max_keys_per_request=server.max_keys_per_request, max_inflight_rpcs=server.max_inflight_rpcs,
-        max_sessions=server.max_sessions,
-        rpc_threads=server.rpc_threads, wait_threads=server.wait_threads,
-        session_heartbeat_s=server.session_heartbeat_s,
-        flush_timeout_s=config.store.flush_timeout_s, version=tierd.__version__, device=device.name,
-        tenant_tokens=config.tenant_tokens)
-
-
 async def collect_metrics(store: PageStore, servicer: TierdServicer) -> str:
     """One scrape: the store's stats (taken off the loop) and the servicer's counters."""
     stats = await asyncio.to_thread(store.stats)
@@ -102,7 +88,7 @@ class Daemon:
         store = PageStore(self._config.store)
         if not await self._open_store(store):
             return EXIT_FAILURE
-        settings = serving_settings(self._config, self._device)
+        settings = self._config.serving
         servicer = TierdServicer(store, settings)
         server, health_servicer = build_server(servicer, settings)
         metrics = MetricsEndpoint(functools.partial(collect_metrics, store, servicer))

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tierd.store import MAX_TENANT_CHARS
+from tierd.store.page_store import MAX_TENANT_CHARS
 from tierd.tier import Tier
 from tierd.units import parse_size
 

@@ -7,38 +7,15 @@ client cannot guess another's. The caller holds the store lock.
 
 from __future__ import annotations
 
-import enum
 import secrets
 from dataclasses import dataclass, field
 
 from tierd.errors import NotFound
 from tierd.keys import PageKey
 from tierd.tier import Tier
+from tierd.values import Lease, LeaseKind
 
 LEASE_ID_BITS = 63
-
-
-class LeaseKind(enum.Enum):
-    READ = "read"   # pins published pages so they are neither evicted nor moved
-    FILL = "fill"   # holds reserved, unpublished slots the client writes and then commits
-
-
-@dataclass(frozen=True)
-class Lease:
-    """What a client is handed: ``slots[i]`` holds ``keys[i]`` (READ) or is free to fill (FILL)."""
-
-    lease_id: int
-    ns_id: int
-    tier: Tier
-    kind: LeaseKind
-    keys: tuple[PageKey, ...]
-    slots: tuple[int, ...]
-    expires_at_s: float
-    owner: str | None = None
-
-    @property
-    def num_pages(self) -> int:
-        return len(self.slots)
 
 
 @dataclass
@@ -96,3 +73,7 @@ class LeaseTable:
 
     def owned_by(self, owner: str) -> list[int]:
         return [lid for lid, rec in self._leases.items() if rec.owner == owner]
+
+    def records(self) -> list[LeaseRecord]:
+        """Every live lease's record (for inspection; the caller holds the manager's lock)."""
+        return list(self._leases.values())

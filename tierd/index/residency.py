@@ -1,14 +1,15 @@
-"""Residency bookkeeping: which page sits in which slot of which tier, in LRU order.
+"""Residency bookkeeping: which page sits in which slot of which tier, and in what eviction order.
 
 Pure bookkeeping: nothing here touches page bytes. Primitives, per memory tier of a namespace:
 
 - ``reserve(n)`` slots for pages about to be written, ``begin_store`` marks them pending (invisible to
   lookups, never victims), ``complete_store(success)`` publishes them or gives the slots back;
-- ``pin``/``unpin`` a published page's slot (leases, copies in flight): pinned pages are never victims;
-- ``victims(n)`` the least recently used unpinned pages, ``touch`` moves a page to the MRU end.
+- ``pin``/``unpin`` a slot (leases, copies in flight): pinned pages are never victims, and a pinned
+  slot is never freed (``remove`` of a pinned page leaves freeing it to the last unpin's owner);
+- ``victims(n)`` the first unpinned pages of the eviction order, ``touch`` marks a page used.
 
-Recency is the insertion order of a plain ``dict`` (oldest first): a touch is pop + re-insert, which
-keeps an entry at about 100 bytes instead of an object per page. The caller holds the store lock.
+The eviction order is a policy object (``tierd.policies``). Not thread-safe: the manager calls
+everything here with its lock held.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from collections.abc import Container, Iterable
 from tierd.errors import InvalidArgument
 from tierd.index.slots import SlotAllocator
 from tierd.keys import PageKey
+from tierd.policies import EvictionOrder
 
 
 class MemoryResidency:
     """One namespace's pages in one memory tier (``hbm`` or ``dram``)."""
 
-    def __init__(self, num_slots: int) -> None:
+    def __init__(self, num_slots: int, order: EvictionOrder[PageKey]) -> None:
         self.allocator = SlotAllocator(num_slots)
-        self.slots: dict[PageKey, int] = {}      # published pages, least recently used first
+        self.order = order
+        self.slots: dict[PageKey, int] = {}      # published pages
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
         self.cancelled: set[PageKey] = set()     # pending pages deleted meanwhile: never published
         self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)
@@ -42,13 +45,12 @@ class MemoryResidency:
     def used_slots(self) -> int:
         return self.allocator.num_used
 
-    def slot_of(self, key: PageKey) -> int | None:
-        return self.slots.get(key)
+    @property
+    def free_slots(self) -> int:
+        return self.allocator.num_free
 
     def touch(self, key: PageKey) -> None:
-        slot = self.slots.pop(key, None)
-        if slot is not None:
-            self.slots[key] = slot
+        self.order.touch(key)
 
     def reserve(self, num_pages: int) -> list[int] | None:
         """Free slots for ``num_pages`` pages, or ``None`` (nothing changes) when too few are free."""
@@ -63,13 +65,14 @@ class MemoryResidency:
     def complete_store(self, key: PageKey, success: bool) -> int | None:
         """Publish a pending page (``success``) or give its slot back. Returns the published slot.
 
-        When the key was published meanwhile by someone else, the duplicate slot is freed.
+        When the key was published meanwhile by someone else, or deleted, the slot is freed.
         """
         slot = self.pending.pop(key)
         cancelled = key in self.cancelled
         self.cancelled.discard(key)
         if success and not cancelled and key not in self.slots:
             self.slots[key] = slot
+            self.order.insert(key)
             return slot
         self.allocator.free([slot])
         return None
@@ -86,6 +89,7 @@ class MemoryResidency:
         if key in self.slots or key in self.pending:
             return False
         self.slots[key] = slot
+        self.order.insert(key)
         return True
 
     def pin(self, slot: int) -> None:
@@ -104,12 +108,13 @@ class MemoryResidency:
         return slot in self.pins
 
     def victims(self, num_pages: int) -> list[tuple[PageKey, int]]:
-        """Up to ``num_pages`` least recently used unpinned pages (not removed; pin them to claim)."""
+        """Up to ``num_pages`` unpinned pages, first victims first (not removed: pin to claim)."""
         out: list[tuple[PageKey, int]] = []
         if num_pages <= 0:
             return out
-        pins = self.pins
-        for key, slot in self.slots.items():
+        pins, slots = self.pins, self.slots
+        for key in self.order.candidates():
+            slot = slots[key]
             if slot not in pins:
                 out.append((key, slot))
                 if len(out) == num_pages:
@@ -117,9 +122,12 @@ class MemoryResidency:
         return out
 
     def remove(self, key: PageKey) -> int | None:
-        """Drop a published page; its slot is freed unless pinned (then the last unpin must free it)."""
+        """Drop a published page; its slot is freed unless pinned (then the caller frees it later)."""
         slot = self.slots.pop(key, None)
-        if slot is not None and slot not in self.pins:
+        if slot is None:
+            return None
+        self.order.remove(key)
+        if slot not in self.pins:
             self.allocator.free([slot])
         return slot
 
@@ -128,18 +136,20 @@ class MemoryResidency:
         if self.slots.get(key) != slot or slot in self.pins:
             return False
         del self.slots[key]
+        self.order.remove(key)
         self.allocator.free([slot])
         return True
 
 
 class DiskResidency:
-    """Every namespace's pages on disk, least recently used first, keyed by the LMDB key.
+    """Every namespace's pages on disk, keyed by the LMDB key, in eviction order.
 
     ``used_bytes`` counts stored pages plus writes in flight, so the budget is enforced before
     LMDB's map can fill.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, order: EvictionOrder[bytes]) -> None:
+        self.order = order
         self.pages: dict[bytes, int] = {}     # disk key -> stored bytes (header + payload)
         self.pending: dict[bytes, int] = {}   # writes queued, not yet committed
         self.used_bytes = 0
@@ -152,14 +162,13 @@ class DiskResidency:
         return dkey in self.pages
 
     def touch(self, dkey: bytes) -> None:
-        size = self.pages.pop(dkey, None)
-        if size is not None:
-            self.pages[dkey] = size
+        self.order.touch(dkey)
 
     def add(self, dkey: bytes, stored_bytes: int) -> None:
         """A page found on disk at start-up (oldest first) or committed without a pending write."""
         if dkey not in self.pages:
             self.pages[dkey] = stored_bytes
+            self.order.insert(dkey)
             self.used_bytes += stored_bytes
 
     def begin_write(self, dkey: bytes, stored_bytes: int) -> bool:
@@ -174,6 +183,7 @@ class DiskResidency:
         stored_bytes = self.pending.pop(dkey)
         if success:
             self.pages[dkey] = stored_bytes
+            self.order.insert(dkey)
         else:
             self.used_bytes -= stored_bytes
 
@@ -181,18 +191,19 @@ class DiskResidency:
         stored_bytes = self.pages.pop(dkey, None)
         if stored_bytes is None:
             return False
+        self.order.remove(dkey)
         self.used_bytes -= stored_bytes
         return True
 
     def victims(self, num_bytes: int, exclude: Container[bytes] = frozenset()) -> list[bytes]:
-        """Least recently used stored pages whose sizes add up to at least ``num_bytes``."""
+        """Stored pages, first victims first, whose sizes add up to at least ``num_bytes``."""
         out: list[bytes] = []
         freed = 0
-        for dkey, size in self.pages.items():
+        for dkey in self.order.candidates():
             if freed >= num_bytes:
                 break
             if dkey in exclude:
                 continue
             out.append(dkey)
-            freed += size
+            freed += self.pages[dkey]
         return out

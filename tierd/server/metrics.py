@@ -13,7 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from tierd.store_types import StoreStats
+from tierd.store.types import StoreStats
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ import grpc
 
 from tierd.errors import (InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated,
                           Unavailable)
-from tierd.index.leases import Lease
+from tierd import wire
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
 from tierd.server.bytepath import PutAssembler, iter_chunks
@@ -34,6 +34,7 @@ from tierd.server.settings import ServingSettings
 from tierd.server.status import status_code_of
 from tierd.store import PageStore
 from tierd.tier import MEMORY_TIERS, Tier
+from tierd.values import Lease
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
 
@@ -246,7 +247,7 @@ class TierdServicer(pb_grpc.TierdServicer):
         if not request.HasField("spec"):
             raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
                                   "num_kv_heads, head_dim, page_tokens")
-        spec = convert.spec_from_pb(request.spec)
+        spec = wire.spec_from_pb(request.spec)
         ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
         return convert.register_to_pb(ns, handles, self._limits)
@@ -258,7 +259,7 @@ class TierdServicer(pb_grpc.TierdServicer):
         keys = self._keys(request.keys)
         result = await self._call(self._store.lookup, request.ns_id, keys)
         return pb.LookupResponse(num_hits=result.num_hits,
-                                 tiers=[convert.tier_to_pb(t) for t in result.tiers])
+                                 tiers=[wire.tier_to_pb(t) for t in result.tiers])
 
     @_rpc
     async def Prefetch(self, request: pb.PrefetchRequest, context: Any,

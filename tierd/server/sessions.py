@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tierd.errors import NotFound, PermissionDenied
-from tierd.index.leases import Lease
+from tierd.values import Lease
 
 SESSION_METADATA_KEY = "tierd-session"
 # 128 random bits: a session id is a capability (it can release the session's leases).

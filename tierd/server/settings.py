@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
+from tierd.errors import ConfigError
+from tierd.keys import KEY_BYTES
 from tierd.server.auth import TenantToken
+
+# Bytes a key costs on the wire inside a repeated field (tag + length + 16 bytes), rounded up.
+KEY_WIRE_BYTES = KEY_BYTES + 4
+# Room for the non-data fields of a chunk message next to its data bytes.
+CHUNK_OVERHEAD_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -30,3 +38,22 @@ class ServingSettings:
     version: str = ""
     device: str = "cpu"
     tenant_tokens: tuple[TenantToken, ...] = ()
+
+    # Fields the daemon fills from elsewhere than its config's [server] table.
+    NOT_CONFIGURED: ClassVar[frozenset[str]] = frozenset(
+        {"flush_timeout_s", "version", "device", "tenant_tokens"})
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first limit that cannot work (as ``server.*``)."""
+        for name in ("max_message_bytes", "chunk_bytes", "max_put_bytes", "max_get_bytes",
+                     "max_keys_per_request", "max_inflight_rpcs", "max_sessions", "rpc_threads",
+                     "wait_threads", "session_heartbeat_s", "flush_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"server.{name} must be positive, got {getattr(self, name)}")
+        if self.chunk_bytes + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
+            raise ConfigError(f"server.chunk_size ({self.chunk_bytes} B) plus {CHUNK_OVERHEAD_BYTES}"
+                              f" B of framing exceeds server.max_message_size "
+                              f"({self.max_message_bytes} B): raise the limit or lower the chunk")
+        if self.max_keys_per_request * KEY_WIRE_BYTES + CHUNK_OVERHEAD_BYTES > self.max_message_bytes:
+            raise ConfigError(f"server.max_keys_per_request ({self.max_keys_per_request}) keys do "
+                              f"not fit in server.max_message_size ({self.max_message_bytes} B)")

@@ -2,43 +2,29 @@
 
 An **arena** is one tier's byte budget (``capacity_bytes``) from which per-namespace **regions**
 are carved. A region is one shm segment or device allocation of ``num_slots * page_bytes`` bytes;
-slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)``. Regions copy whole pages; which
-slot holds which page is the index's business, not theirs.
+slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)``. Regions hold bytes; they neither
+decide what goes where (the manager does) nor copy (the transfer engine does).
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Protocol
 
+from tierd.handles import RegionHandle
 from tierd.tier import Tier
 
 
-class HandleKind(enum.Enum):
-    """How a client maps a region."""
+class Medium(enum.Enum):
+    """Where bytes live, which decides who can copy them (the engine's handler per pair)."""
 
-    SHM = "shm"            # a file under /dev/shm: open + mmap ``name``
-    CUDA_IPC = "cuda_ipc"  # a cudaIpcMemHandle (bytes), opened once per process
-
-
-@dataclass(frozen=True)
-class RegionHandle:
-    """What a client needs to map a region: ``size_bytes`` at ``offset_bytes`` of ``name``."""
-
-    tier: Tier
-    kind: HandleKind
-    name: str
-    offset_bytes: int
-    size_bytes: int
-    page_bytes: int
-    num_slots: int
-    device: str = "cpu"
-    ipc_handle: bytes = b""
+    HOST = "host"      # host memory: ``HostRegion.slot_view`` is a writable memoryview of a slot
+    DEVICE = "device"  # device memory (CUDA, or the fake device): only its transfer engine reaches it
+    DISK = "disk"      # the LMDB environment of the disk tier
 
 
 class Region(Protocol):
-    """One namespace's pages in one tier. Thread-safe for copies to distinct slots."""
+    """One namespace's pages in one tier."""
 
     @property
     def num_slots(self) -> int: ...
@@ -49,19 +35,21 @@ class Region(Protocol):
     @property
     def size_bytes(self) -> int: ...
 
-    def handle(self) -> RegionHandle: ...
+    @property
+    def medium(self) -> Medium: ...
 
-    def write_slot(self, slot: int, src: memoryview) -> None:
-        """Copy one page (``page_bytes`` bytes) into ``slot``."""
-
-    def read_slot(self, slot: int, dst: memoryview) -> None:
-        """Copy one page out of ``slot`` into ``dst`` (``page_bytes`` bytes, writable)."""
-
-    def slot_view(self, slot: int) -> memoryview:
-        """Zero-copy view of ``slot`` (host-addressable regions only)."""
+    def handle(self) -> RegionHandle | None:
+        """What a local client needs to map the region; ``None`` when clients cannot map it."""
 
     def close(self) -> None:
         """Unmap and free the memory; idempotent."""
+
+
+class HostRegion(Region, Protocol):
+    """A region in host memory: the transfer engine copies through slot views."""
+
+    def slot_view(self, slot: int) -> memoryview:
+        """Writable zero-copy view of ``slot`` (``page_bytes`` bytes)."""
 
 
 class Arena(Protocol):

@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tierd.handles import SHM_DIR
+
 from tierd.errors import ConfigError, InvalidArgument
 from tierd.units import format_size
 
 MEMINFO_PATH = Path("/proc/meminfo")
-SHM_DIR = Path("/dev/shm")
 _KIB = 1024
 
 

@@ -3,8 +3,8 @@
 Without CUDA both ``hbm`` and ``dram`` are ``ShmArena``s. Each region is one tmpfs file created
 with ``os.open(O_EXCL)`` + ``ftruncate`` + ``mmap`` (not ``multiprocessing.shared_memory``, whose
 resource tracker unlinks a segment when any process that merely attached it exits). Only the
-creating ``ShmRegion`` ever unlinks; a client maps a region with ``map_region(handle)``, whose
-``MappedRegion.close()`` only unmaps.
+creating ``ShmRegion`` ever unlinks; a worker maps a region with ``tierd_client.shm.map_shm``.
+Regions hold bytes: the transfer engine copies through ``slot_view``.
 
 Budget: ``ShmArena.create_region`` takes ``num_slots * page_bytes`` from the arena's budget;
 ``ShmRegion.close()`` gives it back (it tells its arena), so callers close regions, never
@@ -26,10 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tierd.errors import ConfigError, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tierd.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.handles import SHM_DIR, HandleKind, RegionHandle
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.tiers.base import HandleKind, RegionHandle
-from tierd.tiers.host_memory import SHM_DIR, shm_free_bytes
+from tierd.tiers.base import Medium
+from tierd.tiers.host_memory import shm_free_bytes
 from tierd.units import format_size
 
 logger = logging.getLogger(__name__)
@@ -59,43 +60,28 @@ def _check_int(value: object, what: str, minimum: int) -> int:
     return number
 
 
-def _as_page_array(buffer: object, page_bytes: int, what: str, writable: bool) -> np.ndarray:
-    """``buffer`` as a flat uint8 array of exactly ``page_bytes`` bytes, without copying."""
-    try:
-        view = memoryview(buffer)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidArgument(f"{what} must be a buffer (bytes, bytearray, memoryview, numpy "
-                              f"array), got {type(buffer).__name__}") from None
-    if writable and view.readonly:
-        raise InvalidArgument(f"{what} is read-only: pass a writable buffer such as a bytearray "
-                              f"or a numpy array")
-    if not view.c_contiguous:
-        raise InvalidArgument(f"{what} must be C-contiguous (one page of {page_bytes} bytes in a "
-                              f"row); copy it first, e.g. numpy.ascontiguousarray")
-    if view.nbytes != page_bytes:
-        raise InvalidArgument(f"{what} must be exactly one page of {page_bytes} bytes, got "
-                              f"{view.nbytes} bytes")
-    return np.frombuffer(view, dtype=np.uint8)
+class ShmRegion:
+    """One namespace's pages in one tier: the ``/dev/shm`` file ``name``, created and owned here.
 
-
-class _SlotPages:
-    """Slot copies over one mmap: slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)``.
-
-    Copies go through numpy, which releases the GIL for them. Copies to distinct slots may run
-    on several threads at once; a copy racing ``close`` either completes or raises
-    ``Unavailable``, and never touches unmapped memory (the views it holds keep the mmap alive).
+    Made by ``ShmArena.create_region``. ``close()`` unmaps, unlinks the file and returns the
+    region's bytes to its arena's budget. Views handed out (``slot_view``, ``array``) keep the
+    mapping alive, so a copy racing ``close`` never touches unmapped memory.
     """
 
-    def __init__(self, mm: mmap.mmap, start_bytes: int, num_slots: int, page_bytes: int,
-                 label: str) -> None:
+    def __init__(self, tier: Tier, ns_id: int, name: str, mm: mmap.mmap, num_slots: int,
+                 page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
         self._mm: mmap.mmap | None = mm
-        pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes, offset=start_bytes)
+        pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
         self._num_slots = num_slots
         self._page_bytes = page_bytes
-        self._label = label
+        self._label = f"{tier.label} region {name}"
         self._close_lock = threading.Lock()
         self._closed = False
+        self._tier = tier
+        self._ns_id = ns_id
+        self._name = name
+        self._on_close = on_close
 
     @property
     def num_slots(self) -> int:
@@ -111,25 +97,15 @@ class _SlotPages:
         return self._num_slots * self._page_bytes
 
     @property
+    def medium(self) -> Medium:
+        return Medium.HOST
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
-    def write_slot(self, slot: int, src: memoryview) -> None:
-        """Copy one page (``page_bytes`` contiguous bytes of any buffer) into ``slot``."""
-        pages = self._live_pages()
-        index = self._check_slot(slot)
-        data = _as_page_array(src, self._page_bytes, f"write_slot({index}) source", writable=False)
-        np.copyto(pages[index], data)
-
-    def read_slot(self, slot: int, dst: memoryview) -> None:
-        """Copy the page in ``slot`` into ``dst`` (``page_bytes`` writable contiguous bytes)."""
-        pages = self._live_pages()
-        index = self._check_slot(slot)
-        out = _as_page_array(dst, self._page_bytes, f"read_slot({index}) destination", writable=True)
-        np.copyto(out, pages[index])
-
     def slot_view(self, slot: int) -> memoryview:
-        """Writable zero-copy view of ``slot`` (``page_bytes`` bytes); release it before close."""
+        """Writable zero-copy view of ``slot`` (``page_bytes`` bytes); drop it before close."""
         pages = self._live_pages()
         return pages[self._check_slot(slot)].data
 
@@ -144,32 +120,15 @@ class _SlotPages:
         return pages
 
     def _check_slot(self, slot: object) -> int:
-        if isinstance(slot, bool):
-            raise InvalidArgument(f"slot must be an integer, got {slot!r}")
-        try:
-            index = operator.index(slot)  # type: ignore[arg-type]
-        except TypeError:
-            raise InvalidArgument(f"slot must be an integer, got {type(slot).__name__} "
-                                  f"{slot!r}") from None
-        if not 0 <= index < self._num_slots:
+        index = _check_int(slot, "slot", 0)
+        if index >= self._num_slots:
             raise InvalidArgument(f"slot {index} is out of range for {self._label}: it has "
                                   f"{self._num_slots} slots (0..{self._num_slots - 1})")
         return index
 
-    def _begin_close(self) -> bool:
-        """Mark closed; ``True`` for the one caller that must do the closing."""
-        with self._close_lock:
-            if self._closed:
-                return False
-            self._closed = True
-            return True
-
     def _unmap(self) -> bool:
-        """Drop our views and unmap; ``False`` if views handed out still pin the mapping.
-
-        Then the mapping stays valid until the last such view is dropped, and is unmapped by
-        the garbage collector: nobody ever sees unmapped memory.
-        """
+        """Drop our views and unmap; ``False`` if views handed out still pin the mapping (then the
+        garbage collector unmaps it after the last one: nobody ever sees unmapped memory)."""
         self._pages = None
         mm, self._mm = self._mm, None
         if mm is None:
@@ -179,22 +138,6 @@ class _SlotPages:
         except BufferError:
             return False
         return True
-
-
-class ShmRegion(_SlotPages):
-    """One namespace's pages in one tier: the ``/dev/shm`` file ``name``, created and owned here.
-
-    Made by ``ShmArena.create_region``. ``close()`` unmaps, unlinks the file and returns the
-    region's bytes to its arena's budget.
-    """
-
-    def __init__(self, tier: Tier, ns_id: int, name: str, mm: mmap.mmap, num_slots: int,
-                 page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
-        super().__init__(mm, 0, num_slots, page_bytes, f"{tier.label} region {name}")
-        self._tier = tier
-        self._ns_id = ns_id
-        self._name = name
-        self._on_close = on_close
 
     @property
     def tier(self) -> Tier:
@@ -206,7 +149,7 @@ class ShmRegion(_SlotPages):
 
     @property
     def name(self) -> str:
-        """File name under ``/dev/shm`` (what a client passes to ``map_region``)."""
+        """File name under ``/dev/shm`` (what a client's handle names)."""
         return self._name
 
     @property
@@ -214,7 +157,7 @@ class ShmRegion(_SlotPages):
         return SHM_DIR / self._name
 
     def handle(self) -> RegionHandle:
-        """What a local client needs to map this region (``map_region``)."""
+        """What a local client needs to map this region (``tierd_client.shm.map_shm``)."""
         return RegionHandle(tier=self._tier, kind=HandleKind.SHM, name=self._name, offset_bytes=0,
                             size_bytes=self.size_bytes, page_bytes=self._page_bytes,
                             num_slots=self._num_slots, device="cpu")
@@ -233,8 +176,10 @@ class ShmRegion(_SlotPages):
         Views still exported (``slot_view``, ``array``) stay valid; the memory is freed when the
         last of them is dropped. Clients that mapped the file keep their mapping until they close.
         """
-        if not self._begin_close():
-            return
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
         if not self._unmap():
             logger.warning("%s closed while views of it are still in use; its %s are freed when "
                            "the last view is dropped", self._label, format_size(self.size_bytes))
@@ -250,66 +195,6 @@ class ShmRegion(_SlotPages):
         state = "closed" if self._closed else "open"
         return (f"ShmRegion({self._name!r}, num_slots={self._num_slots}, "
                 f"page_bytes={self._page_bytes}, {state})")
-
-
-class MappedRegion(_SlotPages):
-    """A client's mapping of a region another process created; ``close()`` unmaps, never unlinks."""
-
-    def __init__(self, handle: RegionHandle, mm: mmap.mmap, start_bytes: int) -> None:
-        super().__init__(mm, start_bytes, handle.num_slots, handle.page_bytes,
-                         f"mapped {handle.tier.label} region {handle.name}")
-        self._handle = handle
-
-    def handle(self) -> RegionHandle:
-        return self._handle
-
-    def close(self) -> None:
-        """Unmap (once every exported view is dropped). Idempotent; never unlinks the file."""
-        if self._begin_close() and not self._unmap():
-            logger.debug("%s: views still in use; unmapped when the last one is dropped",
-                         self._label)
-
-
-def map_region(handle: RegionHandle) -> MappedRegion:
-    """Map the shm region ``handle`` names, read-write, in this process (a worker's side).
-
-    Raises ``NotFound`` if the file is gone (daemon closed the region or restarted),
-    ``InvalidArgument`` for a handle that is not a well-formed shm handle.
-    """
-    if handle.kind is not HandleKind.SHM:
-        raise InvalidArgument(f"map_region maps shm handles only, got a {handle.kind.value} handle "
-                              f"for region {handle.name!r}")
-    if not handle.name or "/" in handle.name or handle.name in (".", ".."):
-        raise InvalidArgument(f"an shm handle names a file directly under {SHM_DIR}, got "
-                              f"{handle.name!r}")
-    num_slots = _check_int(handle.num_slots, "handle.num_slots", 1)
-    page_bytes = _check_int(handle.page_bytes, "handle.page_bytes", 1)
-    offset_bytes = _check_int(handle.offset_bytes, "handle.offset_bytes", 0)
-    if handle.size_bytes != num_slots * page_bytes:
-        raise InvalidArgument(f"handle.size_bytes is {handle.size_bytes}, expected num_slots x "
-                              f"page_bytes = {num_slots} x {page_bytes} = {num_slots * page_bytes}")
-    path = SHM_DIR / handle.name
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        raise NotFound(f"shared-memory region {path} does not exist: the daemon closed it or "
-                       f"restarted; register the namespace again for fresh handles") from None
-    except PermissionError:
-        raise ConfigError(f"no permission to open {path} read-write: run the worker as the "
-                          f"daemon's user or in its group") from None
-    try:
-        file_bytes = os.fstat(fd).st_size
-        if offset_bytes + handle.size_bytes > file_bytes:
-            end_bytes = offset_bytes + handle.size_bytes
-            raise InvalidArgument(f"handle asks for bytes {offset_bytes}..{end_bytes} of {path}, "
-                                  f"but the file holds {file_bytes} bytes")
-        # mmap offsets must be multiples of the allocation granularity: map from the one below.
-        start_bytes = offset_bytes % mmap.ALLOCATIONGRANULARITY
-        mm = mmap.mmap(fd, start_bytes + handle.size_bytes, flags=mmap.MAP_SHARED,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset_bytes - start_bytes)
-    finally:
-        os.close(fd)
-    return MappedRegion(handle, mm, start_bytes)
 
 
 def _reserve_segment(fd: int, size_bytes: int, path: Path) -> None:

@@ -10,9 +10,10 @@ import logging
 import os
 from pathlib import Path
 
+from tierd.handles import SHM_DIR
+
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -9,22 +9,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
-from tierd.eviction import Evictor
-from tierd.index.leases import LeaseRecord
-from tierd.store_core import StoreCore
+from tierd.store.eviction import Evictor
+from tierd.store.manager import Manager
 
 log = logging.getLogger(__name__)
 
 
 class Maintenance:
-    def __init__(self, core: StoreCore, evictor: Evictor,
-                 release_locked: Callable[[LeaseRecord], None]) -> None:
-        self._core = core
+    def __init__(self, manager: Manager, evictor: Evictor, interval_s: float, round_timeout_s: float,
+                 wake: threading.Event) -> None:
+        """``wake``: set by others (disk progress) to start a round at once."""
+        self._manager = manager
         self._evictor = evictor
-        self._release_locked = release_locked
-        self._wake = threading.Event()
+        self._interval_s = interval_s
+        self._round_timeout_s = round_timeout_s
+        self._wake = wake
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -46,20 +46,16 @@ class Maintenance:
     def run_once(self) -> None:
         """One round: expire leases, then evict down to the watermarks."""
         self.expire_leases()
-        self._evictor.enforce_watermarks(time.monotonic() + self._core.config.acquire_timeout_s)
+        self._evictor.enforce_watermarks(time.monotonic() + self._round_timeout_s)
 
     def expire_leases(self) -> int:
-        core = self._core
-        with core.lock:
-            expired = core.leases.expired(time.monotonic())
-            for lease_id in expired:
-                self._release_locked(core.leases.pop(lease_id))
+        expired = self._manager.expire_leases(time.monotonic())
         if expired:
-            log.info("%d lease(s) expired and were released", len(expired))
-        return len(expired)
+            log.info("%d lease(s) expired and were released", expired)
+        return expired
 
     def _run(self) -> None:
-        interval_s = self._core.config.maintenance_interval_s
+        interval_s = self._interval_s
         while not self._stop.is_set():
             self._wake.wait(interval_s)
             self._wake.clear()

@@ -1,0 +1,611 @@
+"""The bookkeeping manager: the store's index, its decisions, and the one lock that guards them.
+
+It never touches page bytes. Every operation that moves bytes is two-phase: under the lock it
+returns a ``Plan`` (sources pinned or marked as read, destinations pending, so nothing in a plan
+can be a victim), the caller has the transfer engine run it, then ``complete(plan, outcomes)``
+publishes what arrived and rolls back what did not. Public methods take the lock themselves;
+private ones named ``*_locked`` expect it held and never block. Nothing here calls the engine or
+the disk tier, so a completion callback on any thread may take the lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from tierd.config import StoreConfig, WritePolicy
+from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from tierd.index.leases import LeaseRecord, LeaseTable
+from tierd.index.residency import MemoryResidency
+from tierd.keys import PageKey
+from tierd.policies import make_order
+from tierd.spec import Namespace, PageSpec
+from tierd.store.disk_book import DiskBook
+from tierd.store.durability import DurabilityTracker
+from tierd.store.holds import Hold
+from tierd.store.namespace_book import NamespaceBook
+from tierd.store.completion import COMPLETERS, Durable, drop, place
+from tierd.store.counters import Counters
+from tierd.store.plans import ON_DISK, Move, Place, Plan, PlanError, PlanKind
+from tierd.store.types import IndexSnapshot, RegionSnapshot
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.page_format import split_disk_key
+from tierd.values import Lease, LeaseKind, LookupResult, TierStats
+
+
+
+class Manager:
+    """Residency, slots, pins, leases, pending stores, and what moves where. Thread-safe."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._books: dict[int, NamespaceBook] = {}
+        self.durability = DurabilityTracker()
+        self._disk = DiskBook(config, self.durability)
+        self._leases = LeaseTable()
+        self._counters = Counters()
+        self._plan_ids = itertools.count(1)
+        self._open: dict[int, Plan] = {}
+
+    # -- namespaces ---------------------------------------------------------------------------------
+    def add_namespace(self, ns: Namespace) -> None:
+        with self._lock:
+            if ns.ns_id in self._books:
+                raise InvalidArgument(f"namespace {ns.ns_id} is registered already")
+            self._books[ns.ns_id] = NamespaceBook(ns)
+
+    def add_region(self, ns_id: int, tier: Tier, num_slots: int) -> None:
+        """The namespace now has ``num_slots`` slots in ``tier`` (its region was created)."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            if tier in book.mem:
+                raise InvalidArgument(f"namespace {ns_id} has a {tier.label} region already")
+            book.mem[tier] = MemoryResidency(num_slots, make_order(self.config.eviction_policy))
+
+    def find_namespace(self, tenant: str, spec: PageSpec) -> Namespace | None:
+        with self._lock:
+            return next((b.ns for b in self._books.values()
+                         if b.ns.tenant == tenant and b.ns.spec == spec), None)
+
+    def next_namespace_id(self) -> int:
+        with self._lock:
+            return max(self._books, default=0) + 1
+
+    def namespace(self, ns_id: int) -> Namespace:
+        """``NotFound`` for an unknown id. A dict read without the lock: fine on an event loop."""
+        return self._book_locked(ns_id).ns
+
+    def namespaces(self) -> list[Namespace]:
+        with self._lock:
+            return [book.ns for book in self._books.values()]
+
+    def has_region(self, ns_id: int, tier: Tier) -> bool:
+        with self._lock:
+            return tier in self._book_locked(ns_id).mem
+
+    def num_slots(self, ns_id: int, tier: Tier) -> int:
+        """Slots of the namespace in ``tier``; ``FailedPrecondition`` when the tier is disabled."""
+        with self._lock:
+            return self._book_locked(ns_id).residency(tier).num_slots
+
+    def free_slots(self, ns_id: int, tier: Tier) -> int:
+        with self._lock:
+            return self._book_locked(ns_id).residency(tier).free_slots
+
+    def load_disk_page(self, ns_id: int, key: PageKey, stored_bytes: int, seq: int) -> bool:
+        """A page found on disk at start-up (call oldest first); False for an unknown namespace,
+        whose page is queued for removal."""
+        with self._lock:
+            self._disk.resume_after(seq)
+            book = self._books.get(ns_id)
+            if book is None:
+                self._disk.deferred_deletes.append((ns_id, key))
+                return False
+            self._disk.residency.add(book.dkey(key), stored_bytes)
+            return True
+
+    def _book_locked(self, ns_id: int) -> NamespaceBook:
+        book = self._books.get(ns_id)
+        if book is None:
+            raise NotFound(f"namespace {ns_id} is not registered: call Register with its spec first")
+        return book
+
+    def _open_locked(self, kind: PlanKind, ns_id: int, moves: Sequence[Move], evict: bool = False,
+                     ticket: int | None = None) -> Plan:
+        plan = Plan(next(self._plan_ids), kind, ns_id, tuple(moves), evict, ticket)
+        self._open[plan.plan_id] = plan
+        return plan
+
+    # -- lookups ------------------------------------------------------------------------------------
+    def fastest_tier(self, ns_id: int, key: PageKey) -> Tier | None:
+        with self._lock:
+            return self._fastest_locked(self._book_locked(ns_id), key)
+
+    def _fastest_locked(self, book: NamespaceBook, key: PageKey) -> Tier | None:
+        tier = book.memory_tier_of(key)
+        if tier is None and book.prefix + key in self._disk.residency.pages:
+            return Tier.DISK
+        return tier
+
+    def _touch_locked(self, book: NamespaceBook, tier: Tier, key: PageKey) -> None:
+        if tier is Tier.DISK:
+            self._disk.residency.touch(book.prefix + key)
+        else:
+            book.mem[tier].touch(key)
+
+    def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
+        """The longest cached prefix of ``keys`` and the fastest tier of each hit; touches them.
+
+        The per-request hot path, so the loop works on the residency dicts directly.
+        """
+        tiers: list[Tier] = []
+        with self._lock:
+            book = self._book_locked(ns_id)
+            memory = [(tier, res.slots, res.order.touch) for tier in MEMORY_TIERS
+                      if (res := book.mem.get(tier)) is not None]
+            on_disk, touch_disk, prefix = (self._disk.residency.pages, self._disk.residency.touch,
+                                           book.prefix)
+            for key in keys:
+                for tier, slots, touch in memory:
+                    if key in slots:
+                        touch(key)
+                        tiers.append(tier)
+                        break
+                else:
+                    dkey = prefix + key
+                    if dkey not in on_disk:
+                        break
+                    touch_disk(dkey)
+                    tiers.append(Tier.DISK)
+            self._counters.lookup(tiers, missed=len(tiers) < len(keys))
+        return LookupResult(len(tiers), tuple(tiers))
+
+    # -- reads into callers' buffers ------------------------------------------------------------------
+    def plan_read(self, ns_id: int, keys: Sequence[PageKey], *, touch: bool = True,
+                  prefix_only: bool = True) -> Plan:
+        """Pin the cached prefix of ``keys`` (every cached key, without ``prefix_only``) for a copy
+        into callers' buffers, from the fastest tier. ``touch``: count hits and touch them."""
+        moves: list[Move] = []
+        with self._lock:
+            book = self._book_locked(ns_id)
+            for key in keys:
+                tier = self._fastest_locked(book, key)
+                if tier is None:
+                    if prefix_only:
+                        break
+                    continue
+                if touch:
+                    self._touch_locked(book, tier, key)
+                if tier is Tier.DISK:
+                    self._disk.begin_read(book.dkey(key))
+                    moves.append(Move(key, ON_DISK, None))
+                else:
+                    slot = book.mem[tier].slots[key]
+                    book.mem[tier].pin(slot)
+                    moves.append(Move(key, Place(tier, slot), None))
+            if touch:
+                self._counters.lookup([m.src.tier for m in moves if m.src is not None],
+                                   missed=len(moves) < len(keys))
+            return self._open_locked(PlanKind.READ, ns_id, moves)
+
+    # -- stores from callers' buffers ----------------------------------------------------------------
+    def plan_store(self, ns_id: int, tier: Tier, keys: Sequence[PageKey],
+                   ticket: int | None) -> tuple[Plan | None, int, int, Plan | None]:
+        """Reserve ``tier`` slots for the keys not cached yet (all or none).
+
+        Returns ``(plan, skipped, missing, persist)``: ``plan`` is None when nothing is new or
+        ``missing`` more slots must be freed first (then plan again); cached keys are touched
+        and, under write_through, ``persist`` queues those not on disk yet (``ticket`` waits).
+        """
+        with self._lock:
+            book = self._book_locked(ns_id)
+            res = book.residency(tier)
+            todo: dict[PageKey, None] = {}
+            persists: list[Move] = []
+            skipped = 0
+            for key in keys:
+                found = self._fastest_locked(book, key)
+                if found is not None or key in res.pending or key in todo:
+                    skipped += 1
+                    self._skip_locked(book, found, key, ticket, persists)
+                else:
+                    todo[key] = None
+            persist = self._persist_plan_locked(book, persists)
+            slots = res.reserve(len(todo)) if todo else []
+            if slots is None:
+                return None, skipped, len(todo) - res.free_slots, persist
+            moves = []
+            for key, slot in zip(todo, slots):
+                res.begin_store(key, slot)
+                moves.append(Move(key, None, Place(tier, slot)))
+            plan = self._open_locked(PlanKind.STORE, ns_id, moves, ticket=ticket) if moves else None
+            return plan, skipped, 0, persist
+
+    def _skip_locked(self, book: NamespaceBook, found: Tier | None, key: PageKey,
+                     ticket: int | None, persists: list[Move]) -> None:
+        """A page already cached (or being put): touch it; under write_through make sure it is
+        on its way to disk (an earlier write may have failed) and that ``ticket`` waits for it."""
+        if found is None:
+            self._disk.watch(book, key, ticket)
+            return
+        self._touch_locked(book, found, key)
+        if found is not Tier.DISK:
+            self._disk.committed(book, found, key, book.mem[found].slots[key], ticket, persists)
+
+    def _persist_plan_locked(self, book: NamespaceBook, moves: list[Move],
+                             evict: bool = False) -> Plan | None:
+        return self._open_locked(PlanKind.PERSIST, book.ns_id, moves, evict) if moves else None
+
+    # -- promotion ------------------------------------------------------------------------------------
+    def plan_hop(self, ns_id: int, key: PageKey, src: Tier, dst: Tier) -> Plan | bool | None:
+        """Copy ``key`` from ``src`` to ``dst``: a PROMOTE plan, or True (already there), False
+        (the source is gone, or a put is storing the page right now), None (no free slot)."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            dres = book.residency(dst)
+            if key in dres.slots:
+                return True
+            if key in dres.pending:
+                return False
+            dkey = book.dkey(key)
+            if src is Tier.DISK:
+                if dkey not in self._disk.residency.pages:
+                    return False
+            elif key not in book.residency(src).slots:
+                return False
+            got = dres.reserve(1)
+            if got is None:
+                return None
+            if src is Tier.DISK:
+                self._disk.begin_read(dkey)
+                source = ON_DISK
+            else:
+                source = Place(src, book.mem[src].slots[key])
+                book.mem[src].pin(source.slot)
+            dres.begin_store(key, got[0])
+            return self._open_locked(PlanKind.PROMOTE, ns_id, [Move(key, source, Place(dst, got[0]))])
+
+    def begin_acquire(self, ns_id: int, keys: Sequence[PageKey],
+                      target: Tier) -> tuple[Hold, int, list[PageKey]]:
+        """``(hold, present, todo)``: the length of the cached prefix, the keys of it that must
+        move into ``target``; those already there are pinned into ``hold`` now."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            book.residency(target)
+            hold = Hold(ns_id, target)
+            present = 0
+            for key in keys:
+                if self._fastest_locked(book, key) is None:
+                    break
+                present += 1
+            return hold, present, hold.pin_present(book.mem[target], keys[:present])
+
+    def to_move(self, ns_id: int, keys: Sequence[PageKey], target: Tier) -> list[PageKey]:
+        """The keys of the cached prefix of ``keys`` not in ``target`` yet (nothing is pinned)."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            dst = book.residency(target)
+            prefix = itertools.takewhile(lambda key: self._fastest_locked(book, key) is not None, keys)
+            return [key for key in prefix if key not in dst.slots]
+
+    def hold_arrived(self, hold: Hold, key: PageKey) -> bool:
+        """Pin ``key`` (just moved into the hold's tier) for the acquirer; False when it is gone
+        again or the acquirer stopped waiting."""
+        with self._lock:
+            return hold.arrived(self._book_locked(hold.ns_id).mem[hold.tier], key)
+
+    def finish_acquire(self, hold: Hold, keys: Sequence[PageKey], present: int, pending: int,
+                       ttl_s: float, owner: str | None, wait_s: float) -> Lease:
+        """A READ lease over the leading keys that arrived (a page that could not be moved ends
+        it); ``DeadlineExceeded`` when ``pending`` moves had not finished in ``wait_s``."""
+        with self._lock:
+            if pending:
+                hold.release(self._books[hold.ns_id])
+                raise DeadlineExceeded(f"{pending} of {present} pages did not reach {hold.tier.label} "
+                                       f"within {wait_s} s; retry with a longer timeout")
+            leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
+            slots = [hold.pins[key] for key in leased]
+            hold.release(self._books[hold.ns_id], keep=set(leased))
+            res = self._book_locked(hold.ns_id).mem[hold.tier]
+            for key in leased:
+                res.touch(key)
+            self._counters[hold.tier].hits += len(leased)
+            self._counters[hold.tier].misses += int(len(leased) < len(keys))
+            record = self._leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased),
+                                      tuple(slots), time.monotonic() + ttl_s, owner)
+            return record.snapshot()
+
+    def release_hold(self, hold: Hold) -> None:
+        with self._lock:
+            hold.release(self._books[hold.ns_id])
+
+    # -- fill leases ----------------------------------------------------------------------------------
+    def allocate(self, ns_id: int, num_pages: int, ttl_s: float, owner: str | None) -> Lease | None:
+        """A FILL lease of ``num_pages`` free hbm slots; None when fewer are free (evict first)."""
+        with self._lock:
+            slots = self._book_locked(ns_id).residency(Tier.HBM).reserve(num_pages)
+            if slots is None:
+                return None
+            record = self._leases.add(ns_id, Tier.HBM, LeaseKind.FILL, (), tuple(slots),
+                                      time.monotonic() + ttl_s, owner)
+            return record.snapshot()
+
+    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
+               ticket: int | None) -> tuple[int, Plan | None]:
+        """Bind filled slots of a FILL lease to keys; a key cached meanwhile keeps its page (the
+        slot goes back) and counts as skipped. Returns ``(bound, persist)``."""
+        with self._lock:
+            record = self._leases.get(lease_id)
+            if record.kind is not LeaseKind.FILL:
+                raise FailedPrecondition(f"lease {lease_id} is a read lease; commit takes a lease "
+                                         "from Allocate")
+            bad = [s for s in slots if s not in record.open_slots]
+            if bad or len(set(slots)) != len(slots):
+                raise InvalidArgument(f"slots {bad or list(slots)} are not open slots of lease "
+                                      f"{lease_id} (open: {sorted(record.open_slots)}) or repeat")
+            book = self._books[record.ns_id]
+            persists: list[Move] = []
+            bound = sum(self._bind_locked(book, record, key, slot, ticket, persists)
+                        for key, slot in zip(keys, slots))
+            return bound, self._persist_plan_locked(book, persists)
+
+    def _bind_locked(self, book: NamespaceBook, record: LeaseRecord, key: PageKey, slot: int,
+                     ticket: int | None, persists: list[Move]) -> bool:
+        record.open_slots.discard(slot)
+        res = book.mem[Tier.HBM]
+        if not res.publish(key, slot):
+            book.orphan_or_free(Tier.HBM, slot)
+            self._skip_locked(book, self._fastest_locked(book, key), key, ticket, persists)
+            return False
+        self._counters[Tier.HBM].bytes_in += book.page_bytes
+        self._disk.committed(book, Tier.HBM, key, slot, ticket, persists)
+        return True
+
+    def plan_lease_slots(self, lease_id: int, slots: Sequence[int] | None, write: bool) -> Plan:
+        """A SLOTS plan between a lease's slots and callers' buffers, the slots pinned meanwhile.
+
+        ``write``: into open slots of a FILL lease (``slots``, each once); else out of every slot
+        of a READ lease, in its order.
+        """
+        with self._lock:
+            record = self._leases.get(lease_id)
+            book = self._books[record.ns_id]
+            if write:
+                wanted = list(slots or ())
+                if record.kind is not LeaseKind.FILL or len(set(wanted)) != len(wanted) or any(
+                        s not in record.open_slots for s in wanted):
+                    raise InvalidArgument(f"slots {wanted} are not distinct open slots of fill lease "
+                                          f"{lease_id} (open: {sorted(record.open_slots)})")
+                moves = [Move(b"", None, Place(record.tier, s)) for s in wanted]
+            else:
+                if record.kind is not LeaseKind.READ:
+                    raise FailedPrecondition(f"lease {lease_id} is a fill lease: its slots hold what "
+                                             "you wrote; read pages through a read lease")
+                moves = [Move(k, Place(record.tier, s), None) for k, s in zip(record.keys, record.slots)]
+            for move in moves:
+                book.mem[record.tier].pin(place(move.dst if write else move.src).slot)
+            return self._open_locked(PlanKind.SLOTS, record.ns_id, moves)
+
+    # -- leases ---------------------------------------------------------------------------------------
+    def lease_namespace(self, lease_id: int) -> Namespace:
+        """The namespace of a live lease (``NotFound`` otherwise). Two dict reads without the lock
+        (a lease's ``ns_id`` never changes), so an event loop may call it."""
+        return self._book_locked(self._leases.get(lease_id).ns_id).ns
+
+    def renew(self, lease_id: int, ttl_s: float) -> Lease:
+        with self._lock:
+            record = self._leases.get(lease_id)
+            record.expires_at_s = time.monotonic() + ttl_s
+            return record.snapshot()
+
+    def release(self, lease_id: int) -> None:
+        with self._lock:
+            self._release_locked(self._leases.pop(lease_id))
+
+    def release_owner(self, owner: str) -> int:
+        """End every lease held by ``owner`` (a client session that ended)."""
+        with self._lock:
+            ids = self._leases.owned_by(owner)
+            for lease_id in ids:
+                self._release_locked(self._leases.pop(lease_id))
+        return len(ids)
+
+    def expire_leases(self, now_s: float) -> int:
+        with self._lock:
+            expired = self._leases.expired(now_s)
+            for lease_id in expired:
+                self._release_locked(self._leases.pop(lease_id))
+        return len(expired)
+
+    def _release_locked(self, record: LeaseRecord) -> None:
+        """Unpin a READ lease's pages, or give back a FILL lease's unfilled slots."""
+        book = self._books[record.ns_id]
+        if record.kind is LeaseKind.READ:
+            for slot in record.slots:
+                book.unpin(record.tier, slot)
+        else:
+            for slot in record.open_slots:
+                book.orphan_or_free(record.tier, slot)
+            record.open_slots.clear()
+
+    # -- eviction decisions ---------------------------------------------------------------------------
+    def plan_hbm_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
+        """``(dropped, plan, short)``: victims already held below are dropped at once, the others
+        copied to dram by the DEMOTE ``plan``; ``short`` found no free dram slot."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            drops, moves, short = book.choose_hbm_demotions(num_pages, self._disk.residency.pages)
+            dropped = sum(drop(book, self._counters, Tier.HBM, key, slot) for key, slot in drops)
+            plan = self._open_locked(PlanKind.DEMOTE, ns_id, moves) if moves else None
+            return dropped, plan, short
+
+    def plan_dram_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
+        """``(dropped, plan, queued)``: clean victims are dropped at once, dirty ones written by
+        the evicting PERSIST ``plan`` (dropped once on disk); ``queued`` victims wait for a disk
+        write already in flight."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            disk = self._disk
+            drops, dirty, queued = book.choose_dram_demotions(
+                num_pages, disk.residency.pages, disk.residency.pending, disk.capacity_bytes > 0)
+            dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)
+            moves = [m for key, slot in dirty
+                     if (m := disk.persist_move(book, Tier.DRAM, key, slot)) is not None]
+            return dropped, self._persist_plan_locked(book, moves, evict=True), queued
+
+    def watermark_excess(self) -> list[tuple[int, Tier, int]]:
+        """``(ns_id, tier, pages)`` to demote for every region above its high watermark (down to
+        its low watermark)."""
+        out = []
+        with self._lock:
+            for book in self._books.values():
+                for tier, res in book.mem.items():
+                    cfg = self.config.memory_tier(tier)
+                    if res.used_slots > cfg.high_watermark * res.num_slots:
+                        out.append((book.ns_id, tier,
+                                    res.used_slots - math.floor(cfg.low_watermark * res.num_slots)))
+        return out
+
+    def evict_disk_to_watermark(self) -> int:
+        with self._lock:
+            return self._disk.evict_to_watermark()
+
+    def map_full(self) -> None:
+        """LMDB's map filled before the budget did: lower the budget so eviction frees map space."""
+        with self._lock:
+            self._disk.lower_budget()
+
+    def take_disk_deletes(self) -> list[tuple[int, PageKey]]:
+        """Disk deletes decided since the last call, for the caller to hand to the disk tier."""
+        with self._lock:
+            return self._disk.take_deletes()
+
+    # -- flush and delete ------------------------------------------------------------------------------
+    def plan_flush(self) -> tuple[list[Plan], int, int, int]:
+        """``(plans, ticket, dirty, refused)``: a PERSIST plan per namespace for every memory page
+        not on disk (from dram where both tiers hold it), a ticket watching every page not on disk
+        yet, and how many pages the budget refused."""
+        plans: list[Plan] = []
+        dirty: dict[bytes, None] = {}
+        refused = 0
+        with self._lock:
+            disk = self._disk
+            for book in self._books.values():
+                moves: list[Move] = []
+                for tier in (Tier.DRAM, Tier.HBM):
+                    res = book.mem.get(tier)
+                    for key, slot in list(res.slots.items()) if res is not None else ():
+                        move = disk.persist_move(book, tier, key, slot)
+                        if move is not None:
+                            moves.append(move)
+                        dkey = book.dkey(key)
+                        if dkey in disk.residency.pending:
+                            dirty[dkey] = None
+                        elif dkey not in disk.residency.pages:
+                            refused += 1
+                if moves:
+                    plans.append(self._open_locked(PlanKind.PERSIST, book.ns_id, moves))
+            ticket = self.durability.new_ticket()
+            for dkey in dirty:
+                self.durability.watch(ticket, dkey)
+        self.durability.seal(ticket)
+        return plans, ticket, len(dirty), refused
+
+    def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
+        """Drop pages from every tier (pinned slots are freed by their last unpin, pending stores
+        never publish, queued disk writes are deleted once they commit); how many were cached."""
+        removed = 0
+        with self._lock:
+            book = self._book_locked(ns_id)
+            disk = self._disk
+            for key in keys:
+                found = False
+                for tier in book.mem:
+                    found |= book.remove_page(tier, key)
+                    found |= book.mem[tier].cancel_pending(key)
+                dkey = book.dkey(key)
+                if disk.drop(dkey):
+                    found = True
+                elif dkey in disk.residency.pending:
+                    disk.delete_after_write.add(dkey)
+                    found = True
+                removed += found
+        return removed
+
+    # -- completion ----------------------------------------------------------------------------------
+    def complete(self, plan: Plan, outcomes: Sequence[bool]) -> Plan | None:
+        """Publish what arrived and roll back what did not; returns the PERSIST plan a STORE
+        makes under write_through (the caller runs it). Each plan completes exactly once."""
+        durable: Durable = []
+        with self._lock:
+            if len(outcomes) != len(plan.moves) or plan.plan_id not in self._open:
+                raise PlanError(f"plan {plan.plan_id} is not open (completed twice, or not this "
+                                f"manager's) or got {len(outcomes)} outcomes for {len(plan.moves)} moves")
+            del self._open[plan.plan_id]
+            book = self._books[plan.ns_id]
+            persists = COMPLETERS[plan.kind](book, self._disk, self._counters, plan, outcomes, durable)
+            followup = self._persist_plan_locked(book, persists)
+        for dkey, ok in durable:
+            self.durability.page_done(dkey, ok)
+        return followup
+
+
+    # -- inspection -------------------------------------------------------------------------------------
+    def tier_stats(self, capacity_bytes: Callable[[Tier], int],
+                   disk_queue_depth: int) -> dict[Tier, TierStats]:
+        with self._lock:
+            out: dict[Tier, TierStats] = {}
+            for tier in Tier:
+                c = self._counters[tier]
+                if tier is Tier.DISK:
+                    used, pages, queue = (self._disk.residency.used_bytes,
+                                          self._disk.residency.num_pages, disk_queue_depth)
+                    evictions = self._disk.evictions
+                else:
+                    regions = [b for b in self._books.values() if tier in b.mem]
+                    used = sum(b.mem[tier].used_slots * b.page_bytes for b in regions)
+                    pages = sum(b.mem[tier].num_pages for b in regions)
+                    queue = sum(len(b.mem[tier].pending) for b in regions)
+                    evictions = c.evictions
+                out[tier] = TierStats(capacity_bytes(tier), used, pages, c.hits, c.misses, evictions,
+                                      c.bytes_in, c.bytes_out, queue)
+            return out
+
+    def totals(self) -> tuple[int, int, int, int]:
+        """``(namespaces, leases, disk_writes_refused, disk_budget_bytes)``."""
+        with self._lock:
+            return (len(self._books), len(self._leases), self._disk.writes_refused,
+                    self._disk.budget_bytes)
+
+    def inspect(self) -> IndexSnapshot:
+        """A copy of the whole index, taken under the lock."""
+        with self._lock:
+            regions: dict[tuple[int, Tier], RegionSnapshot] = {}
+            fill = {(r.ns_id, r.tier): r.open_slots for r in self._leases.records()
+                    if r.kind is LeaseKind.FILL}
+            for book in self._books.values():
+                for tier, res in book.mem.items():
+                    regions[(book.ns_id, tier)] = RegionSnapshot(
+                        res.num_slots, res.used_slots, dict(res.slots), dict(res.pending),
+                        dict(res.pins), frozenset(fill.get((book.ns_id, tier), ())),
+                        frozenset(book.orphans.get(tier, ())))
+            disk = self._disk.residency
+            return IndexSnapshot(
+                regions, _by_namespace(disk.pages), _by_namespace(disk.pending), disk.used_bytes,
+                self._disk.budget_bytes,
+                {tier: sum(r.used_slots * self._books[ns_id].page_bytes
+                           for (ns_id, t), r in regions.items() if t is tier) for tier in MEMORY_TIERS}
+                | {Tier.DISK: disk.used_bytes},
+                tuple(r.snapshot() for r in self._leases.records()), len(self._open))
+
+
+def _by_namespace(dkeys: dict[bytes, int]) -> dict[int, frozenset[PageKey]]:
+    out: dict[int, set[PageKey]] = {}
+    for dkey in dkeys:
+        ns_id, key = split_disk_key(dkey)
+        out.setdefault(ns_id, set()).add(key)
+    return {ns_id: frozenset(keys) for ns_id, keys in out.items()}

@@ -1,0 +1,125 @@
+"""One namespace's bookkeeping: its residency per memory tier and its disk key prefix.
+
+Owned by the manager and used under its lock only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+
+from tierd.errors import FailedPrecondition
+from tierd.index.residency import MemoryResidency
+from tierd.keys import PageKey
+from tierd.store.plans import Move, Place
+from tierd.spec import Namespace
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.page_format import HEADER_BYTES, disk_key
+
+
+class NamespaceBook:
+    """A namespace and its residency tables (for the memory tiers it has a region in)."""
+
+    def __init__(self, ns: Namespace) -> None:
+        self.ns = ns
+        self.mem: dict[Tier, MemoryResidency] = {}
+        self.prefix = disk_key(ns.ns_id, bytes(16))[:-16]
+        self.page_bytes = ns.page_bytes
+        self.stored_bytes = HEADER_BYTES + ns.page_bytes
+        # Slots removed from the index (or released) while pinned: the last unpin frees them.
+        self.orphans: dict[Tier, set[int]] = {}
+
+    @property
+    def ns_id(self) -> int:
+        return self.ns.ns_id
+
+    def dkey(self, key: PageKey) -> bytes:
+        return self.prefix + key
+
+    def residency(self, tier: Tier) -> MemoryResidency:
+        res = self.mem.get(tier)
+        if res is None:
+            raise FailedPrecondition(f"namespace {self.ns.ns_id} has no {tier.label} region: the "
+                                     f"{tier.label} tier is disabled (capacity 0) in this daemon's config")
+        return res
+
+    def memory_tier_of(self, key: PageKey) -> Tier | None:
+        """The fastest memory tier holding ``key`` (published), or ``None``."""
+        for tier in MEMORY_TIERS:
+            res = self.mem.get(tier)
+            if res is not None and key in res.slots:
+                return tier
+        return None
+
+    def unpin(self, tier: Tier, slot: int) -> None:
+        """Unpin ``slot``; an orphaned slot is freed by its last unpin."""
+        res = self.mem[tier]
+        res.unpin(slot)
+        orphans = self.orphans.get(tier)
+        if orphans and slot in orphans and not res.is_pinned(slot):
+            orphans.discard(slot)
+            res.unreserve([slot])
+
+    def orphan_or_free(self, tier: Tier, slot: int) -> None:
+        """Give back a reserved slot nobody publishes: now, or at its last unpin if pinned."""
+        res = self.mem[tier]
+        if res.is_pinned(slot):
+            self.orphans.setdefault(tier, set()).add(slot)
+        else:
+            res.unreserve([slot])
+
+    def remove_page(self, tier: Tier, key: PageKey) -> bool:
+        """Drop ``key`` from a memory tier; a pinned slot is freed by its last unpin."""
+        res = self.mem[tier]
+        slot = res.slots.get(key)
+        if slot is None:
+            return False
+        res.remove(key)
+        if res.is_pinned(slot):
+            self.orphans.setdefault(tier, set()).add(slot)
+        return True
+
+    def choose_hbm_demotions(self, num_pages: int,
+                             on_disk: Container[bytes]) -> tuple[list[tuple[PageKey, int]], list[Move], int]:
+        """Victims of hbm, split into ``(drops, moves, short)``: pages dram or the disk holds
+        already (drop them), pages to copy into a free dram slot (pinned and reserved here), and
+        how many found no dram slot."""
+        hbm, dram = self.mem[Tier.HBM], self.mem[Tier.DRAM]
+        drops: list[tuple[PageKey, int]] = []
+        moves: list[Move] = []
+        short = 0
+        for key, slot in hbm.victims(num_pages):
+            if key in dram.slots or key in dram.pending:
+                drops.append((key, slot))
+                continue
+            got = dram.reserve(1)
+            if got is None:
+                if self.dkey(key) in on_disk:
+                    drops.append((key, slot))
+                else:
+                    short += 1
+                continue
+            hbm.pin(slot)
+            dram.begin_store(key, got[0])
+            moves.append(Move(key, Place(Tier.HBM, slot), Place(Tier.DRAM, got[0])))
+        return drops, moves, short
+
+    def choose_dram_demotions(self, num_pages: int, on_disk: Container[bytes], queued: Container[bytes],
+                              keep_dirty: bool) -> tuple[list[tuple[PageKey, int]],
+                                                         list[tuple[PageKey, int]], int]:
+        """Victims of dram, split into ``(drops, dirty, waiting)``: clean pages (on disk, or in
+        hbm; every page when ``keep_dirty`` is False, i.e. there is no disk), pages to write
+        first, and, when there are neither, how many pages wait for a write queued already (their
+        slots are pinned by it; they can go once it commits)."""
+        hbm = self.mem.get(Tier.HBM)
+        drops: list[tuple[PageKey, int]] = []
+        dirty: list[tuple[PageKey, int]] = []
+        waiting = 0
+        for key, slot in self.mem[Tier.DRAM].victims(num_pages):
+            dkey = self.dkey(key)
+            if dkey in on_disk or (hbm is not None and key in hbm.slots) or not keep_dirty:
+                drops.append((key, slot))
+            elif dkey not in queued:
+                dirty.append((key, slot))
+        if not drops and not dirty:
+            waiting = sum(1 for key in self.mem[Tier.DRAM].slots if self.dkey(key) in queued)
+        return drops, dirty, waiting

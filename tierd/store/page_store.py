@@ -1,0 +1,466 @@
+"""The page store: the library API the daemon serves (see DESIGN.md's page API).
+
+A thin facade that composes the bookkeeping manager, the media (arenas and transfer engine, from
+one factory keyed by the device), the disk tier, the plan runner, promotion, eviction and the
+maintenance thread. Synchronous and thread-safe; methods may block on copies or disk I/O, so async
+callers use a bounded executor. ``open``/``close`` are idempotent; ``close`` flushes and shuts the
+parts down in reverse order.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
+from tierd.config import StoreConfig, WritePolicy
+from tierd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.handles import RegionHandle
+from tierd.keys import PageKey, check_keys, namespace_fingerprint
+from tierd.spec import Namespace, PageSpec
+from tierd.store.eviction import Evictor
+from tierd.store.maintenance import Maintenance
+from tierd.store.manager import Manager
+from tierd.store.media import Media, open_media
+from tierd.store.completion import place
+from tierd.store.promotion import Promoter
+from tierd.store.regions import RegionTable
+from tierd.store.runner import PlanRunner
+from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
+from tierd.tier import Tier
+from tierd.tiers.disk import DiskTier
+from tierd.tiers.shm_cleanup import cleanup_stale_segments
+from tierd.values import Lease, LookupResult
+
+log = logging.getLogger(__name__)
+
+MAX_TENANT_CHARS = 128
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """Everything that lives from ``open`` to ``close``."""
+
+    disk: DiskTier
+    media: Media
+    manager: Manager
+    regions: RegionTable
+    runner: PlanRunner
+    evictor: Evictor
+    promoter: Promoter
+    maintenance: Maintenance
+
+
+class PageStore:
+    """hbm/dram/disk page store. ``with PageStore(cfg) as store:`` opens and closes it."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._state_lock = threading.Lock()   # open/close/register, never held during page I/O
+        self._parts: _Parts | None = None
+        self._closed = False
+        self._started_at_s = time.monotonic()
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the disk tier, rebuild the index from it (warm restart), start maintenance."""
+        with self._state_lock:
+            if self._closed:
+                raise Unavailable("this page store was closed; create a new PageStore")
+            if self._parts is not None:
+                return
+            cfg = self.config
+            cleanup_stale_segments(cfg.shm_prefix)
+            disk = DiskTier(cfg)
+            disk.open()
+            try:
+                manager = Manager(cfg)
+                _load_index(disk, manager)
+                media = open_media(cfg, disk)
+            except BaseException:
+                disk.close()
+                raise
+            self._parts = _compose(cfg, disk, media, manager)
+            disk.on_map_full = manager.map_full
+            self._parts.maintenance.start()
+            self._started_at_s = time.monotonic()
+            log.info("page store open (%s engine): %d namespaces, %d pages on disk",
+                     media.engine.name, len(manager.namespaces()),
+                     manager.tier_stats(cfg.tier_capacity_bytes, 0)[Tier.DISK].pages)
+
+    def close(self) -> None:
+        """Flush dirty pages to disk (within ``flush_timeout_s``), stop threads, free memory."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+            parts = self._parts
+        if parts is None:
+            return
+        parts.maintenance.close()
+        try:
+            self._flush(parts, self.config.flush_timeout_s)
+        except Exception:  # close must go on: log what could not be flushed
+            log.exception("flush on close failed; pages not on disk are lost")
+        parts.promoter.close()
+        parts.runner.drain_deletes()
+        parts.media.engine.close()
+        parts.runner.drain_deletes()
+        parts.disk.close()
+        parts.manager.durability.fail_all()
+        for arena in parts.media.arenas.values():
+            arena.close()
+        log.info("page store closed")
+
+    def __enter__(self) -> PageStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _require(self) -> _Parts:
+        parts = self._parts
+        if parts is None or self._closed:
+            raise Unavailable("the page store is not open (starting up or shutting down); retry")
+        return parts
+
+    # -- namespaces -------------------------------------------------------------------------------
+    def register(self, spec: PageSpec, tenant: str = "default") -> Namespace:
+        """The namespace of (tenant, spec), creating it and its regions on first use. Idempotent."""
+        if not isinstance(spec, PageSpec):
+            raise InvalidArgument(f"spec must be a PageSpec, got {type(spec).__name__}")
+        if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT_CHARS \
+                or not tenant.isprintable():
+            raise InvalidArgument(f"tenant must be 1..{MAX_TENANT_CHARS} printable characters, "
+                                  f"got {tenant!r}")
+        parts = self._require()
+        with self._state_lock:
+            found = parts.manager.find_namespace(tenant, spec)
+            if found is not None:
+                self._ensure_regions_locked(parts, found)
+                return found
+            ns = Namespace(parts.manager.next_namespace_id(), tenant, spec,
+                           namespace_fingerprint(spec, tenant.encode()))
+            try:
+                # Regions first: a namespace that cannot get its memory is never persisted.
+                slots = parts.regions.ensure(ns)
+                parts.disk.save_namespace(ns)
+            except BaseException:
+                parts.regions.discard(ns.ns_id)
+                raise
+            parts.manager.add_namespace(ns)
+            for tier, num_slots in slots.items():
+                parts.manager.add_region(ns.ns_id, tier, num_slots)
+            return ns
+
+    def _ensure_regions_locked(self, parts: _Parts, ns: Namespace) -> None:
+        for tier, num_slots in parts.regions.ensure(ns).items():
+            parts.manager.add_region(ns.ns_id, tier, num_slots)
+
+    def _ready(self, ns_id: int) -> _Parts:
+        """The parts, with ``ns_id``'s regions created (a namespace loaded from disk gets them on
+        first use)."""
+        parts = self._require()
+        ns = parts.manager.namespace(ns_id)
+        if not parts.manager.has_region(ns_id, Tier.DRAM):
+            with self._state_lock:
+                self._ensure_regions_locked(parts, ns)
+        return parts
+
+    def namespace(self, ns_id: int) -> Namespace:
+        return self._require().manager.namespace(ns_id)
+
+    def namespaces(self) -> list[Namespace]:
+        return self._require().manager.namespaces()
+
+    def region_handles(self, ns_id: int) -> list[RegionHandle]:
+        """Handles of the namespace's regions that local clients can map."""
+        return self._ready(ns_id).regions.handles(ns_id)
+
+    def num_slots(self, ns_id: int, tier: Tier) -> int:
+        """Slots of the namespace's ``tier`` region (``FailedPrecondition`` if it has none)."""
+        return self._ready(ns_id).manager.num_slots(ns_id, tier)
+
+    # -- writing -------------------------------------------------------------------------------------
+    def put(self, ns_id: int, keys: Sequence[PageKey], pages: Sequence[object],
+            tier: Tier = Tier.DRAM) -> PutResult:
+        """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped."""
+        parts = self._ready(ns_id)
+        keys = check_keys(keys)
+        if tier is Tier.DISK:
+            raise InvalidArgument("put targets a memory tier (hbm or dram); pages reach disk by "
+                                  "write policy, eviction or flush")
+        num_slots = parts.manager.num_slots(ns_id, tier)
+        views = page_views(pages, parts.manager.namespace(ns_id).page_bytes)
+        if len(keys) != len(views):
+            raise InvalidArgument(f"got {len(keys)} keys but {len(views)} pages; give one key per page")
+        through = self.config.write_policy is WritePolicy.WRITE_THROUGH
+        ticket = parts.manager.durability.new_ticket(ns_id) if through else None
+        stored = skipped = 0
+        # A batch never needs more free slots than the region has.
+        batch = min(self.config.put_batch_pages, num_slots)
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s
+        for start in range(0, len(keys), batch):
+            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch],
+                                        views[start:start + batch], ticket, deadline_s)
+            stored += done
+            skipped += dup
+        if ticket is not None:
+            parts.manager.durability.seal(ticket)
+        parts.maintenance.wake()
+        return PutResult(stored, skipped, ticket)
+
+    def _put_batch(self, parts: _Parts, ns_id: int, tier: Tier, keys: list[PageKey],
+                   views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
+        by_key = dict(zip(keys, views))
+        while True:
+            plan, skipped, missing, persist = parts.manager.plan_store(ns_id, tier, keys, ticket)
+            parts.runner.start_all([persist])
+            if not missing:
+                break
+            if not parts.evictor.make_room(ns_id, tier, missing, deadline_s):
+                raise ResourceExhausted(
+                    f"namespace {ns_id} cannot make {missing} more {tier.label} slots free: its "
+                    f"{parts.manager.num_slots(ns_id, tier)} slots are leased or in flight; release "
+                    "leases or put fewer pages")
+        if plan is None:
+            return 0, skipped
+        outcomes = parts.runner.run(plan, [by_key[move.key] for move in plan.moves])
+        if not all(outcomes):
+            raise Unavailable(f"{outcomes.count(False)} of {len(plan)} pages could not be copied into "
+                              f"{tier.label} (the store is closing, or see the log)")
+        return len(plan), skipped
+
+    def allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
+                 owner: str | None = None) -> Lease:
+        """Lease ``num_pages`` free hbm slots for the caller to fill and then ``commit``."""
+        parts = self._ready(ns_id)
+        ttl = self._ttl(ttl_s)
+        num_slots = parts.manager.num_slots(ns_id, Tier.HBM)
+        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= num_slots:
+            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's hbm "
+                                  f"slots), got {num_pages!r}")
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s
+        while True:
+            lease = parts.manager.allocate(ns_id, num_pages, ttl, owner)
+            if lease is not None:
+                return lease
+            if not parts.evictor.make_room(ns_id, Tier.HBM, num_pages, deadline_s):
+                raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
+                                        "the rest are leased or in flight; release leases and retry")
+
+    def write_slots(self, lease_id: int, slots: Sequence[int], pages: Sequence[object]) -> None:
+        """Copy ``pages[i]`` into open slot ``slots[i]`` of a FILL lease (then ``commit``): the
+        in-process counterpart of a worker writing into its mapped arena."""
+        parts = self._require()
+        ns = parts.manager.lease_namespace(lease_id)
+        views = page_views(pages, ns.page_bytes)
+        if len(views) != len(slots):
+            raise InvalidArgument(f"got {len(slots)} slots but {len(views)} pages; give one page per slot")
+        plan = parts.manager.plan_lease_slots(lease_id, list(slots), write=True)
+        if not all(parts.runner.run(plan, views)):
+            raise Unavailable("the pages could not be copied into the lease's slots (see the log)")
+
+    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> CommitResult:
+        """Bind filled slots of a FILL lease to keys. Under write_through the pages are queued for
+        disk and the result's ticket (for ``wait_durable``) covers every key, cached before or not."""
+        parts = self._require()
+        keys = check_keys(keys)
+        slots = list(slots)
+        if len(keys) != len(slots):
+            raise InvalidArgument(f"got {len(keys)} keys but {len(slots)} slots; give one slot per key")
+        through = self.config.write_policy is WritePolicy.WRITE_THROUGH
+        ns_id = parts.manager.lease_namespace(lease_id).ns_id
+        ticket = parts.manager.durability.new_ticket(ns_id) if through else None
+        bound, persist = parts.manager.commit(lease_id, keys, slots, ticket)
+        if ticket is not None:
+            parts.manager.durability.seal(ticket)
+        parts.runner.start_all([persist])
+        parts.maintenance.wake()
+        return CommitResult(bound, ticket)
+
+    def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
+        """True once every page of the put or commit that returned ``ticket`` is on disk."""
+        return self._require().manager.durability.wait(ticket, timeout_s)
+
+    def ticket_namespace(self, ticket: int) -> int | None:
+        """The namespace a durability ticket was issued to, or ``None`` when it is too old to be
+        remembered (``InvalidArgument`` when it was never issued)."""
+        durability = self._require().manager.durability
+        known, ns_id = durability.owner(durability.check_issued(ticket))
+        return ns_id if known else None
+
+    def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
+        """Drop pages from every tier; returns how many of ``keys`` were cached."""
+        parts = self._require()
+        removed = parts.manager.delete(ns_id, check_keys(keys))
+        parts.runner.drain_deletes()
+        return removed
+
+    def flush(self, timeout_s: float | None = None) -> int:
+        """Write every page that is not on disk yet; returns how many were written."""
+        return self._flush(self._require(), timeout_s)
+
+    @staticmethod
+    def _flush(parts: _Parts, timeout_s: float | None) -> int:
+        plans, ticket, dirty, refused = parts.manager.plan_flush()
+        parts.runner.start_all(plans)
+        written = sum(len(plan) for plan in plans)
+        if not parts.manager.durability.wait(ticket, timeout_s):
+            raise DeadlineExceeded(f"flush: {dirty} page(s) were not all committed to disk "
+                                   f"within {timeout_s} s, or the disk refused some (see the log)")
+        if refused:
+            raise ResourceExhausted(f"flush wrote {written} page(s) but {refused} did not fit: "
+                                    "the disk budget is full of pages being written; raise the "
+                                    "disk capacity or flush again once writes complete")
+        return written
+
+    # -- reading -------------------------------------------------------------------------------------
+    def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
+        """Length of the longest cached prefix of ``keys`` and the fastest tier of each hit.
+
+        Touches the hits for eviction; moves nothing."""
+        return self._require().manager.lookup(ns_id, check_keys(keys))
+
+    def get(self, ns_id: int, keys: Sequence[PageKey]) -> list[bytearray]:
+        """Copies of the pages of the longest cached prefix of ``keys``, in order."""
+        page_bytes = self._require().manager.namespace(ns_id).page_bytes
+        outs = [bytearray(page_bytes) for _ in range(len(keys))]
+        got = self.get_into(ns_id, keys, [memoryview(out) for out in outs])
+        return outs[:got]
+
+    def get_into(self, ns_id: int, keys: Sequence[PageKey], outs: Sequence[object]) -> int:
+        """Copy the longest cached prefix of ``keys`` into ``outs``; returns how many were copied.
+
+        ``outs[i]`` must be a writable buffer of ``page_bytes``. Pages are read from their fastest
+        tier without being promoted. A disk page failing its checksum ends the prefix.
+        """
+        parts = self._require()
+        page_bytes = parts.manager.namespace(ns_id).page_bytes
+        keys = check_keys(keys)
+        if len(outs) < len(keys):
+            raise InvalidArgument(f"got {len(keys)} keys but only {len(outs)} output buffers")
+        views = [byte_view(out, what=f"outs[{i}]", expected_bytes=page_bytes, writable=True,
+                           expected_note=PAGE_BYTES_NOTE) for i, out in enumerate(outs[:len(keys)])]
+        outcomes = parts.runner.run(parts.manager.plan_read(ns_id, keys), views)
+        return outcomes.index(False) if False in outcomes else len(outcomes)
+
+    def peek(self, ns_id: int, keys: Sequence[PageKey]) -> list[PeekedPage | None]:
+        """Each page wherever it is now, with the tier it was read from; ``None`` for a page not
+        cached (or failing its checksum). Touches nothing and counts nothing: for inspection."""
+        parts = self._require()
+        page_bytes = parts.manager.namespace(ns_id).page_bytes
+        plan = parts.manager.plan_read(ns_id, check_keys(keys), touch=False, prefix_only=False)
+        outs = [bytearray(page_bytes) for _ in plan.moves]
+        outcomes = parts.runner.run(plan, [memoryview(out) for out in outs])
+        found = {move.key: PeekedPage(place(move.src).tier, bytes(out))
+                 for move, out, ok in zip(plan.moves, outs, outcomes) if ok}
+        return [found.get(key) for key in keys]
+
+    def read_slots(self, lease_id: int) -> list[bytes]:
+        """Copies of the pages a READ lease holds, in its order (through the transfer engine)."""
+        parts = self._require()
+        plan = parts.manager.plan_lease_slots(lease_id, None, write=False)
+        page_bytes = parts.manager.lease_namespace(lease_id).page_bytes
+        outs = [bytearray(page_bytes) for _ in plan.moves]
+        if not all(parts.runner.run(plan, [memoryview(out) for out in outs])):
+            raise Unavailable("the lease's pages could not be copied out (see the log)")
+        return [bytes(out) for out in outs]
+
+    def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
+        """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once
+        with the number of pages that will move."""
+        parts = self._ready(ns_id)
+        keys = check_keys(keys)
+        if target_tier is Tier.DISK:
+            raise InvalidArgument("prefetch moves pages up into hbm or dram, not disk")
+        todo = parts.manager.to_move(ns_id, keys, target_tier)
+        deadline_s = time.monotonic() + self.config.acquire_timeout_s
+        return len(parts.promoter.schedule(ns_id, todo, target_tier, deadline_s))
+
+    # -- leases --------------------------------------------------------------------------------------
+    def _ttl(self, ttl_s: float | None) -> float:
+        if ttl_s is None:
+            return self.config.lease_ttl_s
+        if not 0 < ttl_s <= self.config.max_lease_ttl_s:
+            raise InvalidArgument(f"lease ttl must be in (0, {self.config.max_lease_ttl_s}] s, got {ttl_s}")
+        return ttl_s
+
+    def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
+                timeout_s: float | None = None, ttl_s: float | None = None,
+                owner: str | None = None) -> Lease:
+        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first)."""
+        parts = self._ready(ns_id)
+        keys = check_keys(keys)
+        ttl = self._ttl(ttl_s)
+        if target_tier is Tier.DISK:
+            raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
+        if len(set(keys)) != len(keys):
+            raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
+        num_slots = parts.manager.num_slots(ns_id, target_tier)
+        if len(keys) > num_slots:
+            raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
+                                    f"{num_slots} {target_tier.label} slots; acquire fewer at a time")
+        wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + wait_s
+        hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier)
+        futures = parts.promoter.schedule(ns_id, todo, target_tier, deadline_s, hold)
+        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
+        return parts.manager.finish_acquire(hold, keys, present, len(pending), ttl, owner, wait_s)
+
+    def lease_namespace(self, lease_id: int) -> Namespace:
+        """The namespace a live lease belongs to (``NotFound`` otherwise); lock-free."""
+        return self._require().manager.lease_namespace(lease_id)
+
+    def renew(self, lease_id: int, ttl_s: float | None = None) -> Lease:
+        return self._require().manager.renew(lease_id, self._ttl(ttl_s))
+
+    def release(self, lease_id: int) -> None:
+        self._require().manager.release(lease_id)
+
+    def release_owner(self, owner: str) -> int:
+        """End every lease held by ``owner`` (a client session that ended)."""
+        return self._require().manager.release_owner(owner)
+
+    # -- inspection ----------------------------------------------------------------------------------
+    def stats(self) -> StoreStats:
+        parts = self._require()
+        disk = parts.disk.stats()
+        tiers = parts.manager.tier_stats(self.config.tier_capacity_bytes, disk.queue_depth)
+        namespaces, leases, refused, budget = parts.manager.totals()
+        return StoreStats(tiers, namespaces, leases, disk.checksum_failures,
+                          time.monotonic() - self._started_at_s, self.config.write_policy,
+                          refused, budget, disk.map_full_events, parts.media.engine.name)
+
+    def inspect(self) -> IndexSnapshot:
+        """A copy of the whole index (for tests and debugging)."""
+        return self._require().manager.inspect()
+
+    def run_maintenance(self) -> None:
+        """One maintenance round now (lease expiry, eviction to the watermarks)."""
+        self._require().maintenance.run_once()
+
+
+def _load_index(disk: DiskTier, manager: Manager) -> None:
+    """Rebuild the index from LMDB, oldest page first (recency survives a restart)."""
+    for ns in disk.load_namespaces():
+        manager.add_namespace(ns)
+    for entry in sorted(disk.scan(), key=lambda entry: entry.seq):
+        if not manager.load_disk_page(entry.ns_id, entry.key, entry.stored_bytes, entry.seq):
+            log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
+
+
+def _compose(cfg: StoreConfig, disk: DiskTier, media: Media, manager: Manager) -> _Parts:
+    regions = RegionTable(cfg, media.arenas)
+    # Disk writes that complete wake maintenance: room in dram may let a waiting put go on.
+    wake = threading.Event()
+    runner = PlanRunner(manager, media.engine, regions, disk, wake.set)
+    evictor = Evictor(manager, runner)
+    promoter = Promoter(manager, runner, evictor, cfg.mover_threads)
+    maintenance = Maintenance(manager, evictor, cfg.maintenance_interval_s, cfg.acquire_timeout_s, wake)
+    return _Parts(disk, media, manager, regions, runner, evictor, promoter, maintenance)

@@ -1,0 +1,129 @@
+"""A fake device tier for tests: memory that no host code can read or write.
+
+``FakeDeviceArena`` hands out regions whose bytes live in arrays only the fake device engine
+(``tierd.store.transfer.fake``) reaches, through ``device_pages`` (the "driver"): a region has no
+``slot_view``, so code that still reads hbm through a host pointer fails. Fresh slots hold
+``SENTINEL_BYTE``, so code that reads a page before its copy completed sees sentinels.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tierd.handles import RegionHandle
+from tierd.tier import Tier
+from tierd.tiers.base import Medium
+from tierd.units import format_size
+
+SENTINEL_BYTE = 0xA5
+
+
+class FakeDeviceRegion:
+    """One namespace's pages in fake device memory (see the module docstring)."""
+
+    def __init__(self, arena: FakeDeviceArena, ns_id: int, num_slots: int, page_bytes: int) -> None:
+        self._arena = arena
+        self.ns_id = ns_id
+        self._num_slots = num_slots
+        self._page_bytes = page_bytes
+        self._closed = False
+
+    @property
+    def num_slots(self) -> int:
+        return self._num_slots
+
+    @property
+    def page_bytes(self) -> int:
+        return self._page_bytes
+
+    @property
+    def size_bytes(self) -> int:
+        return self._num_slots * self._page_bytes
+
+    @property
+    def medium(self) -> Medium:
+        return Medium.DEVICE
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def handle(self) -> RegionHandle | None:
+        """None: no client process can map fake device memory."""
+        return None
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._arena.release(self)
+
+    def __repr__(self) -> str:
+        return f"FakeDeviceRegion(ns{self.ns_id}, {self._num_slots} x {self._page_bytes} B)"
+
+
+class FakeDeviceArena:
+    """The ``hbm`` tier of ``device = "fake"``: a budget of fake device memory."""
+
+    def __init__(self, tier: Tier, capacity_bytes: int) -> None:
+        self._tier = tier
+        self._capacity_bytes = capacity_bytes
+        self._lock = threading.Lock()
+        self._memory: dict[int, np.ndarray] = {}   # id(region) -> [num_slots, page_bytes]
+        self._regions: dict[int, FakeDeviceRegion] = {}
+        self._assigned_bytes = 0
+        self._closed = False
+
+    @property
+    def tier(self) -> Tier:
+        return self._tier
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    @property
+    def assigned_bytes(self) -> int:
+        with self._lock:
+            return self._assigned_bytes
+
+    def create_region(self, ns_id: int, num_slots: int, page_bytes: int) -> FakeDeviceRegion:
+        if num_slots < 1 or page_bytes < 1:
+            raise InvalidArgument(f"a region needs at least one slot of at least one byte, got "
+                                  f"{num_slots} x {page_bytes}")
+        size_bytes = num_slots * page_bytes
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"the fake {self._tier.label} arena is closed")
+            left = self._capacity_bytes - self._assigned_bytes
+            if size_bytes > left:
+                raise ResourceExhausted(f"a fake {self._tier.label} region of {format_size(size_bytes)} "
+                                        f"does not fit the {format_size(left)} left")
+            region = FakeDeviceRegion(self, ns_id, num_slots, page_bytes)
+            self._memory[id(region)] = np.full((num_slots, page_bytes), SENTINEL_BYTE, np.uint8)
+            self._regions[id(region)] = region
+            self._assigned_bytes += size_bytes
+        return region
+
+    def device_pages(self, region: FakeDeviceRegion) -> np.ndarray:
+        """The driver's access to a region's memory (the fake engine only)."""
+        with self._lock:
+            memory = self._memory.get(id(region))
+        if memory is None or region.closed:
+            raise Unavailable(f"{region!r} is closed")
+        return memory
+
+    def release(self, region: FakeDeviceRegion) -> None:
+        with self._lock:
+            if self._regions.pop(id(region), None) is not None:
+                del self._memory[id(region)]
+                self._assigned_bytes -= region.size_bytes
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            regions = list(self._regions.values())
+        for region in regions:
+            region.close()

@@ -1,0 +1,61 @@
+"""Values that cross the store, the RPC layer and the worker library: leases, lookups, tier stats.
+
+A shared value module (frozen dataclasses and enums only); ``tierd_client`` may import it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from tierd.keys import PageKey
+from tierd.tier import Tier
+
+
+class LeaseKind(enum.Enum):
+    READ = "read"   # pins published pages so they are neither evicted nor moved
+    FILL = "fill"   # holds reserved, unpublished slots the client writes and then commits
+
+
+@dataclass(frozen=True)
+class Lease:
+    """What a client is handed: ``slots[i]`` holds ``keys[i]`` (READ) or is free to fill (FILL).
+
+    ``expires_at_s`` is on the store process's ``time.monotonic`` clock.
+    """
+
+    lease_id: int
+    ns_id: int
+    tier: Tier
+    kind: LeaseKind
+    keys: tuple[PageKey, ...]
+    slots: tuple[int, ...]
+    expires_at_s: float
+    owner: str | None = None
+
+    @property
+    def num_pages(self) -> int:
+        return len(self.slots)
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """``num_hits`` leading keys are cached; ``tiers[i]`` is the fastest tier holding key ``i``."""
+
+    num_hits: int
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True)
+class TierStats:
+    """One tier's numbers in Stats; bytes are page payload bytes, counters are monotonic."""
+
+    capacity_bytes: int
+    used_bytes: int
+    pages: int
+    hits: int
+    misses: int
+    evictions: int
+    bytes_in: int
+    bytes_out: int
+    queue_depth: int
