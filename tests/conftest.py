@@ -1,8 +1,10 @@
-"""Fixtures shared by the page-store tests."""
+"""Fixtures shared by every test folder: the tests/ helpers on the path, short temp dirs."""
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,18 +12,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from store_helpers import SPEC, small_config  # noqa: E402
-
-from tierd.spec import Namespace  # noqa: E402
-from tierd.store import PageStore  # noqa: E402
-
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[PageStore]:
-    with PageStore(small_config(tmp_path / "data")) as s:
-        yield s
-
-
-@pytest.fixture
-def ns(store: PageStore) -> Namespace:
-    return store.register(SPEC)
+def short_tmp() -> Iterator[Path]:
+    """A short temp dir: unix socket paths are limited to 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="td-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

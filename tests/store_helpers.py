@@ -6,16 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig, WritePolicy
+from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig, StoreDevice, WritePolicy
 from tierd.keys import chain_keys
 from tierd.spec import Namespace, PageSpec
+
+# The store tests run on both: the CPU engine, and the strict fake device (no host view of hbm,
+# copies landing 0.2-2 ms after they are submitted, over sentinel-filled slots).
+DEVICES = ("cpu", "fake")
 
 # 2 layers x 2 (K,V) x 16 tokens x 2 heads x 64 dims x fp16 = 16 KiB pages.
 SPEC = PageSpec("tiny@r1", "float16", num_layers=2, num_kv_heads=2, head_dim=64, page_tokens=16)
 
 
 def small_config(data_dir: Path, hbm_pages: int = 8, dram_pages: int = 16, disk_pages: int = 256,
-                 write_policy: WritePolicy = WritePolicy.WRITE_BACK, **changes: object) -> StoreConfig:
+                 write_policy: WritePolicy = WritePolicy.WRITE_BACK, device: str = "cpu",
+                 **changes: object) -> StoreConfig:
     """A store whose first namespace gets exactly ``hbm_pages``/``dram_pages`` slots."""
     page = SPEC.page_bytes
     cfg = StoreConfig(
@@ -28,6 +33,7 @@ def small_config(data_dir: Path, hbm_pages: int = 8, dram_pages: int = 16, disk_
         maintenance_interval_s=0.01,
         acquire_timeout_s=10.0,
         flush_timeout_s=30.0,
+        device=StoreDevice.parse(device),
     )
     return cfg.with_changes(**changes) if changes else cfg
 

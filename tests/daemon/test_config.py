@@ -79,7 +79,7 @@ def test_every_section_of_the_toml_is_read(tmp_path: Path) -> None:
     server = config.server
     assert (server.socket, server.socket_mode, server.tcp) == (Path("/tmp/x/tierd.sock"), 0o640,
                                                                 "127.0.0.1:7070")
-    assert server.chunk_bytes == 2 * MiB and server.max_inflight_rpcs == 64
+    assert config.serving.chunk_bytes == 2 * MiB and config.serving.max_inflight_rpcs == 64
     store = config.store
     assert store.data_dir == Path("/srv/tierd")
     assert store.hbm.capacity_bytes == 8 * GiB and store.hbm.high_watermark == 0.8

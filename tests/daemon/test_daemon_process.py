@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from daemon_harness import PAGE_SPEC, keys_for, pages_for, put_stream
+from server_harness import PAGE_SPEC, keys_for, pages_for, put_stream
 from tierd.daemon.checks import EXIT_CONFIG
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc

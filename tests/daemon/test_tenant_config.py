@@ -8,8 +8,6 @@ from pathlib import Path
 import pytest
 
 from tierd.daemon.config import check_config, load_config
-from tierd.daemon.runner import serving_settings
-from tierd.daemon.checks import ResolvedDevice
 from tierd.errors import ConfigError
 from tierd.server.auth import token_digest
 from tierd.tier import Tier
@@ -42,8 +40,7 @@ token_file = "{token_file}"
     tokens = {t.tenant: t.token_sha256 for t in config.tenant_tokens}
     assert tokens == {"alpha": token_digest(TOKEN_A), "bravo": token_digest(TOKEN_B)}
     assert config.store.tenant_quotas == {"alpha": {Tier.HBM: GiB // 2, Tier.DRAM: 2 * GiB}}
-    settings = serving_settings(config, ResolvedDevice("cpu"))
-    assert settings.tenant_tokens == config.tenant_tokens
+    assert config.serving.tenant_tokens == config.tenant_tokens
 
 
 def test_without_tenant_tables_the_daemon_is_open(tmp_path: Path) -> None:

@@ -49,6 +49,10 @@ class MemoryResidency:
     def free_slots(self) -> int:
         return self.allocator.num_free
 
+    def slot_of(self, key: PageKey) -> int | None:
+        """The slot of a published page, or ``None``."""
+        return self.slots.get(key)
+
     def touch(self, key: PageKey) -> None:
         self.order.touch(key)
 

@@ -197,9 +197,9 @@ class Manager:
                    ticket: int | None) -> tuple[Plan | None, int, int, Plan | None]:
         """Reserve ``tier`` slots for the keys not cached yet (all or none).
 
-        Returns ``(plan, skipped, missing, persist)``: ``plan`` is None when nothing is new or
-        ``missing`` more slots must be freed first (then plan again); cached keys are touched
-        and, under write_through, ``persist`` queues those not on disk yet (``ticket`` waits).
+        Returns ``(plan, skipped, needed, persist)``: ``plan`` is None when nothing is new or
+        ``needed`` slots must be free first (then plan again); cached keys are touched and, under
+        write_through, ``persist`` queues those not on disk yet (``ticket`` waits).
         """
         with self._lock:
             book = self._book_locked(ns_id)
@@ -217,7 +217,7 @@ class Manager:
             persist = self._persist_plan_locked(book, persists)
             slots = res.reserve(len(todo)) if todo else []
             if slots is None:
-                return None, skipped, len(todo) - res.free_slots, persist
+                return None, skipped, len(todo), persist
             moves = []
             for key, slot in zip(todo, slots):
                 res.begin_store(key, slot)

@@ -219,13 +219,13 @@ class PageStore:
                    views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
         by_key = dict(zip(keys, views))
         while True:
-            plan, skipped, missing, persist = parts.manager.plan_store(ns_id, tier, keys, ticket)
+            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket)
             parts.runner.start_all([persist])
-            if not missing:
+            if not needed:
                 break
-            if not parts.evictor.make_room(ns_id, tier, missing, deadline_s):
+            if not parts.evictor.make_room(ns_id, tier, needed, deadline_s):
                 raise ResourceExhausted(
-                    f"namespace {ns_id} cannot make {missing} more {tier.label} slots free: its "
+                    f"namespace {ns_id} cannot make {needed} {tier.label} slots free: its "
                     f"{parts.manager.num_slots(ns_id, tier)} slots are leased or in flight; release "
                     "leases or put fewer pages")
         if plan is None:

@@ -12,11 +12,10 @@ from store_helpers import SPEC, make_keys, make_pages, small_config
 
 from tierd.config import WritePolicy
 from tierd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from tierd.index.leases import LeaseKind
 from tierd.spec import Namespace, PageSpec
-from tierd.store import PageStore
-from tierd.store_types import CommitResult
+from tierd.store import CommitResult, PageStore
 from tierd.tier import Tier
+from tierd.values import LeaseKind
 
 
 def test_put_get_lookup_round_trip(store: PageStore, ns: Namespace) -> None:
@@ -73,8 +72,8 @@ def test_bad_keys_and_unknown_namespace(store: PageStore, ns: Namespace) -> None
         store.put(ns.ns_id, make_keys(ns, 1), make_pages(ns, 1), tier=Tier.DISK)
 
 
-def test_register_is_idempotent_and_namespaces_never_mix(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, hbm_pages=32, dram_pages=64)
+def test_register_is_idempotent_and_namespaces_never_mix(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device, hbm_pages=32, dram_pages=64)
     cfg = cfg.with_changes(hbm=replace(cfg.hbm, region_share=0.25), dram=replace(cfg.dram, region_share=0.25))
     with PageStore(cfg) as store:
         _check_namespaces_never_mix(store)
@@ -125,14 +124,13 @@ def test_acquire_promotes_from_disk_to_hbm_and_pins(store: PageStore, ns: Namesp
     store.flush()
     lease = store.acquire(ns.ns_id, keys[:6], Tier.HBM, owner="worker-1")
     assert lease.kind is LeaseKind.READ and lease.keys == tuple(keys[:6]) and len(lease.slots) == 6
-    region = store.region(ns.ns_id, Tier.HBM)
-    assert [bytes(region.slot_view(s)) for s in lease.slots] == pages[:6]
+    assert store.read_slots(lease.lease_id) == pages[:6]
     assert set(store.lookup(ns.ns_id, keys[:6]).tiers) == {Tier.HBM}
     # Filling hbm with other pages never evicts the leased ones.
     with pytest.raises(ResourceExhausted):
         store.allocate(ns.ns_id, 8)
     store.allocate(ns.ns_id, 2)
-    assert [bytes(region.slot_view(s)) for s in lease.slots] == pages[:6]
+    assert store.read_slots(lease.lease_id) == pages[:6]
     assert store.release_owner("worker-1") == 1
     with pytest.raises(NotFound):
         store.release(lease.lease_id)
@@ -148,8 +146,8 @@ def test_acquire_returns_the_cached_prefix_only(store: PageStore, ns: Namespace)
         store.acquire(ns.ns_id, make_keys(ns, 9), Tier.HBM)
 
 
-def test_lease_expiry_frees_pins(tmp_path: Path) -> None:
-    with PageStore(small_config(tmp_path)) as store:
+def test_lease_expiry_frees_pins(tmp_path: Path, device: str) -> None:
+    with PageStore(small_config(tmp_path, device=device)) as store:
         ns = store.register(SPEC)
         fill = store.allocate(ns.ns_id, 8, ttl_s=600)
         with pytest.raises(ResourceExhausted):
@@ -174,10 +172,8 @@ def test_renew_extends_and_validates_ttl(store: PageStore, ns: Namespace) -> Non
 
 def test_allocate_commit_binds_slots_and_rejects_bad_commits(store: PageStore, ns: Namespace) -> None:
     lease = store.allocate(ns.ns_id, 3, owner="w")
-    region = store.region(ns.ns_id, Tier.HBM)
     keys, pages = make_keys(ns, 3), make_pages(ns, 3)
-    for slot, page in zip(lease.slots, pages):
-        region.write_slot(slot, memoryview(page))
+    store.write_slots(lease.lease_id, lease.slots, pages)
     with pytest.raises(InvalidArgument, match="not open slots"):
         store.commit(lease.lease_id, keys[:1], [max(lease.slots) + 1])
     with pytest.raises(InvalidArgument, match="keys but"):
@@ -212,8 +208,8 @@ def test_write_back_reaches_disk_only_on_flush(store: PageStore, ns: Namespace) 
     assert store.flush() == 0
 
 
-def test_write_through_is_durable_when_the_ticket_says_so(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, write_policy=WritePolicy.WRITE_THROUGH)
+def test_write_through_is_durable_when_the_ticket_says_so(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device, write_policy=WritePolicy.WRITE_THROUGH)
     with PageStore(cfg) as store:
         ns = store.register(SPEC)
         keys, pages = make_keys(ns, 5), make_pages(ns, 5)
@@ -225,16 +221,14 @@ def test_write_through_is_durable_when_the_ticket_says_so(tmp_path: Path) -> Non
         assert again.skipped == 5 and store.wait_durable(again.durable_ticket, timeout_s=10)
 
 
-def test_write_through_commit_returns_a_ticket_covering_every_key(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, write_policy=WritePolicy.WRITE_THROUGH)
+def test_write_through_commit_returns_a_ticket_covering_every_key(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device, write_policy=WritePolicy.WRITE_THROUGH)
     with PageStore(cfg) as store:
         ns = store.register(SPEC)
         keys, pages = make_keys(ns, 4), make_pages(ns, 4)
         store.put(ns.ns_id, keys[:1], pages[:1], tier=Tier.HBM)  # cached before: skipped, still covered
         lease = store.allocate(ns.ns_id, 4)
-        region = store.region(ns.ns_id, Tier.HBM)
-        for slot, page in zip(lease.slots, pages):
-            region.write_slot(slot, memoryview(page))
+        store.write_slots(lease.lease_id, lease.slots, pages)
         result = store.commit(lease.lease_id, keys, lease.slots)
         assert result.committed == 3 and result.durable_ticket is not None
         assert store.wait_durable(result.durable_ticket, timeout_s=10)
@@ -246,8 +240,8 @@ def test_write_through_commit_returns_a_ticket_covering_every_key(tmp_path: Path
         assert [bytes(p) for p in store.get(ns.ns_id, keys)] == pages
 
 
-def test_ticket_namespace_names_the_issuer_and_rejects_unknown_tickets(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, hbm_pages=16, dram_pages=32, write_policy=WritePolicy.WRITE_THROUGH)
+def test_ticket_namespace_names_the_issuer_and_rejects_unknown_tickets(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device, hbm_pages=16, dram_pages=32, write_policy=WritePolicy.WRITE_THROUGH)
     cfg = cfg.with_changes(hbm=replace(cfg.hbm, region_share=0.5), dram=replace(cfg.dram, region_share=0.5))
     with PageStore(cfg) as store:
         first = store.register(SPEC)
@@ -259,11 +253,11 @@ def test_ticket_namespace_names_the_issuer_and_rejects_unknown_tickets(tmp_path:
             store.ticket_namespace(t2 + 100)
 
 
-def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, device: str, caplog: pytest.LogCaptureFixture) -> None:
     page = SPEC.page_bytes
-    cfg = small_config(tmp_path, write_policy=WritePolicy.WRITE_THROUGH)
+    cfg = small_config(tmp_path, device=device, write_policy=WritePolicy.WRITE_THROUGH)
     cfg = cfg.with_changes(disk=replace(cfg.disk, capacity_bytes=2 * (page + 64)))
-    with caplog.at_level("WARNING", logger="tierd.store_core"), PageStore(cfg) as store:
+    with caplog.at_level("WARNING", logger="tierd.store.disk_book"), PageStore(cfg) as store:
         ns = store.register(SPEC)
         result = store.put(ns.ns_id, make_keys(ns, 8), make_pages(ns, 8))  # queued in one batch
         assert not store.wait_durable(result.durable_ticket, timeout_s=10)  # some pages never queued
@@ -273,8 +267,8 @@ def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, caplog:
     assert len(warnings) == 1 and refused > 1  # one line for the burst, not one per page
 
 
-def test_close_flushes_and_reopen_restores_pages_and_recency(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path)
+def test_close_flushes_and_reopen_restores_pages_and_recency(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device)
     with PageStore(cfg) as store:
         ns = store.register(SPEC)
         keys, pages = make_keys(ns, 10), make_pages(ns, 10)
@@ -309,8 +303,8 @@ def test_stats_count_hits_misses_and_bytes(store: PageStore, ns: Namespace) -> N
     assert stats.tiers[Tier.HBM].misses == 3 and stats.namespaces == 1
 
 
-def test_open_close_idempotent_and_closed_store_refuses(tmp_path: Path) -> None:
-    store = PageStore(small_config(tmp_path))
+def test_open_close_idempotent_and_closed_store_refuses(tmp_path: Path, device: str) -> None:
+    store = PageStore(small_config(tmp_path, device=device))
     store.open()
     store.open()
     store.close()
@@ -321,8 +315,8 @@ def test_open_close_idempotent_and_closed_store_refuses(tmp_path: Path) -> None:
         store.open()
 
 
-def test_hbm_disabled_keeps_working_in_dram(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path)
+def test_hbm_disabled_keeps_working_in_dram(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device)
     cfg = cfg.with_changes(hbm=replace(cfg.hbm, capacity_bytes=0))
     with PageStore(cfg) as store:
         ns = store.register(SPEC)
@@ -333,19 +327,19 @@ def test_hbm_disabled_keeps_working_in_dram(tmp_path: Path) -> None:
         assert store.acquire(ns.ns_id, keys, Tier.DRAM).num_pages == 2
 
 
-def test_tenant_quota_caps_the_total_of_its_namespaces(tmp_path: Path) -> None:
-    cfg = small_config(tmp_path, hbm_pages=32, dram_pages=64)
+def test_tenant_quota_caps_the_total_of_its_namespaces(tmp_path: Path, device: str) -> None:
+    cfg = small_config(tmp_path, device=device, hbm_pages=32, dram_pages=64)
     quota = {Tier.HBM: 6 * SPEC.page_bytes, Tier.DRAM: 10 * SPEC.page_bytes}
     cfg = cfg.with_changes(tenant_quotas={"team": quota})
     with PageStore(cfg) as store:
         first = store.register(SPEC, tenant="team")
-        assert store.region(first.ns_id, Tier.HBM).num_slots == 6
-        assert store.region(first.ns_id, Tier.DRAM).num_slots == 10
+        assert store.num_slots(first.ns_id, Tier.HBM) == 6
+        assert store.num_slots(first.ns_id, Tier.DRAM) == 10
         with pytest.raises(ResourceExhausted, match="tenant 'team'"):
             store.register(PageSpec("tiny@r2", "float16", 2, 2, 64, 16), tenant="team")
         assert len(store.namespaces()) == 1  # the refused register left nothing behind
         other = store.register(SPEC, tenant="other")  # no quota: a share of what is unassigned
-        assert store.region(other.ns_id, Tier.DRAM).num_slots == 64 - 10
+        assert store.num_slots(other.ns_id, Tier.DRAM) == 64 - 10
 
 
 def test_lease_namespace_names_the_owner_of_live_leases_only(store: PageStore, ns: Namespace) -> None:

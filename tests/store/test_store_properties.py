@@ -1,9 +1,10 @@
-"""Property-based test of the page store over random operation sequences.
+"""Property-based test of the page store over random operation sequences, on each engine.
 
-Invariants checked after every step (under the store lock, while background maintenance runs):
-no slot is ever held twice, used bytes never exceed a tier's capacity, leased pages are never
-evicted or overwritten, and every page the index lists reads back, from the tier it names, with
-the bytes that were put. With a disk large enough, no page is ever lost (only disk drops pages).
+Invariants checked after every step (through the store's public inspection surfaces, while
+background maintenance runs): no slot is ever held twice, used bytes never exceed a tier's
+capacity, leased pages are never evicted or overwritten, and every page the index lists reads
+back with the bytes that were put. With a disk large enough, no page is ever lost (only disk
+drops pages).
 """
 
 from __future__ import annotations
@@ -19,24 +20,25 @@ from store_helpers import SPEC, small_config
 
 from tierd.config import WritePolicy
 from tierd.errors import ResourceExhausted
-from tierd.index.leases import LeaseKind
 from tierd.keys import chain_keys
 from tierd.store import PageStore
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.tiers.disk import ReadStatus
+from tierd.values import LeaseKind
 
 NUM_KEYS = 40
 
 
 class StoreMachine(RuleBasedStateMachine):
     disk_pages = 256  # holds every page: nothing may be lost
+    device = "cpu"
 
     def __init__(self) -> None:
         super().__init__()
         self.tmp = tempfile.TemporaryDirectory()
         policy = WritePolicy.WRITE_THROUGH if self.disk_pages % 2 else WritePolicy.WRITE_BACK
         self.store = PageStore(small_config(Path(self.tmp.name), hbm_pages=6, dram_pages=10,
-                                            disk_pages=self.disk_pages, write_policy=policy))
+                                            disk_pages=self.disk_pages, write_policy=policy,
+                                            device=self.device))
         self.store.open()
         self.ns = self.store.register(SPEC)
         tokens = np.arange(NUM_KEYS * SPEC.page_tokens, dtype=np.uint32)
@@ -79,10 +81,8 @@ class StoreMachine(RuleBasedStateMachine):
             lease = self.store.allocate(self.ns.ns_id, n, ttl_s=60)
         except ResourceExhausted:
             return
-        region = self.store.region(self.ns.ns_id, Tier.HBM)
         keys = list(dict.fromkeys(self.keys[i] for i in idx))[:n]
-        for key, slot in zip(keys, lease.slots):
-            region.write_slot(slot, memoryview(self.data[key]))
+        self.store.write_slots(lease.lease_id, lease.slots[:len(keys)], [self.data[k] for k in keys])
         self.store.commit(lease.lease_id, keys, lease.slots[:len(keys)])
         self.cached.update(keys)
         self.store.release(lease.lease_id)
@@ -118,66 +118,56 @@ class StoreMachine(RuleBasedStateMachine):
 
     @rule()
     def maintenance(self) -> None:
-        self.store._maintenance.run_once()
+        self.store.run_maintenance()
 
     # -- invariants ------------------------------------------------------------------------------
     @invariant()
     def slots_are_never_shared_and_capacity_holds(self) -> None:
-        core = self.store._core
-        with core.lock:
-            for st_ in core.namespaces.values():
-                for tier, res in st_.mem.items():
-                    held = list(res.slots.values()) + list(res.pending.values())
-                    held += [s for rec in core.leases._leases.values()
-                             if rec.ns_id == st_.ns.ns_id and rec.tier is tier for s in rec.open_slots]
-                    held += list(core.orphans.get((st_.ns.ns_id, tier), ()))
-                    assert len(held) == len(set(held)), f"{tier.label}: a slot is held twice"
-                    assert len(held) == res.allocator.num_used, f"{tier.label}: slots leaked"
-                    assert all(res.allocator.is_allocated(s) for s in held)
-            for tier in Tier:
-                assert core.used_bytes_locked(tier) <= self.store.config.tier_capacity_bytes(tier)
+        index = self.store.inspect()
+        for (ns_id, tier), region in index.regions.items():
+            held = [*region.pages.values(), *region.pending.values(), *region.fill_slots,
+                    *region.orphan_slots]
+            assert len(held) == len(set(held)), f"{tier.label}: a slot is held twice"
+            assert len(held) == region.used_slots, f"{tier.label}: slots leaked"
+            assert all(0 <= slot < region.num_slots for slot in held)
+            assert set(region.pins) <= set(held), f"{tier.label}: a free slot is pinned"
+        for tier in Tier:
+            assert index.used_bytes[tier] <= self.store.config.tier_capacity_bytes(tier)
 
     @invariant()
     def leased_pages_stay_put(self) -> None:
         for lease, _ in self.leases.values():
-            if lease.kind is not LeaseKind.READ:
-                continue
-            region = self.store.region(self.ns.ns_id, lease.tier)
-            for key, slot in zip(lease.keys, lease.slots):
-                assert bytes(region.slot_view(slot)) == self.data[key]
+            if lease.kind is LeaseKind.READ:
+                assert self.store.read_slots(lease.lease_id) == [self.data[k] for k in lease.keys]
 
     @invariant()
-    def every_listed_page_reads_back_from_its_tier(self) -> None:
-        core = self.store._core
-        st_ = core.namespaces[self.ns.ns_id]
-        with core.lock:
-            where = {k: (t, st_.mem[t].slots[k] if t is not Tier.DISK else -1) for k in self.keys
-                     for t in (core.fastest_tier_locked(st_, k),) if t is not None}
-            for k in where:
-                if where[k][0] is not Tier.DISK:
-                    st_.mem[where[k][0]].pin(where[k][1])
-        try:
-            for key, (tier, slot) in where.items():
-                if tier is Tier.DISK:
-                    out = bytearray(SPEC.page_bytes)
-                    status = core.disk.read_into(self.ns.ns_id, key, memoryview(out))
-                    # A page evicted from disk between the snapshot and the read is a miss, never wrong bytes.
-                    assert status is ReadStatus.OK or self.disk_pages < 256
-                    assert status is not ReadStatus.OK or bytes(out) == self.data[key]
-                else:
-                    assert bytes(st_.regions[tier].slot_view(slot)) == self.data[key]
-        finally:
-            with core.lock:
-                for key, (tier, slot) in where.items():
-                    if tier is not Tier.DISK:
-                        core.unpin_locked(st_, tier, slot)
+    def every_listed_page_reads_back(self) -> None:
+        index = self.store.inspect()
+        ns_id = self.ns.ns_id
+        listed = set(index.disk_pages.get(ns_id, ()))
+        for tier in MEMORY_TIERS:
+            region = index.regions.get((ns_id, tier))
+            listed |= set(region.pages) if region is not None else set()
+        keys = [k for k in self.keys if k in listed]
+        for key, found in zip(keys, self.store.peek(ns_id, keys)):
+            # A page evicted from a small disk since the snapshot is a miss, never wrong bytes.
+            assert found is not None or self.disk_pages < 256, "a listed page did not read back"
+            assert found is None or found.data == self.data[key]
         if self.disk_pages >= 256:
-            assert self.cached <= set(where), "a page was lost although the disk had room"
-            assert set(where) <= self.cached | self.maybe, "a deleted page came back"
+            assert self.cached <= listed, "a page was lost although the disk had room"
+            assert listed <= self.cached | self.maybe, "a deleted page came back"
 
 
 class SmallDiskMachine(StoreMachine):
     disk_pages = 13  # odd: write_through; small: disk eviction drops pages
+
+
+class FakeDeviceMachine(StoreMachine):
+    device = "fake"
+
+
+class FakeDeviceSmallDiskMachine(SmallDiskMachine):
+    device = "fake"
 
 
 SETTINGS = settings(max_examples=60, stateful_step_count=40, deadline=None,
@@ -186,3 +176,7 @@ TestStoreProperties = StoreMachine.TestCase
 TestStoreProperties.settings = SETTINGS
 TestSmallDiskProperties = SmallDiskMachine.TestCase
 TestSmallDiskProperties.settings = SETTINGS
+TestFakeDeviceProperties = FakeDeviceMachine.TestCase
+TestFakeDeviceProperties.settings = SETTINGS
+TestFakeDeviceSmallDiskProperties = FakeDeviceSmallDiskMachine.TestCase
+TestFakeDeviceSmallDiskProperties.settings = SETTINGS

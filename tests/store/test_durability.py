@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from tierd.durability import DurabilityTracker
+from tierd.store.durability import DurabilityTracker
 from tierd.errors import InvalidArgument
 
 
@@ -47,7 +47,7 @@ def test_unknown_tickets_are_rejected(ticket: object) -> None:
 
 
 def test_owner_names_the_namespace_of_recent_tickets_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("tierd.durability.MAX_REMEMBERED_OWNERS", 2)
+    monkeypatch.setattr("tierd.store.durability.MAX_REMEMBERED_OWNERS", 2)
     tracker = DurabilityTracker()
     first, second, third = tracker.new_ticket(7), tracker.new_ticket(8), tracker.new_ticket()
     assert tracker.owner(first) == (False, None)        # forgotten: bounded memory

@@ -53,11 +53,13 @@ def _indices(line: str) -> list[int]:
     return [int(x) for x in line.split()]
 
 
-def _run_and_kill(data_dir: Path, start: int, rng: random.Random) -> set[int]:
+def _run_and_kill(data_dir: Path, start: int, device: str, rng: random.Random) -> set[int]:
     """Start the child, kill it after a random number (0..BATCHES_PER_ROUND-1) of acknowledged
     batches; every index it printed before dying was durable before the print."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHILD.parent), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(start), str(PAGES_PER_ROUND)],
+    paths = [str(CHILD.parent), str(CHILD.parent.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    child = subprocess.Popen([sys.executable, str(CHILD), str(data_dir), str(start), str(PAGES_PER_ROUND),
+                              device],
                              stdout=subprocess.PIPE, text=True, env=env)
     acked: set[int] = set()
     kill_after = rng.randrange(BATCHES_PER_ROUND)
@@ -81,10 +83,10 @@ def _run_and_kill(data_dir: Path, start: int, rng: random.Random) -> set[int]:
     return acked
 
 
-def _check_after_crash(data_dir: Path, acked: set[int], written: range) -> None:
+def _check_after_crash(data_dir: Path, device: str, acked: set[int], written: range) -> None:
     """Every acknowledged page reads back bit-exact; every page of ``written`` the index lists
     (acknowledged or caught mid-write) is on disk with the right bytes."""
-    with PageStore(small_config(data_dir, disk_pages=DISK_PAGES)) as store:
+    with PageStore(small_config(data_dir, disk_pages=DISK_PAGES, device=device)) as store:
         ns = store.register(SPEC)
         for index in sorted(acked):
             got = store.get(ns.ns_id, [page_key(ns, index)])
@@ -102,17 +104,17 @@ def _check_after_crash(data_dir: Path, acked: set[int], written: range) -> None:
 
 
 @pytest.mark.slow
-def test_sigkill_during_write_through_never_loses_durable_pages(tmp_path: Path) -> None:
+def test_sigkill_during_write_through_never_loses_durable_pages(tmp_path: Path, device: str) -> None:
     rng = random.Random(1234)
     data_dir = tmp_path / "data"
     acked_total: set[int] = set()
     for round_no in range(ROUNDS):
         start = round_no * PAGES_PER_ROUND
-        acked = _run_and_kill(data_dir, start, rng)
+        acked = _run_and_kill(data_dir, start, device, rng)
         assert acked <= set(range(start, start + PAGES_PER_ROUND))
         acked_total |= acked
         # Each reopen checks this round's pages; the last one checks every round's again.
         last = round_no == ROUNDS - 1
-        _check_after_crash(data_dir, acked_total if last else acked,
+        _check_after_crash(data_dir, device, acked_total if last else acked,
                            range(0 if last else start, start + PAGES_PER_ROUND))
     assert len(acked_total) >= BATCH_PAGES * ROUNDS, "the child acknowledged (almost) nothing: the test proved nothing"

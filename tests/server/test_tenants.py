@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from daemon_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, make_server, open_channel,
+from server_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, make_server, open_channel,
                             pages_for, put_stream, serving_settings)
 from tierd.config import WritePolicy
 from tierd.errors import Unauthenticated

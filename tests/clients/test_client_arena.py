@@ -41,13 +41,13 @@ def test_numpy_view_has_the_page_layout_and_shares_memory(region: ShmRegion) -> 
     arr[3, 1, 0, 2, 1, :] = np.arange(8, dtype=np.uint16) + 100
     # ... and the daemon reads it at the page-first offset in the same slot.
     page = bytearray(SPEC.page_bytes)
-    region.read_slot(3, memoryview(page))
+    page[:] = region.slot_view(3)
     itemsize = 2
     offset = ((((1 * 2 + 0) * 4 + 2) * 2 + 1) * 8) * itemsize
     got = np.frombuffer(bytes(page[offset:offset + 8 * itemsize]), dtype=np.uint16)
     assert got.tolist() == list(range(100, 108))
     # The daemon's writes are visible to the worker.
-    region.write_slot(0, memoryview(bytes([7]) * SPEC.page_bytes))
+    region.slot_view(0)[:] = bytes([7]) * SPEC.page_bytes
     assert (view.bytes()[0] == 7).all() and view.bytes().shape == (NUM_SLOTS, SPEC.page_bytes)
     view.close()
 
@@ -58,7 +58,7 @@ def test_torch_view_is_typed_and_in_place(region: ShmRegion) -> None:
     assert tensor.dtype == torch.bfloat16 and tuple(tensor.shape) == view.shape
     tensor[2].fill_(1.5)
     page = bytearray(SPEC.page_bytes)
-    region.read_slot(2, memoryview(page))
+    page[:] = region.slot_view(2)
     assert torch.frombuffer(page, dtype=torch.bfloat16).eq(1.5).all()
     assert view.slot(2).shape == SPEC.page_shape
     with pytest.raises(InvalidArgumentError, match="slot 5 is outside"):
@@ -82,7 +82,7 @@ def test_closing_or_exiting_never_unlinks_the_daemons_segment(region: ShmRegion)
                    check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
     assert path.exists()
     page = bytearray(SPEC.page_bytes)
-    region.read_slot(0, memoryview(page))
+    page[:] = region.slot_view(0)
     assert set(page) == {9}
 
 

@@ -11,7 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from daemon_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, open_channel, pages_for,
+from server_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, open_channel, pages_for,
                       put_stream)
 from tierd import errors as tierd_errors
 from tierd.keys import namespace_fingerprint

@@ -19,9 +19,9 @@ IDLE_S = 3600.0
 
 
 def main() -> None:
-    data_dir, start, num_pages = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    data_dir, start, num_pages, device = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     cfg = small_config(data_dir, hbm_pages=4, dram_pages=24, disk_pages=DISK_PAGES,
-                       write_policy=WritePolicy.WRITE_THROUGH)
+                       write_policy=WritePolicy.WRITE_THROUGH, device=device)
     cfg = cfg.with_changes(disk=replace(cfg.disk, fsync=True))
     store = PageStore(cfg)
     store.open()
