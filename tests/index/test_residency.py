@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from tierd.errors import InvalidArgument
 from tierd.index.residency import DiskResidency, MemoryResidency
-from tierd.policies import LruOrder
 
 
 def _publish(res: MemoryResidency, keys: list[bytes]) -> dict[bytes, int]:
@@ -21,7 +20,7 @@ def _publish(res: MemoryResidency, keys: list[bytes]) -> dict[bytes, int]:
 
 
 def test_victims_are_least_recently_used_and_never_pinned() -> None:
-    res = MemoryResidency(4, LruOrder())
+    res = MemoryResidency(4)
     where = _publish(res, [b"a" * 16, b"b" * 16, b"c" * 16, b"d" * 16])
     res.touch(b"a" * 16)                 # order now b, c, d, a
     res.pin(where[b"b" * 16])
@@ -33,7 +32,7 @@ def test_victims_are_least_recently_used_and_never_pinned() -> None:
 
 
 def test_pending_pages_are_invisible_and_cancelled_ones_never_publish() -> None:
-    res = MemoryResidency(2, LruOrder())
+    res = MemoryResidency(2)
     (slot,) = res.reserve(1)
     res.begin_store(b"k" * 16, slot)
     assert res.slot_of(b"k" * 16) is None and res.victims(2) == []
@@ -43,7 +42,7 @@ def test_pending_pages_are_invisible_and_cancelled_ones_never_publish() -> None:
 
 
 def test_duplicate_store_frees_the_second_slot() -> None:
-    res = MemoryResidency(2, LruOrder())
+    res = MemoryResidency(2)
     _publish(res, [b"k" * 16])
     (slot,) = res.reserve(1)
     res.begin_store(b"k" * 16, slot)
@@ -52,7 +51,7 @@ def test_duplicate_store_frees_the_second_slot() -> None:
 
 
 def test_remove_of_a_pinned_page_keeps_its_slot_until_unpinned() -> None:
-    res = MemoryResidency(1, LruOrder())
+    res = MemoryResidency(1)
     slot = _publish(res, [b"k" * 16])[b"k" * 16]
     res.pin(slot)
     assert res.remove(b"k" * 16) == slot
@@ -63,7 +62,7 @@ def test_remove_of_a_pinned_page_keeps_its_slot_until_unpinned() -> None:
 @given(st.lists(st.tuples(st.sampled_from(["touch", "pin", "unpin"]), st.integers(0, 7)), max_size=60))
 def test_victims_follow_recency_among_unpinned_pages(ops: list[tuple[str, int]]) -> None:
     keys = [bytes([i]) * 16 for i in range(8)]
-    res = MemoryResidency(8, LruOrder())
+    res = MemoryResidency(8)
     where = _publish(res, keys)
     order = list(keys)          # the model: least recent first
     pins = {k: 0 for k in keys}
@@ -84,7 +83,7 @@ def test_victims_follow_recency_among_unpinned_pages(ops: list[tuple[str, int]])
 
 
 def test_disk_residency_accounts_bytes_and_picks_lru_victims() -> None:
-    disk = DiskResidency(LruOrder())
+    disk = DiskResidency()
     for i in range(4):
         disk.add(bytes([i]) * 20, 100)
     assert disk.begin_write(b"w" * 20, 50) and not disk.begin_write(b"w" * 20, 50)

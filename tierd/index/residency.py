@@ -19,16 +19,17 @@ from collections.abc import Container, Iterable
 from tierd.errors import InvalidArgument
 from tierd.index.slots import SlotAllocator
 from tierd.keys import PageKey
-from tierd.policies import EvictionOrder
+from tierd.config import EvictionPolicy
+from tierd.policies import EvictionOrder, make_order
 
 
 class MemoryResidency:
     """One namespace's pages in one memory tier (``hbm`` or ``dram``)."""
 
-    def __init__(self, num_slots: int, order: EvictionOrder[PageKey]) -> None:
+    def __init__(self, num_slots: int, policy: EvictionPolicy = EvictionPolicy.LRU) -> None:
         self.allocator = SlotAllocator(num_slots)
-        self.order = order
-        self.slots: dict[PageKey, int] = {}      # published pages
+        self.slots: dict[PageKey, int] = {}      # published pages, first cached first
+        self.order: EvictionOrder[PageKey] = make_order(policy, self.slots)
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
         self.cancelled: set[PageKey] = set()     # pending pages deleted meanwhile: never published
         self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)
@@ -152,9 +153,9 @@ class DiskResidency:
     LMDB's map can fill.
     """
 
-    def __init__(self, order: EvictionOrder[bytes]) -> None:
-        self.order = order
+    def __init__(self, policy: EvictionPolicy = EvictionPolicy.LRU) -> None:
         self.pages: dict[bytes, int] = {}     # disk key -> stored bytes (header + payload)
+        self.order: EvictionOrder[bytes] = make_order(policy, self.pages)
         self.pending: dict[bytes, int] = {}   # writes queued, not yet committed
         self.used_bytes = 0
 

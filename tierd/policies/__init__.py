@@ -7,7 +7,7 @@ A new policy is a new file with a class satisfying ``EvictionOrder``, a member o
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tierd.config import EvictionPolicy
 from tierd.policies.base import EvictionOrder
@@ -18,8 +18,9 @@ __all__ = ["EvictionOrder", "LruOrder", "make_order"]
 K = TypeVar("K", bound=Hashable)
 
 
-def make_order(policy: EvictionPolicy) -> EvictionOrder[K]:
-    """A fresh, empty eviction order for one tier of one namespace (or for the disk)."""
+def make_order(policy: EvictionPolicy, entries: dict[K, Any]) -> EvictionOrder[K]:
+    """The eviction order of one tier of one namespace (or of the disk), over ``entries``: the
+    residency's dict of that tier's pages."""
     if policy is EvictionPolicy.LRU:
-        return LruOrder()
+        return LruOrder(entries)
     raise ValueError(f"no eviction order for policy {policy!r}")

@@ -2,7 +2,10 @@
 
 An order knows the pages of one tier (of one namespace, or of the whole disk) and which of them
 to give up first. It never decides whether a page may go: the manager skips pinned and in-flight
-pages while walking ``candidates``. Not thread-safe: the manager calls it under its lock.
+pages while walking ``candidates``. It is made over the residency's dict of the tier's pages
+(``make_order(policy, entries)``), whose insertion order is the order pages were cached in; the
+residency changes that dict first and then tells the order. Not thread-safe: the manager calls it
+under its lock.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Least recently used first.
 
-Recency is the insertion order of a plain ``dict`` (oldest first): a touch is pop + re-insert,
-which keeps an entry at about 100 bytes instead of an object per page.
+Recency is the insertion order of the residency's own ``dict`` of pages (oldest first): caching a
+page appends it, a touch is pop + re-insert, so LRU costs no memory beyond that dict.
 """
 
 from __future__ import annotations
@@ -11,30 +11,31 @@ from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
+_ABSENT = object()
+
 
 class LruOrder(Generic[K]):
-    """``EvictionOrder`` by recency of use."""
+    """``EvictionOrder`` by recency of use, over ``entries`` (the residency's dict of pages)."""
 
-    def __init__(self) -> None:
-        self._keys: dict[K, None] = {}
+    def __init__(self, entries: dict[K, object]) -> None:
+        self._entries = entries
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self._entries)
 
     def __contains__(self, key: object) -> bool:
-        return key in self._keys
+        return key in self._entries
 
     def insert(self, key: K) -> None:
-        self._keys.pop(key, None)
-        self._keys[key] = None
+        """Nothing to do: the residency added ``key`` at the end of its dict (the MRU end)."""
 
     def touch(self, key: K) -> None:
-        if key in self._keys:
-            del self._keys[key]
-            self._keys[key] = None
+        value = self._entries.pop(key, _ABSENT)
+        if value is not _ABSENT:
+            self._entries[key] = value
 
     def remove(self, key: K) -> None:
-        self._keys.pop(key, None)
+        """Nothing to do: the residency removed ``key`` from its dict."""
 
     def candidates(self) -> Iterator[K]:
-        return iter(self._keys)
+        return iter(self._entries)

@@ -13,7 +13,6 @@ import time
 from tierd.config import StoreConfig, WritePolicy
 from tierd.index.residency import DiskResidency
 from tierd.keys import PageKey
-from tierd.policies import make_order
 from tierd.store.durability import DurabilityTracker
 from tierd.store.namespace_book import NamespaceBook
 from tierd.store.plans import ON_DISK, Move, Place
@@ -36,7 +35,7 @@ class DiskBook:
         self._write_through = config.write_policy is WritePolicy.WRITE_THROUGH
         self.durability = durability
         self._seq = itertools.count(1)  # written into page headers: recency on warm restart
-        self.residency = DiskResidency(make_order(config.eviction_policy))
+        self.residency = DiskResidency(config.eviction_policy)
         # The configured capacity, lowered when LMDB's map filled before the budget did.
         self.budget_bytes = config.disk.capacity_bytes
         # Disk keys being read: never victims meanwhile (count of readers).

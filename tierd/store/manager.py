@@ -21,7 +21,6 @@ from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, 
 from tierd.index.leases import LeaseRecord, LeaseTable
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey
-from tierd.policies import make_order
 from tierd.spec import Namespace, PageSpec
 from tierd.store.disk_book import DiskBook
 from tierd.store.durability import DurabilityTracker
@@ -64,7 +63,7 @@ class Manager:
             book = self._book_locked(ns_id)
             if tier in book.mem:
                 raise InvalidArgument(f"namespace {ns_id} has a {tier.label} region already")
-            book.mem[tier] = MemoryResidency(num_slots, make_order(self.config.eviction_policy))
+            book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy)
 
     def find_namespace(self, tenant: str, spec: PageSpec) -> Namespace | None:
         with self._lock:
@@ -585,8 +584,10 @@ class Manager:
         """A copy of the whole index, taken under the lock."""
         with self._lock:
             regions: dict[tuple[int, Tier], RegionSnapshot] = {}
-            fill = {(r.ns_id, r.tier): r.open_slots for r in self._leases.records()
-                    if r.kind is LeaseKind.FILL}
+            fill: dict[tuple[int, Tier], set[int]] = {}
+            for record in self._leases.records():
+                if record.kind is LeaseKind.FILL:
+                    fill.setdefault((record.ns_id, record.tier), set()).update(record.open_slots)
             for book in self._books.values():
                 for tier, res in book.mem.items():
                     regions[(book.ns_id, tier)] = RegionSnapshot(
