@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tierd.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import RegionHandle
 from tierd.tier import Tier
 from tierd.tiers.base import Medium
@@ -54,6 +54,11 @@ class FakeDeviceRegion:
     def handle(self) -> RegionHandle | None:
         """None: no client process can map fake device memory."""
         return None
+
+    def slot_view(self, slot: int) -> memoryview:
+        """Always refused: device memory has no host view (this is what the fake checks)."""
+        raise FailedPrecondition(f"{self!r} is device memory and has no host view: copy its pages "
+                                 "through the transfer engine")
 
     def close(self) -> None:
         if not self._closed:

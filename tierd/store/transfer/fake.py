@@ -93,10 +93,18 @@ class DeviceHandler:
         self._disk_writes = disk_writes
 
     def run(self, lane: Lane, copies: Indexed, ticket: TransferTicket) -> None:
-        for _, copy in copies:
-            if not isinstance(copy.dst, DiskRef):
-                self._page(copy.dst).fill(SENTINEL_BYTE)
-        self._timeline.schedule(lane, lambda: self._land(lane, copies, ticket))
+        accepted: Indexed = []
+        for index, copy in copies:
+            try:
+                if not isinstance(copy.dst, DiskRef):
+                    self._page(copy.dst).fill(SENTINEL_BYTE)
+            except Exception:  # a bad slot or a closed region: this page cannot arrive
+                log.exception("fake device copy refused")
+                ticket.settle(index, False)
+                continue
+            accepted.append((index, copy))
+        if accepted:
+            self._timeline.schedule(lane, lambda: self._land(lane, accepted, ticket))
 
     def _page(self, endpoint: Endpoint) -> np.ndarray:
         """The bytes of a device slot or a host buffer, as a writable uint8 array."""
