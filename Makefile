@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench bench-kernels proto clean
+.PHONY: install run test lint typecheck bench bench-kernels proto clean
 
 install: $(STAMP)
 
@@ -27,8 +27,20 @@ run: $(STAMP)
 	@mkdir -p var
 	$(VENV)/bin/tierd --config systemd/tierd.dev.toml
 
-test: $(STAMP)
+test: lint typecheck
 	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+# mypy finds packages by folder name: tierd_kernels and tierd_client are linked under their
+# import names (kernels/ and clients/tierd_client/ in the tree).
+TYPECHECK_PATH := $(VENV)/typecheck
+typecheck: $(STAMP)
+	@mkdir -p $(TYPECHECK_PATH)
+	@ln -sfn $(CURDIR)/kernels $(TYPECHECK_PATH)/tierd_kernels
+	@ln -sfn $(CURDIR)/clients/tierd_client $(TYPECHECK_PATH)/tierd_client
+	MYPYPATH=$(TYPECHECK_PATH) $(VENV)/bin/mypy -p tierd -p tierd_client -p tierd_kernels
 
 bench: $(STAMP)
 	$(PY) benchmarks/tiers.py --quick

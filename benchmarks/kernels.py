@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import tierd_kernels as tk  # noqa: E402
+import tierd_kernels as tk
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, PAGE_TOKENS = 32, 8, 128, 16  # Llama-3-8B attention, vLLM page size
 DTYPE = torch.bfloat16
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         print("benchmarks/kernels.py needs a CUDA GPU: torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     try:
-        from tierd_kernels import cuda  # noqa: PLC0415
+        from tierd_kernels import cuda
 
         cuda.import_cupy()
     except tk.KernelUnavailableError as exc:

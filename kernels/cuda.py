@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -23,7 +24,7 @@ from tierd_kernels.sources import KernelSource, KernelSpec, expand_source
 
 logger = logging.getLogger(__name__)
 
-_NUMPY_TYPES = {
+_NUMPY_TYPES: dict[ArgKind, Callable[[Any], Any]] = {
     ArgKind.POINTER: np.uint64,
     ArgKind.INT32: np.int32,
     ArgKind.INT64: np.int64,
@@ -34,13 +35,14 @@ _NUMPY_TYPES = {
 def import_cupy() -> ModuleType:
     """CuPy, or a KernelUnavailableError that says how to get it."""
     try:
-        import cupy  # noqa: PLC0415 - optional dependency, imported on first CUDA use only
+        import cupy
     except ImportError as exc:
         raise KernelUnavailableError(
             "the CUDA kernels need CuPy: install it with `pip install 'tierd[cuda]'` (CUDA 13; "
             "'tierd[cuda12]' for CUDA 12), or pass backend=Backend.REFERENCE to run the torch reference "
             "on these tensors") from exc
-    return cupy
+    module: ModuleType = cupy
+    return module
 
 
 def to_cupy_arg(arg: KernelArg) -> Any:

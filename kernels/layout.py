@@ -37,7 +37,7 @@ class ArenaGeometry:
     dtype: torch.dtype
 
     @classmethod
-    def of(cls, arena: torch.Tensor) -> ArenaGeometry:
+    def of(cls, arena: object) -> ArenaGeometry:
         """Read the geometry of an arena view, checking its rank, K/V axis and contiguity."""
         if not isinstance(arena, torch.Tensor):
             raise KernelInputError(f"arena must be a torch.Tensor, got {type(arena).__name__}")

@@ -37,13 +37,13 @@ def _use_kernels(backend: Backend, device: torch.device) -> bool:
 
 
 def _launch(launches: tuple[plans.LaunchPlan, ...], device: torch.device) -> None:
-    from tierd_kernels import cuda  # noqa: PLC0415 - CuPy is only imported on CUDA paths
+    from tierd_kernels import cuda
 
     cuda.launch(launches, device)
 
 
 def _sm_count(device: torch.device) -> int:
-    from tierd_kernels import cuda  # noqa: PLC0415
+    from tierd_kernels import cuda
 
     return cuda.sm_count(device)
 
@@ -52,7 +52,7 @@ def _prefill_tensor_cores(device: torch.device, dtype: torch.dtype) -> bool:
     """Whether prefill on this CUDA device runs the tensor-core kernel (fp16 / bf16, capability >= 8.0)."""
     if dtype not in sources.MMA_DTYPES:
         return False  # no need to ask the device
-    from tierd_kernels import cuda  # noqa: PLC0415
+    from tierd_kernels import cuda
 
     return plans.prefill_uses_tensor_cores(dtype, cuda.compute_capability(device))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -98,9 +99,10 @@ def _check_out(out: torch.Tensor | None, like: torch.Tensor) -> None:
 def check_decode_inputs(q: object, arena: object, block_tables: object, seq_lens: object, layer: object,
                         scale: object, out: torch.Tensor | None) -> AttentionProblem:
     """Check a decode call; q is ``[num_seqs, num_heads, head_dim]``."""
-    geometry = ArenaGeometry.of(arena)  # type: ignore[arg-type]
+    geometry = ArenaGeometry.of(arena)
+    arena = cast(torch.Tensor, arena)  # checked by ArenaGeometry.of
     geometry.check_attention_support()
-    device = arena.device  # type: ignore[union-attr]
+    device = arena.device
     q = _check_queries(q, geometry, device)
     tables = _check_page_tables(block_tables, seq_lens, q.shape[0], device)
     _check_out(out, q)
@@ -111,9 +113,10 @@ def check_decode_inputs(q: object, arena: object, block_tables: object, seq_lens
 def check_prefill_inputs(q: object, cu_q_lens: object, arena: object, block_tables: object, seq_lens: object,
                          layer: object, scale: object, out: torch.Tensor | None) -> AttentionProblem:
     """Check a prefill call; q is ``[total_q_tokens, num_heads, head_dim]``."""
-    geometry = ArenaGeometry.of(arena)  # type: ignore[arg-type]
+    geometry = ArenaGeometry.of(arena)
+    arena = cast(torch.Tensor, arena)  # checked by ArenaGeometry.of
     geometry.check_attention_support()
-    device = arena.device  # type: ignore[union-attr]
+    device = arena.device
     q = _check_queries(q, geometry, device)
     cu_q_lens = _check_tensor("cu_q_lens", cu_q_lens, dtype=torch.int32, dims=1, device=device, contiguous=True)
     if cu_q_lens.shape[0] < 2:
@@ -129,8 +132,9 @@ def check_prefill_inputs(q: object, cu_q_lens: object, arena: object, block_tabl
 def check_store_inputs(arena: object, layer: object, k: object, v: object,
                        slot_mapping: object) -> tuple[ArenaGeometry, int]:
     """Check a store_kv call; k and v are ``[num_tokens, num_kv_heads, head_dim]``."""
-    geometry = ArenaGeometry.of(arena)  # type: ignore[arg-type]
-    device = arena.device  # type: ignore[union-attr]
+    geometry = ArenaGeometry.of(arena)
+    arena = cast(torch.Tensor, arena)  # checked by ArenaGeometry.of
+    device = arena.device
     layer = geometry.check_layer(layer)
     slot_mapping = _check_tensor("slot_mapping", slot_mapping, dtype=torch.int64, dims=1, device=device,
                                  contiguous=True)
@@ -146,13 +150,14 @@ def check_store_inputs(arena: object, layer: object, k: object, v: object,
 
 def check_page_copy_inputs(arena: object, slots: object, staging: object, staging_name: str) -> ArenaGeometry:
     """Check gather_pages / scatter_pages; the staging buffer is ``[len(slots), *page_shape]``."""
-    geometry = ArenaGeometry.of(arena)  # type: ignore[arg-type]
-    device = arena.device  # type: ignore[union-attr]
+    geometry = ArenaGeometry.of(arena)
+    arena = cast(torch.Tensor, arena)  # checked by ArenaGeometry.of
+    device = arena.device
     slots = _check_tensor("slots", slots, dims=1, device=device)
     if slots.dtype not in (torch.int32, torch.int64):
         raise KernelInputError(f"slots must be int32 or int64; got {describe(slots)}")
     staging = _check_tensor(staging_name, staging, dtype=geometry.dtype, device=device, contiguous=True)
-    _check_shape(staging_name, staging, (slots.shape[0], *arena.shape[1:]),  # type: ignore[union-attr]
+    _check_shape(staging_name, staging, (slots.shape[0], *arena.shape[1:]),
                  "[len(slots), num_layers, 2, page_tokens, num_kv_heads, head_dim]")
     return geometry
 

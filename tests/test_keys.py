@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tierd.errors import InvalidArgument
-from tierd.keys import check_keys, chain_keys, namespace_fingerprint
+from tierd.keys import chain_keys, check_keys, namespace_fingerprint
 from tierd.spec import PageSpec
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "keys_v1.json").read_text())["cases"]

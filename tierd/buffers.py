@@ -44,7 +44,8 @@ def _array_view(array: np.ndarray, what: str, writable: bool) -> memoryview:
         if writable:
             raise InvalidArgument(f"{what} is not C-contiguous; give a contiguous array to write into")
         array = np.ascontiguousarray(array)
-    return memoryview(array.reshape(-1).view(np.uint8))
+    view: memoryview = array.reshape(-1).view(np.uint8).data
+    return view
 
 
 def _buffer_view(obj: object, what: str, writable: bool) -> memoryview:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tierd.errors import ConfigError
 from tierd.tier import Tier
@@ -148,7 +149,8 @@ class StoreConfig:
             return self.dram
         raise ValueError(f"{tier.label} is not a memory tier")
 
-    def with_changes(self, **changes: object) -> StoreConfig:
+    def with_changes(self, **changes: Any) -> StoreConfig:
+        """A copy with ``changes`` (field names as keywords), validated again."""
         return replace(self, **changes)
 
     def validate(self) -> None:

@@ -17,15 +17,21 @@ from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd_client.aio import AsyncTierClient
 from tierd_client.arena import ArenaView
-from tierd_client.errors import (DeadlineExceededError, FailedPreconditionError,
-                                 InvalidArgumentError, NotFoundError, PermissionDeniedError,
-                                 ResourceExhaustedError, TierdRpcError, UnauthenticatedError,
-                                 UnavailableError)
+from tierd_client.errors import (
+                                 DeadlineExceededError,
+                                 FailedPreconditionError,
+                                 InvalidArgumentError,
+                                 NotFoundError,
+                                 PermissionDeniedError,
+                                 ResourceExhaustedError,
+                                 TierdRpcError,
+                                 UnauthenticatedError,
+                                 UnavailableError,
+)
 from tierd_client.leases import AsyncLease
 from tierd_client.options import ClientOptions, RetryPolicy
 from tierd_client.sync import Lease, TierClient
-from tierd_client.types import (CommitResult, DaemonStats, LeaseKind, LookupResult, NamespaceHandle,
-                                PutResult, TierStats)
+from tierd_client.types import CommitResult, DaemonStats, LeaseKind, LookupResult, NamespaceHandle, PutResult, TierStats
 
 __all__ = [
     "ArenaView", "AsyncLease", "AsyncTierClient", "ClientOptions", "CommitResult", "DaemonStats",

@@ -24,16 +24,14 @@ from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
 from tierd_client import convert
 from tierd_client.arena import ArenaView
-from tierd_client.errors import (FailedPreconditionError, InvalidArgumentError, UnavailableError,
-                                 from_grpc)
+from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError, from_grpc
 from tierd_client.leases import AsyncLease, LeaseRequest
 from tierd_client.options import ClientOptions, grpc_target
 from tierd_client.pages import checked_key_list, checked_keys_and_pages
 from tierd_client.rpc import RpcRunner
 from tierd_client.session import ClientSession
 from tierd_client.transfer import PageAssembler, TransferPlan, put_messages
-from tierd_client.types import (CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle,
-                                PutResult)
+from tierd_client.types import CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult
 
 HEALTH_SERVICE = "tierd.v1.Tierd"
 # Slack on top of Acquire's own timeout_s so the daemon's DEADLINE_EXCEEDED answer (with its
@@ -112,7 +110,7 @@ class AsyncTierClient:
             channel = grpc.aio.insecure_channel(self.target, options=channel_options)
         else:
             channel = grpc.aio.secure_channel(self.target, credentials, options=channel_options)
-        stub = pb_grpc.TierdStub(channel)
+        stub = pb_grpc.TierdStub(channel)  # type: ignore[no-untyped-call]
         runner = RpcRunner(self.target, self.options.retry, self.options.max_inflight_rpcs)
         # The session stream lives as long as the client: it takes no in-flight slot (opening it
         # from inside a limited call must not wait for a slot that call holds).
@@ -213,7 +211,8 @@ class AsyncTierClient:
         ns = _require_ns(ns)
         request = pb.PrefetchRequest(ns_id=ns.ns_id, keys=checked_key_list(keys),
                                      target_tier=convert.tier_to_wire(target_tier))
-        return (await self._unary("Prefetch", request)).num_scheduled
+        response: pb.PrefetchResponse = await self._unary("Prefetch", request)
+        return response.num_scheduled
 
     async def delete(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> int:
         """Drop the pages from every tier; returns how many were there."""
@@ -265,8 +264,9 @@ class AsyncTierClient:
         async def attempt() -> pb.PutPagesResponse:
             messages = put_messages(ns.ns_id, tier, keys, pages, chunk_bytes, wait_durable,
                                     durable_timeout_s)
-            return await conn.stub.PutPages(messages, timeout=deadline_s,
-                                            metadata=self._metadata)
+            response: pb.PutPagesResponse = await conn.stub.PutPages(
+                messages, timeout=deadline_s, metadata=self._metadata)
+            return response
 
         return await conn.runner.call("PutPages", attempt)
 
@@ -303,7 +303,8 @@ class AsyncTierClient:
         if timeout_s is not None:
             request.timeout_s = timeout_s
         deadline_s = None if timeout_s is None else timeout_s + ACQUIRE_DEADLINE_SLACK_S
-        return (await self._unary("WaitDurable", request, timeout_s=deadline_s)).durable
+        response: pb.WaitDurableResponse = await self._unary("WaitDurable", request, timeout_s=deadline_s)
+        return response.durable
 
     # -- zero-copy path --------------------------------------------------------------------
     def arena(self, ns: NamespaceHandle, tier: Tier = Tier.HBM) -> ArenaView:
@@ -406,7 +407,8 @@ class AsyncTierClient:
         if timeout_s is not None:
             request.timeout_s = timeout_s
         deadline_s = (timeout_s or FLUSH_DEADLINE_S) + ACQUIRE_DEADLINE_SLACK_S
-        return (await self._unary("Flush", request, timeout_s=deadline_s)).num_flushed
+        response: pb.FlushResponse = await self._unary("Flush", request, timeout_s=deadline_s)
+        return response.num_flushed
 
     async def health(self, service: str = HEALTH_SERVICE, timeout_s: float = 5.0) -> bool:
         """True when the daemon answers SERVING for ``service``; one attempt, no retries, so a
@@ -417,4 +419,4 @@ class AsyncTierClient:
                                         timeout=timeout_s, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise from_grpc(exc, "Health.Check") from None
-        return response.status == health_pb2.HealthCheckResponse.SERVING
+        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)

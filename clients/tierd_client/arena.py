@@ -142,7 +142,8 @@ class ArenaView:
         """One page ``[num_layers, 2, page_tokens, num_kv_heads, head_dim]`` (a view)."""
         if not 0 <= slot < self.num_slots:
             raise InvalidArgumentError(f"slot {slot} is outside 0..{self.num_slots - 1}")
-        return self.numpy()[slot]
+        page: np.ndarray = self.numpy()[slot]
+        return page
 
     def torch(self) -> Any:
         """The region as a torch tensor of the spec's dtype, shape ``shape``, sharing memory."""
@@ -153,7 +154,7 @@ class ArenaView:
         if self._mapped is not None:
             raw = torch.from_numpy(self.bytes())
         else:
-            raw = torch.from_dlpack(self.cupy())
+            raw = torch.utils.dlpack.from_dlpack(self.cupy())
         return raw.view(dtype).reshape(self.shape)
 
     def cupy(self) -> Any:

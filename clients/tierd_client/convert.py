@@ -13,8 +13,7 @@ from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client.errors import InvalidArgumentError, TierdRpcError
-from tierd_client.types import (DaemonStats, LeaseState, LookupResult, NamespaceHandle, ServerLimits,
-                                TierStats)
+from tierd_client.types import DaemonStats, LeaseState, LookupResult, NamespaceHandle, ServerLimits, TierStats
 
 
 def tier_to_wire(tier: Tier) -> pb.Tier:

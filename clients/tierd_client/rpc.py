@@ -35,6 +35,7 @@ class RpcRunner:
         ``limited``: hold one of the channel's in-flight slots during each attempt (streams that
         stay open for the client's life, like ``Session``, do not).
         """
+        error: TierdRpcError | None = None
         for number in range(1, self._retry.max_attempts + 1):
             try:
                 if limited:
@@ -53,7 +54,8 @@ class RpcRunner:
             log.debug("%s: tierd unavailable (%s); attempt %d again in %.3f s", rpc, error.details,
                       number + 1, delay_s)
             await asyncio.sleep(delay_s)
+        details = error.details if error is not None else "no attempt was made"
         raise UnavailableError(
             f"tierd at {self._target} did not answer after {self._retry.max_attempts} attempts "
-            f"({error.details}); is the daemon running? (`systemctl status tierd`, "
+            f"({details}); is the daemon running? (`systemctl status tierd`, "
             "`tierctl health`)", rpc=rpc)

@@ -9,6 +9,7 @@ RPC opens a new session; leases of the old one are gone with it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -114,7 +115,5 @@ class ClientSession:
             call.cancel()
         if reader is not None:
             reader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            except asyncio.CancelledError:
-                pass

@@ -21,8 +21,15 @@ from tierd_client.arena import ArenaView
 from tierd_client.errors import FailedPreconditionError
 from tierd_client.leases import AsyncLease
 from tierd_client.options import ClientOptions
-from tierd_client.types import (CommitResult, DaemonStats, LeaseKind, LeaseState, LookupResult,
-                                NamespaceHandle, PutResult)
+from tierd_client.types import (
+    CommitResult,
+    DaemonStats,
+    LeaseKind,
+    LeaseState,
+    LookupResult,
+    NamespaceHandle,
+    PutResult,
+)
 
 T = TypeVar("T")
 

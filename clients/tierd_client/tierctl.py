@@ -26,8 +26,7 @@ from typing import TextIO
 from tierd.tier import Tier
 from tierd.units import format_size
 from tierd_client.errors import TierdRpcError, UnavailableError
-from tierd_client.options import (DEFAULT_SOCKET_PATH, SOCKET_ENV, TOKEN_ENV, ClientOptions,
-                                  RetryPolicy)
+from tierd_client.options import DEFAULT_SOCKET_PATH, SOCKET_ENV, TOKEN_ENV, ClientOptions, RetryPolicy
 from tierd_client.sync import TierClient
 from tierd_client.types import DaemonStats
 

@@ -89,7 +89,7 @@ class FakeTierd(pb_grpc.TierdServicer):
         return n
 
     # -- RPCs -----------------------------------------------------------------------------
-    def Register(self, request, context):  # noqa: N802 (gRPC method names)
+    def Register(self, request, context):
         self._enter("Register", context)
         m = request.spec
         spec = PageSpec(model=m.model, dtype=m.dtype, num_layers=m.num_layers,
@@ -99,7 +99,7 @@ class FakeTierd(pb_grpc.TierdServicer):
                                    fingerprint=namespace_fingerprint(spec), spec=request.spec,
                                    limits=self._limits())
 
-    def Lookup(self, request, context):  # noqa: N802
+    def Lookup(self, request, context):
         self._enter("Lookup", context)
         self._check_keys(list(request.keys), context)
         with self.s.lock:
@@ -113,7 +113,7 @@ class FakeTierd(pb_grpc.TierdServicer):
             with self.s.lock:
                 self.s.in_flight -= 1
 
-    def PutPages(self, request_iterator, context):  # noqa: N802
+    def PutPages(self, request_iterator, context):
         self._enter("PutPages", context)
         first = next(request_iterator)
         if not first.HasField("header"):
@@ -134,7 +134,7 @@ class FakeTierd(pb_grpc.TierdServicer):
         return pb.PutPagesResponse(num_stored=stored, num_skipped=len(keys) - stored,
                                    durable_ticket=5, durable=first.header.wait_durable)
 
-    def GetPages(self, request, context):  # noqa: N802
+    def GetPages(self, request, context):
         self._enter("GetPages", context)
         keys = list(request.keys)
         self._check_keys(keys, context)
@@ -154,14 +154,14 @@ class FakeTierd(pb_grpc.TierdServicer):
         return pb.Lease(lease_id=lease_id, ns_id=1, tier=pb.TIER_HBM, kind=kind, keys=keys,
                         slots=list(range(num)), expires_in_s=30.0)
 
-    def Acquire(self, request, context):  # noqa: N802
+    def Acquire(self, request, context):
         self._enter("Acquire", context)
         sid = self._session(context)
         n = self._prefix(list(request.keys))
         return pb.AcquireResponse(lease=self._new_lease(sid, pb.LEASE_KIND_READ,
                                                         list(request.keys[:n]), n))
 
-    def Allocate(self, request, context):  # noqa: N802
+    def Allocate(self, request, context):
         self._enter("Allocate", context)
         sid = self._session(context)
         if request.num_pages > SLOTS:
@@ -169,14 +169,14 @@ class FakeTierd(pb_grpc.TierdServicer):
         return pb.AllocateResponse(lease=self._new_lease(sid, pb.LEASE_KIND_FILL, [],
                                                          request.num_pages))
 
-    def Commit(self, request, context):  # noqa: N802
+    def Commit(self, request, context):
         self._enter("Commit", context)
         self._session(context)
         with self.s.lock:
             self.s.commits.append((request.lease_id, list(request.keys), list(request.slots)))
         return pb.CommitResponse(num_committed=len(request.keys))
 
-    def Release(self, request, context):  # noqa: N802
+    def Release(self, request, context):
         self._enter("Release", context)
         self._session(context)
         with self.s.lock:
@@ -185,7 +185,7 @@ class FakeTierd(pb_grpc.TierdServicer):
             context.abort(grpc.StatusCode.NOT_FOUND, f"lease {request.lease_id} does not exist")
         return pb.ReleaseResponse()
 
-    def Renew(self, request, context):  # noqa: N802
+    def Renew(self, request, context):
         self._enter("Renew", context)
         self._session(context)
         if request.lease_id not in self.s.leases:
@@ -193,7 +193,7 @@ class FakeTierd(pb_grpc.TierdServicer):
         return pb.RenewResponse(lease=pb.Lease(lease_id=request.lease_id, ns_id=1, tier=pb.TIER_HBM,
                                                kind=pb.LEASE_KIND_FILL, expires_in_s=request.ttl_s))
 
-    def Stats(self, request, context):  # noqa: N802
+    def Stats(self, request, context):
         self._enter("Stats", context)
         tiers = [pb.TierStats(tier=t, capacity_bytes=1000 * t, used_bytes=10 * t, pages=len(self.s.pages),
                               hits=t, misses=2 * t, evictions=3 * t, bytes_in=4 * t, bytes_out=5 * t,
@@ -204,11 +204,11 @@ class FakeTierd(pb_grpc.TierdServicer):
                                 server=pb.ServerStats(sessions=len(self.s.sessions_open),
                                                       version="fake", device="cpu"))
 
-    def Flush(self, request, context):  # noqa: N802
+    def Flush(self, request, context):
         self._enter("Flush", context)
         return pb.FlushResponse(num_flushed=len(self.s.pages))
 
-    def Session(self, request, context):  # noqa: N802
+    def Session(self, request, context):
         self._enter("Session", context)
         sid = uuid.uuid4().hex
         with self.s.lock:

@@ -12,13 +12,22 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from fake_tierd import MAX_KEYS, PUT_PAGES, FakeDaemon, start_fake_daemon
 
 from tierd.keys import chain_keys, namespace_fingerprint
-from tierd_client import (AsyncTierClient, ClientOptions, InvalidArgumentError, LeaseKind,
-                          NotFoundError, PageSpec, ResourceExhaustedError, RetryPolicy, Tier,
-                          TierClient, UnavailableError)
-
-from fake_tierd import MAX_KEYS, PUT_PAGES, FakeDaemon, start_fake_daemon
+from tierd_client import (
+    AsyncTierClient,
+    ClientOptions,
+    InvalidArgumentError,
+    LeaseKind,
+    NotFoundError,
+    PageSpec,
+    ResourceExhaustedError,
+    RetryPolicy,
+    Tier,
+    TierClient,
+    UnavailableError,
+)
 
 SPEC = PageSpec(model="my-model@rev1", dtype="float16", num_layers=2, num_kv_heads=2,
                 head_dim=4, page_tokens=4)
@@ -141,9 +150,8 @@ def test_a_lease_gone_at_exit_is_only_logged(fake_daemon: FakeDaemon,
             lease.release()
         other = client.allocate(ns, 1)
         del fake_daemon.state.leases[other.lease_id]
-        with caplog.at_level(logging.WARNING, logger="tierd_client.leases"):
-            with other:
-                pass
+        with caplog.at_level(logging.WARNING, logger="tierd_client.leases"), other:
+            pass
         assert "had already ended" in caplog.text
 
 

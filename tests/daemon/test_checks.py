@@ -7,8 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from tierd.config import DeviceType, StoreDevice
-from tierd.daemon.checks import (ResolvedDevice, disk_problem, memlock_problem, memory_problem,
-                                 prepare_data_dir, prepare_socket_path, resolve_device, startup_problems)
+from tierd.daemon.checks import (
+    ResolvedDevice,
+    disk_problem,
+    memlock_problem,
+    memory_problem,
+    prepare_data_dir,
+    prepare_socket_path,
+    resolve_device,
+    startup_problems,
+)
 from tierd.daemon.config import DaemonConfig, load_config
 from tierd.daemon.machine import MachineFacts, mem_available_bytes
 

@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 
 from tierd.config import WritePolicy
 from tierd.daemon.cli import build_parser, overrides_from
-from tierd.daemon.config import (DeviceChoice, DeviceKind, LogLevel, ServerSettings, check_config,
-                                 load_config)
+from tierd.daemon.config import DeviceChoice, DeviceKind, LogLevel, ServerSettings, check_config, load_config
 from tierd.errors import ConfigError
 from tierd.tier import Tier
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from server_harness import PAGE_SPEC, keys_for, pages_for, put_stream
+
 from tierd.daemon.checks import EXIT_CONFIG
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
@@ -107,7 +107,7 @@ class Daemon:
     def __init__(self, tmp: Path, name: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.stderr_path = tmp / f"{name}.stderr"
         self.notify = NotifyListener(tmp / f"{name}.notify")
-        self._stderr = open(self.stderr_path, "w")
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115 (closed in kill(), after the process)
         full_env = {**os.environ, "NOTIFY_SOCKET": str(self.notify.path), **(env or {})}
         self.proc = subprocess.Popen(tierd_cmd(tmp, *args), cwd=REPO, env=full_env,
                                      stdout=subprocess.DEVNULL, stderr=self._stderr)

@@ -21,9 +21,16 @@ from e2e_daemon import REPO_ROOT, SPEC, TierdProcess
 
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import (DeadlineExceededError, FailedPreconditionError, InvalidArgumentError,
-                          NamespaceHandle, NotFoundError,
-                          ResourceExhaustedError, Tier, TierClient)
+from tierd_client import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NamespaceHandle,
+    NotFoundError,
+    ResourceExhaustedError,
+    Tier,
+    TierClient,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -305,9 +312,8 @@ def test_refused_requests_carry_their_status_and_change_nothing(tierd: TierdProc
                 assert _raw_code(lambda: stub.Release(pb.ReleaseRequest(lease_id=read.lease_id),
                                                       metadata=as_other, timeout=WAIT_S)) \
                     == grpc.StatusCode.PERMISSION_DENIED
-        with client.allocate(ns, ns.region(Tier.HBM).num_slots):
-            with pytest.raises(ResourceExhaustedError):
-                client.allocate(ns, 1)
+        with client.allocate(ns, ns.region(Tier.HBM).num_slots), pytest.raises(ResourceExhaustedError):
+            client.allocate(ns, 1)
         cached.assert_unchanged(tierd, client)
 
 
@@ -320,7 +326,7 @@ def test_the_readme_first_script_runs(tierd: TierdProcess) -> None:
     page_bytes = 2 * 2 * 16 * 2 * 64 * 2  # the README's spec
     pages = [bytes([i + 1]) * page_bytes for i in range(spec_pages)]
     scope: dict[str, object] = {"token_ids": list(range(16 * spec_pages + 5)), "pages": pages}
-    exec(compile(script, "README.md", "exec"), scope)  # noqa: S102 (our own README)
+    exec(compile(script, "README.md", "exec"), scope)
     assert scope["n"] == spec_pages and scope["got"] == pages
 
 

@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from e2e_daemon import REPO_ROOT, SPEC, TierdProcess
 
-from tierd_client import (ClientOptions, PermissionDeniedError, Tier, TierClient,
-                          UnauthenticatedError)
+from tierd_client import ClientOptions, PermissionDeniedError, Tier, TierClient, UnauthenticatedError
 
 pytestmark = pytest.mark.slow
 

@@ -6,9 +6,8 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
-
 import tk_emulator
+import torch
 
 
 def cuda_unavailable_reason() -> str | None:

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from tk_emulator import cuda_include_dir
 
 from tierd_kernels.sources import KernelSource, KernelSpec, compile_check_specs, expand_source
-from tk_emulator import cuda_include_dir
 
 CSRC = Path(__file__).resolve().parents[2] / "kernels" / "csrc"
 NVCC = shutil.which("nvcc")

@@ -6,11 +6,11 @@ import itertools
 
 import pytest
 import torch
+from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
 
 import tierd_kernels as tk
 from tierd_kernels import cuda, plans, reference, validation
 from tierd_kernels.tolerances import attention_tolerance
-from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
 
 pytestmark = pytest.mark.cuda
 

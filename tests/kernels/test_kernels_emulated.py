@@ -11,12 +11,12 @@ import dataclasses
 
 import pytest
 import torch
+from tk_cases import PagedBatch, cu_lens, make_batch, make_queries, oracle_attention
+from tk_emulator import EmulationError, Emulator
 
 from tierd_kernels import plans, reference, sources, validation
 from tierd_kernels.layout import ArenaGeometry
 from tierd_kernels.tolerances import attention_tolerance
-from tk_cases import PagedBatch, cu_lens, make_batch, make_queries, oracle_attention
-from tk_emulator import EmulationError, Emulator
 
 H100_SMS = 132
 
@@ -66,7 +66,8 @@ def _decode_batch(case: DecodeCase) -> tuple[torch.Tensor, PagedBatch]:
     return make_queries(len(case.seq_lens), case.num_heads, case.head_dim, case.dtype), batch
 
 
-def _emulated_decode(emu: Emulator, q: torch.Tensor, batch: PagedBatch, layer: int, **kwargs: int | None) -> torch.Tensor:
+def _emulated_decode(emu: Emulator, q: torch.Tensor, batch: PagedBatch, layer: int,
+                     **kwargs: int | None) -> torch.Tensor:
     problem = validation.check_decode_inputs(q, batch.arena, batch.block_tables, batch.seq_lens, layer, None, None)
     out = torch.full_like(q, float("nan"))  # a row the kernel forgets stays NaN
     emu.run(plans.plan_decode(problem, q, batch.arena, batch.block_tables, batch.seq_lens, out,

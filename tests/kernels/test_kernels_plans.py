@@ -10,10 +10,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tk_cases import cu_lens, make_batch, make_queries
 
 from tierd_kernels import cuda, ops, plans, sources, validation
 from tierd_kernels.sources import KernelSource
-from tk_cases import cu_lens, make_batch, make_queries
 
 
 @given(base_ctas=st.integers(1, 10_000), max_seq_len=st.integers(1, 1 << 20), num_sms=st.integers(1, 200))

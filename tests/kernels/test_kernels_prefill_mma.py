@@ -14,11 +14,11 @@ import dataclasses
 
 import pytest
 import torch
+from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
+from tk_emulator import EmulationError, Emulator
 
 from tierd_kernels import plans, reference, sources, validation
 from tierd_kernels.tolerances import attention_tolerance
-from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
-from tk_emulator import EmulationError, Emulator
 
 ROWS = plans.PREFILL_MMA_ROWS_PER_CTA
 

@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
+from tk_cases import UNUSED_TABLE_ENTRY, PagedBatch, cu_lens, make_batch, make_queries, oracle_attention
 
 import tierd_kernels as tk
 from tierd_kernels.tolerances import attention_tolerance
-from tk_cases import UNUSED_TABLE_ENTRY, PagedBatch, cu_lens, make_batch, make_queries, oracle_attention
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
 HEAD_DIMS = [64, 128, 256]

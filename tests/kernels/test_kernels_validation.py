@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
 
 import tierd_kernels as tk
 from tierd_kernels import cuda, plans
-from tk_cases import PagedBatch, cu_lens, make_batch, make_queries
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import re
 
 import pytest
 import torch
+from tk_emulator import EMU_DIR, Emulator, compile_library, launch_function
 
 from tierd_kernels import plans
-from tk_emulator import EMU_DIR, Emulator, compile_library, launch_function
 
 LD = 24  # ldm of the probe's a and b buffers (halves)
 MODES = {"row_col": 0, "col_row": 1, "misaligned": 2, "bad_ldm": 3, "lanes_disagree": 4, "divergent": 5,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from server_harness import PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, open_channel
+
 from tierd.errors import InvalidArgument
 from tierd.server.bytepath import PutAssembler, iter_chunks
 from tierd.v1 import tierd_pb2 as pb

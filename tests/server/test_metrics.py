@@ -11,8 +11,8 @@ import pytest
 from tierd.config import WritePolicy
 from tierd.server.metrics import CONTENT_TYPE, MetricsEndpoint, ServerCounters, render
 from tierd.store.types import StoreStats
-from tierd.values import TierStats
 from tierd.tier import Tier
+from tierd.values import TierStats
 
 SAMPLE = re.compile(r'^(tierd_[a-z_]+)(\{[^}]*\})? (-?[0-9.e+]+)$')
 

@@ -10,9 +10,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_harness import PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, open_channel, pages_for, put_stream
 
-from server_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, open_channel, pages_for,
-                      put_stream)
 from tierd import errors as tierd_errors
 from tierd.keys import namespace_fingerprint
 from tierd.server.status import PermissionDenied, status_code_of

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from server_harness import PAGE_SPEC, ServerThread, keys_for, make_server, open_channel, pages_for, put_stream
+
 from tierd.server import SESSION_METADATA_KEY, ServingSettings
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc

@@ -11,9 +11,18 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from server_harness import (
+    PAGE_BYTES,
+    PAGE_SPEC,
+    ServerThread,
+    keys_for,
+    make_server,
+    open_channel,
+    pages_for,
+    put_stream,
+    serving_settings,
+)
 
-from server_harness import (PAGE_BYTES, PAGE_SPEC, ServerThread, keys_for, make_server, open_channel,
-                            pages_for, put_stream, serving_settings)
 from tierd.config import WritePolicy
 from tierd.errors import Unauthenticated
 from tierd.server import SESSION_METADATA_KEY
@@ -21,8 +30,14 @@ from tierd.server.auth import Authenticator, TenantToken, token_digest
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import (ClientOptions, InvalidArgumentError, PageSpec, PermissionDeniedError,
-                          TierClient, UnauthenticatedError)
+from tierd_client import (
+    ClientOptions,
+    InvalidArgumentError,
+    PageSpec,
+    PermissionDeniedError,
+    TierClient,
+    UnauthenticatedError,
+)
 
 Code = grpc.StatusCode
 TOKEN_A = "alpha-secret-token-0123456789"
@@ -184,10 +199,10 @@ def test_another_tenants_lease_and_session_are_permission_denied(
     bravo_ns = register(tstub, AS_B).ns_id
     before = snapshot(tenant_server)
     for lease_id in (read.lease_id, fill.lease_id):
-        for call in (lambda: tstub.Release(pb.ReleaseRequest(lease_id=lease_id), metadata=AS_B),
-                     lambda: tstub.Renew(pb.RenewRequest(lease_id=lease_id), metadata=AS_B),
-                     lambda: tstub.Commit(pb.CommitRequest(lease_id=lease_id, keys=keys_for(reg, 1, 500),
-                                                           slots=list(fill.slots)), metadata=AS_B)):
+        for call in (lambda i=lease_id: tstub.Release(pb.ReleaseRequest(lease_id=i), metadata=AS_B),
+                     lambda i=lease_id: tstub.Renew(pb.RenewRequest(lease_id=i), metadata=AS_B),
+                     lambda i=lease_id: tstub.Commit(pb.CommitRequest(lease_id=i, keys=keys_for(reg, 1, 500),
+                                                                      slots=list(fill.slots)), metadata=AS_B)):
             assert "belongs to another tenant" in expect_status(Code.PERMISSION_DENIED, call)
     details = expect_status(Code.PERMISSION_DENIED, lambda: tstub.Allocate(
         pb.AllocateRequest(ns_id=bravo_ns, num_pages=1), metadata=AS_B + session_md))

@@ -10,10 +10,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from store_helpers import SPEC, small_config
+from test_crash import BATCH_PAGES, DISK_PAGES, page_bytes_for, page_key
+
 from tierd.config import WritePolicy
 from tierd.store import PageStore
-
-from test_crash import BATCH_PAGES, DISK_PAGES, page_bytes_for, page_key
 
 IDLE_S = 3600.0
 

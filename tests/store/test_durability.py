@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from tierd.store.durability import DurabilityTracker
 from tierd.errors import InvalidArgument
+from tierd.store.durability import DurabilityTracker
 
 
 def test_ticket_waits_for_every_page_and_fails_if_one_fails() -> None:

@@ -9,14 +9,15 @@ destination; a move that arrived is published where the plan said.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-
 from store_helpers import SPEC, small_config
+
 from tierd.config import WritePolicy
 from tierd.errors import FailedPrecondition, InvalidArgument, NotFound
 from tierd.keys import chain_keys, namespace_fingerprint
@@ -193,10 +194,8 @@ class ManagerMachine(RuleBasedStateMachine):
         for call in (lambda: self.manager.commit(1, KEYS[:1], [0], None),
                      lambda: self.manager.release(1),
                      lambda: self.manager.plan_lease_slots(1, [0], write=True)):
-            try:
+            with contextlib.suppress(NotFound, InvalidArgument, FailedPrecondition):
                 call()
-            except (NotFound, InvalidArgument, FailedPrecondition):
-                pass
         assert self.manager.inspect() == before
 
     # -- invariants -------------------------------------------------------------------------------

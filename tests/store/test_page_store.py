@@ -253,7 +253,8 @@ def test_ticket_namespace_names_the_issuer_and_rejects_unknown_tickets(tmp_path:
             store.ticket_namespace(t2 + 100)
 
 
-def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, device: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_refused_disk_writes_are_counted_and_logged_once(tmp_path: Path, device: str,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
     page = SPEC.page_bytes
     cfg = small_config(tmp_path, device=device, write_policy=WritePolicy.WRITE_THROUGH)
     cfg = cfg.with_changes(disk=replace(cfg.disk, capacity_bytes=2 * (page + 64)))

@@ -124,7 +124,7 @@ class StoreMachine(RuleBasedStateMachine):
     @invariant()
     def slots_are_never_shared_and_capacity_holds(self) -> None:
         index = self.store.inspect()
-        for (ns_id, tier), region in index.regions.items():
+        for (_ns_id, tier), region in index.regions.items():
             held = [*region.pages.values(), *region.pending.values(), *region.fill_slots,
                     *region.orphan_slots]
             assert len(held) == len(set(held)), f"{tier.label}: a slot is held twice"

@@ -11,9 +11,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierd.errors import InvalidArgument
-from tierd.tiers.page_format import (DISK_KEY_BYTES, FORMAT_VERSION, HEADER_BYTES, MAGIC,
-                                     MAX_NS_ID, decode_header, disk_key, encode_header,
-                                     split_disk_key, verify)
+from tierd.tiers.page_format import (
+    DISK_KEY_BYTES,
+    FORMAT_VERSION,
+    HEADER_BYTES,
+    MAGIC,
+    MAX_NS_ID,
+    decode_header,
+    disk_key,
+    encode_header,
+    split_disk_key,
+    verify,
+)
 
 ns_ids = st.integers(min_value=0, max_value=MAX_NS_ID)
 seqs = st.integers(min_value=0, max_value=2**64 - 1)

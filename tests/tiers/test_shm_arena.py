@@ -6,12 +6,10 @@ region with ``tierd_client.shm.map_shm`` (tests/clients/test_client_shm.py).
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest

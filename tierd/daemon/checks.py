@@ -181,10 +181,10 @@ def startup_problems(config: DaemonConfig, facts: MachineFacts) -> tuple[Resolve
     Creates the data dir and the socket's directory as a side effect (a check that they can be).
     """
     problems: list[str] = []
-    device = resolve_device(config, facts)
-    if isinstance(device, str):
-        problems.append(device)
-        device = None
+    resolved = resolve_device(config, facts)
+    device = resolved if isinstance(resolved, ResolvedDevice) else None
+    if device is None:
+        problems.append(str(resolved))
     else:
         problems += [p for p in (memory_problem(config, device, facts),
                                  memlock_problem(config, device, facts)) if p]

@@ -26,14 +26,13 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import tierd
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.daemon.schema import ConfigKey, keys_of
 from tierd.daemon.tenants import TenantConfig, parse_tenants
 from tierd.errors import ConfigError
-from tierd.keys import KEY_BYTES
 from tierd.server.auth import TenantToken
 from tierd.server.settings import ServingSettings
 from tierd.tier import Tier
@@ -274,7 +273,7 @@ def parse_layers(layers: list[tuple[str, Mapping[str, object]]]) -> tuple[dict[s
     return values, problems
 
 
-def _section(values: Mapping[str, object], section: str, cls: type) -> dict[str, object]:
+def _section(values: Mapping[str, object], section: str, cls: type) -> dict[str, Any]:
     """Constructor arguments of ``cls`` from the parsed ``section.*`` values that were given."""
     keys = all_keys()
     out: dict[str, object] = {}
@@ -288,13 +287,13 @@ def _section(values: Mapping[str, object], section: str, cls: type) -> dict[str,
 def build(values: Mapping[str, object], config_path: Path | None = None) -> DaemonConfig:
     """A validated ``DaemonConfig`` from parsed values; ``ConfigError`` for what cannot work."""
     top = _Top(**_section(values, "", _Top))
-    tiers = {}
-    for name, cls in (("hbm", MemoryTierConfig), ("dram", MemoryTierConfig), ("disk", DiskConfig)):
-        args = {"capacity_bytes": DEFAULT_CAPACITY_BYTES[name], **_section(values, name, cls)}
-        tiers[name] = cls(**args)
+    def tier_args(name: str, cls: type) -> dict[str, Any]:
+        return {"capacity_bytes": DEFAULT_CAPACITY_BYTES[name], **_section(values, name, cls)}
+
     tenants = cast(Mapping[str, TenantConfig], values.get("tenants", {}))
-    store = StoreConfig(data_dir=top.data_dir, hbm=tiers["hbm"], dram=tiers["dram"],
-                        disk=tiers["disk"], tenant_quotas=tenant_quotas(tenants),
+    store = StoreConfig(data_dir=top.data_dir, hbm=MemoryTierConfig(**tier_args("hbm", MemoryTierConfig)),
+                        dram=MemoryTierConfig(**tier_args("dram", MemoryTierConfig)),
+                        disk=DiskConfig(**tier_args("disk", DiskConfig)), tenant_quotas=tenant_quotas(tenants),
                         **_section(values, "store", StoreConfig))
     check_quotas(store)
     server = ServerSettings(**_section(values, "server", ServerSettings))

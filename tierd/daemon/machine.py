@@ -98,7 +98,7 @@ def cuda_devices() -> tuple[int, ...]:
     count = ctypes.c_int(0)
     if cuda.cuDeviceGetCount(ctypes.byref(count)) != _CUDA_SUCCESS:
         return ()
-    totals = []
+    totals: list[int] = []
     for ordinal in range(count.value):
         device = ctypes.c_int(0)
         total = ctypes.c_size_t(0)

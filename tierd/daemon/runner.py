@@ -2,9 +2,10 @@
 
 One uvloop event loop runs everything asynchronous (gRPC, signals, the watchdog); the store's
 blocking calls run on thread pools. Start: open the store (the disk index is rebuilt), bind (gRPC,
-and the Prometheus endpoint when ``server.metrics`` is set), serve, READY=1. SIGTERM/SIGINT: STOPPING=1, new RPCs get UNAVAILABLE, in-flight ones get
-``shutdown_grace_s`` to finish, then ``store.close()`` flushes dirty pages within the store's
-``flush_timeout_s``, the metrics endpoint closes last; exit 0 (1 when the flush did not complete).
+and the Prometheus endpoint when ``server.metrics`` is set), serve, READY=1. SIGTERM/SIGINT:
+STOPPING=1, new RPCs get UNAVAILABLE, in-flight ones get ``shutdown_grace_s`` to finish, then
+``store.close()`` flushes dirty pages within the store's ``flush_timeout_s``, the metrics endpoint
+closes last; exit 0 (1 when the flush did not complete).
 SIGHUP: reload the log level.
 """
 
@@ -27,7 +28,7 @@ from tierd.daemon.listen import ListenError, bind, unlink_socket
 from tierd.daemon.logs import set_log_level
 from tierd.daemon.notify import SdNotifier
 from tierd.errors import TierdError
-from tierd.server import ServingSettings, TierdServicer, build_server, set_serving
+from tierd.server import TierdServicer, build_server, set_serving
 from tierd.server.metrics import METRICS_PATH, MetricsEndpoint
 from tierd.server.metrics import render as render_metrics
 from tierd.store import PageStore

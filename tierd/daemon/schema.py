@@ -55,6 +55,13 @@ def keys_of(cls: type, section: str, skip: frozenset[str] = frozenset()) -> list
     return out
 
 
+def _any_input(parse: Callable[[str | int], int]) -> Callable[[object], object]:
+    """``parse`` as a parser of any config value (a value of another type fails inside it)."""
+    def parse_any(value: object) -> object:
+        return parse(value)  # type: ignore[arg-type]
+    return parse_any
+
+
 def parser_for(hint: object, field_name: str) -> tuple[Callable[[object], object], str]:
     """The parser of a field's type; ``TypeError`` for a type no config source can write."""
     args = typing.get_args(hint)
@@ -67,7 +74,7 @@ def parser_for(hint: object, field_name: str) -> tuple[Callable[[object], object
         return parse_bool, "bool"
     if hint is int:
         if field_name.endswith("_bytes"):
-            return parse_size, "size"
+            return _any_input(parse_size), "size"
         if field_name.endswith("_mode"):
             return parse_mode, "octal mode"
         return parse_int, "int"

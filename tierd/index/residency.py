@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Container, Iterable
 
+from tierd.config import EvictionPolicy
 from tierd.errors import InvalidArgument
 from tierd.index.slots import SlotAllocator
 from tierd.keys import PageKey
-from tierd.config import EvictionPolicy
 from tierd.policies import EvictionOrder, make_order
 
 

@@ -46,7 +46,7 @@ def build_server(servicer: TierdServicer, settings: ServingSettings
     Health starts NOT_SERVING; the caller sets SERVING once it listens and the store is open.
     """
     server = grpc.aio.server(options=server_options(settings))
-    pb_grpc.add_TierdServicer_to_server(servicer, server)
+    pb_grpc.add_TierdServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

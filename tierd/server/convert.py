@@ -24,6 +24,7 @@ from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd.values import Lease
 
+
 def tier_from_pb(value: int, default: Tier, field: str, allowed: Sequence[Tier] = tuple(Tier)) -> Tier:
     """The tier of wire value ``value``; ``default`` for unspecified; ``InvalidArgument`` for a
     value that is not one of ``allowed``."""
@@ -54,7 +55,7 @@ def seconds_from_pb(message: object, field: str, allow_zero: bool = False) -> fl
     """An ``optional double`` field: ``None`` when absent, else finite and above (or at) zero."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    value = getattr(message, field)
+    value = float(getattr(message, field))
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         bound = "0 or more" if allow_zero else "above 0"
         raise InvalidArgument(f"{field} must be a finite number of seconds {bound}, got {value}")

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tierd.store.types import StoreStats
+from tierd.values import TierStats
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ class ServerCounters:
 
 
 # name, type, help, value of one tier's TierStats
-_TIER_METRICS = (
+_TIER_METRICS: tuple[tuple[str, str, str, Callable[[TierStats], int]], ...] = (
     ("capacity_bytes", "gauge", "Configured capacity of the tier.", lambda t: t.capacity_bytes),
     ("used_bytes", "gauge", "Bytes of the tier holding pages or in flight.", lambda t: t.used_bytes),
     ("pages", "gauge", "Pages resident in the tier.", lambda t: t.pages),

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tierd.errors import (InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated,
-                          Unavailable)
 from tierd import wire
+from tierd.errors import InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated, Unavailable
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
 from tierd.server.bytepath import PutAssembler, iter_chunks
@@ -34,9 +33,9 @@ from tierd.server.settings import ServingSettings
 from tierd.server.status import status_code_of
 from tierd.store import PageStore
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.values import Lease
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
+from tierd.values import Lease
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,8 @@ class TierdServicer(pb_grpc.TierdServicer):
     @staticmethod
     def _wait_s(requested_s: float | None, context: grpc.aio.ServicerContext) -> float | None:
         """The shorter of the requested wait and the RPC's remaining deadline (``None``: neither)."""
-        remaining_s = context.time_remaining()
+        remaining: float | None = context.time_remaining()
+        remaining_s = remaining
         if remaining_s is None:
             return requested_s
         return remaining_s if requested_s is None else min(requested_s, remaining_s)
@@ -428,7 +428,7 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     def _read_chunks(self, ns_id: int, keys: list[bytes]) -> tuple[list[bytes], int]:
         """On a pool thread: the prefix's pages cut into chunks (the copy stays off the loop)."""
-        pages = self._store.get(ns_id, keys)
+        pages = [memoryview(page) for page in self._store.get(ns_id, keys)]
         return list(iter_chunks(pages, self._settings.chunk_bytes)), len(pages)
 
     # -- sessions ----------------------------------------------------------------------------------------

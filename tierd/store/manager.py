@@ -16,24 +16,23 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tierd.config import StoreConfig, WritePolicy
+from tierd.config import StoreConfig
 from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from tierd.index.leases import LeaseRecord, LeaseTable
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey
 from tierd.spec import Namespace, PageSpec
+from tierd.store.completion import COMPLETERS, Durable, drop, place
+from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
 from tierd.store.durability import DurabilityTracker
 from tierd.store.holds import Hold
 from tierd.store.namespace_book import NamespaceBook
-from tierd.store.completion import COMPLETERS, Durable, drop, place
-from tierd.store.counters import Counters
 from tierd.store.plans import ON_DISK, Move, Place, Plan, PlanError, PlanKind
 from tierd.store.types import IndexSnapshot, RegionSnapshot
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.page_format import split_disk_key
 from tierd.values import Lease, LeaseKind, LookupResult, TierStats
-
 
 
 class Manager:

@@ -10,8 +10,8 @@ from collections.abc import Container
 from tierd.errors import FailedPrecondition
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey
-from tierd.store.plans import Move, Place
 from tierd.spec import Namespace
+from tierd.store.plans import Move, Place
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.page_format import HEADER_BYTES, disk_key
 

@@ -22,11 +22,11 @@ from tierd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, U
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
+from tierd.store.completion import place
 from tierd.store.eviction import Evictor
 from tierd.store.maintenance import Maintenance
 from tierd.store.manager import Manager
 from tierd.store.media import Media, open_media
-from tierd.store.completion import place
 from tierd.store.promotion import Promoter
 from tierd.store.regions import RegionTable
 from tierd.store.runner import PlanRunner

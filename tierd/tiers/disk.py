@@ -24,14 +24,19 @@ import lmdb
 import numpy as np
 
 from tierd.config import DiskConfig, StoreConfig
-from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, \
-    Unavailable
+from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
 from tierd.spec import Namespace, PageSpec
-from tierd.tiers.disk_writer import (Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta,
-                                     PutPage, WriterStats)
-from tierd.tiers.page_format import (HEADER_BYTES, MAX_SEQ, decode_header, disk_key, encode_header,
-                                     split_disk_key, verify)
+from tierd.tiers.disk_writer import Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta, PutPage, WriterStats
+from tierd.tiers.page_format import (
+    HEADER_BYTES,
+    MAX_SEQ,
+    decode_header,
+    disk_key,
+    encode_header,
+    split_disk_key,
+    verify,
+)
 
 log = logging.getLogger(__name__)
 
@@ -345,24 +350,23 @@ class DiskTier:
         dkey = disk_key(ns_id, key)
         out = _flat_view(dst, writable=True, what="dst")
         session = self._require()
-        with session.gate.reading():
-            with session.env.begin(db=session.pages_db, buffers=True) as txn:
-                value = txn.get(dkey)
-                if value is None:
-                    return ReadStatus.MISSING
-                header = decode_header(value)
-                if (header is not None and header.payload_bytes != out.nbytes
-                        and len(value) == header.header_bytes + header.payload_bytes):
-                    raise InvalidArgument(f"dst holds {out.nbytes} bytes but page {key.hex()} of "
-                                          f"namespace {ns_id} holds {header.payload_bytes} bytes: "
-                                          f"pass a buffer of exactly the page size")
-                if header is None or verify(value, ns_id, out.nbytes) is None:
-                    seen = (bytes(value[:HEADER_BYTES]), len(value))
-                else:
-                    # numpy's copy releases the GIL, so reads on other threads overlap it.
-                    np.copyto(np.frombuffer(out, np.uint8),
-                              np.frombuffer(value, np.uint8, offset=header.header_bytes))
-                    seen = None
+        with session.gate.reading(), session.env.begin(db=session.pages_db, buffers=True) as txn:
+            value = txn.get(dkey)
+            if value is None:
+                return ReadStatus.MISSING
+            header = decode_header(value)
+            if (header is not None and header.payload_bytes != out.nbytes
+                    and len(value) == header.header_bytes + header.payload_bytes):
+                raise InvalidArgument(f"dst holds {out.nbytes} bytes but page {key.hex()} of "
+                                      f"namespace {ns_id} holds {header.payload_bytes} bytes: "
+                                      f"pass a buffer of exactly the page size")
+            if header is None or verify(value, ns_id, out.nbytes) is None:
+                seen = (bytes(value[:HEADER_BYTES]), len(value))
+            else:
+                # numpy's copy releases the GIL, so reads on other threads overlap it.
+                np.copyto(np.frombuffer(out, np.uint8),
+                          np.frombuffer(value, np.uint8, offset=header.header_bytes))
+                seen = None
         if seen is not None:
             self._drop_corrupt(session, dkey, *seen)
             return ReadStatus.CORRUPT

@@ -107,7 +107,8 @@ class ShmRegion:
     def slot_view(self, slot: int) -> memoryview:
         """Writable zero-copy view of ``slot`` (``page_bytes`` bytes); drop it before close."""
         pages = self._live_pages()
-        return pages[self._check_slot(slot)].data
+        view: memoryview = pages[self._check_slot(slot)].data
+        return view
 
     def array(self) -> np.ndarray:
         """Writable zero-copy uint8 array of shape ``[num_slots, page_bytes]`` over the region."""

@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 from tierd.errors import TierdError
 from tierd.tiers.base import HostRegion, Medium, Region
@@ -76,8 +76,7 @@ def host_view(endpoint: Endpoint) -> memoryview:
     if isinstance(endpoint, memoryview):
         return endpoint
     if isinstance(endpoint, SlotRef) and endpoint.region.medium is Medium.HOST:
-        region: HostRegion = endpoint.region  # type: ignore[assignment]
-        return region.slot_view(endpoint.slot)
+        return cast(HostRegion, endpoint.region).slot_view(endpoint.slot)
     raise TransferError(f"{endpoint!r} is not host memory")
 
 

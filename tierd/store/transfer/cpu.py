@@ -9,12 +9,21 @@ device engine too, for every pair that does not involve the device.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 
 import numpy as np
 
-from tierd.store.transfer.base import (DiskRef, DispatchEngine, Handler, Indexed, Lane,
-                                       TransferError, TransferTicket, host_view)
+from tierd.store.transfer.base import (
+    DiskRef,
+    DispatchEngine,
+    Handler,
+    Indexed,
+    Lane,
+    TransferError,
+    TransferTicket,
+    host_view,
+)
 from tierd.tiers.base import Medium
 from tierd.tiers.disk import DiskTier, PageWrite, ReadStatus
 
@@ -88,13 +97,13 @@ class DiskWriteHandler:
         self._disk = disk
 
     def run(self, lane: Lane, copies: Indexed, ticket: TransferTicket) -> None:
-        writes = []
+        writes: list[PageWrite] = []
         for index, copy in copies:
             dst = copy.dst
             if not isinstance(dst, DiskRef):
                 raise TransferError(f"a disk write needs a disk destination, got {dst!r}")
             writes.append(PageWrite(dst.ns_id, dst.key, host_view(copy.src), dst.seq,
-                                    lambda ok, i=index: ticket.settle(i, ok)))
+                                    functools.partial(ticket.settle, index)))
         queued = 0
         try:
             queued = self._disk.submit_writes(writes)

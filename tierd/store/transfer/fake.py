@@ -21,8 +21,19 @@ from collections.abc import Callable
 import numpy as np
 
 from tierd.errors import Unavailable
-from tierd.store.transfer.base import (Copy, DiskRef, DispatchEngine, Endpoint, Handler, Indexed, Lane,
-                                       SlotRef, TransferError, TransferTicket, host_view)
+from tierd.store.transfer.base import (
+    Copy,
+    DiskRef,
+    DispatchEngine,
+    Endpoint,
+    Handler,
+    Indexed,
+    Lane,
+    SlotRef,
+    TransferError,
+    TransferTicket,
+    host_view,
+)
 from tierd.store.transfer.cpu import DiskWriteHandler, copy_host, host_handlers
 from tierd.tiers.base import Medium
 from tierd.tiers.disk import DiskTier
@@ -121,9 +132,9 @@ class DeviceHandler:
             try:
                 src = self._page(copy.src)
                 if isinstance(copy.dst, DiskRef):
-                    staged.append((index, Copy(memoryview(src.copy()), copy.dst)))
+                    staged.append((index, Copy(src.copy().data, copy.dst)))
                     continue
-                copy_host(memoryview(src), memoryview(self._page(copy.dst)))
+                copy_host(src.data, self._page(copy.dst).data)
                 ok = True
             except Exception:  # a closed region or a bug: this page did not arrive
                 log.exception("fake device copy failed")
