@@ -6,7 +6,7 @@ import enum
 
 
 class Tier(enum.IntEnum):
-    """A storage tier. Lower value = faster and smaller; demotion goes to ``value + 1``."""
+    """A storage tier. Lower value = faster and smaller."""
 
     HBM = 0
     DRAM = 1
@@ -25,10 +25,6 @@ class Tier(enum.IntEnum):
         except KeyError:
             choices = ", ".join(t.label for t in cls)
             raise ValueError(f"unknown tier {name!r}: expected one of {choices}") from None
-
-    def lower(self) -> Tier | None:
-        """The next slower tier, or ``None`` for ``disk``."""
-        return Tier(self + 1) if self < Tier.DISK else None
 
 
 MEMORY_TIERS: tuple[Tier, Tier] = (Tier.HBM, Tier.DRAM)

@@ -23,6 +23,7 @@ from pathlib import Path
 import lmdb
 import numpy as np
 
+from tierd.buffers import byte_view
 from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
@@ -315,7 +316,7 @@ class DiskTier:
         meanwhile; the caller owns the rest (their ``on_done`` will never fire)."""
         ops: list[PutPage] = []
         for write in writes:
-            view = _flat_view(write.payload, writable=False, what="payload")
+            view = byte_view(write.payload, what="payload")
             seq = write.seq
             if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
                 raise InvalidArgument(f"seq must be an integer in 0..{MAX_SEQ}, got {seq!r}")
@@ -348,7 +349,7 @@ class DiskTier:
     def read_into(self, ns_id: int, key: bytes, dst: memoryview) -> ReadStatus:
         """Copy the payload of one page into ``dst`` (exactly its size), checksum verified."""
         dkey = disk_key(ns_id, key)
-        out = _flat_view(dst, writable=True, what="dst")
+        out = byte_view(dst, what="dst", writable=True)
         session = self._require()
         with session.gate.reading(), session.env.begin(db=session.pages_db, buffers=True) as txn:
             value = txn.get(dkey)
@@ -424,16 +425,6 @@ class DiskTier:
                          commits=writer.commits,
                          map_size_bytes=(session.map_size_bytes if session is not None
                                          else self._map_size_bytes))
-
-
-def _flat_view(buf: memoryview, writable: bool, what: str) -> memoryview:
-    """``buf`` as a flat byte view, without copying."""
-    view = memoryview(buf)
-    if writable and view.readonly:
-        raise InvalidArgument(f"{what} must be a writable buffer, got a read-only one")
-    if not view.c_contiguous:
-        raise InvalidArgument(f"{what} must be a C-contiguous buffer")
-    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
 def _measure(env: lmdb.Environment, pages_db: lmdb._Database) -> tuple[int, int]:

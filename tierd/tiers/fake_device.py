@@ -12,11 +12,11 @@ import threading
 
 import numpy as np
 
-from tierd.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tierd.handles import RegionHandle
 from tierd.tier import Tier
 from tierd.tiers.base import Medium
-from tierd.units import format_size
+from tierd.tiers.budget import ArenaBudget
 
 SENTINEL_BYTE = 0xA5
 
@@ -70,16 +70,14 @@ class FakeDeviceRegion:
 
 
 class FakeDeviceArena:
-    """The ``hbm`` tier of ``device = "fake"``: a budget of fake device memory."""
+    """The ``hbm`` tier of ``device = "fake"``: a budget of fake device memory (``ArenaBudget``)."""
 
     def __init__(self, tier: Tier, capacity_bytes: int) -> None:
         self._tier = tier
-        self._capacity_bytes = capacity_bytes
+        self._budget = ArenaBudget(tier, capacity_bytes)
         self._lock = threading.Lock()
         self._memory: dict[int, np.ndarray] = {}   # id(region) -> [num_slots, page_bytes]
         self._regions: dict[int, FakeDeviceRegion] = {}
-        self._assigned_bytes = 0
-        self._closed = False
 
     @property
     def tier(self) -> Tier:
@@ -87,29 +85,21 @@ class FakeDeviceArena:
 
     @property
     def capacity_bytes(self) -> int:
-        return self._capacity_bytes
+        return self._budget.capacity_bytes
 
     @property
     def assigned_bytes(self) -> int:
-        with self._lock:
-            return self._assigned_bytes
+        return self._budget.assigned_bytes
 
     def create_region(self, ns_id: int, num_slots: int, page_bytes: int) -> FakeDeviceRegion:
         if num_slots < 1 or page_bytes < 1:
             raise InvalidArgument(f"a region needs at least one slot of at least one byte, got "
                                   f"{num_slots} x {page_bytes}")
-        size_bytes = num_slots * page_bytes
+        self._budget.reserve(ns_id, num_slots, page_bytes)
+        region = FakeDeviceRegion(self, ns_id, num_slots, page_bytes)
         with self._lock:
-            if self._closed:
-                raise Unavailable(f"the fake {self._tier.label} arena is closed")
-            left = self._capacity_bytes - self._assigned_bytes
-            if size_bytes > left:
-                raise ResourceExhausted(f"a fake {self._tier.label} region of {format_size(size_bytes)} "
-                                        f"does not fit the {format_size(left)} left")
-            region = FakeDeviceRegion(self, ns_id, num_slots, page_bytes)
             self._memory[id(region)] = np.full((num_slots, page_bytes), SENTINEL_BYTE, np.uint8)
             self._regions[id(region)] = region
-            self._assigned_bytes += size_bytes
         return region
 
     def device_pages(self, region: FakeDeviceRegion) -> np.ndarray:
@@ -122,13 +112,14 @@ class FakeDeviceArena:
 
     def release(self, region: FakeDeviceRegion) -> None:
         with self._lock:
-            if self._regions.pop(id(region), None) is not None:
-                del self._memory[id(region)]
-                self._assigned_bytes -= region.size_bytes
+            known = self._regions.pop(id(region), None) is not None
+            self._memory.pop(id(region), None)
+        if known:
+            self._budget.release(region.size_bytes)
 
     def close(self) -> None:
+        self._budget.close()
         with self._lock:
-            self._closed = True
             regions = list(self._regions.values())
         for region in regions:
             region.close()

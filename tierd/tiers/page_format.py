@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import xxhash
 
+from tierd.buffers import byte_view
 from tierd.errors import InvalidArgument
 from tierd.keys import KEY_BYTES, check_key
 
@@ -59,23 +60,13 @@ def _check_ns_id(ns_id: int) -> None:
         raise InvalidArgument(f"namespace id must be an integer in 0..{MAX_NS_ID}, got {ns_id!r}")
 
 
-def _byte_view(buf: bytes | bytearray | memoryview) -> memoryview:
-    """``buf`` as a flat view of unsigned bytes, without copying it."""
-    view = memoryview(buf)
-    if view.format != "B" or view.ndim != 1:
-        if not view.c_contiguous:
-            raise InvalidArgument("page buffers must be C-contiguous")
-        view = view.cast("B")
-    return view
-
-
 def encode_header(ns_id: int, payload_len: int, seq: int,
                   payload: bytes | bytearray | memoryview) -> bytes:
     """The ``HEADER_BYTES``-byte header for ``payload`` (``payload_len`` bytes) of ``ns_id``."""
     _check_ns_id(ns_id)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
         raise InvalidArgument(f"sequence number must be an integer in 0..{MAX_SEQ}, got {seq!r}")
-    view = _byte_view(payload)
+    view = byte_view(payload, what="payload")
     if payload_len != view.nbytes:
         raise InvalidArgument(f"payload_len says {payload_len} bytes but the payload holds "
                               f"{view.nbytes} bytes")
@@ -90,7 +81,7 @@ def decode_header(buf: bytes | bytearray | memoryview) -> PageHeader | None:
 
     Only the first ``HEADER_BYTES`` bytes are read; the checksum is not checked (see ``verify``).
     """
-    view = _byte_view(buf)
+    view = byte_view(buf, what="page buffer")
     if view.nbytes < HEADER_BYTES:
         return None
     magic, version, header_len, ns_id, _reserved, payload_len, seq = _PREFIX.unpack_from(view)
@@ -108,7 +99,7 @@ def verify(buf: bytes | bytearray | memoryview, expected_ns_id: int,
     ``buf`` is header + payload; a memoryview (e.g. of the LMDB map) is hashed in place, the
     payload is never copied.
     """
-    view = _byte_view(buf)
+    view = byte_view(buf, what="page buffer")
     header = decode_header(view)
     if (header is None or header.ns_id != expected_ns_id
             or header.payload_bytes != expected_payload_len

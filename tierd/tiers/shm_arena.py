@@ -30,6 +30,7 @@ from tierd.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavai
 from tierd.handles import SHM_DIR, HandleKind, RegionHandle
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Medium
+from tierd.tiers.budget import ArenaBudget
 from tierd.tiers.host_memory import shm_free_bytes
 from tierd.units import format_size
 
@@ -243,26 +244,23 @@ def _create_segment(path: Path, size_bytes: int) -> mmap.mmap:
 class ShmArena:
     """One memory tier's byte budget, carved into ``/dev/shm`` regions (one per namespace).
 
-    ``capacity_bytes`` is a budget, not an allocation: a region's bytes are reserved when it is
-    created and returned when it closes. Thread-safe. Region files are named
-    ``{name_prefix}-{pid}-{tier}-ns{ns_id}-{token}``.
+    ``capacity_bytes`` is a budget, not an allocation (``ArenaBudget``). Thread-safe. Region
+    files are named ``{name_prefix}-{pid}-{tier}-ns{ns_id}-{token}``.
     """
 
     def __init__(self, tier: Tier, capacity_bytes: int, name_prefix: str, prefault: bool) -> None:
         if tier not in MEMORY_TIERS:
             choices = ", ".join(t.label for t in MEMORY_TIERS)
             raise InvalidArgument(f"a shm arena holds a memory tier ({choices}), got {tier!r}")
-        self._capacity_bytes = _check_int(capacity_bytes, "capacity_bytes", 0)
         if not name_prefix or not name_prefix.replace("-", "").replace("_", "").isalnum():
             raise InvalidArgument(f"name_prefix may hold letters, digits, '-' and '_' only, got "
                                   f"{name_prefix!r}")
         self._tier = tier
+        self._budget = ArenaBudget(tier, _check_int(capacity_bytes, "capacity_bytes", 0))
         self._name_prefix = name_prefix
         self._prefault = bool(prefault)
         self._lock = threading.Lock()
         self._regions: dict[str, ShmRegion] = {}
-        self._assigned_bytes = 0  # includes regions still being created
-        self._closed = False
 
     @property
     def tier(self) -> Tier:
@@ -270,19 +268,17 @@ class ShmArena:
 
     @property
     def capacity_bytes(self) -> int:
-        return self._capacity_bytes
+        return self._budget.capacity_bytes
 
     @property
     def assigned_bytes(self) -> int:
         """Bytes held by open regions (and by regions being created)."""
-        with self._lock:
-            return self._assigned_bytes
+        return self._budget.assigned_bytes
 
     @property
     def unassigned_bytes(self) -> int:
         """Bytes of the budget not yet given to a region."""
-        with self._lock:
-            return self._capacity_bytes - self._assigned_bytes
+        return self._budget.unassigned_bytes
 
     def regions(self) -> list[ShmRegion]:
         """The regions still open, oldest first."""
@@ -298,30 +294,27 @@ class ShmArena:
         ns_id = _check_int(ns_id, "ns_id", 0)
         num_slots = _check_int(num_slots, "num_slots", 1)
         page_bytes = _check_int(page_bytes, "page_bytes", 1)
-        size_bytes = num_slots * page_bytes
-        self._reserve(ns_id, num_slots, page_bytes)
+        size_bytes = self._budget.reserve(ns_id, num_slots, page_bytes)
         try:
             region = self._make_region(ns_id, num_slots, page_bytes)
         except BaseException:
-            with self._lock:
-                self._assigned_bytes -= size_bytes
+            self._budget.release(size_bytes)
             raise
         with self._lock:
-            closed = self._closed
-            if closed:
-                self._assigned_bytes -= size_bytes
-            else:
+            closed = self._budget.closed
+            if not closed:
                 self._regions[region.name] = region
         if closed:
             region.close()
+            self._budget.release(size_bytes)
             raise Unavailable(f"the {self._tier.label} arena was closed while a region for "
                               f"namespace {ns_id} was being created")
         return region
 
     def close(self) -> None:
         """Close every open region (unlinking its file); idempotent. Later creates are refused."""
+        self._budget.close()
         with self._lock:
-            self._closed = True
             regions = list(self._regions.values())
         for region in regions:
             region.close()
@@ -331,21 +324,6 @@ class ShmArena:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _reserve(self, ns_id: int, num_slots: int, page_bytes: int) -> None:
-        size_bytes = num_slots * page_bytes
-        with self._lock:
-            if self._closed:
-                raise Unavailable(f"the {self._tier.label} arena is closed; no new regions")
-            left_bytes = self._capacity_bytes - self._assigned_bytes
-            if size_bytes > left_bytes:
-                raise ResourceExhausted(
-                    f"a {self._tier.label} region for namespace {ns_id} asks for "
-                    f"{format_size(size_bytes)} ({size_bytes} bytes = {num_slots} slots x "
-                    f"{page_bytes} bytes) but only {format_size(left_bytes)} ({left_bytes} bytes) "
-                    f"of the {self._tier.label} budget of {self._capacity_bytes} bytes is left; "
-                    f"ask for fewer slots, close other namespaces or raise the tier's capacity")
-            self._assigned_bytes += size_bytes
 
     def _make_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
         size_bytes = num_slots * page_bytes
@@ -374,5 +352,6 @@ class ShmArena:
     def _forget(self, region: ShmRegion) -> None:
         """Called by ``ShmRegion.close``: its bytes go back to the budget."""
         with self._lock:
-            if self._regions.pop(region.name, None) is not None:
-                self._assigned_bytes -= region.size_bytes
+            known = self._regions.pop(region.name, None) is not None
+        if known:  # a region never listed is given back by create_region
+            self._budget.release(region.size_bytes)

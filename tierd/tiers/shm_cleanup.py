@@ -15,7 +15,6 @@ from tierd.handles import SHM_DIR
 log = logging.getLogger(__name__)
 
 
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -1,0 +1,74 @@
+"""A memory tier's byte budget, shared by the regions carved from it (shm or device arenas).
+
+``capacity_bytes`` is a budget, not an allocation: a region's bytes are reserved before it is
+created and released when it closes (or when creating it failed). Thread-safe; owns its lock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from tierd.errors import ResourceExhausted, Unavailable
+from tierd.tier import Tier
+from tierd.units import format_size
+
+
+class ArenaBudget:
+    def __init__(self, tier: Tier, capacity_bytes: int) -> None:
+        self._tier = tier
+        self._capacity_bytes = capacity_bytes
+        self._lock = threading.Lock()
+        self._assigned_bytes = 0  # includes regions still being created
+        self._closed = False
+
+    @property
+    def capacity_bytes(self) -> int:
+        return self._capacity_bytes
+
+    @property
+    def assigned_bytes(self) -> int:
+        """Bytes held by open regions (and by regions being created)."""
+        with self._lock:
+            return self._assigned_bytes
+
+    @property
+    def unassigned_bytes(self) -> int:
+        with self._lock:
+            return self._capacity_bytes - self._assigned_bytes
+
+    def reserve(self, ns_id: int, num_slots: int, page_bytes: int) -> int:
+        """Take ``num_slots * page_bytes`` for a region of namespace ``ns_id``; the bytes taken.
+
+        ``ResourceExhausted`` says how much was asked and how much is left; ``Unavailable`` once
+        closed.
+        """
+        size_bytes = num_slots * page_bytes
+        label = self._tier.label
+        with self._lock:
+            if self._closed:
+                raise Unavailable(f"the {label} arena is closed; no new regions")
+            left_bytes = self._capacity_bytes - self._assigned_bytes
+            if size_bytes > left_bytes:
+                raise ResourceExhausted(
+                    f"a {label} region for namespace {ns_id} asks for {format_size(size_bytes)} "
+                    f"({size_bytes} bytes = {num_slots} slots x {page_bytes} bytes) but only "
+                    f"{format_size(left_bytes)} ({left_bytes} bytes) of the {label} budget of "
+                    f"{self._capacity_bytes} bytes is left; ask for fewer slots, close other "
+                    f"namespaces or raise the tier's capacity")
+            self._assigned_bytes += size_bytes
+        return size_bytes
+
+    def release(self, size_bytes: int) -> None:
+        with self._lock:
+            self._assigned_bytes -= size_bytes
+
+    def close(self) -> bool:
+        """Refuse later reservations; True the first time."""
+        with self._lock:
+            first, self._closed = not self._closed, True
+            return first
+
+    @property
+    def closed(self) -> bool:
+        with self._lock:
+            return self._closed
