@@ -2,7 +2,7 @@
 
 ``FakeDeviceArena`` hands out regions whose bytes live in arrays only the fake device engine
 (``tierd.store.transfer.fake``) reaches, through ``device_pages`` (the "driver"): a region has no
-``slot_view``, so code that still reads hbm through a host pointer fails. Fresh slots hold
+``slot_view`` at all, so code that still reads hbm through a host pointer fails. Fresh slots hold
 ``SENTINEL_BYTE``, so code that reads a page before its copy completed sees sentinels.
 """
 
@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from tierd.errors import FailedPrecondition, InvalidArgument, Unavailable
+from tierd.errors import InvalidArgument, Unavailable
 from tierd.handles import RegionHandle
 from tierd.tier import Tier
 from tierd.tiers.base import Medium
@@ -54,11 +54,6 @@ class FakeDeviceRegion:
     def handle(self) -> RegionHandle | None:
         """None: no client process can map fake device memory."""
         return None
-
-    def slot_view(self, slot: int) -> memoryview:
-        """Always refused: device memory has no host view (this is what the fake checks)."""
-        raise FailedPrecondition(f"{self!r} is device memory and has no host view: copy its pages "
-                                 "through the transfer engine")
 
     def close(self) -> None:
         if not self._closed:

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from store_helpers import small_config
 
-from tierd.errors import FailedPrecondition
-from tierd.store.transfer.base import Copy, DiskRef, Lane, SlotRef, TransferError, TransferTicket
+from tierd.store.transfer.base import Copy, DiskRef, Lane, SlotRef, TransferError, TransferTicket, host_view
 from tierd.store.transfer.cpu import CpuEngine
 from tierd.store.transfer.fake import FakeDeviceEngine
 from tierd.tier import Tier
@@ -91,9 +90,9 @@ def test_a_pair_without_a_handler_starts_nothing(disk: DiskTier, dram: ShmRegion
 def test_fake_device_memory_has_no_host_view(device: FakeDeviceArena) -> None:
     region = device.create_region(1, 2, PAGE_BYTES)
     assert region.medium is Medium.DEVICE and region.handle() is None
-    assert not hasattr(region, "array")
-    with pytest.raises(FailedPrecondition, match="no host view"):
-        region.slot_view(0)
+    assert not hasattr(region, "slot_view") and not hasattr(region, "array")
+    with pytest.raises(TransferError, match="is not host memory"):
+        host_view(SlotRef(region, 0))
 
 
 def test_fake_copies_land_only_when_the_ticket_completes(fake: FakeDeviceEngine, dram: ShmRegion,
