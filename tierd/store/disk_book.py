@@ -85,6 +85,16 @@ class DiskBook:
         self.deferred_deletes.append(split_disk_key(dkey))
         return True
 
+    def forget(self, dkey: bytes) -> bool:
+        """A delete: drop the stored page, or drop it once its queued write commits; whether the
+        disk held or was writing it."""
+        if self.drop(dkey):
+            return True
+        if dkey in self.residency.pending:
+            self.delete_after_write.add(dkey)
+            return True
+        return False
+
     def begin_read(self, dkey: bytes) -> None:
         self.reading[dkey] = self.reading.get(dkey, 0) + 1
 
@@ -123,6 +133,26 @@ class DiskBook:
         self.residency.begin_write(dkey, book.stored_bytes)
         book.mem[tier].pin(slot)
         return Move(key, Place(tier, slot), ON_DISK, next(self._seq))
+
+    def flush_moves(self, book: NamespaceBook) -> tuple[list[Move], list[bytes], int]:
+        """Every page ``book`` holds in memory that is not on disk: ``(moves, queued, refused)``,
+        a disk write for each not queued yet (from dram where both tiers hold it), the disk keys
+        of all that are queued now, and how many the budget refused."""
+        moves: list[Move] = []
+        queued: list[bytes] = []
+        refused = 0
+        for tier in (Tier.DRAM, Tier.HBM):
+            res = book.mem.get(tier)
+            for key, slot in list(res.slots.items()) if res is not None else ():
+                move = self.persist_move(book, tier, key, slot)
+                if move is not None:
+                    moves.append(move)
+                dkey = book.dkey(key)
+                if dkey in self.residency.pending:
+                    queued.append(dkey)
+                elif dkey not in self.residency.pages:
+                    refused += 1
+        return moves, queued, refused
 
     def committed(self, book: NamespaceBook, tier: Tier, key: PageKey, slot: int,
                   ticket: int | None, persists: list[Move]) -> None:

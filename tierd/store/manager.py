@@ -22,6 +22,7 @@ from tierd.index.leases import LeaseRecord, LeaseTable
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey
 from tierd.spec import Namespace, PageSpec
+from tierd.store import inspection
 from tierd.store.completion import COMPLETERS, Durable, drop, place
 from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
@@ -29,9 +30,8 @@ from tierd.store.durability import DurabilityTracker
 from tierd.store.holds import Hold
 from tierd.store.namespace_book import NamespaceBook
 from tierd.store.plans import ON_DISK, Move, Place, Plan, PlanError, PlanKind
-from tierd.store.types import IndexSnapshot, RegionSnapshot
+from tierd.store.types import IndexSnapshot
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.tiers.page_format import split_disk_key
 from tierd.values import Lease, LeaseKind, LookupResult, TierStats
 
 
@@ -491,20 +491,10 @@ class Manager:
         dirty: dict[bytes, None] = {}
         refused = 0
         with self._lock:
-            disk = self._disk
             for book in self._books.values():
-                moves: list[Move] = []
-                for tier in (Tier.DRAM, Tier.HBM):
-                    res = book.mem.get(tier)
-                    for key, slot in list(res.slots.items()) if res is not None else ():
-                        move = disk.persist_move(book, tier, key, slot)
-                        if move is not None:
-                            moves.append(move)
-                        dkey = book.dkey(key)
-                        if dkey in disk.residency.pending:
-                            dirty[dkey] = None
-                        elif dkey not in disk.residency.pages:
-                            refused += 1
+                moves, queued, refused_here = self._disk.flush_moves(book)
+                dirty.update(dict.fromkeys(queued))
+                refused += refused_here
                 if moves:
                     plans.append(self._open_locked(PlanKind.PERSIST, book.ns_id, moves))
             ticket = self.durability.new_ticket()
@@ -516,23 +506,10 @@ class Manager:
     def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
         """Drop pages from every tier (pinned slots are freed by their last unpin, pending stores
         never publish, queued disk writes are deleted once they commit); how many were cached."""
-        removed = 0
         with self._lock:
             book = self._book_locked(ns_id)
-            disk = self._disk
-            for key in keys:
-                found = False
-                for tier in book.mem:
-                    found |= book.remove_page(tier, key)
-                    found |= book.mem[tier].cancel_pending(key)
-                dkey = book.dkey(key)
-                if disk.drop(dkey):
-                    found = True
-                elif dkey in disk.residency.pending:
-                    disk.delete_after_write.add(dkey)
-                    found = True
-                removed += found
-        return removed
+            # Both books forget the key (no short-circuit): it may be in memory and on disk.
+            return sum(book.forget(key) | self._disk.forget(book.dkey(key)) for key in keys)
 
     # -- completion ----------------------------------------------------------------------------------
     def complete(self, plan: Plan, outcomes: Sequence[bool]) -> Plan | None:
@@ -556,22 +533,8 @@ class Manager:
     def tier_stats(self, capacity_bytes: Callable[[Tier], int],
                    disk_queue_depth: int) -> dict[Tier, TierStats]:
         with self._lock:
-            out: dict[Tier, TierStats] = {}
-            for tier in Tier:
-                c = self._counters[tier]
-                if tier is Tier.DISK:
-                    used, pages, queue = (self._disk.residency.used_bytes,
-                                          self._disk.residency.num_pages, disk_queue_depth)
-                    evictions = self._disk.evictions
-                else:
-                    regions = [b for b in self._books.values() if tier in b.mem]
-                    used = sum(b.mem[tier].used_slots * b.page_bytes for b in regions)
-                    pages = sum(b.mem[tier].num_pages for b in regions)
-                    queue = sum(len(b.mem[tier].pending) for b in regions)
-                    evictions = c.evictions
-                out[tier] = TierStats(capacity_bytes(tier), used, pages, c.hits, c.misses, evictions,
-                                      c.bytes_in, c.bytes_out, queue)
-            return out
+            return inspection.tier_stats(list(self._books.values()), self._disk, self._counters,
+                                         capacity_bytes, disk_queue_depth)
 
     def totals(self) -> tuple[int, int, int, int]:
         """``(namespaces, leases, disk_writes_refused, disk_budget_bytes)``."""
@@ -582,30 +545,5 @@ class Manager:
     def inspect(self) -> IndexSnapshot:
         """A copy of the whole index, taken under the lock."""
         with self._lock:
-            regions: dict[tuple[int, Tier], RegionSnapshot] = {}
-            fill: dict[tuple[int, Tier], set[int]] = {}
-            for record in self._leases.records():
-                if record.kind is LeaseKind.FILL:
-                    fill.setdefault((record.ns_id, record.tier), set()).update(record.open_slots)
-            for book in self._books.values():
-                for tier, res in book.mem.items():
-                    regions[(book.ns_id, tier)] = RegionSnapshot(
-                        res.num_slots, res.used_slots, dict(res.slots), dict(res.pending),
-                        dict(res.pins), frozenset(fill.get((book.ns_id, tier), ())),
-                        frozenset(book.orphans.get(tier, ())))
-            disk = self._disk.residency
-            return IndexSnapshot(
-                regions, _by_namespace(disk.pages), _by_namespace(disk.pending), disk.used_bytes,
-                self._disk.budget_bytes,
-                {tier: sum(r.used_slots * self._books[ns_id].page_bytes
-                           for (ns_id, t), r in regions.items() if t is tier) for tier in MEMORY_TIERS}
-                | {Tier.DISK: disk.used_bytes},
-                tuple(r.snapshot() for r in self._leases.records()), len(self._open))
-
-
-def _by_namespace(dkeys: dict[bytes, int]) -> dict[int, frozenset[PageKey]]:
-    out: dict[int, set[PageKey]] = {}
-    for dkey in dkeys:
-        ns_id, key = split_disk_key(dkey)
-        out.setdefault(ns_id, set()).add(key)
-    return {ns_id: frozenset(keys) for ns_id, keys in out.items()}
+            return inspection.snapshot(list(self._books.values()), self._disk, self._leases.records(),
+                                       len(self._open))

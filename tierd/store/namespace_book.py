@@ -67,6 +67,15 @@ class NamespaceBook:
         else:
             res.unreserve([slot])
 
+    def forget(self, key: PageKey) -> bool:
+        """A delete: drop ``key`` from every memory tier, cancel its pending stores; whether any
+        tier held it or was storing it."""
+        found = False
+        for tier, res in self.mem.items():
+            found |= self.remove_page(tier, key)
+            found |= res.cancel_pending(key)
+        return found
+
     def remove_page(self, tier: Tier, key: PageKey) -> bool:
         """Drop ``key`` from a memory tier; a pinned slot is freed by its last unpin."""
         res = self.mem[tier]
