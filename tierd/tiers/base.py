@@ -45,6 +45,27 @@ class Region(Protocol):
         """Unmap and free the memory; idempotent."""
 
 
+class RegionGeometry:
+    """What every region knows about itself: ``num_slots`` slots of ``page_bytes`` bytes."""
+
+    def __init__(self, num_slots: int, page_bytes: int) -> None:
+        self._num_slots = num_slots
+        self._page_bytes = page_bytes
+
+    @property
+    def num_slots(self) -> int:
+        return self._num_slots
+
+    @property
+    def page_bytes(self) -> int:
+        return self._page_bytes
+
+    @property
+    def size_bytes(self) -> int:
+        """``num_slots * page_bytes``."""
+        return self._num_slots * self._page_bytes
+
+
 class HostRegion(Region, Protocol):
     """A region in host memory: the transfer engine copies through slot views."""
 

@@ -15,33 +15,20 @@ import numpy as np
 from tierd.errors import InvalidArgument, Unavailable
 from tierd.handles import RegionHandle
 from tierd.tier import Tier
-from tierd.tiers.base import Medium
+from tierd.tiers.base import Medium, RegionGeometry
 from tierd.tiers.budget import ArenaBudget
 
 SENTINEL_BYTE = 0xA5
 
 
-class FakeDeviceRegion:
+class FakeDeviceRegion(RegionGeometry):
     """One namespace's pages in fake device memory (see the module docstring)."""
 
     def __init__(self, arena: FakeDeviceArena, ns_id: int, num_slots: int, page_bytes: int) -> None:
+        super().__init__(num_slots, page_bytes)
         self._arena = arena
         self.ns_id = ns_id
-        self._num_slots = num_slots
-        self._page_bytes = page_bytes
         self._closed = False
-
-    @property
-    def num_slots(self) -> int:
-        return self._num_slots
-
-    @property
-    def page_bytes(self) -> int:
-        return self._page_bytes
-
-    @property
-    def size_bytes(self) -> int:
-        return self._num_slots * self._page_bytes
 
     @property
     def medium(self) -> Medium:

@@ -29,7 +29,7 @@ import numpy as np
 from tierd.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import SHM_DIR, HandleKind, RegionHandle
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.tiers.base import Medium
+from tierd.tiers.base import Medium, RegionGeometry
 from tierd.tiers.budget import ArenaBudget
 from tierd.tiers.host_memory import shm_free_bytes
 from tierd.units import format_size
@@ -61,7 +61,7 @@ def _check_int(value: object, what: str, minimum: int) -> int:
     return number
 
 
-class ShmRegion:
+class ShmRegion(RegionGeometry):
     """One namespace's pages in one tier: the ``/dev/shm`` file ``name``, created and owned here.
 
     Made by ``ShmArena.create_region``. ``close()`` unmaps, unlinks the file and returns the
@@ -71,11 +71,10 @@ class ShmRegion:
 
     def __init__(self, tier: Tier, ns_id: int, name: str, mm: mmap.mmap, num_slots: int,
                  page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
+        super().__init__(num_slots, page_bytes)
         self._mm: mmap.mmap | None = mm
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
-        self._num_slots = num_slots
-        self._page_bytes = page_bytes
         self._label = f"{tier.label} region {name}"
         self._close_lock = threading.Lock()
         self._closed = False
@@ -83,19 +82,6 @@ class ShmRegion:
         self._ns_id = ns_id
         self._name = name
         self._on_close = on_close
-
-    @property
-    def num_slots(self) -> int:
-        return self._num_slots
-
-    @property
-    def page_bytes(self) -> int:
-        return self._page_bytes
-
-    @property
-    def size_bytes(self) -> int:
-        """``num_slots * page_bytes``."""
-        return self._num_slots * self._page_bytes
 
     @property
     def medium(self) -> Medium:
