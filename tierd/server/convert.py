@@ -30,12 +30,12 @@ def tier_from_pb(value: int, default: Tier, field: str, allowed: Sequence[Tier] 
     value that is not one of ``allowed``."""
     if value == wire.TIER_UNSPECIFIED:
         return default
-    names = ", ".join(pb.Tier.Name(wire.tier_to_pb(t)) for t in allowed)
     try:
         tier = wire.tier_from_pb(value, field)
     except InvalidArgument:
         tier = None
     if tier is None or tier not in allowed:
+        names = ", ".join(pb.Tier.Name(wire.tier_to_pb(t)) for t in allowed)
         raise InvalidArgument(f"{field} must be one of {names} (or unspecified), got {value}")
     return tier
 

@@ -273,22 +273,25 @@ class Manager:
         move into ``target``; those already there are pinned into ``hold`` now."""
         with self._lock:
             book = self._book_locked(ns_id)
-            book.residency(target)
             hold = Hold(ns_id, target)
-            present = 0
-            for key in keys:
-                if self._fastest_locked(book, key) is None:
-                    break
-                present += 1
-            return hold, present, hold.pin_present(book.mem[target], keys[:present])
+            present = self._cached_prefix_locked(book, keys)
+            return hold, present, hold.pin_present(book.residency(target), keys[:present])
 
     def to_move(self, ns_id: int, keys: Sequence[PageKey], target: Tier) -> list[PageKey]:
         """The keys of the cached prefix of ``keys`` not in ``target`` yet (nothing is pinned)."""
         with self._lock:
             book = self._book_locked(ns_id)
             dst = book.residency(target)
-            prefix = itertools.takewhile(lambda key: self._fastest_locked(book, key) is not None, keys)
-            return [key for key in prefix if key not in dst.slots]
+            return [key for key in keys[:self._cached_prefix_locked(book, keys)] if key not in dst.slots]
+
+    def _cached_prefix_locked(self, book: NamespaceBook, keys: Sequence[PageKey]) -> int:
+        """How many leading ``keys`` are cached in some tier (nothing touched or counted)."""
+        present = 0
+        for key in keys:
+            if self._fastest_locked(book, key) is None:
+                break
+            present += 1
+        return present
 
     def hold_arrived(self, hold: Hold, key: PageKey) -> bool:
         """Pin ``key`` (just moved into the hold's tier) for the acquirer; False when it is gone

@@ -27,6 +27,7 @@ from tierd.store.eviction import Evictor
 from tierd.store.maintenance import Maintenance
 from tierd.store.manager import Manager
 from tierd.store.media import Media, open_media
+from tierd.store.plans import Plan
 from tierd.store.promotion import Promoter
 from tierd.store.regions import RegionTable
 from tierd.store.runner import PlanRunner
@@ -356,8 +357,7 @@ class PageStore:
         parts = self._require()
         page_bytes = parts.manager.namespace(ns_id).page_bytes
         plan = parts.manager.plan_read(ns_id, check_keys(keys), touch=False, prefix_only=False)
-        outs = [bytearray(page_bytes) for _ in plan.moves]
-        outcomes = parts.runner.run(plan, [memoryview(out) for out in outs])
+        outs, outcomes = self._copy_out(parts, plan, page_bytes)
         found = {move.key: PeekedPage(place(move.src).tier, bytes(out))
                  for move, out, ok in zip(plan.moves, outs, outcomes) if ok}
         return [found.get(key) for key in keys]
@@ -366,11 +366,18 @@ class PageStore:
         """Copies of the pages a READ lease holds, in its order (through the transfer engine)."""
         parts = self._require()
         plan = parts.manager.plan_lease_slots(lease_id, None, write=False)
-        page_bytes = parts.manager.lease_namespace(lease_id).page_bytes
-        outs = [bytearray(page_bytes) for _ in plan.moves]
-        if not all(parts.runner.run(plan, [memoryview(out) for out in outs])):
+        # The plan's namespace, not the lease's: a lease released meanwhile must not leave the
+        # plan's pins behind.
+        outs, outcomes = self._copy_out(parts, plan, parts.manager.namespace(plan.ns_id).page_bytes)
+        if not all(outcomes):
             raise Unavailable("the lease's pages could not be copied out (see the log)")
         return [bytes(out) for out in outs]
+
+    @staticmethod
+    def _copy_out(parts: _Parts, plan: Plan, page_bytes: int) -> tuple[list[bytearray], tuple[bool, ...]]:
+        """Run a plan that copies pages into fresh buffers; the buffers and each move's outcome."""
+        outs = [bytearray(page_bytes) for _ in plan.moves]
+        return outs, parts.runner.run(plan, [memoryview(out) for out in outs])
 
     def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
         """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once
