@@ -45,11 +45,11 @@ class Evictor:
     def _demote_dram(self, ns_id: int, num_pages: int, deadline_s: float) -> int:
         while True:
             seen = self._runner.disk_progress()
-            dropped, plan, queued = self._manager.plan_dram_demotion(ns_id, num_pages)
-            if plan is not None or dropped or not queued:
+            dropped, plan, in_flight = self._manager.plan_dram_demotion(ns_id, num_pages)
+            if plan is not None or dropped or not in_flight:
                 break
-            # Every victim's disk write is queued already (write_through): once one commits its
-            # page is clean and can go, so wait for disk progress rather than give up.
+            # Nothing can go now, but disk writes are in flight: one that commits cleans its page
+            # (write_through pins victims by their own writes) or frees budget for a refused one.
             remaining_s = deadline_s - time.monotonic()
             if remaining_s <= 0 or not self._runner.wait_disk_progress(seen, remaining_s):
                 return 0

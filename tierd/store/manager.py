@@ -445,18 +445,20 @@ class Manager:
             return dropped, plan, short
 
     def plan_dram_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
-        """``(dropped, plan, queued)``: clean victims are dropped at once, dirty ones written by
-        the evicting PERSIST ``plan`` (dropped once on disk); ``queued`` victims wait for a disk
-        write already in flight."""
+        """``(dropped, plan, in_flight)``: clean victims are dropped at once, dirty ones written
+        by the evicting PERSIST ``plan`` (dropped once on disk). When neither is possible,
+        ``in_flight`` counts the disk writes queued: each that commits may clean a victim (its own
+        write pinned it) or free budget a refused write needs, so it is worth waiting for."""
         with self._lock:
             book = self._book_locked(ns_id)
             disk = self._disk
-            drops, dirty, queued = book.choose_dram_demotions(
+            drops, dirty = book.choose_dram_demotions(
                 num_pages, disk.residency.pages, disk.residency.pending, disk.capacity_bytes > 0)
             dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)
             moves = [m for key, slot in dirty
                      if (m := disk.persist_move(book, Tier.DRAM, key, slot)) is not None]
-            return dropped, self._persist_plan_locked(book, moves, evict=True), queued
+            in_flight = len(disk.residency.pending) if not dropped and not moves else 0
+            return dropped, self._persist_plan_locked(book, moves, evict=True), in_flight
 
     def watermark_excess(self) -> list[tuple[int, Tier, int]]:
         """``(ns_id, tier, pages)`` to demote for every region above its high watermark (down to

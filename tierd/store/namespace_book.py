@@ -113,22 +113,17 @@ class NamespaceBook:
         return drops, moves, short
 
     def choose_dram_demotions(self, num_pages: int, on_disk: Container[bytes], queued: Container[bytes],
-                              keep_dirty: bool) -> tuple[list[tuple[PageKey, int]],
-                                                         list[tuple[PageKey, int]], int]:
-        """Victims of dram, split into ``(drops, dirty, waiting)``: clean pages (on disk, or in
-        hbm; every page when ``keep_dirty`` is False, i.e. there is no disk), pages to write
-        first, and, when there are neither, how many pages wait for a write queued already (their
-        slots are pinned by it; they can go once it commits)."""
+                              keep_dirty: bool) -> tuple[list[tuple[PageKey, int]], list[tuple[PageKey, int]]]:
+        """Victims of dram, split into ``(drops, dirty)``: clean pages (on disk, or in hbm; every
+        page when ``keep_dirty`` is False, i.e. there is no disk) and pages to write first. Pages
+        whose write is queued already are neither: they can go once it commits."""
         hbm = self.mem.get(Tier.HBM)
         drops: list[tuple[PageKey, int]] = []
         dirty: list[tuple[PageKey, int]] = []
-        waiting = 0
         for key, slot in self.mem[Tier.DRAM].victims(num_pages):
             dkey = self.dkey(key)
             if dkey in on_disk or (hbm is not None and key in hbm.slots) or not keep_dirty:
                 drops.append((key, slot))
             elif dkey not in queued:
                 dirty.append((key, slot))
-        if not drops and not dirty:
-            waiting = sum(1 for key in self.mem[Tier.DRAM].slots if self.dkey(key) in queued)
-        return drops, dirty, waiting
+        return drops, dirty
