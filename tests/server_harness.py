@@ -20,6 +20,7 @@ import uvloop
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.keys import chain_keys
 from tierd.server import ServingSettings, TierdServicer, build_server, set_serving
+from tierd.server.region_socket import RegionSocket, RegionSocketSettings
 from tierd.store import PageStore
 from tierd.v1 import tierd_pb2 as pb
 
@@ -70,6 +71,11 @@ class ServerThread:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         await self._loop.run_in_executor(None, self.store.open)
+        regions = None
+        if self.settings.region_socket:
+            regions = RegionSocket(RegionSocketSettings(Path(self.settings.region_socket)),
+                                   self.store.shared_region_fd)
+            regions.start()
         self.servicer = TierdServicer(self.store, self.settings)
         server, health = build_server(self.servicer, self.settings)
         server.add_insecure_port(self.address)
@@ -80,6 +86,8 @@ class ServerThread:
         self.servicer.begin_shutdown()
         await server.stop(grace=5.0)
         await self.servicer.wait_idle(5.0)
+        if regions is not None:
+            regions.close()
         await self._loop.run_in_executor(None, self.store.close)
         self.servicer.close()
 
@@ -105,6 +113,8 @@ def serving_settings(**changes: object) -> ServingSettings:
 def make_server(tmp: Path, settings: ServingSettings | None = None, **store_changes: object
                 ) -> ServerThread:
     settings = settings or serving_settings()
+    if not settings.region_socket:
+        settings = replace(settings, region_socket=str(tmp / "s-regions.sock"))
     server = ServerThread(store_config(tmp / "data", **store_changes), settings, tmp / "s.sock")
     server.start()
     return server

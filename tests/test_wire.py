@@ -28,7 +28,8 @@ def test_unknown_tier_values_name_the_field(value: int) -> None:
 def test_specs_handles_lease_kinds_and_stats_round_trip() -> None:
     spec = PageSpec("m@r", "bf16", 2, 4, 64, 16)
     assert wire.spec_from_pb(wire.spec_to_pb(spec)) == spec
-    handle = RegionHandle(Tier.DRAM, HandleKind.SHM, "tierd-1-dram-ns1-ab", 0, 4096, 1024, 4)
+    handle = RegionHandle(Tier.DRAM, HandleKind.MEMFD, "tierd-dram-ns1-ab", 0, 4096, 1024, 4,
+                          grant=bytes(range(32)), socket_path="/run/tierd/tierd-regions.sock")
     assert wire.handle_from_pb(wire.handle_to_pb(handle)) == handle
     for kind in LeaseKind:
         assert wire.lease_kind_from_pb(wire.lease_kind_to_pb(kind)) is kind
@@ -41,6 +42,8 @@ def test_specs_handles_lease_kinds_and_stats_round_trip() -> None:
 def test_unknown_enums_and_bad_specs_are_refused() -> None:
     with pytest.raises(InvalidArgument, match="RegionHandle.kind 7"):
         wire.handle_from_pb(pb.RegionHandle(tier=pb.TIER_HBM, kind=7))
+    with pytest.raises(InvalidArgument, match="RegionHandle.kind 1"):  # retired named /dev/shm files
+        wire.handle_from_pb(pb.RegionHandle(tier=pb.TIER_HBM, kind=pb.HANDLE_KIND_SHM))
     with pytest.raises(InvalidArgument, match="Lease.kind 0"):
         wire.lease_kind_from_pb(0)
     with pytest.raises(InvalidArgument, match="dtype"):

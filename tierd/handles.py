@@ -7,27 +7,27 @@ nothing here imports the store.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from tierd.tier import Tier
-
-# Where shm regions live; a handle of kind SHM names a file directly in this folder.
-SHM_DIR = Path("/dev/shm")
 
 
 class HandleKind(enum.Enum):
     """How a client maps a region."""
 
-    SHM = "shm"            # a file under /dev/shm: open + mmap ``name``
+    # Unnamed host memory (memfd): the client presents ``grant`` on the daemon's region socket
+    # (``socket_path``) and gets the region's file descriptor back (SCM_RIGHTS) to mmap.
+    MEMFD = "memfd"
     CUDA_IPC = "cuda_ipc"  # a cudaIpcMemHandle (bytes), opened once per process
 
 
 @dataclass(frozen=True)
 class RegionHandle:
-    """What a client needs to map a region: ``size_bytes`` at ``offset_bytes`` of ``name``.
+    """What a client needs to map a region: ``size_bytes`` at ``offset_bytes`` of it.
 
-    Slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)`` of the mapped range.
+    Slot ``i`` is bytes ``[i * page_bytes, (i + 1) * page_bytes)`` of the mapped range. ``name``
+    labels the region in messages; it opens nothing. ``grant`` is the secret that opens a memfd
+    region: the daemon gives it only to callers of the namespace's tenant (never logged).
     """
 
     tier: Tier
@@ -38,4 +38,6 @@ class RegionHandle:
     page_bytes: int
     num_slots: int
     device: str = "cpu"
-    ipc_handle: bytes = b""
+    ipc_handle: bytes = field(default=b"", repr=False)
+    grant: bytes = field(default=b"", repr=False)
+    socket_path: str = ""

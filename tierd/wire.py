@@ -21,7 +21,7 @@ _TIER_OFFSET = 1
 TIER_UNSPECIFIED = pb.TIER_UNSPECIFIED
 
 _HANDLE_KINDS: dict[HandleKind, pb.HandleKind] = {
-    HandleKind.SHM: pb.HANDLE_KIND_SHM, HandleKind.CUDA_IPC: pb.HANDLE_KIND_CUDA_IPC}
+    HandleKind.MEMFD: pb.HANDLE_KIND_MEMFD, HandleKind.CUDA_IPC: pb.HANDLE_KIND_CUDA_IPC}
 _HANDLE_KINDS_IN: dict[int, HandleKind] = {int(v): k for k, v in _HANDLE_KINDS.items()}
 _LEASE_KINDS: dict[LeaseKind, pb.LeaseKind] = {
     LeaseKind.READ: pb.LEASE_KIND_READ, LeaseKind.FILL: pb.LEASE_KIND_FILL}
@@ -67,7 +67,8 @@ def handle_to_pb(handle: RegionHandle) -> pb.RegionHandle:
                            name=handle.name, offset_bytes=handle.offset_bytes,
                            size_bytes=handle.size_bytes, page_bytes=handle.page_bytes,
                            num_slots=handle.num_slots, device=handle.device,
-                           ipc_handle=handle.ipc_handle)
+                           ipc_handle=handle.ipc_handle, grant=handle.grant,
+                           socket_path=handle.socket_path)
 
 
 def handle_from_pb(message: pb.RegionHandle) -> RegionHandle:
@@ -78,7 +79,8 @@ def handle_from_pb(message: pb.RegionHandle) -> RegionHandle:
                         name=message.name, offset_bytes=message.offset_bytes,
                         size_bytes=message.size_bytes, page_bytes=message.page_bytes,
                         num_slots=message.num_slots, device=message.device or "cpu",
-                        ipc_handle=bytes(message.ipc_handle))
+                        ipc_handle=bytes(message.ipc_handle), grant=bytes(message.grant),
+                        socket_path=message.socket_path)
 
 
 def lease_kind_to_pb(kind: LeaseKind) -> pb.LeaseKind:

@@ -2,22 +2,21 @@
 
 A region is ``num_slots * page_bytes`` bytes; slot ``i`` is bytes ``[i*page_bytes, (i+1)*page_bytes)``
 and holds one page ``[num_layers][2][page_tokens][num_kv_heads][head_dim]``. The daemon owns the
-memory: the client maps it (shm: ``tierd_client.shm.map_shm``, ``os.open`` + ``mmap`` of
-``/dev/shm/NAME``) and unmaps it on ``close``; it never unlinks a segment.
+memory: the client maps it (host regions: ``tierd_client.shm.map_shm``, the region's memfd
+fetched from the daemon's region socket with the handle's grant) and unmaps it on ``close``.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
 import numpy as np
 
-from tierd.handles import SHM_DIR, HandleKind, RegionHandle
+from tierd.handles import HandleKind, RegionHandle
 from tierd.spec import DType, PageSpec
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
-from tierd_client.shm import MappedShm, map_shm
+from tierd_client.shm import MappedShm, map_shm, region_alive
 
 # numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
 # itemsize (use ``ArenaView.torch()`` for typed values).
@@ -69,9 +68,8 @@ class ArenaView:
         self._cuda_mem: Any = None  # cupy memory of a CUDA IPC region
         self._closed = False
         self._ipc_ptr = 0
-        self._inode = 0  # of the shm file mapped: a restarted daemon's regions are new files
-        if handle.kind is HandleKind.SHM:
-            self._mapped = self._map_shm()
+        if handle.kind is HandleKind.MEMFD:
+            self._mapped = map_shm(handle)
         elif handle.kind is HandleKind.CUDA_IPC:
             self._cuda_mem = self._open_cuda_ipc()
         else:
@@ -90,23 +88,12 @@ class ArenaView:
         """``(num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim)``."""
         return (self.num_slots, *self.spec.page_shape)
 
-    def _map_shm(self) -> MappedShm:
-        mapped = map_shm(self.handle)
-        self._inode = self._current_inode()
-        return mapped
-
-    def _current_inode(self) -> int:
-        try:
-            return os.stat(SHM_DIR / self.handle.name).st_ino
-        except FileNotFoundError:
-            return 0
-
     def is_stale(self) -> bool:
         """True when the daemon no longer serves this mapping (it closed the region or restarted):
-        its slots are no longer the cache's. Checked for shm regions only."""
+        its slots are no longer the cache's. Asks the region socket; host regions only."""
         if self._closed:
             return True
-        return self._mapped is not None and self._current_inode() != self._inode
+        return self._mapped is not None and not region_alive(self.handle)
 
     def _open_cuda_ipc(self) -> Any:
         # Only a worker on a CUDA machine gets such a handle; cupy is imported on first use only.

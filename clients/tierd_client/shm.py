@@ -1,7 +1,8 @@
-"""Mapping a daemon's shm region into this worker: ``os.open`` + ``mmap`` of ``/dev/shm/NAME``.
+"""Mapping a daemon's host region into this worker: its memfd, fetched from the region socket.
 
-Never ``multiprocessing.shared_memory``: its resource tracker would unlink the daemon's segment
-when this process exits. The daemon owns and unlinks the file; a mapping here only unmaps.
+The worker presents the region's grant (from Register) on the socket the handle names and gets
+the region's descriptor back (SCM_RIGHTS), maps it read-write and closes the descriptor. Nothing
+is opened by name. The daemon owns the memory; a mapping here only unmaps.
 """
 
 from __future__ import annotations
@@ -10,13 +11,24 @@ import logging
 import mmap
 import operator
 import os
+import socket
 
 import numpy as np
 
-from tierd.handles import SHM_DIR, HandleKind, RegionHandle
-from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
+from tierd.errors import InvalidArgument
+from tierd.handles import HandleKind, RegionHandle
+from tierd.region_wire import MAX_REPLY_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
+from tierd_client.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
+
+# One exchange with the daemon's region socket may take this long (it answers in microseconds).
+EXCHANGE_TIMEOUT_S = 10.0
 
 
 def _count(value: object, what: str, minimum: int) -> int:
@@ -30,7 +42,7 @@ def _count(value: object, what: str, minimum: int) -> int:
 
 
 class MappedShm:
-    """A worker's read-write mapping of one shm region; ``close()`` unmaps, never unlinks."""
+    """A worker's read-write mapping of one host region; ``close()`` unmaps."""
 
     def __init__(self, handle: RegionHandle, mm: mmap.mmap, start_bytes: int) -> None:
         self.handle = handle
@@ -57,44 +69,99 @@ class MappedShm:
                       self.handle.name)
 
 
-def map_shm(handle: RegionHandle) -> MappedShm:
-    """Map the shm region ``handle`` names, read-write.
-
-    ``NotFoundError`` if the file is gone (the daemon closed the region or restarted),
-    ``InvalidArgumentError`` for a handle that is not a well-formed shm handle,
-    ``FailedPreconditionError`` when this process may not open it.
-    """
-    if handle.kind is not HandleKind.SHM:
-        raise InvalidArgumentError(f"map_shm maps shm handles only, got a {handle.kind.value} "
-                                   f"handle for region {handle.name!r}")
-    if not handle.name or "/" in handle.name or handle.name in (".", ".."):
-        raise InvalidArgumentError(f"an shm handle names a file directly under {SHM_DIR}, got "
-                                   f"{handle.name!r}")
+def _check_handle(handle: RegionHandle) -> None:
+    if handle.kind is not HandleKind.MEMFD:
+        raise InvalidArgumentError(f"map_shm maps host (memfd) handles only, got a "
+                                   f"{handle.kind.value} handle for region {handle.name!r}")
     num_slots = _count(handle.num_slots, "handle.num_slots", 1)
     page_bytes = _count(handle.page_bytes, "handle.page_bytes", 1)
-    offset_bytes = _count(handle.offset_bytes, "handle.offset_bytes", 0)
+    _count(handle.offset_bytes, "handle.offset_bytes", 0)
     if handle.size_bytes != num_slots * page_bytes:
         raise InvalidArgumentError(f"handle.size_bytes is {handle.size_bytes}, expected num_slots x "
                                    f"page_bytes = {num_slots} x {page_bytes} = {num_slots * page_bytes}")
-    path = SHM_DIR / handle.name
+    if not handle.socket_path:
+        raise FailedPreconditionError(
+            f"region {handle.name!r} names no region socket: the daemon serves none (it listens "
+            f"on TCP only, or server.region_socket is off); zero-copy needs a daemon on this node "
+            f"with a unix socket")
+
+
+def _exchange(handle: RegionHandle, op: RegionOp) -> tuple[RegionReply, int | None]:
+    """One request on the region socket: the reply and the descriptor it carried, if any."""
     try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        raise NotFoundError(f"shared-memory region {path} does not exist: the daemon closed it or "
-                            f"restarted; register the namespace again for fresh handles") from None
-    except PermissionError:
-        raise FailedPreconditionError(f"no permission to open {path} read-write: run the worker as "
-                                      f"the daemon's user or in its group") from None
+        request = RegionRequest(op, handle.grant).encode()
+    except InvalidArgument as exc:
+        raise InvalidArgumentError(f"region {handle.name!r}: {exc}") from None
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(EXCHANGE_TIMEOUT_S)
+        try:
+            conn.connect(handle.socket_path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise NotFoundError(f"the daemon's region socket {handle.socket_path} is not "
+                                f"answering: the daemon stopped or restarted; register the "
+                                f"namespace again for fresh handles") from None
+        except PermissionError:
+            raise FailedPreconditionError(
+                f"no permission to connect to the region socket {handle.socket_path}: run the "
+                f"worker as the daemon's user or in its group") from None
+        try:
+            conn.sendall(request)
+            data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REPLY_BYTES, 1)
+        except OSError as exc:
+            raise UnavailableError(f"the region socket {handle.socket_path} failed: {exc}") from None
+    try:
+        reply = RegionReply.decode(data)
+    except InvalidArgument as exc:
+        for fd in fds:
+            os.close(fd)
+        raise UnavailableError(f"the region socket {handle.socket_path} sent a bad reply: {exc}") from None
+    return reply, (fds[0] if fds else None)
+
+
+def _fetch_fd(handle: RegionHandle) -> int:
+    reply, fd = _exchange(handle, RegionOp.OPEN)
+    if reply.status is RegionStatus.OK and fd is not None:
+        return fd
+    if fd is not None:
+        os.close(fd)
+    if reply.status is RegionStatus.NOT_FOUND:
+        raise NotFoundError(f"region {handle.name!r}: {reply.message}")
+    if reply.status is RegionStatus.INVALID:
+        raise InvalidArgumentError(f"region {handle.name!r}: {reply.message}")
+    raise UnavailableError(f"region {handle.name!r}: {reply.message or 'no descriptor came back'}")
+
+
+def region_alive(handle: RegionHandle) -> bool:
+    """Whether the daemon still serves the region ``handle`` names (its grant still opens it)."""
+    try:
+        reply, fd = _exchange(handle, RegionOp.CHECK)
+    except (NotFoundError, UnavailableError):
+        return False
+    if fd is not None:
+        os.close(fd)
+    return reply.status is RegionStatus.OK
+
+
+def map_shm(handle: RegionHandle) -> MappedShm:
+    """Map the host region ``handle`` names, read-write.
+
+    ``NotFoundError`` if the daemon no longer serves it (it closed the region or restarted),
+    ``InvalidArgumentError`` for a handle that is not a well-formed memfd handle,
+    ``FailedPreconditionError`` when this process may not reach the region socket.
+    """
+    _check_handle(handle)
+    fd = _fetch_fd(handle)
     try:
         file_bytes = os.fstat(fd).st_size
-        end_bytes = offset_bytes + handle.size_bytes
+        end_bytes = handle.offset_bytes + handle.size_bytes
         if end_bytes > file_bytes:
-            raise InvalidArgumentError(f"handle asks for bytes {offset_bytes}..{end_bytes} of {path}, "
-                                       f"but the file holds {file_bytes} bytes")
+            raise InvalidArgumentError(f"handle asks for bytes {handle.offset_bytes}..{end_bytes} "
+                                       f"of region {handle.name!r}, but it holds {file_bytes} bytes")
         # mmap offsets must be multiples of the allocation granularity: map from the one below.
-        start_bytes = offset_bytes % mmap.ALLOCATIONGRANULARITY
+        start_bytes = handle.offset_bytes % mmap.ALLOCATIONGRANULARITY
         mm = mmap.mmap(fd, start_bytes + handle.size_bytes, flags=mmap.MAP_SHARED,
-                       prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset_bytes - start_bytes)
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE,
+                       offset=handle.offset_bytes - start_bytes)
     finally:
         os.close(fd)
     return MappedShm(handle, mm, start_bytes)

@@ -1,5 +1,5 @@
-"""Arena views: the worker sees the daemon's slots in place, with the page layout, and never
-deletes the daemon's segment."""
+"""Arena views: the worker sees the daemon's slots in place, with the page layout, and a worker
+that maps and exits leaves the daemon's region serving."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from tierd.tier import Tier
-from tierd.tiers.shm_arena import SHM_DIR, ShmArena, ShmRegion
+from tierd.handles import RegionHandle
+from tierd.server.region_socket import RegionSocket, RegionSocketSettings
+from tierd.tiers.shm_arena import ShmArena, ShmRegion
 from tierd_client import FailedPreconditionError, InvalidArgumentError, NotFoundError, PageSpec
 from tierd_client.arena import ArenaView
 
@@ -27,14 +29,20 @@ PREFIX = "tierdclienttest"
 
 
 @pytest.fixture()
-def region() -> Iterator[ShmRegion]:
-    """A region created the way the daemon creates one (the daemon's code, another 'process')."""
-    with ShmArena(Tier.HBM, NUM_SLOTS * SPEC.page_bytes, PREFIX, prefault=False) as arena:
-        yield arena.create_region(1, NUM_SLOTS, SPEC.page_bytes)
+def served(short_tmp: Path) -> Iterator[tuple[ShmRegion, RegionHandle]]:
+    """A region created and served the way the daemon does (the daemon's code, another
+    'process'), and the handle Register would give for it."""
+    path = short_tmp / "regions.sock"
+    with ShmArena(Tier.HBM, NUM_SLOTS * SPEC.page_bytes, PREFIX, prefault=False) as arena, \
+            RegionSocket(RegionSocketSettings(path), arena.shared_fd):
+        region = arena.create_region(1, NUM_SLOTS, SPEC.page_bytes)
+        yield region, replace(region.handle(), socket_path=str(path))
 
 
-def test_numpy_view_has_the_page_layout_and_shares_memory(region: ShmRegion) -> None:
-    view = ArenaView(region.handle(), SPEC)
+def test_numpy_view_has_the_page_layout_and_shares_memory(
+        served: tuple[ShmRegion, RegionHandle]) -> None:
+    region, handle = served
+    view = ArenaView(handle, SPEC)
     arr = view.numpy()
     assert arr.shape == (NUM_SLOTS, 3, 2, 4, 2, 8) and arr.dtype == np.uint16  # bf16 bits
     # Write K of layer 1, token 2, head 1 in slot 3 through the worker's view ...
@@ -52,8 +60,9 @@ def test_numpy_view_has_the_page_layout_and_shares_memory(region: ShmRegion) -> 
     view.close()
 
 
-def test_torch_view_is_typed_and_in_place(region: ShmRegion) -> None:
-    view = ArenaView(region.handle(), SPEC)
+def test_torch_view_is_typed_and_in_place(served: tuple[ShmRegion, RegionHandle]) -> None:
+    region, handle = served
+    view = ArenaView(handle, SPEC)
     tensor = view.torch()
     assert tensor.dtype == torch.bfloat16 and tuple(tensor.shape) == view.shape
     tensor[2].fill_(1.5)
@@ -66,39 +75,42 @@ def test_torch_view_is_typed_and_in_place(region: ShmRegion) -> None:
     view.close()
 
 
-def test_closing_or_exiting_never_unlinks_the_daemons_segment(region: ShmRegion) -> None:
-    path = SHM_DIR / region.handle().name
-    view = ArenaView(region.handle(), SPEC)
+def test_closing_or_exiting_leaves_the_daemons_region_serving(
+        served: tuple[ShmRegion, RegionHandle]) -> None:
+    region, handle = served
+    view = ArenaView(handle, SPEC)
     view.close()
     view.close()  # idempotent
-    assert path.exists()
     with pytest.raises(FailedPreconditionError, match="closed"):
         view.numpy()
     # A worker process that maps the region and exits (resource trackers run at exit) leaves it.
     child = ("import sys, pickle; from tierd_client.arena import ArenaView; "
              "h, s = pickle.loads(sys.stdin.buffer.read()); v = ArenaView(h, s); "
              "v.bytes()[0] = 9")
-    subprocess.run([sys.executable, "-c", child], input=pickle.dumps((region.handle(), SPEC)),
+    subprocess.run([sys.executable, "-c", child], input=pickle.dumps((handle, SPEC)),
                    check=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path.cwd())})
-    assert path.exists()
+    again = ArenaView(handle, SPEC)
+    assert not again.is_stale()
+    again.close()
     page = bytearray(SPEC.page_bytes)
     page[:] = region.slot_view(0)
     assert set(page) == {9}
 
 
-def test_a_gone_region_or_a_wrong_spec_is_reported(region: ShmRegion) -> None:
-    handle = region.handle()
+def test_a_gone_region_or_a_wrong_spec_is_reported(served: tuple[ShmRegion, RegionHandle]) -> None:
+    _region, handle = served
     with pytest.raises(NotFoundError, match="register the namespace again"):
-        ArenaView(replace(handle, name=handle.name + "-gone"), SPEC)
+        ArenaView(replace(handle, grant=bytes(len(handle.grant))), SPEC)
     other = PageSpec(model="m@1", dtype="float32", num_layers=3, num_kv_heads=2, head_dim=8,
                      page_tokens=4)
     with pytest.raises(FailedPreconditionError, match="disagree on the spec"):
         ArenaView(handle, other)
 
 
-def test_a_region_the_daemon_replaced_is_stale(region: ShmRegion) -> None:
-    view = ArenaView(region.handle(), SPEC)
+def test_a_region_the_daemon_replaced_is_stale(served: tuple[ShmRegion, RegionHandle]) -> None:
+    region, handle = served
+    view = ArenaView(handle, SPEC)
     assert not view.is_stale()
-    region.close()  # the daemon stopped: its file is gone, whatever this process still maps
+    region.close()  # the daemon closed it: its grant opens nothing, whatever this process maps
     assert view.is_stale()
     view.close()

@@ -18,10 +18,11 @@ from tierd.daemon.checks import (
     startup_problems,
 )
 from tierd.daemon.config import DaemonConfig, load_config
-from tierd.daemon.machine import MachineFacts, mem_available_bytes
+from tierd.daemon.machine import MachineFacts
+from tierd.tiers.host_memory import mem_available_bytes
 
 GiB = 1 << 30
-ROOMY = MachineFacts(mem_available_bytes=100 * GiB, shm_free_bytes=100 * GiB,
+ROOMY = MachineFacts(mem_available_bytes=100 * GiB,
                      memlock_limit_bytes=None, cuda_total_bytes=())
 ONE_GPU = replace(ROOMY, cuda_total_bytes=(80 * GiB,))
 CPU = ResolvedDevice(StoreDevice(DeviceType.CPU))
@@ -54,11 +55,9 @@ def test_memory_checks(tmp_path: Path) -> None:
     # so, and the check counts what the store will build).
     assert "hbm + dram (on cuda:0) need 5.0 GiB" in memory_problem(
         cfg, GPU, replace(tight, cuda_total_bytes=(80 * GiB,)))
-    small_shm = replace(ROOMY, shm_free_bytes=2 * GiB)
-    assert "/dev/shm" in memory_problem(cfg, CPU, small_shm)
     small_gpu = replace(ROOMY, cuda_total_bytes=(GiB // 2,))
     assert "exceeds the 512.0 MiB of cuda:0" in memory_problem(cfg, GPU, small_gpu)
-    unknown = replace(ROOMY, mem_available_bytes=None, shm_free_bytes=None)
+    unknown = replace(ROOMY, mem_available_bytes=None)
     assert memory_problem(cfg, CPU, unknown) is None
 
 

@@ -1,15 +1,16 @@
-"""ShmArena / ShmRegion: regions as /dev/shm files, their budget, names, modes and life cycle.
+"""ShmArena / ShmRegion: regions as sealed memfds, their grants, budget, names and life cycle.
 
 Copies in and out of slots are the transfer engine's (through ``slot_view``); a worker maps a
-region with ``tierd_client.shm.map_shm`` (tests/clients/test_client_shm.py).
+region with ``tierd_client.shm.map_shm`` over the region socket (tests/clients/test_client_shm.py).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
-import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
-from tierd.handles import SHM_DIR, HandleKind, RegionHandle
+from tierd.handles import HandleKind, RegionHandle
+from tierd.region_wire import GRANT_BYTES
 from tierd.tier import Tier
 from tierd.tiers.base import Medium
-from tierd.tiers.host_memory import shm_free_bytes
+from tierd.tiers.host_memory import mem_available_bytes
 from tierd.tiers.shm_arena import ShmArena, ShmRegion
 
 PREFIX = "tierdtest"
@@ -28,18 +30,20 @@ PAGE_BYTES = 4096 + 24  # not a multiple of the OS page: slots straddle page bou
 CHILD_TIMEOUT_S = 120.0
 
 
-def _own_segments() -> set[str]:
-    return {p.name for p in SHM_DIR.glob(f"{PREFIX}-{os.getpid()}-*")}
+SHM_DIR = Path("/dev/shm")
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
 
 
 @pytest.fixture(autouse=True)
-def no_leaked_segments() -> Iterator[None]:
-    before = _own_segments()
+def nothing_named_and_no_leaked_descriptors() -> Iterator[None]:
+    before = _open_fds()
     yield
-    leaked = _own_segments() - before
-    for name in leaked:
-        (SHM_DIR / name).unlink()
-    assert not leaked, f"test left shm segments behind: {sorted(leaked)}"
+    assert not list(SHM_DIR.glob(f"{PREFIX}*")), "regions must leave nothing in /dev/shm to open"
+    leaked = _open_fds() - before
+    assert not leaked, f"closed regions left descriptors open: {sorted(leaked)}"
 
 
 @pytest.fixture
@@ -133,28 +137,54 @@ def test_zero_capacity_arena_refuses_every_region() -> None:
             arena.create_region(ns_id=0, num_slots=1, page_bytes=1)
 
 
-def test_region_file_name_handle_and_mode(arena: ShmArena) -> None:
+def test_region_name_handle_and_grant(arena: ShmArena) -> None:
     region = arena.create_region(ns_id=7, num_slots=3, page_bytes=PAGE_BYTES)
     other = arena.create_region(ns_id=7, num_slots=3, page_bytes=PAGE_BYTES)
     assert region.name != other.name
-    assert re.fullmatch(rf"{PREFIX}-{os.getpid()}-dram-ns7-[0-9a-f]+", region.name)
-    assert region.path == SHM_DIR / region.name
-    assert region.path.stat().st_size == 3 * PAGE_BYTES
-    assert stat.S_IMODE(region.path.stat().st_mode) == 0o660
+    assert re.fullmatch(rf"{PREFIX}-dram-ns7-[0-9a-f]+", region.name)
+    assert len(region.grant) == GRANT_BYTES and region.grant != other.grant
     handle = region.handle()
-    assert handle == RegionHandle(tier=Tier.DRAM, kind=HandleKind.SHM, name=region.name,
+    assert handle == RegionHandle(tier=Tier.DRAM, kind=HandleKind.MEMFD, name=region.name,
                                   offset_bytes=0, size_bytes=3 * PAGE_BYTES, page_bytes=PAGE_BYTES,
-                                  num_slots=3, device="cpu")
+                                  num_slots=3, device="cpu", grant=region.grant)
+    assert region.grant.hex() not in repr(handle) and repr(region.grant) not in repr(handle)
 
 
-def test_close_unlinks_is_idempotent_and_refuses_later_copies(arena: ShmArena) -> None:
+def test_the_grant_opens_the_regions_memory_and_nothing_else(arena: ShmArena) -> None:
     region = arena.create_region(ns_id=1, num_slots=2, page_bytes=PAGE_BYTES)
-    path = region.path
-    assert path.exists()
+    _write(region, 1, _page(5))
+    with arena.shared_fd(region.grant) as fd:
+        assert fd is not None and os.fstat(fd).st_size == 2 * PAGE_BYTES
+        mapped = mmap.mmap(fd, 2 * PAGE_BYTES, flags=mmap.MAP_SHARED)
+    assert mapped[PAGE_BYTES:] == _page(5)
+    mapped[:4] = b"abcd"  # one memory: what a worker writes, the daemon reads
+    assert bytes(region.slot_view(0))[:4] == b"abcd"
+    mapped.close()
+    for wrong in (bytes(GRANT_BYTES), region.grant[:-1] + bytes([region.grant[-1] ^ 1]), b""):
+        with arena.shared_fd(wrong) as fd:
+            assert fd is None
+
+
+def test_a_worker_holding_the_descriptor_cannot_resize_the_region(arena: ShmArena) -> None:
+    region = arena.create_region(ns_id=1, num_slots=2, page_bytes=PAGE_BYTES)
+    with arena.shared_fd(region.grant) as fd:
+        assert fd is not None
+        for size_bytes in (0, PAGE_BYTES, 4 * PAGE_BYTES):
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, size_bytes)  # would turn the daemon's next copy into SIGBUS
+    region.array()[1, -1] = 7  # still whole
+    assert region.array()[1, -1] == 7
+
+
+def test_close_is_idempotent_revokes_the_grant_and_refuses_later_copies(arena: ShmArena) -> None:
+    region = arena.create_region(ns_id=1, num_slots=2, page_bytes=PAGE_BYTES)
     region.close()
-    assert not path.exists()
     region.close()
     assert region.closed
+    with arena.shared_fd(region.grant) as fd:
+        assert fd is None
+    with region.open_fd() as fd:
+        assert fd is None
     with pytest.raises(Unavailable, match="is closed"):
         region.slot_view(0)
     with pytest.raises(Unavailable):
@@ -162,13 +192,12 @@ def test_close_unlinks_is_idempotent_and_refuses_later_copies(arena: ShmArena) -
     assert arena.assigned_bytes == 0
 
 
-def test_close_with_views_still_exported_unlinks_and_keeps_views_valid(arena: ShmArena) -> None:
+def test_close_with_views_still_exported_keeps_views_valid(arena: ShmArena) -> None:
     region = arena.create_region(ns_id=1, num_slots=2, page_bytes=PAGE_BYTES)
     _write(region, 1, _page(9))
     whole = region.array()
     view = region.slot_view(1)
     region.close()
-    assert not region.path.exists()
     assert arena.assigned_bytes == 0
     assert bytes(view) == _page(9), "an exported view must stay readable after close"
     whole[0, :3] = 1  # still mapped: no crash
@@ -180,7 +209,7 @@ def test_arena_close_closes_every_region_and_refuses_new_ones() -> None:
     regions = [arena.create_region(ns_id=i, num_slots=2, page_bytes=PAGE_BYTES) for i in range(3)]
     arena.close()
     arena.close()
-    assert all(r.closed and not r.path.exists() for r in regions)
+    assert all(r.closed for r in regions)
     assert arena.assigned_bytes == 0 and arena.regions() == []
     with pytest.raises(Unavailable, match="arena is closed"):
         arena.create_region(ns_id=9, num_slots=1, page_bytes=PAGE_BYTES)
@@ -217,5 +246,6 @@ def test_region_arguments_are_checked(arena: ShmArena) -> None:
     assert arena.assigned_bytes == 0
 
 
-def test_shm_free_bytes_reads_the_tmpfs() -> None:
-    assert shm_free_bytes() > 0
+def test_mem_available_bytes_reads_meminfo() -> None:
+    available = mem_available_bytes()
+    assert available is not None and available > 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from tierd.config import DeviceType, StoreDevice
 from tierd.daemon.config import DaemonConfig, DeviceKind
 from tierd.daemon.machine import MachineFacts, existing_path, free_bytes, used_bytes_under
-from tierd.store.media import host_tiers, shm_tiers
+from tierd.store.media import host_tiers
 from tierd.tier import Tier
 from tierd.units import format_size
 
@@ -66,18 +66,14 @@ def resolve_device(config: DaemonConfig, facts: MachineFacts) -> ResolvedDevice 
 
 
 def memory_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
-    """Host memory and /dev/shm must hold the tiers the store puts there on this device (the same
-    answer ``tierd.store.media`` builds from)."""
+    """Host memory must hold the tiers the store puts there on this device (the same answer
+    ``tierd.store.media`` builds from)."""
     store = config.store
-    in_host, in_shm = host_tiers(device.device), shm_tiers(device.device)
+    in_host = host_tiers(device.device)
     host_bytes = sum(store.tier_capacity_bytes(tier) for tier in in_host)
-    shm_bytes = sum(store.tier_capacity_bytes(tier) for tier in in_shm)
     if facts.mem_available_bytes is not None and host_bytes > facts.mem_available_bytes:
         return (f"{_names(in_host, device)} need {format_size(host_bytes)} of memory but only "
                 f"{format_size(facts.mem_available_bytes)} is available: lower --dram/--hbm")
-    if facts.shm_free_bytes is not None and shm_bytes > facts.shm_free_bytes:
-        return (f"{_names(in_shm, device)} need {format_size(shm_bytes)} in /dev/shm but it has "
-                f"{format_size(facts.shm_free_bytes)} free: lower --dram/--hbm or enlarge /dev/shm")
     if device.is_cuda:
         index = int(device.name.partition(":")[2] or 0)
         total = facts.cuda_total_bytes[index]

@@ -14,9 +14,10 @@ import resource
 from dataclasses import dataclass
 from pathlib import Path
 
+from tierd.tiers.host_memory import mem_available_bytes
+
 log = logging.getLogger(__name__)
 
-SHM_DIR = Path("/dev/shm")
 _CUDA_SUCCESS = 0
 
 
@@ -26,27 +27,13 @@ class MachineFacts:
     ``memlock_limit_bytes`` where ``None`` means unlimited."""
 
     mem_available_bytes: int | None
-    shm_free_bytes: int | None
     memlock_limit_bytes: int | None
     cuda_total_bytes: tuple[int, ...]  # one entry per visible CUDA device
 
     @classmethod
     def probe(cls) -> MachineFacts:
-        return cls(mem_available_bytes=mem_available_bytes(), shm_free_bytes=free_bytes(SHM_DIR),
+        return cls(mem_available_bytes=mem_available_bytes(),
                    memlock_limit_bytes=memlock_limit_bytes(), cuda_total_bytes=cuda_devices())
-
-
-def mem_available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or ``None`` where there is no such file."""
-    try:
-        text = meminfo.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name == "MemAvailable":
-            return int(rest.split()[0]) * 1024  # the file counts kB
-    return None
 
 
 def free_bytes(path: Path) -> int | None:

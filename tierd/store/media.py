@@ -9,6 +9,8 @@ hbm is host shared memory as on ``cpu`` (and the start-up checks count it as hos
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tierd.config import DeviceType, StoreConfig, StoreDevice
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def shm_tiers(device: StoreDevice) -> tuple[Tier, ...]:
-    """The memory tiers whose regions are files in /dev/shm on this device."""
+    """The memory tiers whose regions are host shared memory (memfd) on this device."""
     return (Tier.DRAM,) if device.type is DeviceType.FAKE else MEMORY_TIERS
 
 
@@ -40,6 +42,17 @@ class Media:
 
     arenas: dict[Tier, Arena]
     engine: TransferEngine
+
+    @contextmanager
+    def shared_fd(self, grant: bytes) -> Iterator[int | None]:
+        """The descriptor of the shm region ``grant`` opens (valid inside the ``with``), else None."""
+        for arena in self.arenas.values():
+            if isinstance(arena, ShmArena):
+                with arena.shared_fd(grant) as fd:
+                    if fd is not None:
+                        yield fd
+                        return
+        yield None
 
     def close(self) -> None:
         """The engine first (it lands what is in flight), then the arenas; idempotent."""

@@ -1,18 +1,25 @@
-"""How much room the tmpfs behind ``/dev/shm`` has left (named in the shm arena's errors).
+"""How much host memory is left (named in the shm arena's errors and the daemon's start-up checks).
 
-The start-up checks of the daemon (``tierd.daemon.checks``) refuse a config whose shm tiers do
-not fit; this is what a region that does not fit at creation says it found.
+Regions are unnamed shared memory (memfd): they take RAM (and swap) like any anonymous shared
+mapping, with no tmpfs of their own to fill, so ``MemAvailable`` is the figure that matters.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from tierd.handles import SHM_DIR
+MEMINFO = Path("/proc/meminfo")
+_MEMINFO_UNIT_BYTES = 1024  # /proc/meminfo counts kB
 
 
-def shm_free_bytes(shm_dir: Path = SHM_DIR) -> int:
-    """Bytes an unprivileged process can still allocate in the tmpfs mounted at ``shm_dir``."""
-    stats = os.statvfs(shm_dir)
-    return stats.f_bavail * stats.f_frsize
+def mem_available_bytes(meminfo: Path = MEMINFO) -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes, or ``None`` where there is no such file."""
+    try:
+        text = meminfo.read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name == "MemAvailable":
+            return int(rest.split()[0]) * _MEMINFO_UNIT_BYTES
+    return None

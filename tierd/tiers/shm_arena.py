@@ -1,19 +1,25 @@
-"""Shared-memory arenas: regions as files under ``/dev/shm`` that local clients can map.
+"""Shared-memory arenas: regions as unnamed memory (memfd) that only their tenant's workers map.
 
-Without CUDA both ``hbm`` and ``dram`` are ``ShmArena``s. Each region is one tmpfs file created
-with ``os.open(O_EXCL)`` + ``ftruncate`` + ``mmap`` (not ``multiprocessing.shared_memory``, whose
-resource tracker unlinks a segment when any process that merely attached it exits). Only the
-creating ``ShmRegion`` ever unlinks; a worker maps a region with ``tierd_client.shm.map_shm``.
+Without CUDA both ``hbm`` and ``dram`` are ``ShmArena``s. Each region is one ``memfd_create``
+file: nothing in ``/dev/shm`` or anywhere else a process could list or open by name. It is
+sized, reserved (``posix_fallocate``) and sealed against shrinking or growing (a worker holding
+the descriptor can never ``ftruncate`` it under the daemon, which would turn the daemon's next
+copy into SIGBUS), then mapped here. A worker gets the descriptor only by presenting the
+region's ``grant`` (a random secret in the handle, sent only to the namespace's tenant) on the
+daemon's region socket (``tierd.server.region_socket``), which asks ``ShmArena.shared_fd``.
 Regions hold bytes: the transfer engine copies through ``slot_view``.
 
 Budget: ``ShmArena.create_region`` takes ``num_slots * page_bytes`` from the arena's budget;
 ``ShmRegion.close()`` gives it back (it tells its arena), so callers close regions, never
-``release`` them through the arena. ``ShmArena.close()`` closes every region still open.
+``release`` them through the arena. ``ShmArena.close()`` closes every region still open. The
+memory itself is freed by the kernel once the daemon and every worker have unmapped it.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
+import hashlib
 import logging
 import mmap
 import operator
@@ -21,31 +27,35 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
-from tierd.errors import ConfigError, InvalidArgument, ResourceExhausted, Unavailable
-from tierd.handles import SHM_DIR, HandleKind, RegionHandle
+from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tierd.handles import HandleKind, RegionHandle
+from tierd.region_wire import GRANT_BYTES
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Medium, RegionGeometry
 from tierd.tiers.budget import ArenaBudget
-from tierd.tiers.host_memory import shm_free_bytes
+from tierd.tiers.host_memory import mem_available_bytes
 from tierd.units import format_size
 
 logger = logging.getLogger(__name__)
 
-# rw for the daemon's user and group: workers run in the daemon's group, nobody else may map pages.
-_FILE_MODE = 0o660
-# 8 hex chars: two stores of one process never pick the same name in practice, and O_EXCL plus a
-# few retries turns the rare collision (or a stale file of a recycled pid) into a fresh name.
-_TOKEN_BYTES = 4
-_NAME_ATTEMPTS = 8
+# A worker may write pages but never resize the region (nor unseal it).
+_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+# 4 hex chars tell two regions of one namespace and tier apart in logs; the name opens nothing.
+_LABEL_TOKEN_BYTES = 2
 # Prefault touches one byte per OS page: that is what makes the kernel back and map the page.
 _OS_PAGE_BYTES = mmap.PAGESIZE
 # posix_fallocate errors that only mean "this filesystem cannot preallocate": ftruncate suffices.
 _NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+def grant_digest(grant: bytes) -> bytes:
+    """What regions are looked up by: a lookup's timing then says nothing about the grant."""
+    return hashlib.sha256(grant).digest()
 
 
 def _check_int(value: object, what: str, minimum: int) -> int:
@@ -62,25 +72,30 @@ def _check_int(value: object, what: str, minimum: int) -> int:
 
 
 class ShmRegion(RegionGeometry):
-    """One namespace's pages in one tier: the ``/dev/shm`` file ``name``, created and owned here.
+    """One namespace's pages in one tier: a memfd created, mapped and owned here.
 
-    Made by ``ShmArena.create_region``. ``close()`` unmaps, unlinks the file and returns the
+    Made by ``ShmArena.create_region``. ``close()`` unmaps, closes the descriptor and returns the
     region's bytes to its arena's budget. Views handed out (``slot_view``, ``array``) keep the
     mapping alive, so a copy racing ``close`` never touches unmapped memory.
     """
 
-    def __init__(self, tier: Tier, ns_id: int, name: str, mm: mmap.mmap, num_slots: int,
+    def __init__(self, tier: Tier, ns_id: int, name: str, fd: int, mm: mmap.mmap, num_slots: int,
                  page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
         super().__init__(num_slots, page_bytes)
         self._mm: mmap.mmap | None = mm
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
         self._label = f"{tier.label} region {name}"
+        # Held while the descriptor is being sent, so close() never closes (and the kernel never
+        # reuses) a descriptor number in the middle of a send.
+        self._fd_lock = threading.Lock()
+        self._fd = fd
         self._close_lock = threading.Lock()
         self._closed = False
         self._tier = tier
         self._ns_id = ns_id
         self._name = name
+        self._grant = secrets.token_bytes(GRANT_BYTES)
         self._on_close = on_close
 
     @property
@@ -137,46 +152,52 @@ class ShmRegion(RegionGeometry):
 
     @property
     def name(self) -> str:
-        """File name under ``/dev/shm`` (what a client's handle names)."""
+        """A label for logs and messages (also the memfd's name in ``/proc/PID/maps``)."""
         return self._name
 
     @property
-    def path(self) -> Path:
-        return SHM_DIR / self._name
+    def grant(self) -> bytes:
+        """The secret that opens this region on the region socket; give it only to its tenant."""
+        return self._grant
+
+    @contextmanager
+    def open_fd(self) -> Iterator[int | None]:
+        """The region's descriptor, valid inside the ``with`` (``None`` once closed)."""
+        with self._fd_lock:
+            yield None if self._closed else self._fd
 
     def handle(self) -> RegionHandle:
-        """What a local client needs to map this region (``tierd_client.shm.map_shm``)."""
-        return RegionHandle(tier=self._tier, kind=HandleKind.SHM, name=self._name, offset_bytes=0,
-                            size_bytes=self.size_bytes, page_bytes=self._page_bytes,
-                            num_slots=self._num_slots, device="cpu")
+        """What a local client needs to map this region (``tierd_client.shm.map_shm``); the
+        server adds where its region socket is."""
+        return RegionHandle(tier=self._tier, kind=HandleKind.MEMFD, name=self._name,
+                            offset_bytes=0, size_bytes=self.size_bytes,
+                            page_bytes=self._page_bytes, num_slots=self._num_slots,
+                            device="cpu", grant=self._grant)
 
     def prefault(self) -> float:
         """Touch every OS page so later writes run at full speed; returns the seconds it took."""
         started = time.monotonic()
         flat = self._live_pages().reshape(-1)
-        # Fresh tmpfs pages are zero, so writing zero changes no content, only backs the page.
+        # Fresh shared memory is zero, so writing zero changes no content, only backs the page.
         flat[::_OS_PAGE_BYTES] = 0
         return time.monotonic() - started
 
     def close(self) -> None:
-        """Unmap, unlink the file, give the bytes back to the arena. Idempotent; never raises.
+        """Unmap, close the descriptor, give the bytes back to the arena. Idempotent; never raises.
 
         Views still exported (``slot_view``, ``array``) stay valid; the memory is freed when the
-        last of them is dropped. Clients that mapped the file keep their mapping until they close.
+        last of them is dropped. Workers that mapped the region keep their mapping until they
+        unmap it, but the grant no longer opens it.
         """
         with self._close_lock:
             if self._closed:
                 return
-            self._closed = True
+            with self._fd_lock:
+                self._closed = True
+                os.close(self._fd)
         if not self._unmap():
             logger.warning("%s closed while views of it are still in use; its %s are freed when "
                            "the last view is dropped", self._label, format_size(self.size_bytes))
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            logger.warning("%s: %s was already removed by someone else", self._label, self.path)
-        except OSError:
-            logger.warning("%s: could not remove %s", self._label, self.path, exc_info=True)
         self._on_close(self)
 
     def __repr__(self) -> str:
@@ -185,10 +206,10 @@ class ShmRegion(RegionGeometry):
                 f"page_bytes={self._page_bytes}, {state})")
 
 
-def _reserve_segment(fd: int, size_bytes: int, path: Path) -> None:
-    """Size the file and make tmpfs commit its pages now.
+def _reserve_segment(fd: int, size_bytes: int, name: str) -> None:
+    """Size the memfd and make the kernel commit its pages now.
 
-    Without the reservation a full ``/dev/shm`` would surface as SIGBUS on some later write;
+    Without the reservation a host out of memory would surface as SIGBUS on some later write;
     ``posix_fallocate`` turns it into an error here. It allocates but does not yet map pages,
     which is what prefaulting is for.
     """
@@ -199,39 +220,33 @@ def _reserve_segment(fd: int, size_bytes: int, path: Path) -> None:
         if exc.errno in _NO_FALLOCATE:
             return
         if exc.errno in (errno.ENOSPC, errno.ENOMEM):
-            free = shm_free_bytes(path.parent)
+            free = mem_available_bytes()
+            have = "an unknown amount" if free is None else f"{format_size(free)} ({free} bytes)"
             raise ResourceExhausted(f"cannot reserve {format_size(size_bytes)} ({size_bytes} "
-                                    f"bytes) in {path.parent} for {path.name}: only "
-                                    f"{format_size(free)} ({free} bytes) free there; enlarge "
-                                    f"the tmpfs or lower the tier's capacity") from None
+                                    f"bytes) of host memory for region {name}: {have} is "
+                                    f"available; lower the tier's capacity") from None
         raise
 
 
-def _create_segment(path: Path, size_bytes: int) -> mmap.mmap:
-    """Create ``path`` (must not exist), reserve ``size_bytes`` and map it shared, read-write."""
+def _create_segment(name: str, size_bytes: int) -> tuple[int, mmap.mmap]:
+    """A sealed memfd of ``size_bytes`` and its shared read-write mapping."""
+    fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-    except PermissionError:
-        raise ConfigError(f"cannot create {path}: permission denied; the daemon's user needs "
-                          f"write access to {path.parent}") from None
-    try:
-        # The umask would otherwise strip group write, and workers map regions read-write.
-        os.fchmod(fd, _FILE_MODE)
-        _reserve_segment(fd, size_bytes, path)
-        return mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED,
-                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        _reserve_segment(fd, size_bytes, name)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        mm = mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED,
+                       prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except BaseException:
-        os.unlink(path)
-        raise
-    finally:
         os.close(fd)
+        raise
+    return fd, mm
 
 
 class ShmArena:
-    """One memory tier's byte budget, carved into ``/dev/shm`` regions (one per namespace).
+    """One memory tier's byte budget, carved into memfd regions (one per namespace).
 
-    ``capacity_bytes`` is a budget, not an allocation (``ArenaBudget``). Thread-safe. Region
-    files are named ``{name_prefix}-{pid}-{tier}-ns{ns_id}-{token}``.
+    ``capacity_bytes`` is a budget, not an allocation (``ArenaBudget``). Thread-safe. Regions are
+    labelled ``{name_prefix}-{tier}-ns{ns_id}-{token}``; the label opens nothing.
     """
 
     def __init__(self, tier: Tier, capacity_bytes: int, name_prefix: str, prefault: bool) -> None:
@@ -246,7 +261,7 @@ class ShmArena:
         self._name_prefix = name_prefix
         self._prefault = bool(prefault)
         self._lock = threading.Lock()
-        self._regions: dict[str, ShmRegion] = {}
+        self._regions: dict[bytes, ShmRegion] = {}  # by grant digest
 
     @property
     def tier(self) -> Tier:
@@ -271,10 +286,22 @@ class ShmArena:
         with self._lock:
             return list(self._regions.values())
 
+    @contextmanager
+    def shared_fd(self, grant: bytes) -> Iterator[int | None]:
+        """The descriptor of the open region whose grant is ``grant``, valid inside the ``with``;
+        ``None`` when no open region has it."""
+        with self._lock:
+            region = self._regions.get(grant_digest(grant))
+        if region is None:
+            yield None
+            return
+        with region.open_fd() as fd:
+            yield fd
+
     def create_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
         """A new region of ``num_slots`` pages of ``page_bytes``, prefaulted if configured.
 
-        Raises ``ResourceExhausted`` when the unassigned budget (or ``/dev/shm``) cannot hold
+        Raises ``ResourceExhausted`` when the unassigned budget (or host memory) cannot hold
         it, ``Unavailable`` once the arena is closed.
         """
         ns_id = _check_int(ns_id, "ns_id", 0)
@@ -289,7 +316,7 @@ class ShmArena:
         with self._lock:
             closed = self._budget.closed
             if not closed:
-                self._regions[region.name] = region
+                self._regions[grant_digest(region.grant)] = region
         if closed:
             region.close()
             self._budget.release(size_bytes)
@@ -298,7 +325,7 @@ class ShmArena:
         return region
 
     def close(self) -> None:
-        """Close every open region (unlinking its file); idempotent. Later creates are refused."""
+        """Close every open region; idempotent. Later creates are refused."""
         self._budget.close()
         with self._lock:
             regions = list(self._regions.values())
@@ -313,18 +340,10 @@ class ShmArena:
 
     def _make_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
         size_bytes = num_slots * page_bytes
-        for _ in range(_NAME_ATTEMPTS):
-            name = (f"{self._name_prefix}-{os.getpid()}-{self._tier.label}-ns{ns_id}-"
-                    f"{secrets.token_hex(_TOKEN_BYTES)}")
-            try:
-                mm = _create_segment(SHM_DIR / name, size_bytes)
-            except FileExistsError:
-                continue
-            break
-        else:
-            raise ResourceExhausted(f"could not find a free name for a {self._tier.label} region "
-                                    f"in {SHM_DIR} after {_NAME_ATTEMPTS} attempts")
-        region = ShmRegion(self._tier, ns_id, name, mm, num_slots, page_bytes, self._forget)
+        name = (f"{self._name_prefix}-{self._tier.label}-ns{ns_id}-"
+                f"{secrets.token_hex(_LABEL_TOKEN_BYTES)}")
+        fd, mm = _create_segment(name, size_bytes)
+        region = ShmRegion(self._tier, ns_id, name, fd, mm, num_slots, page_bytes, self._forget)
         try:
             prefault_s = region.prefault() if self._prefault else 0.0
         except BaseException:
@@ -338,6 +357,6 @@ class ShmArena:
     def _forget(self, region: ShmRegion) -> None:
         """Called by ``ShmRegion.close``: its bytes go back to the budget."""
         with self._lock:
-            known = self._regions.pop(region.name, None) is not None
+            known = self._regions.pop(grant_digest(region.grant), None) is not None
         if known:  # a region never listed is given back by create_region
             self._budget.release(region.size_bytes)

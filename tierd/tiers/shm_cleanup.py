@@ -1,7 +1,8 @@
-"""Removes shared-memory segments left behind by a store process that died (kill -9).
+"""Removes ``/dev/shm`` segments left behind by a tierd before regions became memfds.
 
-Segment names are ``{prefix}-{pid}-...`` (see ``shm_arena``); a segment whose pid no longer runs
-is unlinked at start-up so a crash loop cannot fill ``/dev/shm``.
+Those versions named regions ``/dev/shm/{prefix}-{pid}-...``; one whose pid no longer runs (a
+kill -9, then an upgrade) would hold its memory until reboot, so the store unlinks it at start-up.
+Today's regions are unnamed and leave nothing behind.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ import logging
 import os
 from pathlib import Path
 
-from tierd.handles import SHM_DIR
-
 log = logging.getLogger(__name__)
+
+SHM_DIR = Path("/dev/shm")
 
 
 def _pid_alive(pid: int) -> bool:

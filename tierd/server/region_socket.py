@@ -1,0 +1,226 @@
+"""The region socket: hands a region's memory (its memfd) to a worker that presents its grant.
+
+Regions are unnamed memory, so the only way into one is its descriptor, and the only way to get
+that is this socket: the worker sends ``RegionRequest(OPEN, grant)`` (``tierd.region_wire``) and
+gets the descriptor back as SCM_RIGHTS ancillary data. Grants are random secrets sent only in
+Register answers to the namespace's own tenant, so what a process can map is what its tenant's
+token registered, whatever OS group it runs in. The socket's mode is the gRPC socket's.
+
+One short exchange per connection, each bounded by ``timeout_s``; at most ``max_connections`` in
+progress (more are closed at once, so a flood of idle connections cannot stall the others). The
+accept loop runs on a thread of its own and the exchanges on a small pool: never on the event loop.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tierd.errors import ConfigError, InvalidArgument
+from tierd.region_wire import REQUEST_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
+
+log = logging.getLogger(__name__)
+
+# Looks a grant up: a descriptor valid inside the ``with``, or None.
+FdLookup = Callable[[bytes], AbstractContextManager[int | None]]
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_BACKLOG = 64
+
+
+@dataclass(frozen=True)
+class RegionSocketSettings:
+    """Where and how: ``path`` gets ``mode``; each exchange has ``timeout_s``."""
+
+    path: Path
+    mode: int = 0o660
+    timeout_s: float = 5.0
+    max_connections: int = 64
+    threads: int = 4
+
+
+class RegionSocket:
+    """Serves region descriptors over a unix socket. Owns the socket, its thread and its pool;
+    ``start``/``close`` are idempotent and ``close`` removes the socket file."""
+
+    def __init__(self, settings: RegionSocketSettings, lookup: FdLookup) -> None:
+        self._settings = settings
+        self._lookup = lookup
+        self._lock = threading.Lock()
+        self._in_progress = 0
+        self._listener: socket.socket | None = None
+        self._inode = 0
+        self._wake_r, self._wake_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._closed = False
+
+    @property
+    def path(self) -> Path:
+        return self._settings.path
+
+    def start(self) -> None:
+        """Bind (``ConfigError`` if another process serves the path), then accept on a thread."""
+        with self._lock:
+            if self._listener is not None or self._closed:
+                return
+            listener = _bind(self._settings.path, self._settings.mode)
+            self._listener = listener
+            self._inode = os.stat(self._settings.path).st_ino
+            self._wake_r, self._wake_w = os.pipe()
+            self._pool = cf.ThreadPoolExecutor(self._settings.threads,
+                                               thread_name_prefix="tierd-region-socket")
+            self._thread = threading.Thread(target=self._accept_loop, args=(listener, self._pool),
+                                            name="tierd-region-accept", daemon=True)
+            self._thread.start()
+        log.info("region socket on %s", self._settings.path)
+
+    def close(self) -> None:
+        """Stop accepting, finish the exchanges in progress, remove the socket file."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            listener, thread, pool = self._listener, self._thread, self._pool
+        if listener is None or thread is None or pool is None:
+            return
+        os.write(self._wake_w, b"x")
+        thread.join()
+        pool.shutdown(wait=True)
+        listener.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self._settings.path).st_ino == self._inode:
+                os.unlink(self._settings.path)
+
+    def __enter__(self) -> RegionSocket:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept_loop(self, listener: socket.socket, pool: cf.ThreadPoolExecutor) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while True:
+                events = selector.select()
+                if any(key.fd == self._wake_r for key, _ in events):
+                    return
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue  # the peer gave up between select and accept
+                self._dispatch(conn, pool)
+
+    def _dispatch(self, conn: socket.socket, pool: cf.ThreadPoolExecutor) -> None:
+        with self._lock:
+            busy = self._in_progress >= self._settings.max_connections
+            if not busy:
+                self._in_progress += 1
+        if busy:
+            _reply(conn, RegionReply(RegionStatus.UNAVAILABLE, "the region socket is busy; retry"))
+            conn.close()
+            return
+        pool.submit(self._serve, conn)
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                conn.settimeout(self._settings.timeout_s)
+                self._exchange(conn)
+        except OSError as exc:  # the peer went away or stalled past the timeout
+            log.debug("region socket exchange with %s ended early: %s", _peer(conn), exc)
+        except Exception:  # one bad exchange must not take the socket down
+            log.exception("region socket exchange with %s failed", _peer(conn))
+        finally:
+            with self._lock:
+                self._in_progress -= 1
+
+    def _exchange(self, conn: socket.socket) -> None:
+        try:
+            request = RegionRequest.decode(_recv_exactly(conn, REQUEST_BYTES))
+        except InvalidArgument as exc:
+            _reply(conn, RegionReply(RegionStatus.INVALID, f"{exc}"))
+            return
+        with self._lookup(request.grant) as fd:
+            if fd is None:
+                log.info("region socket: %s presented a grant that opens no region", _peer(conn))
+                _reply(conn, RegionReply(RegionStatus.NOT_FOUND,
+                                         "no open region has this grant: the daemon closed the "
+                                         "region or restarted; register the namespace again"))
+            elif request.op is RegionOp.CHECK:
+                _reply(conn, RegionReply(RegionStatus.OK))
+            else:
+                socket.send_fds(conn, [RegionReply(RegionStatus.OK).encode()], [fd])
+                log.debug("region socket: sent a region to %s", _peer(conn))
+
+
+def _bind(path: Path, mode: int) -> socket.socket:
+    """A listening unix socket at ``path`` with ``mode``; a stale socket file is replaced."""
+    _refuse_if_served(path)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        listener.bind(str(path))
+        os.chmod(path, mode)
+        listener.listen(_BACKLOG)
+    except OSError as exc:
+        listener.close()
+        raise ConfigError(f"cannot listen on the region socket {path}: {exc.strerror}; check "
+                          f"that its directory exists and is writable (server.region_socket)") from None
+    return listener
+
+
+def _refuse_if_served(path: Path) -> None:
+    try:
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise ConfigError(f"the region socket path {path} exists and is not a socket: move "
+                              f"it away or set server.region_socket elsewhere")
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink(missing_ok=True)  # left by a daemon that died
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another process serves the region socket {path}: stop it or set "
+                      f"server.region_socket elsewhere")
+
+
+def _recv_exactly(conn: socket.socket, num_bytes: int) -> bytes:
+    data = bytearray()
+    while len(data) < num_bytes:
+        chunk = conn.recv(num_bytes - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _reply(conn: socket.socket, reply: RegionReply) -> None:
+    with contextlib.suppress(OSError):
+        conn.sendall(reply.encode())
+
+
+def _peer(conn: socket.socket) -> str:
+    try:
+        pid, uid, gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return "a peer"
+    return f"pid {pid} (uid {uid}, gid {gid})"
