@@ -8,19 +8,27 @@
     tierctl check-config FILE
 
 A daemon with tenants wants a tenant's token on stats and flush: ``--token`` or ``$TIERD_TOKEN``.
+Without ``--socket``: ``$TIERD_SOCKET``, else the system daemon's ``/run/tierd/tierd.sock`` if it
+exists, else ``./var/tierd.sock`` (what ``make run`` serves in a checkout) if it exists.
 
-Exit status: 0 on success, 1 when the daemon answered with an error or the config has problems,
-2 for usage errors (argparse), 3 when the daemon cannot be reached or is not serving.
+Exit status: 0 on success (Ctrl-C ends ``stats --watch`` with 0), 1 when the daemon answered with
+an error or the config has problems, 2 for usage errors (argparse), 3 when the daemon cannot be
+reached or is not serving, 130 when Ctrl-C interrupted any other command (no traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
-import time
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TextIO
 
 from tierd.tier import Tier
@@ -33,6 +41,10 @@ from tierd_client.types import DaemonStats
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_UNREACHABLE = 3
+# 128 + SIGINT, what a shell reports for a command Ctrl-C ended.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+# What `make run` serves (systemd/tierd.dev.toml), relative to the checkout it runs in.
+DEV_SOCKET_PATH = Path("var") / "tierd.sock"
 # An operator's command should fail within about a second when the daemon is down, not retry long.
 TIERCTL_RETRY = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=0.5)
 # ANSI: cursor home + clear screen, so --watch redraws in place.
@@ -41,6 +53,63 @@ _CLEAR_SCREEN = "\x1b[H\x1b[2J"
 _TABLE_COLUMNS = ("tier", "capacity", "used", "used%", "pages", "hits", "misses", "hit%",
                   "evictions", "in", "out", "in GB/s", "out GB/s", "queue")
 BYTES_PER_GB = 1e9
+
+
+@dataclass(frozen=True)
+class SocketChoice:
+    """The daemon address tierctl uses and, for the "not reachable" hint, what it looked at."""
+
+    address: str
+    tried: tuple[str, ...]
+
+
+def choose_socket(flag: str | None, env: Mapping[str, str], cwd: Path) -> SocketChoice:
+    """``--socket``, else ``$TIERD_SOCKET``, else the first of the system socket and ``make run``'s
+    ``var/tierd.sock`` (under ``cwd``) that exists; with neither, the system one."""
+    if flag:
+        return SocketChoice(flag, (f"--socket {flag}",))
+    if env.get(SOCKET_ENV):
+        return SocketChoice(env[SOCKET_ENV], (f"${SOCKET_ENV}={env[SOCKET_ENV]}",))
+    candidates = (Path(DEFAULT_SOCKET_PATH), cwd / DEV_SOCKET_PATH)
+    tried = [f"${SOCKET_ENV} (unset)"]
+    for path in candidates:
+        if path.exists():
+            return SocketChoice(str(path), (*tried, str(path)))
+        tried.append(f"{path} (no such file)")
+    return SocketChoice(str(candidates[0]), tuple(tried))
+
+
+def unreachable_hint(choice: SocketChoice) -> str:
+    """What to do when no daemon answers: where tierctl looked and how to start one."""
+    return (f"  looked at: {', '.join(choice.tried)}\n"
+            f"  start one: `make run` in a tierd checkout (serves ./{DEV_SOCKET_PATH}; run tierctl "
+            f"there), or `sudo systemctl start tierd` (serves {DEFAULT_SOCKET_PATH}); or name the "
+            "daemon with --socket PATH or $TIERD_SOCKET\n")
+
+
+class _StopOnInterrupt:
+    """While active, the first SIGINT only sets ``stop`` (the loop ends after the call in flight);
+    a second one raises KeyboardInterrupt, for a call that hangs."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    @contextmanager
+    def active(self) -> Iterator[threading.Event]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self.stop  # signals reach only the main thread: nothing to catch here
+            return
+        previous = signal.signal(signal.SIGINT, self)
+        try:
+            yield self.stop
+        finally:
+            if previous is not None:  # None: a handler set outside Python, cannot be put back
+                signal.signal(signal.SIGINT, previous)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -94,15 +163,16 @@ def _cmd_stats(client: TierClient, args: argparse.Namespace, out: TextIO) -> int
         out.flush()
         return stats
 
-    previous = show(None)
     if args.watch is None:
+        show(None)
         return EXIT_OK
-    try:
-        while True:
-            time.sleep(args.watch)
+    # Ctrl-C is how a watch ends: a handler instead of KeyboardInterrupt, which could land inside
+    # a call on the client's loop and print a traceback.
+    with _StopOnInterrupt().active() as stop:
+        previous = show(None)
+        while not stop.wait(args.watch):
             previous = show(previous)
-    except KeyboardInterrupt:
-        return EXIT_OK
+    return EXIT_OK
 
 
 def _cmd_health(client: TierClient, args: argparse.Namespace, out: TextIO) -> int:
@@ -142,8 +212,9 @@ def _positive_float(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tierctl", description="Inspect and operate tierd.")
     parser.add_argument("--socket", default=None,
-                        help=f"daemon socket path or host:port (default ${SOCKET_ENV} or "
-                             f"{DEFAULT_SOCKET_PATH})")
+                        help=f"daemon socket path or host:port (default: ${SOCKET_ENV}, else "
+                             f"{DEFAULT_SOCKET_PATH} if it exists, else ./{DEV_SOCKET_PATH} if it "
+                             "exists, as `make run` serves it)")
     parser.add_argument("--tls-ca", type=Path, metavar="PEM", default=None,
                         help="CA of the daemon's certificate, for a TLS TCP address")
     parser.add_argument("--tls-cert", type=Path, metavar="PEM", default=None,
@@ -156,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="per-tier usage and counters")
     stats.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     stats.add_argument("--watch", type=_positive_float, metavar="SECONDS", default=None,
-                       help="refresh every SECONDS until interrupted")
+                       help="refresh every SECONDS until Ctrl-C (exit 0)")
     health = sub.add_parser("health", help="exit 0 when the daemon is serving")
     health.add_argument("--timeout", type=_positive_float, default=5.0, metavar="SECONDS")
     flush = sub.add_parser("flush", help="write every dirty page to disk")
@@ -176,15 +247,24 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     """Run one tierctl command; returns the exit status (the console script exits with it)."""
     args = build_parser().parse_args(argv)
     out = out or sys.stdout
-    if args.command == "check-config":
-        return _cmd_check_config(args, out)
+    try:
+        if args.command == "check-config":
+            return _cmd_check_config(args, out)
+        return _run_client_command(args, out)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+def _run_client_command(args: argparse.Namespace, out: TextIO) -> int:
+    choice = choose_socket(args.socket, os.environ, Path.cwd())
     try:
         options = ClientOptions(retry=TIERCTL_RETRY, client_name="tierctl", tls_ca=args.tls_ca,
                                 tls_cert=args.tls_cert, tls_key=args.tls_key, token=args.token)
-        with TierClient(args.socket, options) as client:
+        with TierClient(choice.address, options) as client:
             return _CLIENT_COMMANDS[args.command](client, args, out)
     except UnavailableError as exc:
-        sys.stderr.write(f"tierctl {args.command}: cannot reach tierd: {exc.details}\n")
+        sys.stderr.write(f"tierctl {args.command}: cannot reach tierd: {exc.details}\n"
+                         + unreachable_hint(choice))
         return EXIT_UNREACHABLE
     except TierdRpcError as exc:
         sys.stderr.write(f"tierctl {args.command}: {exc}\n")

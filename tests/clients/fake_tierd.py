@@ -27,6 +27,8 @@ MAX_KEYS = 4
 PUT_PAGES = 3  # max_put_bytes is this many pages of the registered spec
 GET_PAGES = 2  # max_get_bytes likewise
 SLOTS = 8
+# A held call gives up after this long, so a test that never releases it cannot hang the server.
+HELD_CALL_LIMIT_S = 60.0
 
 
 @dataclass
@@ -43,6 +45,8 @@ class FakeState:
     leases: dict[int, str] = field(default_factory=dict)  # lease id -> session id
     lease_sessions: list[str] = field(default_factory=list)  # session metadata of lease RPCs
     commits: list[tuple[int, list[bytes], list[int]]] = field(default_factory=list)
+    stats_held_after: int | None = None  # Stats calls beyond this many wait for stats_release
+    stats_release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -195,6 +199,10 @@ class FakeTierd(pb_grpc.TierdServicer):
 
     def Stats(self, request, context):
         self._enter("Stats", context)
+        with self.s.lock:
+            held = self.s.stats_held_after is not None and self.s.calls["Stats"] > self.s.stats_held_after
+        if held:
+            self.s.stats_release.wait(HELD_CALL_LIMIT_S)
         tiers = [pb.TierStats(tier=t, capacity_bytes=1000 * t, used_bytes=10 * t, pages=len(self.s.pages),
                               hits=t, misses=2 * t, evictions=3 * t, bytes_in=4 * t, bytes_out=5 * t,
                               queue_depth=0) for t in (pb.TIER_HBM, pb.TIER_DRAM, pb.TIER_DISK)]

@@ -1,21 +1,34 @@
-"""tierctl against the scripted daemon: stats (table, JSON, watch), health, flush, check-config."""
+"""tierctl against the scripted daemon: stats (table, JSON, watch and Ctrl-C), health, flush,
+check-config, the default socket and the hint when no daemon answers."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fake_tierd import FakeDaemon
+from fake_tierd import FakeDaemon, start_fake_daemon
 from grpc_health.v1 import health_pb2
 
 from tierd.tier import Tier
 from tierd_client import DaemonStats, PageSpec, TierClient, TierStats
-from tierd_client.tierctl import EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE, format_stats, main
+from tierd_client.options import DEFAULT_SOCKET_PATH
+from tierd_client.tierctl import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, format_stats, main
 
 SPEC = PageSpec(model="m@1", dtype="float16", num_layers=1, num_kv_heads=1, head_dim=4,
                 page_tokens=2)
+PROCESS_TIMEOUT_S = 60.0
+POLL_S = 0.01
+# How long a tierctl that dies of the SIGINT gets to do so before the held call is released.
+INTERRUPT_SETTLE_S = 2.0
 TIER_FIELDS = {"capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in",
                "bytes_out"}
 
@@ -53,19 +66,83 @@ def test_stats_table_names_each_tier(fake_daemon: FakeDaemon) -> None:
     assert "namespaces 1" in text and "write policy write_through" in text
 
 
-def test_stats_watch_refreshes_until_interrupted(fake_daemon: FakeDaemon,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    sleeps: list[float] = []
+def _tierctl(*argv: str) -> subprocess.Popen[str]:
+    """tierctl as its own process, as a user's shell runs it (signals go to it alone)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TIERD_SOCKET", "TIERD_TOKEN")}
+    return subprocess.Popen([sys.executable, "-m", "tierd_client.tierctl", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    def fake_sleep(seconds: float) -> None:
-        sleeps.append(seconds)
-        if len(sleeps) == 3:
-            raise KeyboardInterrupt
 
-    monkeypatch.setattr("tierd_client.tierctl.time.sleep", fake_sleep)
-    code, text = _run("--socket", str(fake_daemon.socket_path), "stats", "--json", "--watch", "0.5")
-    assert code == EXIT_OK and sleeps == [0.5, 0.5, 0.5]
-    assert len(text.splitlines()) == 3 and fake_daemon.state.calls["Stats"] == 3
+def _wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met"
+        time.sleep(POLL_S)
+
+
+@pytest.mark.parametrize("samples", [0, 3], ids=["during-the-first-call", "during-a-later-call"])
+def test_ctrl_c_ends_stats_watch_quietly_even_inside_a_call(fake_daemon: FakeDaemon, samples: int) -> None:
+    """Ctrl-C while a Stats call is in flight (in the first one, KeyboardInterrupt printed a
+    traceback): the watch ends after that call, exit 0, nothing on stderr."""
+    fake_daemon.state.stats_held_after = samples  # the call after these waits until released
+    proc = _tierctl("--socket", str(fake_daemon.socket_path), "stats", "--json", "--watch", "0.01")
+    try:
+        assert proc.stdout is not None
+        lines = [proc.stdout.readline() for _ in range(samples)]
+        assert [json.loads(line)["namespaces"] for line in lines] == [1] * samples
+        _wait_until(lambda: fake_daemon.state.calls.get("Stats", 0) > samples)
+        proc.send_signal(signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=INTERRUPT_SETTLE_S)  # a tierctl that dies on the signal does so now
+        fake_daemon.state.stats_release.set()
+        out, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_OK, err
+    assert err == ""
+    assert len(out.splitlines()) == 1  # the sample in flight, then no further call
+    assert fake_daemon.state.calls["Stats"] == samples + 1
+
+
+def test_ctrl_c_in_any_other_command_exits_130_without_a_traceback(fake_daemon: FakeDaemon) -> None:
+    fake_daemon.state.stats_held_after = 0
+    proc = _tierctl("--socket", str(fake_daemon.socket_path), "stats")
+    try:
+        _wait_until(lambda: fake_daemon.state.calls.get("Stats", 0) == 1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=PROCESS_TIMEOUT_S)
+    finally:
+        fake_daemon.state.stats_release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (proc.returncode, out, err) == (EXIT_INTERRUPTED, "", "")
+
+
+def test_without_socket_it_finds_make_runs_daemon_else_says_where_it_looked(
+        short_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    if Path(DEFAULT_SOCKET_PATH).exists():
+        pytest.skip(f"a daemon serves {DEFAULT_SOCKET_PATH} here; tierctl would rightly pick it")
+    monkeypatch.chdir(short_tmp)
+    monkeypatch.delenv("TIERD_SOCKET", raising=False)
+    assert _run("health")[0] == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert "cannot reach tierd" in err and "$TIERD_SOCKET (unset)" in err
+    assert f"{DEFAULT_SOCKET_PATH} (no such file)" in err
+    assert f"{short_tmp / 'var' / 'tierd.sock'} (no such file)" in err
+    assert "`make run`" in err and "systemctl start tierd" in err
+    (short_tmp / "var").mkdir()
+    server, daemon = start_fake_daemon(short_tmp / "var" / "tierd.sock")  # what `make run` serves
+    try:
+        assert _run("stats", "--json")[0] == EXIT_OK
+        assert daemon.state.calls["Stats"] == 1
+        monkeypatch.setenv("TIERD_SOCKET", str(short_tmp / "elsewhere.sock"))  # it wins
+        assert _run("stats", "--json")[0] == EXIT_UNREACHABLE
+        assert "$TIERD_SOCKET=" in capsys.readouterr().err and daemon.state.calls["Stats"] == 1
+    finally:
+        server.stop(grace=None).wait(timeout=10)
 
 
 def test_health_and_flush(fake_daemon: FakeDaemon) -> None:
