@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tierd.errors import ConfigError
+from tierd.spec import MAX_PAGE_BYTES
 from tierd.tier import Tier
 
 
@@ -133,6 +134,11 @@ class StoreConfig:
     prefault: bool = True
     # Close waits this long for the flush of dirty pages to disk.
     flush_timeout_s: float = 120.0
+    # Register refuses specs of larger pages (at most tierd.spec.MAX_PAGE_BYTES).
+    max_page_bytes: int = 256 << 20
+    # Namespaces are kept for good (on disk too): how many one tenant, and all together, may register.
+    max_namespaces_per_tenant: int = 64
+    max_namespaces: int = 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -174,6 +180,9 @@ class StoreConfig:
                     "put_batch_pages": self.put_batch_pages,
                     "maintenance_interval_s": self.maintenance_interval_s,
                     "mover_threads": self.mover_threads, "flush_timeout_s": self.flush_timeout_s,
+                    "max_page_bytes": self.max_page_bytes,
+                    "max_namespaces_per_tenant": self.max_namespaces_per_tenant,
+                    "max_namespaces": self.max_namespaces,
                     "disk.writer_batch_pages": self.disk.writer_batch_pages,
                     "disk.writer_batch_bytes": self.disk.writer_batch_bytes,
                     "disk.writer_queue_pages": self.disk.writer_queue_pages,
@@ -190,6 +199,9 @@ class StoreConfig:
         if not 0 <= self.device.fake_min_delay_s <= self.device.fake_max_delay_s:
             raise ConfigError(f"device fake delays need 0 <= min <= max, got "
                               f"{self.device.fake_min_delay_s} and {self.device.fake_max_delay_s}")
+        if self.max_page_bytes > MAX_PAGE_BYTES:
+            raise ConfigError(f"store.max_page_size ({self.max_page_bytes} bytes) exceeds the "
+                              f"largest page tierd takes ({MAX_PAGE_BYTES} bytes): lower it")
         if self.lease_ttl_s > self.max_lease_ttl_s:
             raise ConfigError(f"lease_ttl_s ({self.lease_ttl_s}) exceeds max_lease_ttl_s "
                               f"({self.max_lease_ttl_s})")

@@ -30,6 +30,8 @@ class DType(enum.Enum):
     @classmethod
     def parse(cls, name: str) -> DType:
         """A dtype name as torch or numpy spell it (``float16``, ``bfloat16``, ``torch.bfloat16``)."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"dtype must be a string such as 'float16', got {type(name).__name__}")
         wanted = name.strip().lower().removeprefix("torch.")
         aliases = {"half": "float16", "fp16": "float16", "bf16": "bfloat16", "float": "float32",
                    "fp32": "float32", "float8_e4m3": "float8_e4m3fn"}
@@ -38,12 +40,59 @@ class DType(enum.Enum):
             if dtype.label == wanted:
                 return dtype
         choices = ", ".join(d.label for d in cls)
-        raise InvalidArgument(f"unknown dtype {name!r}: expected one of {choices}")
+        raise InvalidArgument(f"unknown dtype {excerpt(name)}: expected one of {choices}")
 
 
 # Upper bounds that catch unit mistakes (bytes given as tokens, ...) before they allocate memory.
+# Every PageSpec keeps to them, a namespace read back from disk too.
 MAX_PAGE_BYTES = 1 << 30
 MAX_DIMENSION = 1 << 20
+
+# The tighter limits of a Register (``check_registrable``; README "Limits of Register"): above any
+# published model's, and small enough that a namespace record costs a few hundred bytes at most.
+MAX_MODEL_BYTES = 256
+MAX_TENANT_BYTES = 128
+REGISTER_DIMENSION_LIMITS = {"num_layers": 1024, "num_kv_heads": 1024, "head_dim": 4096,
+                             "page_tokens": 65536}
+# A client-chosen string is quoted in a message up to this many characters, then cut.
+EXCERPT_CHARS = 40
+# An integer beyond this many bits is described by its size, not printed.
+EXCERPT_INT_BITS = 64
+
+
+def excerpt(value: object) -> str:
+    """``value`` for a message: its repr, cut after ``EXCERPT_CHARS`` characters (with its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > EXCERPT_INT_BITS:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str) and len(value) > EXCERPT_CHARS:
+        size = len(value.encode("utf-8", "surrogatepass"))
+        return f"{value[:EXCERPT_CHARS]!r}... ({size} bytes)"
+    text = repr(value)
+    return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}... ({len(text)} characters)"
+
+
+def check_name(field: str, value: object, max_bytes: int, example: str) -> str:
+    """``value`` if it is 1..``max_bytes`` bytes of UTF-8, all printable; else ``InvalidArgument``
+    naming ``field``, the limit and the value's size (the value itself cut short)."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string like {example!r}, got {type(value).__name__}")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument(f"{field} is {size} bytes of UTF-8 ({excerpt(value)}); the limit is "
+                              f"{max_bytes} bytes: use a shorter name like {example!r}")
+    if not value.strip():
+        raise InvalidArgument(f"{field} must not be empty or blank: give a name like {example!r}")
+    bad = next((i for i, c in enumerate(value) if not c.isprintable()), None)
+    if bad is not None:
+        raise InvalidArgument(f"{field} holds a control or other non-printable character "
+                              f"(U+{ord(value[bad]):04X} at index {bad} of {excerpt(value)}): use "
+                              f"printable characters only, like {example!r}")
+    return value
+
+
+def check_tenant(value: object, field: str = "tenant") -> str:
+    """A tenant name: 1..``MAX_TENANT_BYTES`` bytes of printable UTF-8."""
+    return check_name(field, value, MAX_TENANT_BYTES, "team-a")
 
 
 @dataclass(frozen=True)
@@ -66,7 +115,8 @@ class PageSpec:
         for name in ("num_layers", "num_kv_heads", "head_dim", "page_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DIMENSION:
-                raise InvalidArgument(f"spec.{name} must be an integer in 1..{MAX_DIMENSION}, got {value!r}")
+                raise InvalidArgument(f"spec.{name} must be an integer in 1..{MAX_DIMENSION}, "
+                                      f"got {excerpt(value)}")
         if self.page_bytes > MAX_PAGE_BYTES:
             raise InvalidArgument(f"spec describes pages of {self.page_bytes} bytes; the limit is "
                                   f"{MAX_PAGE_BYTES} bytes: use fewer page_tokens")
@@ -102,6 +152,19 @@ class PageSpec:
     def from_json(cls, data: bytes | str) -> PageSpec:
         fields = json.loads(data)
         return cls(**fields)
+
+
+def check_registrable(spec: PageSpec) -> None:
+    """``InvalidArgument`` unless ``spec`` keeps to the limits of a Register: ``spec.model`` is
+    1..``MAX_MODEL_BYTES`` bytes of printable UTF-8 and each dimension is within
+    ``REGISTER_DIMENSION_LIMITS``. (A spec read back from disk is held to ``PageSpec``'s own
+    bounds only, so a data dir written before these limits still opens.)"""
+    check_name("spec.model", spec.model, MAX_MODEL_BYTES, "llama-3-8b@main")
+    for name, limit in REGISTER_DIMENSION_LIMITS.items():
+        value = getattr(spec, name)
+        if value > limit:
+            raise InvalidArgument(f"spec.{name} is {value}; a Register allows at most {limit}: "
+                                  f"check the spec's units")
 
 
 @dataclass(frozen=True)

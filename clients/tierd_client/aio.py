@@ -184,7 +184,7 @@ class AsyncTierClient:
     # -- namespaces and lookups ------------------------------------------------------------
     async def register(self, spec: PageSpec, tenant: str = "") -> NamespaceHandle:
         """Register (tenant, spec) (idempotent) and return its handle."""
-        request = pb.RegisterRequest(spec=convert.spec_to_wire(spec), tenant=tenant)
+        request = convert.register_to_wire(spec, tenant)
         response = await self._unary("Register", request)
         return convert.namespace_from_wire(response, spec)
 

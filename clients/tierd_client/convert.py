@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 from tierd import wire
 from tierd.errors import InvalidArgument
 from tierd.handles import RegionHandle
-from tierd.spec import PageSpec
+from tierd.spec import PageSpec, check_registrable, check_tenant
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client.errors import InvalidArgumentError, TierdRpcError
@@ -44,6 +44,19 @@ def spec_to_wire(spec: PageSpec) -> pb.PageSpec:
     if not isinstance(spec, PageSpec):
         raise InvalidArgumentError(f"spec must be a tierd_client.PageSpec, got {type(spec).__name__}")
     return wire.spec_to_pb(spec)
+
+
+def register_to_wire(spec: PageSpec, tenant: str) -> pb.RegisterRequest:
+    """A Register request, checked against the daemon's limits before it is sent (the same
+    ``InvalidArgumentError`` the daemon would answer)."""
+    message = spec_to_wire(spec)
+    try:
+        if tenant:
+            check_tenant(tenant)
+        check_registrable(spec)
+    except InvalidArgument as exc:
+        raise InvalidArgumentError(str(exc)) from None
+    return pb.RegisterRequest(spec=message, tenant=tenant)
 
 
 def region_from_wire(msg: pb.RegionHandle) -> RegionHandle:

@@ -236,13 +236,32 @@ def test_durability_tickets_answer_only_the_tenant_that_got_them(short_tmp: Path
         srv.stop()
 
 
-def test_quota_sizes_the_tenants_regions(tstub: pb_grpc.TierdStub) -> None:
-    alpha = register(tstub, AS_A)
-    slots = {h.tier: h.num_slots for h in alpha.regions}
-    assert slots == {pb.TIER_HBM: QUOTA_HBM_PAGES, pb.TIER_DRAM: QUOTA_DRAM_PAGES}
+def register_model(stub: pb_grpc.TierdStub, md: Metadata, model: str) -> pb.RegisterResponse:
+    spec = pb.PageSpec()
+    spec.CopyFrom(PAGE_SPEC)
+    spec.model = model
+    return stub.Register(pb.RegisterRequest(spec=spec), metadata=md)
+
+
+def test_quota_is_shared_by_the_tenants_namespaces(tenant_server: ServerThread,
+                                                   tstub: pb_grpc.TierdStub) -> None:
+    """Each new namespace of alpha gets region_share (0.5) of what is left of its quota (the
+    last page that fits whole), until not one page is left."""
+    slots = []
+    for model in ("m@1", "m@2", "m@3", "m@4"):
+        reg = register_model(tstub, AS_A, model)
+        slots.append({h.tier: h.num_slots for h in reg.regions})
+    assert [s[pb.TIER_HBM] for s in slots] == [4, 2, 1, 1]   # quota: 8 hbm pages
+    assert [s[pb.TIER_DRAM] for s in slots] == [8, 4, 2, 1]  # quota: 16 dram pages
+    assert sum(s[pb.TIER_HBM] for s in slots) == QUOTA_HBM_PAGES
+    before = snapshot(tenant_server)
+    details = expect_status(Code.RESOURCE_EXHAUSTED, lambda: register_model(tstub, AS_A, "m@5"))
+    assert "no hbm room" in details and "tenant 'alpha'" in details and "quota" in details
+    assert snapshot(tenant_server) == before  # the refused Register left nothing behind
+    assert register_model(tstub, AS_A, "m@2").ns_id  # its namespaces still register again
     bravo = register(tstub, AS_B)  # no quota: region_share (0.5) of what alpha left
     assert {h.tier: h.num_slots for h in bravo.regions} == {
-        pb.TIER_HBM: (64 - QUOTA_HBM_PAGES) // 2, pb.TIER_DRAM: (128 - QUOTA_DRAM_PAGES) // 2}
+        pb.TIER_HBM: (64 - QUOTA_HBM_PAGES) // 2, pb.TIER_DRAM: (128 - 15) // 2}
 
 
 # -- the client sends the token ------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tierd.store.page_store import MAX_TENANT_CHARS
+from tierd.errors import InvalidArgument
+from tierd.spec import check_tenant
 from tierd.tier import Tier
 from tierd.units import parse_size
 
@@ -53,8 +54,10 @@ def parse_tenants(value: object, source: str, problems: list[str]) -> dict[str, 
     for name, table in value.items():
         where = f"{source}: tenants.{name}"
         before = len(problems)
-        if not (0 < len(name) <= MAX_TENANT_CHARS and name.isprintable()):
-            problems.append(f"{where}: a tenant name is 1..{MAX_TENANT_CHARS} printable characters")
+        try:
+            check_tenant(name, "a tenant name")
+        except InvalidArgument as exc:
+            problems.append(f"{where}: {exc}")
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table like token_sha256 = \"<hex>\", hbm = \"1GiB\"")
             continue

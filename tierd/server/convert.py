@@ -18,7 +18,7 @@ from tierd.errors import InvalidArgument
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys
 from tierd.server.metrics import ServerCounters
-from tierd.spec import Namespace
+from tierd.spec import Namespace, PageSpec, check_registrable, check_tenant
 from tierd.store.types import StoreStats
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
@@ -60,6 +60,20 @@ def seconds_from_pb(message: object, field: str, allow_zero: bool = False) -> fl
         bound = "0 or more" if allow_zero else "above 0"
         raise InvalidArgument(f"{field} must be a finite number of seconds {bound}, got {value}")
     return value
+
+
+def register_from_pb(request: pb.RegisterRequest) -> tuple[PageSpec, str]:
+    """The checked spec and tenant name ("" when not named) of a Register; ``InvalidArgument``
+    naming the field, its limit and the value's size (never the whole value)."""
+    if not request.HasField("spec"):
+        raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
+                              "num_kv_heads, head_dim, page_tokens")
+    tenant = request.tenant
+    if tenant:
+        check_tenant(tenant, "RegisterRequest.tenant")
+    spec = wire.spec_from_pb(request.spec)
+    check_registrable(spec)
+    return spec, tenant
 
 
 def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle],

@@ -243,11 +243,8 @@ class TierdServicer(pb_grpc.TierdServicer):
     @_rpc
     async def Register(self, request: pb.RegisterRequest, context: Any,
                        caller: Caller) -> pb.RegisterResponse:
-        tenant = caller.register_tenant(request.tenant, DEFAULT_TENANT)
-        if not request.HasField("spec"):
-            raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
-                                  "num_kv_heads, head_dim, page_tokens")
-        spec = wire.spec_from_pb(request.spec)
+        spec, requested = convert.register_from_pb(request)
+        tenant = caller.register_tenant(requested, DEFAULT_TENANT)
         ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
         return convert.register_to_pb(ns, handles, self._limits)

@@ -22,6 +22,7 @@ from tierd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, U
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
+from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.completion import place
 from tierd.store.eviction import Evictor
 from tierd.store.maintenance import Maintenance
@@ -38,8 +39,6 @@ from tierd.tiers.shm_cleanup import cleanup_stale_segments
 from tierd.values import Lease, LookupResult
 
 log = logging.getLogger(__name__)
-
-MAX_TENANT_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -133,18 +132,14 @@ class PageStore:
     # -- namespaces -------------------------------------------------------------------------------
     def register(self, spec: PageSpec, tenant: str = "default") -> Namespace:
         """The namespace of (tenant, spec), creating it and its regions on first use. Idempotent."""
-        if not isinstance(spec, PageSpec):
-            raise InvalidArgument(f"spec must be a PageSpec, got {type(spec).__name__}")
-        if not isinstance(tenant, str) or not tenant or len(tenant) > MAX_TENANT_CHARS \
-                or not tenant.isprintable():
-            raise InvalidArgument(f"tenant must be 1..{MAX_TENANT_CHARS} printable characters, "
-                                  f"got {tenant!r}")
+        check_register(spec, tenant, self.config)
         parts = self._require()
         with self._state_lock:
             found = parts.manager.find_namespace(tenant, spec)
             if found is not None:
                 self._ensure_regions_locked(parts, found)
                 return found
+            check_room_for_namespace(tenant, parts.manager.namespaces(), self.config)
             ns = Namespace(parts.manager.next_namespace_id(), tenant, spec,
                            namespace_fingerprint(spec, tenant.encode()))
             try:

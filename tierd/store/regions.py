@@ -1,7 +1,9 @@
 """The regions of every namespace, carved from the tiers' arenas.
 
-A new region takes what is left of its tenant's quota (shared by all the tenant's namespaces),
-else ``region_share`` of the tier's unassigned bytes. Owns its lock; regions live until close.
+A new region gets ``region_share`` of what is left: of its tenant's quota in that tier (shared by
+all the tenant's namespaces) when the tenant has one, else of the tier's unassigned bytes; with
+``region_share = 0.5`` a tenant's namespaces get 1/2, 1/4, 1/8 ... of its quota. A region that
+cannot hold one page is refused. Owns its lock; regions live until close.
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ class RegionTable:
             return int(share * (arena.capacity_bytes - arena.assigned_bytes))
         taken = sum(region.size_bytes for (ns_id, t), region in self._regions.items()
                     if t is tier and self._tenants[ns_id] == ns.tenant)
-        return max(0, quota - taken)
+        left = max(0, quota - taken)
+        share = int(self._config.memory_tier(tier).region_share * left)
+        # The last page that fits in the quota is given rather than refused for a rounding.
+        return share if share >= ns.page_bytes else left
 
     def discard(self, ns_id: int) -> None:
         """Close the regions of a namespace whose registration failed."""
