@@ -96,6 +96,9 @@ class DiskStats:
     queue_depth: int
     commits: int
     map_size_bytes: int
+    write_failures: int = 0  # page writes not stored: an I/O error (disk full) or the map full
+    failed_commits: int = 0
+    write_error: str = ""    # why the latest commit failed, while commits fail ("" once they work)
 
 
 def map_size_bytes(disk: DiskConfig) -> int:
@@ -204,7 +207,9 @@ class DiskTier:
             initial = WriterStats(stored_pages=stored_pages, stored_bytes=stored_bytes,
                                   bytes_written=self._writer_totals.bytes_written,
                                   map_full_events=self._writer_totals.map_full_events,
-                                  commits=self._writer_totals.commits)
+                                  commits=self._writer_totals.commits,
+                                  failed_pages=self._writer_totals.failed_pages,
+                                  failed_commits=self._writer_totals.failed_commits)
             writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
                                 self._notify_map_full, self._closed_message)
             writer.start()
@@ -239,7 +244,9 @@ class DiskTier:
             stats = session.writer.stats
             self._writer_totals = WriterStats(bytes_written=stats.bytes_written,
                                               map_full_events=stats.map_full_events,
-                                              commits=stats.commits)
+                                              commits=stats.commits,
+                                              failed_pages=stats.failed_pages,
+                                              failed_commits=stats.failed_commits)
             self._session = None
             try:
                 session.env.sync(True)  # durable on a clean close even when fsync is off
@@ -422,7 +429,8 @@ class DiskTier:
                          checksum_failures=self._reads.checksum_failures,
                          map_full_events=writer.map_full_events,
                          queue_depth=session.writer.queue_depth if session is not None else 0,
-                         commits=writer.commits,
+                         commits=writer.commits, write_failures=writer.failed_pages,
+                         failed_commits=writer.failed_commits, write_error=writer.write_error,
                          map_size_bytes=(session.map_size_bytes if session is not None
                                          else self._map_size_bytes))
 

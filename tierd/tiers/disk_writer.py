@@ -14,12 +14,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import lmdb
 import numpy as np
 
 from tierd.config import DiskConfig
 from tierd.errors import Unavailable
+from tierd.tiers.write_failures import WriteFailureLog, describe
 from tierd.tiers.page_format import HEADER_BYTES, encode_header
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,9 @@ OnDone = Callable[[bool], None]
 # transaction does not advance the id: after deletes, a full map stays full until something
 # commits. Rewriting this small meta record is that "something".
 TICK_META_KEY = b"writer/tick"
+# Errors a commit meets when the disk cannot take it (a full file system, EIO, a read-only
+# remount): reported in one line per interval, never as a traceback per commit.
+DISK_ERRORS: tuple[type[BaseException], ...] = (lmdb.Error, OSError)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,10 @@ class Barrier:
 WriteOp = PutPage | DeletePages | DropIfUnchanged | PutMeta | Barrier
 
 
+def _pages_in(ops: list[WriteOp]) -> int:
+    return sum(1 for op in ops if isinstance(op, PutPage))
+
+
 def _op_cost(op: WriteOp) -> tuple[int, int]:
     """``(pages, bytes)`` an op adds to a group (the group-commit limits count these)."""
     if isinstance(op, PutPage):
@@ -92,13 +101,20 @@ def _op_cost(op: WriteOp) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class WriterStats:
-    """Counters of one writer, published after every group (stored_* include headers)."""
+    """Counters of one writer, published after every group (stored_* include headers).
+
+    ``failed_pages``: page writes that reached the writer and were not stored (an I/O error such
+    as a full file system, or LMDB's map full); ``failed_commits``: transactions that failed;
+    ``write_error``: why the latest one failed, while they fail ("" once pages commit again)."""
 
     stored_pages: int = 0
     stored_bytes: int = 0
     bytes_written: int = 0
     map_full_events: int = 0
     commits: int = 0
+    failed_pages: int = 0
+    failed_commits: int = 0
+    write_error: str = ""
 
 
 @dataclass
@@ -108,6 +124,7 @@ class _Delta:
     pages: int = 0
     stored_bytes: int = 0
     written_bytes: int = 0
+    written_pages: int = 0
 
 
 class OpQueue:
@@ -214,6 +231,8 @@ class DiskWriter:
         self._on_map_full = on_map_full
         self._queue = OpQueue(disk.writer_queue_pages, closed_message)
         self._counts = initial  # written by the writer thread only; read by anyone (atomic swap)
+        self._env_path = Path(env.path())
+        self._failures = WriteFailureLog(self._env_path)
         self._tick_count = 0
         self._scratch = bytearray()
         self._thread: threading.Thread | None = None
@@ -279,9 +298,8 @@ class DiskWriter:
                 return
             try:
                 results = self._commit_group(group)
-            except Exception:
-                log.exception("disk writer: a group of %d ops failed; reporting them as not "
-                              "stored", len(group))
+            except Exception as exc:  # not an I/O error: a bug, reported with its traceback
+                self._failed(f"{type(exc).__name__}: {exc}", _pages_in(group), bug=exc)
                 results = [False] * len(group)
             self._notify(group, results)
 
@@ -303,33 +321,65 @@ class DiskWriter:
                         "transaction holds; storing them one by one (lower "
                         "disk.writer_batch_bytes)", len(group))
             return self._one_by_one(group)
+        except DISK_ERRORS as exc:
+            return self._disk_failed(group, exc)
         self._count(delta)
         return [True] * len(group)
+
+    def _disk_failed(self, group: list[WriteOp], exc: BaseException) -> list[bool]:
+        """The disk refused the group's commit: its pages are not stored; its other ops (deletes
+        free space, namespace records are waited on) get one transaction of their own."""
+        needed_bytes = sum(_op_cost(op)[1] for op in group)
+        self._failed(describe(exc, self._env_path, needed_bytes), _pages_in(group))
+        others: list[WriteOp] = [op for op in group if not isinstance(op, PutPage)]
+        if not others or len(others) == len(group):
+            return [False] * len(group)
+        try:
+            self._count(self._commit(others))
+        except DISK_ERRORS as again:
+            self._failed(describe(again, self._env_path, 0), 0)
+            return [False] * len(group)
+        return [not isinstance(op, PutPage) for op in group]
+
+    def _failed(self, error: str, pages: int, bug: BaseException | None = None) -> None:
+        """Count a failed commit of ``pages`` page writes and log it (rate-limited)."""
+        self._failures.failed(error, pages, bug)
+        c = self._counts
+        self._counts = replace(c, failed_pages=c.failed_pages + pages,
+                               failed_commits=c.failed_commits + 1, write_error=error)
 
     def _one_by_one(self, group: list[WriteOp]) -> list[bool]:
         """Store every op of ``group`` that still fits, one transaction each."""
         results: list[bool] = []
         ticked = False
         for op in group:
-            stored = self._commit_alone(op)
-            if not stored and not ticked:
+            failure = self._commit_alone(op)
+            if failure is not None and not ticked:
                 ticked = True
-                stored = self._tick() and self._commit_alone(op)
-            results.append(stored)
+                if self._tick():
+                    failure = self._commit_alone(op)
+            if failure is not None:
+                self._failed(failure[0], _pages_in([op]), bug=failure[1])
+            results.append(failure is None)
         return results
 
-    def _commit_alone(self, op: WriteOp) -> bool:
+    def _commit_alone(self, op: WriteOp) -> tuple[str, BaseException | None] | None:
+        """Commit ``op`` in a transaction of its own; ``None``, or why not (and the exception
+        when it is a bug rather than the disk)."""
         if isinstance(op, Barrier):
-            return True
+            return None
         try:
             delta = self._commit([op])
-        except (lmdb.MapFullError, lmdb.TxnFullError):
-            return False
-        except Exception:
-            log.exception("disk writer: %s failed; reporting it as not stored", type(op).__name__)
-            return False
+        except lmdb.MapFullError:
+            return f"the LMDB map ({self._env.info()['map_size']} bytes) is full", None
+        except lmdb.TxnFullError:
+            return "one op dirtied more pages than an LMDB transaction holds", None
+        except DISK_ERRORS as exc:
+            return describe(exc, self._env_path, _op_cost(op)[1]), None
+        except Exception as exc:  # not an I/O error: a bug, reported with its traceback
+            return f"{type(op).__name__}: {type(exc).__name__}: {exc}", exc
         self._count(delta)
-        return True
+        return None
 
     def _tick(self) -> bool:
         """Commit a tiny transaction so pages freed by the last commits become reusable."""
@@ -362,6 +412,7 @@ class DiskWriter:
             delta.pages += old is None
             delta.stored_bytes += len(value) - old_bytes
             delta.written_bytes += len(value)
+            delta.written_pages += 1
         elif isinstance(op, DeletePages):
             for dkey in op.dkeys:
                 self._delete(txn, dkey, delta)
@@ -398,10 +449,11 @@ class DiskWriter:
 
     def _count(self, delta: _Delta) -> None:
         c = self._counts
-        self._counts = WriterStats(stored_pages=c.stored_pages + delta.pages,
-                                   stored_bytes=c.stored_bytes + delta.stored_bytes,
-                                   bytes_written=c.bytes_written + delta.written_bytes,
-                                   map_full_events=c.map_full_events, commits=c.commits + 1)
+        self._failures.committed(delta.written_pages)
+        self._counts = replace(c, stored_pages=c.stored_pages + delta.pages,
+                               stored_bytes=c.stored_bytes + delta.stored_bytes,
+                               bytes_written=c.bytes_written + delta.written_bytes,
+                               commits=c.commits + 1, write_error=self._failures.error)
 
     def _notify(self, group: list[WriteOp], results: list[bool]) -> None:
         for op, stored in zip(group, results):
