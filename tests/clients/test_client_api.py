@@ -83,6 +83,25 @@ def test_bad_pages_are_refused_before_anything_is_sent(fake_daemon: FakeDaemon) 
     assert "Lookup" not in fake_daemon.state.calls
 
 
+@pytest.mark.parametrize(("spec", "tenant", "fragment"), [
+    (PageSpec(model="m\x00" + "x" * (1 << 20), dtype="float16", num_layers=2, num_kv_heads=2,
+              head_dim=4, page_tokens=4), "", "spec.model is 1048578 bytes"),
+    (PageSpec(model="m@1\n", dtype="float16", num_layers=2, num_kv_heads=2, head_dim=4,
+              page_tokens=4), "", "U+000A"),
+    (PageSpec(model="m@1", dtype="float16", num_layers=2, num_kv_heads=2, head_dim=8192,
+              page_tokens=1), "", "spec.head_dim is 8192"),
+    (SPEC, "t" * 200, "tenant is 200 bytes"),
+])
+def test_a_spec_beyond_the_register_limits_is_refused_before_it_is_sent(
+        fake_daemon: FakeDaemon, spec: PageSpec, tenant: str, fragment: str) -> None:
+    with TierClient(fake_daemon.socket_path) as client:
+        with pytest.raises(InvalidArgumentError) as info:
+            client.register(spec, tenant=tenant)
+    assert fragment in info.value.details
+    assert len(info.value.details) < 600  # the long value is quoted cut short
+    assert "Register" not in fake_daemon.state.calls
+
+
 def test_unavailable_is_retried_then_succeeds(fake_daemon: FakeDaemon) -> None:
     fake_daemon.state.fail_unavailable["Lookup"] = 2
     with TierClient(fake_daemon.socket_path, ClientOptions(retry=FAST_RETRY)) as client:

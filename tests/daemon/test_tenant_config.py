@@ -92,6 +92,15 @@ def test_bad_token_files_are_refused_without_echoing_the_token(tmp_path: Path, c
     assert not content or content not in problems[0]
 
 
+@pytest.mark.parametrize(("name", "fragment"), [
+    ("team\\u0007a", "U+0007 at index 4"),
+    ("é" * 65, "is 130 bytes of UTF-8"),  # 65 characters, but more bytes than a Register allows
+])
+def test_tenant_names_keep_to_the_register_limits(tmp_path: Path, name: str, fragment: str) -> None:
+    problems = check_config(write(tmp_path, f'[tenants."{name}"]\ntoken_sha256 = "{"ab" * 32}"\n'))
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
 def test_two_tenants_may_not_share_a_token(tmp_path: Path) -> None:
     token_file = write(tmp_path, TOKEN_A, "a.token")
     problems = check_config(write(tmp_path, f"""

@@ -227,6 +227,10 @@ def test_a_dead_workers_leases_are_freed(tierd: TierdProcess) -> None:
             assert lease.num_pages == num_slots
 
 
+# A refusal quotes a client's value cut short: its details stay this small whatever was sent.
+MAX_DETAILS_CHARS = 600
+
+
 def _raw_code(call: Callable[[], object]) -> grpc.StatusCode:
     with pytest.raises(grpc.RpcError) as info:
         call()
@@ -281,8 +285,26 @@ def test_malformed_requests_are_invalid_and_change_nothing(tierd: TierdProcess) 
         }
         for name, call in cases.items():
             assert _raw_code(call) == invalid, name
+        spec = pb.PageSpec(dtype=SPEC.dtype, **spec_fields)
+        register_cases = {
+            "4 MiB model name with control characters": pb.RegisterRequest(spec=pb.PageSpec(
+                dtype=SPEC.dtype, **{**spec_fields, "model": "\x00\x1b[2J" + "m" * (4 << 20)})),
+            "5000 layers": pb.RegisterRequest(spec=pb.PageSpec(
+                dtype=SPEC.dtype, **{**spec_fields, "num_layers": 5000})),
+            "1 MiB tenant name": pb.RegisterRequest(spec=spec, tenant="t" * (1 << 20)),
+            "tenant with a control character": pb.RegisterRequest(spec=spec, tenant="a\x1bb"),
+        }
+        for name, request in register_cases.items():
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Register(request, timeout=WAIT_S)
+            assert info.value.code() == invalid, name
+            assert len(info.value.details()) < MAX_DETAILS_CHARS, name  # never echoed whole
         assert client.lookup(cached.ns, fresh) == 0  # the rejected puts stored nothing
         cached.assert_unchanged(tierd, client)
+    tierd.stop()
+    tierd.start()  # restarted from its data dir: no refused Register was persisted
+    with TierClient(tierd.socket_path) as client:
+        assert client.stats().namespaces == cached.stats["namespaces"]
 
 
 def test_refused_requests_carry_their_status_and_change_nothing(tierd: TierdProcess) -> None:

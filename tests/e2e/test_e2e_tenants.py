@@ -60,8 +60,12 @@ def test_two_tenants_are_isolated(start_tierd: Callable[..., TierdProcess], tmp_
             TierClient(daemon.socket_path, ClientOptions(token=TOKEN_BRAVO)) as bravo:
         a_ns = alpha.register(SPEC)
         assert a_ns.tenant == "alpha"
-        assert a_ns.region(Tier.HBM).num_slots == ALPHA_HBM_PAGES  # the tenant's quota
-        assert a_ns.region(Tier.DRAM).num_slots == ALPHA_DRAM_PAGES
+        # Each new namespace of alpha gets region_share (0.5) of what is left of its quota.
+        assert a_ns.region(Tier.HBM).num_slots == ALPHA_HBM_PAGES // 2
+        assert a_ns.region(Tier.DRAM).num_slots == ALPHA_DRAM_PAGES // 2
+        a_next = alpha.register(replace(SPEC, model="e2e-model@rev2"))  # a second one fits too
+        assert a_next.region(Tier.HBM).num_slots == ALPHA_HBM_PAGES // 4
+        assert a_next.region(Tier.DRAM).num_slots == ALPHA_DRAM_PAGES // 4
         a_keys = a_ns.keys(tokens)
         assert alpha.put(a_ns, a_keys[:2], pages[:2]).num_stored == 2
         arena = alpha.arena(a_ns, Tier.HBM)
