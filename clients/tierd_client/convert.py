@@ -59,19 +59,6 @@ def register_to_wire(spec: PageSpec, tenant: str) -> pb.RegisterRequest:
     return pb.RegisterRequest(spec=message, tenant=tenant)
 
 
-def register_to_wire(spec: PageSpec, tenant: str) -> pb.RegisterRequest:
-    """A Register request, checked against the daemon's limits before it is sent (the same
-    ``InvalidArgumentError`` the daemon would answer)."""
-    message = spec_to_wire(spec)
-    try:
-        if tenant:
-            check_tenant(tenant)
-        check_registrable(spec)
-    except InvalidArgument as exc:
-        raise InvalidArgumentError(str(exc)) from None
-    return pb.RegisterRequest(spec=message, tenant=tenant)
-
-
 def region_from_wire(msg: pb.RegionHandle) -> RegionHandle:
     return _answered(wire.handle_from_pb, msg)
 

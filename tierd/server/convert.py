@@ -76,20 +76,6 @@ def register_from_pb(request: pb.RegisterRequest) -> tuple[PageSpec, str]:
     return spec, tenant
 
 
-def register_from_pb(request: pb.RegisterRequest) -> tuple[PageSpec, str]:
-    """The checked spec and tenant name ("" when not named) of a Register; ``InvalidArgument``
-    naming the field, its limit and the value's size (never the whole value)."""
-    if not request.HasField("spec"):
-        raise InvalidArgument("RegisterRequest.spec is required: model, dtype, num_layers, "
-                              "num_kv_heads, head_dim, page_tokens")
-    tenant = request.tenant
-    if tenant:
-        check_tenant(tenant, "RegisterRequest.tenant")
-    spec = wire.spec_from_pb(request.spec)
-    check_registrable(spec)
-    return spec, tenant
-
-
 def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle],
                    limits: pb.ServerLimits) -> pb.RegisterResponse:
     return pb.RegisterResponse(ns_id=ns.ns_id, page_bytes=ns.page_bytes, fingerprint=ns.fingerprint,

@@ -23,7 +23,6 @@ from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
-from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.completion import place
 from tierd.store.eviction import Evictor
 from tierd.store.maintenance import Maintenance
