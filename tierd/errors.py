@@ -38,6 +38,10 @@ class ResourceExhausted(TierdError):
     status_name = "RESOURCE_EXHAUSTED"
 
 
+class DiskWriteFailed(ResourceExhausted):
+    """The disk could not store pages (a full file system, an I/O error): they stay in memory."""
+
+
 class Unauthenticated(TierdError):
     """The request carries no valid tenant token."""
 

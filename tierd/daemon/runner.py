@@ -161,16 +161,21 @@ class Daemon:
         return EXIT_OK if flushed else EXIT_FAILURE
 
     async def _close_store(self, store: PageStore) -> bool:
-        """``store.close()`` (flushes) off the loop, bounded; ``False`` if it failed or ran over."""
+        """``store.close()`` (flushes) off the loop, bounded; ``False`` if it failed, ran over, or
+        pages could not be written to disk (the store logged why, this says how many)."""
         deadline_s = self._config.store.flush_timeout_s + CLOSE_MARGIN_S
         try:
             async with asyncio.timeout(deadline_s):
-                await asyncio.to_thread(store.close)
+                lost = await asyncio.to_thread(store.close)
         except TimeoutError:
             log.error("closing the page store took more than %g s; exiting without it", deadline_s)
             return False
         except Exception:  # the last thing the daemon does: report, then exit non-zero
             log.exception("closing the page store failed")
+            return False
+        if lost:
+            log.error("%d page(s) held in memory only were lost: the final flush did not write "
+                      "them to disk; exiting with status %d", lost, EXIT_FAILURE)
             return False
         return True
 

@@ -154,6 +154,14 @@ class DiskBook:
                     refused += 1
         return moves, queued, refused
 
+    def not_on_disk(self, book: NamespaceBook) -> int:
+        """Pages ``book`` holds in memory that are not stored on disk (queued ones included):
+        what a close now would lose."""
+        keys: set[PageKey] = set()
+        for res in book.mem.values():
+            keys.update(key for key in res.slots if book.dkey(key) not in self.residency.pages)
+        return len(keys)
+
     def committed(self, book: NamespaceBook, tier: Tier, key: PageKey, slot: int,
                   ticket: int | None, persists: list[Move]) -> None:
         """A page is cached in ``tier``: under write_through queue it for disk, ``ticket`` waits."""

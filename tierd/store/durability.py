@@ -3,13 +3,15 @@
 A ticket is a group of disk keys issued to one namespace (``None``: the store's own, e.g. flush).
 ``watch(ticket, dkey)`` adds a page whose write is queued (by this call or an earlier one);
 ``page_done(dkey, ok)`` is called when that write's transaction commits or fails. ``wait(ticket)``
-returns True once every page of the group is on disk, False when one failed. ``owner(ticket)`` says
+returns True once every page of the group is on disk, False when one failed (``wait_outcome`` tells
+a failure from a timeout). ``owner(ticket)`` says
 which namespace a recent ticket was issued to, so the RPC layer can keep tenants to their own.
 Thread-safe; its condition variable is independent of the store lock.
 """
 
 from __future__ import annotations
 
+import enum
 import itertools
 import threading
 import time
@@ -22,6 +24,14 @@ from tierd.errors import InvalidArgument
 # waits cannot grow them forever.
 MAX_REMEMBERED_FAILURES = 65536
 MAX_REMEMBERED_OWNERS = 65536
+
+
+class Durability(enum.Enum):
+    """How a ticket stands when ``wait_outcome`` returns."""
+
+    DURABLE = "durable"   # every page of it is on disk
+    FAILED = "failed"     # a page's write failed (or was never queued): it never will be
+    PENDING = "pending"   # the timeout passed with writes still queued
 
 
 class DurabilityTracker:
@@ -107,15 +117,19 @@ class DurabilityTracker:
 
     def wait(self, ticket: int, timeout_s: float | None = None) -> bool:
         """True when every page of ``ticket`` is on disk; False on failure or timeout."""
+        return self.wait_outcome(ticket, timeout_s) is Durability.DURABLE
+
+    def wait_outcome(self, ticket: int, timeout_s: float | None = None) -> Durability:
+        """Wait until ``ticket`` is durable or failed, or ``timeout_s`` passed (PENDING)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         ticket = self.check_issued(ticket)
         with self._cond:
             while ticket in self._remaining:
                 remaining_s = None if deadline is None else deadline - time.monotonic()
                 if remaining_s is not None and remaining_s <= 0:
-                    return False
+                    return Durability.PENDING
                 self._cond.wait(remaining_s)
-            return ticket not in self._failed
+            return Durability.FAILED if ticket in self._failed else Durability.DURABLE
 
     def _fail(self, ticket: int) -> None:
         self._remaining.pop(ticket, None)

@@ -508,6 +508,11 @@ class Manager:
         self.durability.seal(ticket)
         return plans, ticket, len(dirty), refused
 
+    def pages_not_on_disk(self) -> int:
+        """Pages held in memory only (hbm or dram, not stored on disk), over every namespace."""
+        with self._lock:
+            return sum(self._disk.not_on_disk(book) for book in self._books.values())
+
     def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
         """Drop pages from every tier (pinned slots are freed by their last unpin, pending stores
         never publish, queued disk writes are deleted once they commit); how many were cached."""

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
-from tierd.errors import DeadlineExceeded, InvalidArgument, ResourceExhausted, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unavailable
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.completion import place
 from tierd.store.eviction import Evictor
+from tierd.store.flushing import flush_to_disk
 from tierd.store.maintenance import Maintenance
 from tierd.store.manager import Manager
 from tierd.store.media import Media, open_media
@@ -92,29 +93,45 @@ class PageStore:
                      media.engine.name, len(manager.namespaces()),
                      manager.tier_stats(cfg.tier_capacity_bytes, 0)[Tier.DISK].pages)
 
-    def close(self) -> None:
-        """Flush dirty pages to disk (within ``flush_timeout_s``), stop threads, free memory."""
+    def close(self) -> int:
+        """Flush dirty pages to disk (within ``flush_timeout_s``), stop threads, free memory.
+
+        Returns how many pages the flush could not write, now lost: 0 when it completed (or
+        the disk tier is disabled, capacity 0, so memory pages are meant to go)."""
         with self._state_lock:
             if self._closed:
-                return
+                return 0
             self._closed = True
             parts = self._parts
         if parts is None:
-            return
+            return 0
         parts.maintenance.close()
-        try:
-            self._flush(parts, self.config.flush_timeout_s)
-        except Exception:  # close must go on: log what could not be flushed
-            log.exception("flush on close failed; pages not on disk are lost")
+        flushing = self.config.disk.capacity_bytes > 0
+        if flushing:
+            self._flush_on_close(parts)
         parts.promoter.close()
         parts.runner.drain_deletes()
         parts.media.engine.close()
         parts.runner.drain_deletes()
-        parts.disk.close()
+        parts.disk.close()  # every queued write has now committed or failed
+        lost = parts.manager.pages_not_on_disk() if flushing else 0
         parts.manager.durability.fail_all()
         for arena in parts.media.arenas.values():
             arena.close()
-        log.info("page store closed")
+        if lost:
+            log.error("page store closed: %d page(s) could not be written to disk and are lost", lost)
+        else:
+            log.info("page store closed")
+        return lost
+
+    def _flush_on_close(self, parts: _Parts) -> None:
+        """Close goes on whatever the flush meets: say in one line why it did not complete."""
+        try:
+            self._flush(parts, self.config.flush_timeout_s)
+        except TierdError as exc:
+            log.error("flush on close did not complete: %s", exc)
+        except Exception:  # a bug: keep its traceback
+            log.exception("flush on close failed")
 
     def __enter__(self) -> PageStore:
         self.open()
@@ -299,22 +316,15 @@ class PageStore:
         return removed
 
     def flush(self, timeout_s: float | None = None) -> int:
-        """Write every page that is not on disk yet; returns how many were written."""
+        """Write every page that is not on disk yet; returns how many were written.
+
+        ``DiskWriteFailed`` when the disk did not store some (disk full: the pages stay in
+        memory), ``DeadlineExceeded`` when writes were still queued at ``timeout_s``."""
         return self._flush(self._require(), timeout_s)
 
     @staticmethod
     def _flush(parts: _Parts, timeout_s: float | None) -> int:
-        plans, ticket, dirty, refused = parts.manager.plan_flush()
-        parts.runner.start_all(plans)
-        written = sum(len(plan) for plan in plans)
-        if not parts.manager.durability.wait(ticket, timeout_s):
-            raise DeadlineExceeded(f"flush: {dirty} page(s) were not all committed to disk "
-                                   f"within {timeout_s} s, or the disk refused some (see the log)")
-        if refused:
-            raise ResourceExhausted(f"flush wrote {written} page(s) but {refused} did not fit: "
-                                    "the disk budget is full of pages being written; raise the "
-                                    "disk capacity or flush again once writes complete")
-        return written
+        return flush_to_disk(parts.manager, parts.runner, parts.disk, timeout_s)
 
     # -- reading -------------------------------------------------------------------------------------
     def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
@@ -437,7 +447,8 @@ class PageStore:
         namespaces, leases, refused, budget = parts.manager.totals()
         return StoreStats(tiers, namespaces, leases, disk.checksum_failures,
                           time.monotonic() - self._started_at_s, self.config.write_policy,
-                          refused, budget, disk.map_full_events, parts.media.engine.name)
+                          refused, budget, disk.map_full_events, parts.media.engine.name,
+                          disk.write_failures, disk.write_error)
 
     def inspect(self) -> IndexSnapshot:
         """A copy of the whole index (for tests and debugging)."""

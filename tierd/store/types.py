@@ -57,6 +57,11 @@ class StoreStats:
     disk_budget_bytes: int = 0    # the disk budget in force (below capacity after LMDB's map filled)
     map_full_events: int = 0      # times LMDB's map filled before the budget did
     engine: str = "cpu"           # the transfer engine copying pages (cpu, fake, cuda)
+    # Page writes the disk did not store (an I/O error such as a full file system, or LMDB's map
+    # full; the pages stay in memory and are written again), and why the latest failed while
+    # writes fail ("" once they commit again).
+    disk_write_failures: int = 0
+    disk_write_error: str = ""
 
 
 @dataclass

@@ -21,8 +21,8 @@ import numpy as np
 
 from tierd.config import DiskConfig
 from tierd.errors import Unavailable
-from tierd.tiers.write_failures import WriteFailureLog, describe
 from tierd.tiers.page_format import HEADER_BYTES, encode_header
+from tierd.tiers.write_failures import WriteFailureLog, describe
 
 log = logging.getLogger(__name__)
 
