@@ -1,12 +1,16 @@
 """systemd/: the unit passes `systemd-analyze verify` and has what tierd relies on; the example
-configs load, and the example config and the README document every setting the daemon knows."""
+configs load, and the example config and the README document every setting the daemon knows; the
+install steps (README's systemd section, the unit's comment) leave the config readable to the
+unit's user and install what `Documentation=` names."""
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ SYSTEMD_DIR = Path(__file__).resolve().parent.parent / "systemd"
 UNIT = SYSTEMD_DIR / "tierd.service"
 EXAMPLE = SYSTEMD_DIR / "tierd.toml"
 DEV = SYSTEMD_DIR / "tierd.dev.toml"
+README = SYSTEMD_DIR.parent / "README.md"
 _SECONDS = {"": 1, "s": 1, "sec": 1, "min": 60, "m": 60, "h": 3600}
 
 
@@ -136,3 +141,74 @@ def test_readme_config_reference_lists_every_setting() -> None:
     rows = set(re.findall(r"^\| `([a-z_.]+)` \|", readme, flags=re.MULTILINE))
     missing = sorted(set(all_keys()) - rows)
     assert not missing, f"README.md's config reference lacks: {missing}"
+
+
+def readme_install_commands() -> list[list[str]]:
+    """The commands of README's systemd block (``sh norun``: root and systemd), comments dropped."""
+    section = README.read_text().split("\n## systemd\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("\n", 1)[1].split("```", 1)[0]
+    return [words for words in (shlex.split(line, comments=True) for line in block.splitlines()) if words]
+
+
+def unit_install_commands() -> list[list[str]]:
+    """The install steps in the unit's leading comment (lines ``#   sudo ...``)."""
+    return [shlex.split(line.lstrip("# ")) for line in UNIT.read_text().splitlines()
+            if re.match(r"#\s+sudo ", line)]
+
+
+def install_args(words: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``sudo install [-D] [-m MODE] [-o OWNER] [-g GROUP] SRC... DEST`` -> (options, paths)."""
+    assert words[:2] == ["sudo", "install"], words
+    options: dict[str, str] = {}
+    paths: list[str] = []
+    rest = iter(words[2:])
+    for word in rest:
+        if word in ("-m", "-o", "-g"):
+            options[word] = next(rest)
+        elif word.startswith("-"):
+            options[word] = ""
+        else:
+            paths.append(word)
+    return options, paths
+
+
+@pytest.mark.parametrize("steps", [readme_install_commands, unit_install_commands],
+                         ids=["README.md", "tierd.service comment"])
+def test_install_steps_leave_the_config_readable_to_the_units_group_only(
+        steps: Callable[[], list[list[str]]]) -> None:
+    service = parse_unit(UNIT)["Service"]
+    user, group = one(service, "User"), one(service, "Group")
+    commands = steps()
+    useradd = [i for i, words in enumerate(commands) if words[:2] == ["sudo", "useradd"]]
+    assert len(useradd) == 1, "one useradd creates the unit's User="
+    created = commands[useradd[0]]
+    assert created[-1] == user and "--system" in created
+    # The group exists only if useradd makes it: --user-group names it after the user.
+    assert group == user and ("--user-group" in created or "-U" in created), created
+    config = one(service, "ExecStart").split()[-1]
+    installs = [(i, *install_args(words)) for i, words in enumerate(commands)
+                if words[:2] == ["sudo", "install"]]
+    config_steps = [(i, options, paths) for i, options, paths in installs if paths[-1] == config]
+    assert len(config_steps) == 1, f"no step installs {config}"
+    index, options, paths = config_steps[0]
+    assert paths[0] == "systemd/tierd.toml" and index > useradd[0]
+    assert options.get("-g") == group and options.get("-m") == "0640"
+    assert options.get("-o", "root") == "root"
+
+
+def test_readme_and_unit_comment_give_the_same_install_steps() -> None:
+    unit_steps = unit_install_commands()
+    assert unit_steps and readme_install_commands()[:len(unit_steps)] == unit_steps
+
+
+def test_documentation_names_what_the_install_steps_install() -> None:
+    installed = {install_args(words)[1][-1]: install_args(words)[1][0]
+                 for words in readme_install_commands() if words[:2] == ["sudo", "install"]}
+    for url in parse_unit(UNIT)["Unit"]["Documentation"]:
+        for link in url.split():
+            if link.startswith("https://"):
+                continue
+            assert link.startswith("file://"), f"Documentation={link}: use https:// or file://"
+            path = link.removeprefix("file://")
+            assert path in installed, f"Documentation={link}, but no install step puts a file there"
+            assert (SYSTEMD_DIR.parent / installed[path]).is_file()
