@@ -1,15 +1,18 @@
-"""Corruption: bytes flipped inside a stored value in LMDB's data file are caught by the checksum;
-the store reports a miss, counts a checksum failure and never returns the bad page."""
+"""Corruption: bytes flipped inside a stored value in LMDB's data file, or two values exchanged
+inside LMDB (as a misdirected write would leave them), are caught by the checksum, which covers
+the page key; the store reports a miss, counts a checksum failure and never returns the bad page."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import lmdb
 import pytest
 from store_helpers import SPEC, make_keys, make_pages, small_config
 
 from tierd.store import PageStore
 from tierd.tier import Tier
+from tierd.tiers.page_format import disk_key
 
 
 def _flip_inside(data_file: Path, payload: bytes, offset: int) -> None:
@@ -20,31 +23,55 @@ def _flip_inside(data_file: Path, payload: bytes, offset: int) -> None:
     data_file.write_bytes(bytes(raw))
 
 
+def _exchange(env_dir: Path, a: bytes, b: bytes) -> None:
+    env = lmdb.open(str(env_dir), max_dbs=2)
+    try:
+        pages_db = env.open_db(b"pages")
+        with env.begin(write=True, db=pages_db) as txn:
+            value_a, value_b = txn.get(a), txn.get(b)
+            assert value_a is not None and value_b is not None
+            txn.put(a, value_b)
+            txn.put(b, value_a)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "exchanged_values"])
 @pytest.mark.parametrize("read_path", ["get", "acquire"])
-def test_flipped_byte_is_a_miss_and_a_checksum_failure(tmp_path: Path, device: str, read_path: str) -> None:
+def test_damaged_page_is_a_miss_and_a_checksum_failure(tmp_path: Path, device: str, read_path: str,
+                                                       damage: str) -> None:
     cfg = small_config(tmp_path, device=device)
     with PageStore(cfg) as store:
         ns = store.register(SPEC)
         keys, pages = make_keys(ns, 4), make_pages(ns, 4)
         store.put(ns.ns_id, keys, pages)
     data_file = next(cfg.data_dir.rglob("data.mdb"))
-    _flip_inside(data_file, pages[2], offset=SPEC.page_bytes // 2)
+    if damage == "flipped_byte":
+        _flip_inside(data_file, pages[2], offset=SPEC.page_bytes // 2)
+        damaged = [2]
+    else:
+        _exchange(data_file.parent, disk_key(ns.ns_id, keys[1]), disk_key(ns.ns_id, keys[2]))
+        damaged = [1, 2]
+    first = damaged[0]
 
     with PageStore(cfg) as store:
         assert store.lookup(ns.ns_id, keys).num_hits == 4  # headers still look fine
         if read_path == "get":
             got = store.get(ns.ns_id, keys)
-            assert [bytes(p) for p in got] == pages[:2]
+            assert [bytes(p) for p in got] == pages[:first]
         else:
             lease = store.acquire(ns.ns_id, keys, Tier.HBM)
-            assert lease.keys == tuple(keys[:2])
-            assert store.read_slots(lease.lease_id) == pages[:2]
+            assert lease.keys == tuple(keys[:first])
+            assert store.read_slots(lease.lease_id) == pages[:first]
             store.release(lease.lease_id)
-        assert store.stats().checksum_failures == 1
-        # The bad page is gone for good; the pages after it are untouched.
-        assert store.lookup(ns.ns_id, keys).num_hits == 2
+        for i in damaged:  # each is a miss: never another page's bytes
+            assert store.get(ns.ns_id, keys[i:i + 1]) == []
+        assert store.stats().checksum_failures == len(damaged)
+        # The bad pages are gone for good; the pages after them are untouched.
+        assert store.lookup(ns.ns_id, keys).num_hits == first
         assert [bytes(p) for p in store.get(ns.ns_id, keys[3:])] == pages[3:]
-        store.put(ns.ns_id, keys[2:3], pages[2:3])  # a fresh copy can be stored again
+        for i in damaged:  # a fresh copy can be stored again
+            store.put(ns.ns_id, keys[i:i + 1], pages[i:i + 1])
         assert [bytes(p) for p in store.get(ns.ns_id, keys)] == pages
 
 

@@ -16,12 +16,13 @@ from test_disk_tier import (
     WriterBlocker,
     key_of,
     make_config,
+    open_tier,
     random_page,
     read_page,
     write_pages,
 )
 
-from tierd.tiers.disk import DiskTier, ReadStatus
+from tierd.tiers.disk import ReadStatus
 from tierd.tiers.write_failures import NO_SPACE_TEXT, WRITE_FAILURE_LOG_INTERVAL_S
 
 FS_BYTES = 8 << 20
@@ -37,8 +38,7 @@ def writer_warnings(caplog: pytest.LogCaptureFixture, fragment: str) -> list[log
 def test_a_full_file_system_fails_writes_in_one_line_per_interval_and_they_resume(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with small_tmpfs(tmp_path / "fs", FS_BYTES) as fs:
-        tier = DiskTier(make_config(fs.root / "data"))
-        tier.open()
+        tier = open_tier(make_config(fs.root / "data"))
         try:
             first = random_page(0)
             assert write_pages(tier, {(1, 0): first}).calls == [(0, True)]
@@ -73,8 +73,7 @@ def test_a_full_file_system_fails_writes_in_one_line_per_interval_and_they_resum
 
 def test_deletes_commit_while_page_writes_fail_for_space(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "fs", FS_BYTES) as fs:
-        tier = DiskTier(make_config(fs.root / "data"))
-        tier.open()
+        tier = open_tier(make_config(fs.root / "data"))
         try:
             kept = random_page(1)
             assert all(ok for _, ok in write_pages(tier, {(1, 0): random_page(0), (1, 1): kept}).calls)

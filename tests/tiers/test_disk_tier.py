@@ -8,17 +8,18 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
-from tierd.errors import InvalidArgument, Unavailable
+from tierd.errors import FailedPrecondition, InvalidArgument, Unavailable
 from tierd.spec import Namespace, PageSpec
 from tierd.tiers import disk as disk_module
 from tierd.tiers.disk import DiskEntry, DiskTier, ReadStatus, map_size_bytes
-from tierd.tiers.page_format import HEADER_BYTES
+from tierd.tiers.page_format import HEADER_BYTES, disk_key
 
 PAGE_BYTES = 512 << 10
 WAIT_S = 10.0
@@ -31,6 +32,24 @@ def make_config(data_dir: Path, **disk: object) -> StoreConfig:
     return StoreConfig(data_dir=data_dir, hbm=MemoryTierConfig(capacity_bytes=1 << 20),
                        dram=MemoryTierConfig(capacity_bytes=1 << 20),
                        disk=DiskConfig(**disk_fields))  # type: ignore[arg-type]
+
+
+SPEC = PageSpec(model="m@1", dtype="float16", num_layers=2, num_kv_heads=2, head_dim=8,
+                page_tokens=4)
+NS_IDS = (1, 2)  # namespaces the tests write to; their records give the checksums' fingerprints
+
+
+def namespace(ns_id: int) -> Namespace:
+    return Namespace(ns_id=ns_id, tenant=f"t{ns_id}", spec=SPEC, fingerprint=ns_id.to_bytes(16, "big"))
+
+
+def open_tier(config: StoreConfig, tier: DiskTier | None = None) -> DiskTier:
+    """``tier`` (else a new one) opened, with records for the namespaces in ``NS_IDS``."""
+    t = DiskTier(config) if tier is None else tier
+    t.open()
+    for ns_id in NS_IDS:
+        t.save_namespace(namespace(ns_id))
+    return t
 
 
 def key_of(i: int) -> bytes:
@@ -69,8 +88,7 @@ class WriterBlocker:
 
 @pytest.fixture
 def tier(tmp_path: Path) -> Iterator[DiskTier]:
-    t = DiskTier(make_config(tmp_path))
-    t.open()
+    t = open_tier(make_config(tmp_path))
     yield t
     t.close()
 
@@ -117,8 +135,8 @@ def test_group_commit_takes_many_pages_per_transaction(tmp_path: Path, limit: st
     page_bytes = 4096
     disk = ({"writer_batch_pages": per_group} if limit == "pages"
             else {"writer_batch_bytes": per_group * (page_bytes + HEADER_BYTES)})
-    t = DiskTier(make_config(tmp_path, **disk))
-    t.open()
+    t = open_tier(make_config(tmp_path, **disk))
+    commits_before = t.stats().commits  # the format and namespace records
     blocker = WriterBlocker()
     t.submit_write(1, key_of(0), memoryview(random_page(0, page_bytes)), 0, blocker)
     assert blocker.entered.wait(WAIT_S)
@@ -133,13 +151,12 @@ def test_group_commit_takes_many_pages_per_transaction(tmp_path: Path, limit: st
     assert barrier_done.wait(WAIT_S)
     assert results.calls == [(i, True) for i in range(1, num_queued + 1)]
     # The blocked page's commit, then full groups of the queued pages (the barrier rides along).
-    assert t.stats().commits == 1 + math.ceil(num_queued / per_group)
+    assert t.stats().commits - commits_before == 1 + math.ceil(num_queued / per_group)
     t.close()
 
 
 def test_submit_blocks_while_the_queue_is_full(tmp_path: Path) -> None:
-    t = DiskTier(make_config(tmp_path, writer_queue_pages=3))
-    t.open()
+    t = open_tier(make_config(tmp_path, writer_queue_pages=3))
     blocker = WriterBlocker()
     t.submit_write(1, key_of(0), memoryview(b"a" * 64), 0, blocker)
     assert blocker.entered.wait(WAIT_S)
@@ -194,13 +211,9 @@ def test_delete_contains_and_stats(tier: DiskTier) -> None:
 
 def test_namespaces_and_pages_survive_reopen(tmp_path: Path) -> None:
     config = make_config(tmp_path)
-    spec = PageSpec(model="m@1", dtype="float16", num_layers=2, num_kv_heads=2, head_dim=8,
-                    page_tokens=4)
-    namespaces = [Namespace(ns_id=n, tenant=f"t{n}", spec=spec, fingerprint=n.to_bytes(16, "big"))
-                  for n in (2, 1, 300)]
+    namespaces = [namespace(n) for n in (2, 1, 300)]
     pages = {(ns.ns_id, i): random_page(ns.ns_id + i, 4096) for ns in namespaces for i in (5, 9)}
-    t = DiskTier(config)
-    t.open()
+    t = open_tier(config)
     for ns in namespaces:
         t.save_namespace(ns)
     write_pages(t, pages)
@@ -230,8 +243,7 @@ def test_scan_in_small_chunks_sees_every_entry_once(tier: DiskTier,
 
 
 def test_open_and_close_are_idempotent_and_closed_tier_refuses_work(tmp_path: Path) -> None:
-    t = DiskTier(make_config(tmp_path))
-    t.open()
+    t = open_tier(make_config(tmp_path))
     t.open()
     write_pages(t, {(1, 0): b"p" * 128})
     t.close()
@@ -250,8 +262,7 @@ def test_open_and_close_are_idempotent_and_closed_tier_refuses_work(tmp_path: Pa
 
 def test_close_commits_everything_queued(tmp_path: Path) -> None:
     config = make_config(tmp_path, fsync=True, writer_batch_pages=4)
-    t = DiskTier(config)
-    t.open()
+    t = open_tier(config)
     results = Results()
     for i in range(12):
         t.submit_write(1, key_of(i), memoryview(bytes([i]) * 256), i, results.callback(i))
@@ -263,11 +274,12 @@ def test_close_commits_everything_queued(tmp_path: Path) -> None:
 
 
 def test_full_map_fails_only_what_does_not_fit(tmp_path: Path) -> None:
-    t = DiskTier(make_config(tmp_path, capacity_bytes=2 << 20, map_headroom=0.0,
-                             map_min_extra_bytes=0))
+    config = make_config(tmp_path, capacity_bytes=2 << 20, map_headroom=0.0,
+                         map_min_extra_bytes=0)
+    t = DiskTier(config)
     map_full_calls: list[int] = []
     t.on_map_full = lambda: map_full_calls.append(1)
-    t.open()
+    open_tier(config, t)
     pages = {(1, i): random_page(i) for i in range(6)}
     results = write_pages(t, pages)
     stored = [tag for tag, ok in sorted(results.calls) if ok]
@@ -296,41 +308,65 @@ def flip_byte_in_data_file(env_dir: Path, needle: bytes, offset_from_needle: int
     data_file.write_bytes(data)
 
 
-def test_corrupt_payload_is_reported_dropped_and_never_returned(tmp_path: Path) -> None:
+def exchange_values(env_dir: Path, a: bytes, b: bytes) -> None:
+    """Swap the values under disk keys ``a`` and ``b`` (``b`` may be absent: ``a``'s value is
+    then copied there), as a misdirected write would, through LMDB itself."""
+    env = lmdb.open(str(env_dir), max_dbs=2)
+    try:
+        pages_db = env.open_db(b"pages")
+        with env.begin(write=True, db=pages_db) as txn:
+            value_a, value_b = txn.get(a), txn.get(b)
+            txn.put(b, value_a)
+            if value_b is not None:
+                txn.put(a, value_b)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "exchanged_values", "namespace_id_reused"])
+def test_damaged_value_is_reported_dropped_and_never_returned(tmp_path: Path, damage: str) -> None:
     config = make_config(tmp_path)
     pages = {(1, i): random_page(1000 + i) for i in range(3)}
-    t = DiskTier(config)
-    t.open()
+    t = open_tier(config)
     write_pages(t, pages)
     t.close()
-    flip_byte_in_data_file(t.path, pages[(1, 1)][4096:4160], 17)
+    if damage == "flipped_byte":
+        flip_byte_in_data_file(t.path, pages[(1, 1)][4096:4160], 17)
+        damaged = [(1, 1)]
+    elif damage == "exchanged_values":
+        exchange_values(t.path, disk_key(1, key_of(0)), disk_key(1, key_of(1)))
+        damaged = [(1, 0), (1, 1)]
+    else:
+        damaged = list(pages)
 
-    t = DiskTier(config)
-    t.open()
-    dst = bytearray(PAGE_BYTES)
-    assert t.read_into(1, key_of(1), memoryview(dst)) is ReadStatus.CORRUPT
-    assert dst == bytes(PAGE_BYTES)
-    assert t.stats().checksum_failures == 1
+    t = open_tier(config)
+    if damage == "namespace_id_reused":  # as a second daemon on this data dir did: another spec
+        t.save_namespace(Namespace(ns_id=1, tenant="other", spec=SPEC, fingerprint=b"\x99" * 16))
+    for ns_id, i in damaged:
+        dst = bytearray(PAGE_BYTES)
+        assert t.read_into(ns_id, key_of(i), memoryview(dst)) is ReadStatus.CORRUPT
+        assert dst == bytes(PAGE_BYTES)  # never the wrong bytes, not even in part
+    assert t.stats().checksum_failures == len(damaged)
     assert t.barrier(WAIT_S)
-    assert not t.contains(1, key_of(1))
-    assert read_page(t, 1, 1)[0] is ReadStatus.MISSING
-    assert t.stats().stored_pages == 2
-    for i in (0, 2):
-        assert read_page(t, 1, i) == (ReadStatus.OK, pages[(1, i)])
+    for ns_id, i in damaged:
+        assert not t.contains(ns_id, key_of(i))
+        assert read_page(t, ns_id, i)[0] is ReadStatus.MISSING
+    assert t.stats().stored_pages == 3 - len(damaged)
+    for (ns_id, i), payload in pages.items():
+        if (ns_id, i) not in damaged:
+            assert read_page(t, ns_id, i) == (ReadStatus.OK, payload)
     t.close()
 
 
 def test_scan_drops_entries_with_a_bad_header(tmp_path: Path) -> None:
     config = make_config(tmp_path)
     pages = {(1, i): random_page(2000 + i, 8192) for i in range(3)}
-    t = DiskTier(config)
-    t.open()
+    t = open_tier(config)
     write_pages(t, pages)
     t.close()
     flip_byte_in_data_file(t.path, pages[(1, 0)][:64], -HEADER_BYTES)  # the magic
 
-    t = DiskTier(config)
-    t.open()
+    t = open_tier(config)
     assert sorted(int.from_bytes(e.key, "big") for e in t.scan()) == [1, 2]
     assert t.stats().checksum_failures == 1
     assert t.barrier(WAIT_S)
@@ -348,13 +384,16 @@ def test_wrong_size_or_read_only_dst_raises(tier: DiskTier) -> None:
 
 
 def test_bad_arguments_are_rejected_before_queueing(tier: DiskTier) -> None:
+    commits_before = tier.stats().commits
     with pytest.raises(InvalidArgument, match="16 bytes"):
         tier.submit_write(1, b"short", memoryview(b"x"), 0, lambda stored: None)
     with pytest.raises(InvalidArgument, match="seq"):
         tier.submit_write(1, key_of(0), memoryview(b"x"), -1, lambda stored: None)
     with pytest.raises(InvalidArgument, match=r"keys\[1\]"):
         tier.delete(1, [key_of(0), b"short"])
-    assert tier.stats().queue_depth == 0 and tier.stats().commits == 0
+    with pytest.raises(FailedPrecondition, match="no record"):
+        tier.submit_write(3, key_of(0), memoryview(b"x"), 0, lambda stored: None)
+    assert tier.stats().queue_depth == 0 and tier.stats().commits == commits_before
 
 
 def test_a_raising_callback_does_not_stop_the_writer(tier: DiskTier) -> None:
@@ -381,8 +420,7 @@ def test_tier_matches_a_dict_model(script: list[tuple[object, ...]]) -> None:
     """Any mix of writes, deletes and restarts reads back like a plain dict."""
     model: dict[tuple[int, int], bytes] = {}
     with tempfile.TemporaryDirectory() as data_dir:
-        t = DiskTier(make_config(Path(data_dir), writer_linger_s=0.0))
-        t.open()
+        t = open_tier(make_config(Path(data_dir), writer_linger_s=0.0))
         for seq, op in enumerate(script):
             if op[0] == "put":
                 _, ns_id, i, payload = op
@@ -407,8 +445,7 @@ def test_tier_matches_a_dict_model(script: list[tuple[object, ...]]) -> None:
 
 
 def test_submit_writes_queues_a_run_that_commits_as_one_group(tmp_path: Path) -> None:
-    t = DiskTier(make_config(tmp_path, writer_linger_s=0.0))
-    t.open()
+    t = open_tier(make_config(tmp_path, writer_linger_s=0.0))
     try:
         pages = {i: random_page(i) for i in range(40)}
         results = Results()
@@ -432,7 +469,7 @@ def test_put_many_reports_how_many_were_queued_when_the_queue_closes() -> None:
     from tierd.tiers.disk_writer import OpQueue, PutPage
 
     queue = OpQueue(max_queued_pages=2, closed_message="closed")
-    ops = [PutPage(key_of(i) + b"\0" * 4, 1, memoryview(b"x"), i, None) for i in range(5)]
+    ops = [PutPage(key_of(i) + b"\0" * 4, 1, memoryview(b"x"), i, None, b"") for i in range(5)]
     closer = threading.Timer(0.2, queue.close)
     closer.start()
     assert queue.put_many(ops) == 2   # two fit, then the queue closed while it waited

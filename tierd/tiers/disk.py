@@ -2,7 +2,10 @@
 
 The tier stores and returns bytes; it never decides what to evict (the store's index does, and
 calls ``delete``). Two named databases: ``pages`` (disk key -> header + payload, see
-``page_format``) and ``meta`` (the persisted namespace registry). All writes go through the one
+``page_format``) and ``meta`` (the persisted namespace registry and the page format version).
+``open`` first takes the data dir's lock (``data_dir_lock``: one tierd per data dir), checks
+``data.mdb`` before LMDB maps it (``lmdb_file``), then refuses a foreign environment and
+migrates a version-1 one (``disk_format``). All writes go through the one
 writer thread of ``disk_writer``; reads run on the caller's thread in short read-only
 transactions over zero-copy views of the map, and never take a lock the writer holds.
 """
@@ -10,13 +13,11 @@ transactions over zero-copy views of the map, and never take a lock the writer h
 from __future__ import annotations
 
 import enum
-import json
 import logging
 import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,26 @@ from tierd.buffers import byte_view
 from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
-from tierd.spec import Namespace, PageSpec
+from tierd.spec import Namespace
+from tierd.tiers.data_dir_lock import DataDirLock
+from tierd.tiers.disk_format import (
+    FormatState,
+    NamespaceFingerprints,
+    check_databases,
+    format_state,
+    migrate_v1,
+    record_format,
+)
+from tierd.tiers.disk_reads import ReadCounters, ReaderGate
 from tierd.tiers.disk_writer import Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta, PutPage, WriterStats
+from tierd.tiers.lmdb_file import DATA_FILE_NAME, check_data_file
+from tierd.tiers.namespace_records import encode_namespace, namespace_key, read_namespaces
 from tierd.tiers.page_format import (
+    FORMAT_VERSION,
     HEADER_BYTES,
     MAX_SEQ,
+    NS_ID_BYTES,
+    check_fingerprint,
     decode_header,
     disk_key,
     encode_header,
@@ -45,7 +61,7 @@ ENV_DIR_NAME = "pages.lmdb"
 PAGES_DB = b"pages"
 META_DB = b"meta"
 MAX_DBS = 2
-NAMESPACE_PREFIX = b"ns/"
+TIERD_DBS = frozenset({PAGES_DB, META_DB})
 # Reader slots beyond ``reader_threads``: the store's movers, scan/contains from other threads
 # and py-lmdb's cached spare transaction; LMDB's own default (126) costs 8 KiB of lock file.
 EXTRA_READER_SLOTS = 126
@@ -107,54 +123,6 @@ def map_size_bytes(disk: DiskConfig) -> int:
     return max(mmap.PAGESIZE, -(-wanted // mmap.PAGESIZE) * mmap.PAGESIZE)
 
 
-class _ReadCounters:
-    """Counters bumped by reader threads (the writer never takes this lock)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.bytes_read = 0
-        self.checksum_failures = 0
-
-    def add_read(self, num_bytes: int) -> None:
-        with self._lock:
-            self.bytes_read += num_bytes
-
-    def add_failure(self) -> None:
-        with self._lock:
-            self.checksum_failures += 1
-
-
-class _ReaderGate:
-    """Counts reads in flight so ``close`` never unmaps the map under a reader's zero-copy view."""
-
-    def __init__(self, closed_message: str) -> None:
-        self._cond = threading.Condition()
-        self._active = 0
-        self._open = True
-        self._closed_message = closed_message
-
-    @contextmanager
-    def reading(self) -> Iterator[None]:
-        with self._cond:
-            if not self._open:
-                raise Unavailable(self._closed_message)
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                if self._active == 0:
-                    self._cond.notify_all()
-
-    def close(self) -> None:
-        """Refuse new reads and wait for the ones in flight."""
-        with self._cond:
-            self._open = False
-            while self._active:
-                self._cond.wait()
-
-
 @dataclass(frozen=True)
 class _Session:
     """Everything that lives from ``open`` to ``close``; swapped as one reference."""
@@ -163,7 +131,8 @@ class _Session:
     pages_db: lmdb._Database
     meta_db: lmdb._Database
     writer: DiskWriter
-    gate: _ReaderGate
+    gate: ReaderGate
+    fingerprints: NamespaceFingerprints  # of every namespace with a record: the checksums need them
     pid: int
     map_size_bytes: int  # LMDB's, which is larger than configured if the file already was
 
@@ -181,7 +150,8 @@ class DiskTier:
         self.on_map_full: Callable[[], None] | None = None
         self._state_lock = threading.Lock()
         self._session: _Session | None = None
-        self._reads = _ReadCounters()
+        self._reads = ReadCounters()
+        self._lock = DataDirLock(Path(config.data_dir))
         self._writer_totals = WriterStats()  # counters of writers of earlier open/close cycles
 
     @property
@@ -192,30 +162,69 @@ class DiskTier:
     # ---- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Open (creating) the environment and start the writer; idempotent."""
+        """Lock the data dir, check and open (creating) the environment, migrate a version-1
+        one (``disk_format``), start the writer; idempotent. A data dir it refuses (in use, not
+        LMDB, truncated, foreign, unreadable records, a newer format) raises ``ConfigError``
+        whose one line says what is wrong and what to do."""
         with self._state_lock:
             if self._session is not None:
                 return
-            env = self._open_env()
+            self._lock.acquire()
             try:
-                pages_db = env.open_db(PAGES_DB)
-                meta_db = env.open_db(META_DB)
-                stored_pages, stored_bytes = _measure(env, pages_db)
+                check_data_file(self._path / DATA_FILE_NAME)
+                env = self._open_env()
+                try:
+                    self._session = self._start_session(env)
+                except BaseException as exc:
+                    env.close()
+                    if isinstance(exc, lmdb.Error):
+                        raise ConfigError(f"the disk tier at {self._path} cannot be read "
+                                          f"({exc}); move the data dir aside to start with an "
+                                          f"empty disk tier, or restore it from a backup"
+                                          ) from exc
+                    raise
             except BaseException:
-                env.close()
+                self._lock.release()
                 raise
-            initial = WriterStats(stored_pages=stored_pages, stored_bytes=stored_bytes,
-                                  bytes_written=self._writer_totals.bytes_written,
-                                  map_full_events=self._writer_totals.map_full_events,
-                                  commits=self._writer_totals.commits,
-                                  failed_pages=self._writer_totals.failed_pages,
-                                  failed_commits=self._writer_totals.failed_commits)
-            writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
-                                self._notify_map_full, self._closed_message)
-            writer.start()
-            self._session = _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
-                                     gate=_ReaderGate(self._closed_message), pid=os.getpid(),
-                                     map_size_bytes=env.info()["map_size"])
+
+    def _start_session(self, env: lmdb.Environment) -> _Session:
+        """Check the environment's databases and records, start the writer, settle the format."""
+        check_databases(env, TIERD_DBS, self._path)
+        pages_db = env.open_db(PAGES_DB)
+        meta_db = env.open_db(META_DB)
+        try:
+            namespaces = read_namespaces(env, meta_db, self._path)
+            fingerprints = {ns.ns_id: check_fingerprint(ns.fingerprint) for ns in namespaces}
+        except (FailedPrecondition, InvalidArgument) as exc:
+            raise ConfigError(str(exc)) from exc
+        stored_pages, stored_bytes = _measure(env, pages_db)
+        state = format_state(env, meta_db, bool(namespaces or stored_pages), self._path)
+        initial = WriterStats(stored_pages=stored_pages, stored_bytes=stored_bytes,
+                              bytes_written=self._writer_totals.bytes_written,
+                              map_full_events=self._writer_totals.map_full_events,
+                              commits=self._writer_totals.commits,
+                              failed_pages=self._writer_totals.failed_pages,
+                              failed_commits=self._writer_totals.failed_commits)
+        writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
+                            self._notify_map_full, self._closed_message)
+        writer.start()
+        try:
+            if state is FormatState.NEW:
+                record_format(writer, self._path)
+            elif state is FormatState.V1:
+                result = migrate_v1(env, pages_db, writer, NamespaceFingerprints(fingerprints),
+                                    self._path)
+                self._reads.add_failure(result.dropped_pages)
+                log.warning("disk tier %s: migrated to page format %d: %d pages re-checksummed, "
+                            "%d dropped (they failed their check)", self._path, FORMAT_VERSION,
+                            result.migrated_pages, result.dropped_pages)
+        except BaseException:
+            writer.close()
+            raise
+        return _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
+                        gate=ReaderGate(self._closed_message),
+                        fingerprints=NamespaceFingerprints(fingerprints), pid=os.getpid(),
+                        map_size_bytes=env.info()["map_size"])
 
     def _open_env(self) -> lmdb.Environment:
         disk = self._config.disk
@@ -227,11 +236,12 @@ class DiskTier:
                              max_readers=disk.reader_threads + EXTRA_READER_SLOTS)
         except (OSError, lmdb.Error) as exc:
             raise ConfigError(f"cannot open the disk tier's LMDB environment at {self._path}: "
-                              f"{exc}; check that data_dir exists, is writable and is not "
-                              f"opened by another tierd") from exc
+                              f"{exc}; check that data_dir exists and is writable by tierd"
+                              ) from exc
 
     def close(self) -> None:
-        """Commit everything queued, stop the writer, wait for reads, close the env; idempotent."""
+        """Commit everything queued, stop the writer, wait for reads, close the env, release the
+        data dir's lock; idempotent."""
         with self._state_lock:
             session = self._session
             if session is None:
@@ -252,6 +262,7 @@ class DiskTier:
                 session.env.sync(True)  # durable on a clean close even when fsync is off
             finally:
                 session.env.close()
+                self._lock.release()
 
     def _require(self) -> _Session:
         session = self._session
@@ -273,18 +284,14 @@ class DiskTier:
     def load_namespaces(self) -> list[Namespace]:
         """Every persisted namespace, by ascending ``ns_id``."""
         session = self._require()
-        records: list[tuple[bytes, bytes]] = []
-        with session.gate.reading(), session.env.begin(db=session.meta_db) as txn:
-            cursor = txn.cursor()
-            positioned = cursor.set_range(NAMESPACE_PREFIX)
-            while positioned and cursor.key().startswith(NAMESPACE_PREFIX):
-                records.append((cursor.key(), cursor.value()))
-                positioned = cursor.next()
-        return [_decode_namespace(key, value, self._path) for key, value in records]
+        with session.gate.reading():
+            return read_namespaces(session.env, session.meta_db, self._path)
 
     def save_namespace(self, ns: Namespace) -> None:
-        """Persist ``ns``; durable when this returns (committed by the writer)."""
+        """Persist ``ns``; durable when this returns (committed by the writer). Its pages can
+        be written from then on: their checksums cover its fingerprint."""
         session = self._require()
+        fingerprint = check_fingerprint(ns.fingerprint)
         if session.writer.on_writer_thread():
             raise FailedPrecondition("save_namespace() cannot be called from an on_done callback")
         done = threading.Event()
@@ -294,13 +301,14 @@ class DiskTier:
             outcome.append(stored)
             done.set()
 
-        session.writer.submit(PutMeta(_namespace_key(ns.ns_id), _encode_namespace(ns), finish),
+        session.writer.submit(PutMeta(namespace_key(ns.ns_id), encode_namespace(ns), finish),
                               block=False)
         done.wait()
         if not outcome[0]:
             raise ResourceExhausted(f"the disk tier at {self._path} could not commit namespace "
                                     f"{ns.ns_id} (map full or I/O error, see the log): free disk "
                                     f"pages or raise disk.capacity_bytes")
+        session.fingerprints.add(ns.ns_id, fingerprint)
 
     # ---- writes ----------------------------------------------------------------------------
 
@@ -320,17 +328,25 @@ class DiskTier:
         anything is queued: the writer then commits the whole run without waiting for hashes.
 
         Returns how many of ``writes`` (a prefix) were queued: fewer only if the tier closed
-        meanwhile; the caller owns the rest (their ``on_done`` will never fire)."""
+        meanwhile; the caller owns the rest (their ``on_done`` will never fire). A page of a
+        namespace without a record (``save_namespace``) is refused: its checksum needs the
+        namespace's fingerprint."""
+        session = self._require()
         ops: list[PutPage] = []
         for write in writes:
             view = byte_view(write.payload, what="payload")
             seq = write.seq
             if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
                 raise InvalidArgument(f"seq must be an integer in 0..{MAX_SEQ}, got {seq!r}")
-            header = encode_header(write.ns_id, view.nbytes, seq, view)
-            ops.append(PutPage(disk_key(write.ns_id, write.key), write.ns_id, view, seq,
-                               write.on_done, header))
-        return self._require().writer.submit_pages(ops)
+            dkey = disk_key(write.ns_id, write.key)
+            fingerprint = session.fingerprints.get(write.ns_id)
+            if fingerprint is None:
+                raise FailedPrecondition(f"namespace {write.ns_id} has no record in the disk "
+                                         f"tier at {self._path}: save_namespace() it first")
+            header = encode_header(write.ns_id, dkey[NS_ID_BYTES:], fingerprint, view.nbytes,
+                                   seq, view)
+            ops.append(PutPage(dkey, write.ns_id, view, seq, write.on_done, header))
+        return session.writer.submit_pages(ops)
 
     def delete(self, ns_id: int, keys: Sequence[bytes],
                on_done: Callable[[bool], None] | None = None) -> None:
@@ -354,10 +370,13 @@ class DiskTier:
     # ---- reads -----------------------------------------------------------------------------
 
     def read_into(self, ns_id: int, key: bytes, dst: memoryview) -> ReadStatus:
-        """Copy the payload of one page into ``dst`` (exactly its size), checksum verified."""
+        """Copy the payload of one page into ``dst`` (exactly its size), checksum verified
+        (over its key and namespace fingerprint too: a page of a namespace without a record
+        cannot verify and is dropped)."""
         dkey = disk_key(ns_id, key)
         out = byte_view(dst, what="dst", writable=True)
         session = self._require()
+        fingerprint = session.fingerprints.get(ns_id)
         with session.gate.reading(), session.env.begin(db=session.pages_db, buffers=True) as txn:
             value = txn.get(dkey)
             if value is None:
@@ -368,7 +387,8 @@ class DiskTier:
                 raise InvalidArgument(f"dst holds {out.nbytes} bytes but page {key.hex()} of "
                                       f"namespace {ns_id} holds {header.payload_bytes} bytes: "
                                       f"pass a buffer of exactly the page size")
-            if header is None or verify(value, ns_id, out.nbytes) is None:
+            if header is None or fingerprint is None \
+                    or verify(value, ns_id, dkey[NS_ID_BYTES:], fingerprint, out.nbytes) is None:
                 seen = (bytes(value[:HEADER_BYTES]), len(value))
             else:
                 # numpy's copy releases the GIL, so reads on other threads overlap it.
@@ -479,29 +499,3 @@ def _entry_from_header(dkey: bytes, value: memoryview) -> DiskEntry | None:
             header.payload_bytes:
         return None
     return DiskEntry(ns_id=ns_id, key=key, seq=header.seq, stored_bytes=len(value))
-
-
-def _namespace_key(ns_id: int) -> bytes:
-    return NAMESPACE_PREFIX + ns_id.to_bytes(4, "big")
-
-
-def _encode_namespace(ns: Namespace) -> bytes:
-    record = {"ns_id": ns.ns_id, "tenant": ns.tenant, "fingerprint": ns.fingerprint.hex(),
-              "spec": json.loads(ns.spec.canonical_json())}
-    return json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-
-
-def _decode_namespace(key: bytes, value: bytes, path: Path) -> Namespace:
-    try:
-        record = json.loads(value)
-        ns = Namespace(ns_id=int(record["ns_id"]), tenant=str(record["tenant"]),
-                       spec=PageSpec(**record["spec"]),
-                       fingerprint=bytes.fromhex(record["fingerprint"]))
-    except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
-        raise FailedPrecondition(f"namespace record {key!r} in {path} is unreadable ({exc}); "
-                                 f"move the data dir away to start with an empty disk tier"
-                                 ) from exc
-    if _namespace_key(ns.ns_id) != key:
-        raise FailedPrecondition(f"namespace record {key!r} in {path} holds ns_id {ns.ns_id}; "
-                                 f"move the data dir away to start with an empty disk tier")
-    return ns

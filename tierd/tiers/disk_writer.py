@@ -21,7 +21,7 @@ import numpy as np
 
 from tierd.config import DiskConfig
 from tierd.errors import Unavailable
-from tierd.tiers.page_format import HEADER_BYTES, encode_header
+from tierd.tiers.page_format import HEADER_BYTES
 from tierd.tiers.write_failures import WriteFailureLog, describe
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class PutPage:
     payload: memoryview
     seq: int
     on_done: OnDone | None
-    header: bytes | None = None  # encode_header(...) computed by the submitter, if it did
+    header: bytes  # encode_header(...), computed by the submitter (it knows key and fingerprint)
 
 
 @dataclass(frozen=True)
@@ -438,10 +438,7 @@ class DiskWriter:
         if len(self._scratch) < value_bytes:
             self._scratch = bytearray(value_bytes)
         value = memoryview(self._scratch)[:value_bytes]
-        header = op.header
-        if header is None:
-            header = encode_header(op.ns_id, payload_bytes, op.seq, op.payload)
-        value[:HEADER_BYTES] = header
+        value[:HEADER_BYTES] = op.header
         # numpy's copy releases the GIL: submitters hash the next pages meanwhile.
         np.copyto(np.frombuffer(value, np.uint8, offset=HEADER_BYTES),
                   np.frombuffer(op.payload, np.uint8))

@@ -1,17 +1,26 @@
 """On-disk page format of the ``disk`` tier: a fixed header in front of every stored payload.
 
-Layout of one LMDB value (little-endian)::
+Layout of one LMDB value (little-endian), format version 2::
 
     offset size field
          0    4 magic            b"TDPG"
-         4    2 format version   1
+         4    2 format version   2
          6    2 header length    HEADER_BYTES (40)
          8    4 namespace id
         12    4 reserved         0
         16    8 payload length   bytes after the header
         24    8 sequence number  store-wide counter; rebuilds recency on warm restart
-        32    8 checksum         xxh3-64 over bytes [0, 32) of the header, then the payload
+        32    8 checksum         xxh3-64 over bytes [0, 32) of the header, the 16-byte page key,
+                                 the 16-byte namespace fingerprint, then the payload
         40    - payload          stored verbatim
+
+The page key and the namespace fingerprint are not stored in the value (the key is in the LMDB
+key, the fingerprint in the namespace's record) but the checksum covers them: a value stored
+under the wrong key or namespace (a misdirected write, two values exchanged) fails ``verify``.
+
+Version 1 had the same layout, but its checksum covered only the header and the payload. A data
+dir of version 1 is migrated when it opens (``tierd.tiers.disk_format``); ``verify_v1`` is only
+for that migration: nothing reads a version-1 page as a page.
 
 The LMDB key of a page is the namespace id (4 bytes, big-endian, so one namespace's pages are
 contiguous in key order) followed by the 16-byte page key.
@@ -29,18 +38,22 @@ from tierd.errors import InvalidArgument
 from tierd.keys import KEY_BYTES, check_key
 
 MAGIC = b"TDPG"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+V1_FORMAT_VERSION = 1
 
-# The header without its checksum field: the checksum covers exactly these bytes.
+# The header without its checksum field: the checksum covers exactly these bytes (then more).
 _PREFIX = struct.Struct("<4sHHIIQQ")
 _CHECKSUM = struct.Struct("<Q")
 CHECKED_HEADER_BYTES = _PREFIX.size
 HEADER_BYTES = _PREFIX.size + _CHECKSUM.size
+FINGERPRINT_BYTES = 16
 
 NS_ID_BYTES = 4
 DISK_KEY_BYTES = NS_ID_BYTES + KEY_BYTES
 MAX_NS_ID = 2**32 - 1
 MAX_SEQ = 2**64 - 1
+
+Bytes = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True)
@@ -60,10 +73,30 @@ def _check_ns_id(ns_id: int) -> None:
         raise InvalidArgument(f"namespace id must be an integer in 0..{MAX_NS_ID}, got {ns_id!r}")
 
 
-def encode_header(ns_id: int, payload_len: int, seq: int,
-                  payload: bytes | bytearray | memoryview) -> bytes:
-    """The ``HEADER_BYTES``-byte header for ``payload`` (``payload_len`` bytes) of ``ns_id``."""
+def check_fingerprint(fingerprint: bytes) -> bytes:
+    """``fingerprint`` if it is ``FINGERPRINT_BYTES`` bytes, else ``InvalidArgument``."""
+    if not isinstance(fingerprint, bytes) or len(fingerprint) != FINGERPRINT_BYTES:
+        size = len(fingerprint) if isinstance(fingerprint, bytes) else type(fingerprint).__name__
+        raise InvalidArgument(f"a namespace fingerprint must be {FINGERPRINT_BYTES} bytes, "
+                              f"got {size}")
+    return fingerprint
+
+
+def _digest(prefix: Bytes, key: bytes, fingerprint: bytes, payload: memoryview) -> int:
+    digest = xxhash.xxh3_64(prefix)
+    digest.update(key)
+    digest.update(fingerprint)
+    digest.update(payload)
+    return digest.intdigest()
+
+
+def encode_header(ns_id: int, key: bytes, fingerprint: bytes, payload_len: int, seq: int,
+                  payload: Bytes) -> bytes:
+    """The ``HEADER_BYTES``-byte header for ``payload`` (``payload_len`` bytes), stored as page
+    ``key`` of namespace ``ns_id`` whose fingerprint is ``fingerprint``."""
     _check_ns_id(ns_id)
+    key = check_key(key)
+    check_fingerprint(fingerprint)
     if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq <= MAX_SEQ:
         raise InvalidArgument(f"sequence number must be an integer in 0..{MAX_SEQ}, got {seq!r}")
     view = byte_view(payload, what="payload")
@@ -71,39 +104,56 @@ def encode_header(ns_id: int, payload_len: int, seq: int,
         raise InvalidArgument(f"payload_len says {payload_len} bytes but the payload holds "
                               f"{view.nbytes} bytes")
     prefix = _PREFIX.pack(MAGIC, FORMAT_VERSION, HEADER_BYTES, ns_id, 0, payload_len, seq)
-    digest = xxhash.xxh3_64(prefix)
-    digest.update(view)
-    return prefix + _CHECKSUM.pack(digest.intdigest())
+    return prefix + _CHECKSUM.pack(_digest(prefix, key, fingerprint, view))
 
 
-def decode_header(buf: bytes | bytearray | memoryview) -> PageHeader | None:
-    """The header at the start of ``buf``, or ``None`` if too short, bad magic or unknown version.
-
-    Only the first ``HEADER_BYTES`` bytes are read; the checksum is not checked (see ``verify``).
-    """
+def decode_header(buf: Bytes, version: int = FORMAT_VERSION) -> PageHeader | None:
+    """The header at the start of ``buf``, or ``None`` if too short, bad magic or a version other
+    than ``version``. Only the first ``HEADER_BYTES`` bytes are read; the checksum is not checked
+    (see ``verify``)."""
     view = byte_view(buf, what="page buffer")
     if view.nbytes < HEADER_BYTES:
         return None
-    magic, version, header_len, ns_id, _reserved, payload_len, seq = _PREFIX.unpack_from(view)
-    if magic != MAGIC or version != FORMAT_VERSION or header_len != HEADER_BYTES:
+    magic, found, header_len, ns_id, _reserved, payload_len, seq = _PREFIX.unpack_from(view)
+    if magic != MAGIC or found != version or header_len != HEADER_BYTES:
         return None
     (checksum,) = _CHECKSUM.unpack_from(view, CHECKED_HEADER_BYTES)
-    return PageHeader(version=version, header_bytes=header_len, ns_id=ns_id,
+    return PageHeader(version=found, header_bytes=header_len, ns_id=ns_id,
                       payload_bytes=payload_len, seq=seq, checksum=checksum)
 
 
-def verify(buf: bytes | bytearray | memoryview, expected_ns_id: int,
+def _matching_header(view: memoryview, version: int, expected_ns_id: int,
+                     expected_payload_len: int) -> PageHeader | None:
+    header = decode_header(view, version)
+    if (header is None or header.ns_id != expected_ns_id
+            or header.payload_bytes != expected_payload_len
+            or view.nbytes != header.header_bytes + header.payload_bytes):
+        return None
+    return header
+
+
+def verify(buf: Bytes, expected_ns_id: int, key: bytes, fingerprint: bytes,
            expected_payload_len: int) -> PageHeader | None:
-    """The header of a whole stored value if every field and the checksum match, else ``None``.
+    """The header of a whole stored value if every field and the checksum (over ``key`` and
+    ``fingerprint`` too) match, else ``None``.
 
     ``buf`` is header + payload; a memoryview (e.g. of the LMDB map) is hashed in place, the
     payload is never copied.
     """
     view = byte_view(buf, what="page buffer")
-    header = decode_header(view)
-    if (header is None or header.ns_id != expected_ns_id
-            or header.payload_bytes != expected_payload_len
-            or view.nbytes != header.header_bytes + header.payload_bytes):
+    header = _matching_header(view, FORMAT_VERSION, expected_ns_id, expected_payload_len)
+    if header is None or len(key) != KEY_BYTES or len(fingerprint) != FINGERPRINT_BYTES:
+        return None
+    digest = _digest(view[:CHECKED_HEADER_BYTES], key, fingerprint, view[header.header_bytes:])
+    return header if digest == header.checksum else None
+
+
+def verify_v1(buf: Bytes, expected_ns_id: int, expected_payload_len: int) -> PageHeader | None:
+    """Like ``verify`` for a version-1 value (checksum over header and payload only); for the
+    migration of a version-1 data dir, never for serving."""
+    view = byte_view(buf, what="page buffer")
+    header = _matching_header(view, V1_FORMAT_VERSION, expected_ns_id, expected_payload_len)
+    if header is None:
         return None
     digest = xxhash.xxh3_64(view[:CHECKED_HEADER_BYTES])
     digest.update(view[header.header_bytes:])

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import small_config
+from store_helpers import SPEC, small_config
 
+from tierd.spec import Namespace
 from tierd.store.transfer.base import Copy, DiskRef, Lane, SlotRef, TransferError, TransferTicket, host_view
 from tierd.store.transfer.cpu import CpuEngine
 from tierd.store.transfer.fake import FakeDeviceEngine
@@ -36,6 +37,8 @@ def page(seed: int) -> bytes:
 def disk(tmp_path: Path) -> Iterator[DiskTier]:
     tier = DiskTier(small_config(tmp_path))
     tier.open()
+    # The pages' checksums cover their namespace's fingerprint: the tier needs its record.
+    tier.save_namespace(Namespace(ns_id=1, tenant="t", spec=SPEC, fingerprint=bytes(16)))
     yield tier
     tier.close()
 
