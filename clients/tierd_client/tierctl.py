@@ -101,8 +101,11 @@ class _StopOnInterrupt:
 
     @contextmanager
     def active(self) -> Iterator[threading.Event]:
-        if threading.current_thread() is not threading.main_thread():
-            yield self.stop  # signals reach only the main thread: nothing to catch here
+        # Signals reach only the main thread; an ignored SIGINT (started with `&` by a script)
+        # stays ignored.
+        if (threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) == signal.SIG_IGN):
+            yield self.stop
             return
         previous = signal.signal(signal.SIGINT, self)
         try:
@@ -146,10 +149,13 @@ def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str
     lines.append("")
     lines.append(f"namespaces {stats.namespaces}   leases {stats.leases}   sessions {stats.sessions}"
                  f"   checksum failures {stats.checksum_failures}"
-                 f"   disk writes refused {stats.disk_writes_refused}")
+                 f"   disk writes refused {stats.disk_writes_refused}"
+                 f"   disk write failures {stats.disk_write_failures}")
     lines.append(f"write policy {stats.write_policy}   device {stats.device or '?'}   "
                  f"uptime {stats.uptime_s:.0f} s   rpcs in flight {stats.rpcs_in_flight}   "
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
+    if stats.disk_write_error:
+        lines.append(f"disk writes are failing: {stats.disk_write_error}")
     return "\n".join(lines)
 
 
