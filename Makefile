@@ -25,6 +25,7 @@ $(STAMP): pyproject.toml
 # Starts the daemon in the foreground on a small CPU-friendly config; data and socket under ./var/.
 run: $(STAMP)
 	@mkdir -p var
+	@echo "tierd on var/tierd.sock; in another shell here: . $(VENV)/bin/activate && tierctl stats"
 	$(VENV)/bin/tierd --config systemd/tierd.dev.toml
 
 test: lint typecheck
