@@ -64,9 +64,12 @@ def excerpt(value: object) -> str:
     """``value`` for a message: its repr, cut after ``EXCERPT_CHARS`` characters (with its size)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > EXCERPT_INT_BITS:
         return f"an integer of {value.bit_length()} bits"
-    if isinstance(value, str) and len(value) > EXCERPT_CHARS:
-        size = len(value.encode("utf-8", "surrogatepass"))
-        return f"{value[:EXCERPT_CHARS]!r}... ({size} bytes)"
+    if isinstance(value, str):
+        # The repr of a few escaped characters is long too: cut the repr, not only the string.
+        text = repr(value[:EXCERPT_CHARS])
+        if len(value) <= EXCERPT_CHARS and len(text) <= EXCERPT_CHARS:
+            return text
+        return f"{text[:EXCERPT_CHARS]}... ({len(value.encode('utf-8', 'surrogatepass'))} bytes)"
     text = repr(value)
     return text if len(text) <= EXCERPT_CHARS else f"{text[:EXCERPT_CHARS]}... ({len(text)} characters)"
 

@@ -5,8 +5,11 @@
     [tenants.team-a]
     token_sha256 = "<64 hex digits>"   # SHA-256 of the token; or:
     # token_file = "/etc/tierd/tokens/team-a"   (holds the plain token; read at start)
-    hbm = "4GiB"                       # optional: hbm bytes of each namespace of the tenant
-    dram = "16GiB"                     # optional: dram bytes of each namespace of the tenant
+    hbm = "4GiB"                       # optional: hbm bytes all the tenant's namespaces share
+    dram = "16GiB"                     # optional: dram bytes all the tenant's namespaces share
+
+Each new namespace of a tenant with a quota gets ``region_share`` of what is left of it
+(``tierd.store.regions``). A tenant name keeps to the limits of a Register (``tierd.spec``).
 
 The config file itself never holds a plain token. With no tenant table the daemon is open (no
 token asked); with one or more, every RPC must carry the token of one of them.
