@@ -102,7 +102,9 @@ def stats_from_wire(msg: pb.StatsResponse) -> DaemonStats:
                        write_policy=wire.write_policy_from_pb(msg.write_policy),
                        sessions=server.sessions, rpcs_in_flight=server.rpcs_in_flight,
                        rpcs_rejected=server.rpcs_rejected, version=server.version,
-                       device=server.device, disk_writes_refused=msg.disk_writes_refused)
+                       device=server.device, disk_writes_refused=msg.disk_writes_refused,
+                       disk_write_failures=msg.disk_write_failures,
+                       disk_write_error=msg.disk_write_error)
 
 
 def now_s() -> float:

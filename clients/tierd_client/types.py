@@ -118,6 +118,8 @@ class DaemonStats:
     version: str = ""
     device: str = ""
     disk_writes_refused: int = 0
+    disk_write_failures: int = 0  # page writes the disk did not store (e.g. disk full)
+    disk_write_error: str = ""    # why the latest failed, while disk writes fail
 
     def to_json_dict(self) -> dict[str, object]:
         """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk``, then totals."""
@@ -131,6 +133,8 @@ class DaemonStats:
         return {"tiers": tiers, "namespaces": self.namespaces, "leases": self.leases,
                 "checksum_failures": self.checksum_failures, "uptime_s": self.uptime_s,
                 "write_policy": self.write_policy, "disk_writes_refused": self.disk_writes_refused,
+                "disk_write_failures": self.disk_write_failures,
+                "disk_write_error": self.disk_write_error,
                 "server": {"sessions": self.sessions, "rpcs_in_flight": self.rpcs_in_flight,
                            "rpcs_rejected": self.rpcs_rejected, "version": self.version,
                            "device": self.device}}

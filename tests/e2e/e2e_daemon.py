@@ -33,7 +33,8 @@ SPEC = PageSpec(model="e2e-model@rev1", dtype="float16", num_layers=2, num_kv_he
 LOG_TAIL_CHARS = 4000
 
 
-def config_text(shm_prefix: str, write_policy: str, fsync: bool, metrics: str | None = None) -> str:
+def config_text(shm_prefix: str, write_policy: str, fsync: bool, metrics: str | None = None,
+                disk_capacity: str = "256MiB") -> str:
     """Small tiers: the first namespace gets 128 hbm and 256 dram slots (region_share 0.5)."""
     metrics_line = "" if metrics is None else f'metrics = "{metrics}"'
     return f"""
@@ -48,7 +49,7 @@ capacity = "2MiB"
 [dram]
 capacity = "4MiB"
 [disk]
-capacity = "256MiB"
+capacity = "{disk_capacity}"
 fsync = {str(fsync).lower()}
 [store]
 write_policy = "{write_policy}"
@@ -71,6 +72,7 @@ class TierdProcess:
     fsync: bool = False
     extra_config: str = ""
     metrics: str | None = None  # server.metrics (HOST:PORT of the Prometheus endpoint)
+    disk_capacity: str = "256MiB"  # disk.capacity (a data dir on a small file system needs less)
     shm_prefix: str = field(default_factory=lambda: f"tde2e{secrets.token_hex(3)}")
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
@@ -94,8 +96,8 @@ class TierdProcess:
     def start(self) -> None:
         """Start the daemon and wait until it serves; fails with its log if it does not."""
         assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync, self.metrics)
-                                    + self.extra_config)
+        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync, self.metrics,
+                                                self.disk_capacity) + self.extra_config)
         self.starts += 1
         env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))

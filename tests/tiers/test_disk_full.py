@@ -26,7 +26,7 @@ from tierd.tiers.disk import ReadStatus
 from tierd.tiers.write_failures import NO_SPACE_TEXT, WRITE_FAILURE_LOG_INTERVAL_S
 
 FS_BYTES = 8 << 20
-FAILING_WRITES = 25
+FAILING_WRITES = 6  # each waits out the writer's backoff (10 ms, doubling)
 # Room for a delete's few B-tree pages, far from a page of PAGE_BYTES.
 SMALL_COMMIT_BYTES = 64 << 10
 

@@ -99,4 +99,6 @@ def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse
     return pb.StatsResponse(tiers=tiers, namespaces=stats.namespaces, leases=stats.leases,
                             checksum_failures=stats.checksum_failures, uptime_s=stats.uptime_s,
                             write_policy=wire.write_policy_to_pb(stats.write_policy.value),
-                            server=server, disk_writes_refused=stats.disk_writes_refused)
+                            server=server, disk_writes_refused=stats.disk_writes_refused,
+                            disk_write_failures=stats.disk_write_failures,
+                            disk_write_error=stats.disk_write_error)

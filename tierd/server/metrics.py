@@ -72,6 +72,9 @@ def render(stats: StoreStats, server: ServerCounters) -> str:
            "did not match.", [("", stats.checksum_failures)])
     metric("disk_writes_refused_total", "counter", "Page writes refused: the disk budget was full of "
            "writes in flight.", [("", stats.disk_writes_refused)])
+    metric("disk_write_failures_total", "counter", "Page writes the disk did not store (an I/O error "
+           "such as a full file system, or LMDB's map full); they stay in memory.",
+           [("", stats.disk_write_failures)])
     metric("uptime_seconds", "gauge", "Seconds since the page store opened.", [("", round(stats.uptime_s, 3))])
     metric("sessions", "gauge", "Open client sessions.", [("", server.sessions)])
     metric("rpcs_in_flight", "gauge", "RPCs being served.", [("", server.rpcs_in_flight)])

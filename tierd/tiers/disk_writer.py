@@ -35,6 +35,11 @@ TICK_META_KEY = b"writer/tick"
 # Errors a commit meets when the disk cannot take it (a full file system, EIO, a read-only
 # remount): reported in one line per interval, never as a traceback per commit.
 DISK_ERRORS: tuple[type[BaseException], ...] = (lmdb.Error, OSError)
+# After a commit the disk refused, the writer waits before the next one: this long at first,
+# doubling up to the max while commits keep failing, so eviction and flush retrying their writes
+# do not hit a full disk thousands of times a second. Reset once pages commit again.
+RETRY_BACKOFF_MIN_S = 0.01
+RETRY_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +181,11 @@ class OpQueue:
                 self._not_empty.notify()
         return start
 
+    def pause(self, timeout_s: float) -> None:
+        """Wait ``timeout_s``, or less if the queue closes meanwhile."""
+        with self._lock:
+            self._not_empty.wait_for(lambda: self._closed, timeout_s)
+
     def close(self) -> None:
         """Refuse new ops; ops already queued are still handed out by ``take_group``."""
         with self._lock:
@@ -233,6 +243,8 @@ class DiskWriter:
         self._counts = initial  # written by the writer thread only; read by anyone (atomic swap)
         self._env_path = Path(env.path())
         self._failures = WriteFailureLog(self._env_path)
+        self._backoff_s = 0.0       # the wait after the next commit the disk refuses
+        self._refused_by_disk = False  # the group being committed met a disk error
         self._tick_count = 0
         self._scratch = bytearray()
         self._thread: threading.Thread | None = None
@@ -295,13 +307,22 @@ class DiskWriter:
             group = self._queue.take_group(disk.writer_batch_pages, disk.writer_batch_bytes,
                                            disk.writer_linger_s)
             if group is None:
+                self._failures.close()
                 return
+            self._refused_by_disk = False
             try:
                 results = self._commit_group(group)
             except Exception as exc:  # not an I/O error: a bug, reported with its traceback
                 self._failed(f"{type(exc).__name__}: {exc}", _pages_in(group), bug=exc)
                 results = [False] * len(group)
             self._notify(group, results)
+            if self._refused_by_disk:
+                self._back_off()
+
+    def _back_off(self) -> None:
+        """The disk refused a commit: wait before the next (not when closing: drain at once)."""
+        self._backoff_s = min(max(2 * self._backoff_s, RETRY_BACKOFF_MIN_S), RETRY_BACKOFF_MAX_S)
+        self._queue.pause(self._backoff_s)
 
     def _commit_group(self, group: list[WriteOp]) -> list[bool]:
         try:
@@ -330,6 +351,7 @@ class DiskWriter:
         """The disk refused the group's commit: its pages are not stored; its other ops (deletes
         free space, namespace records are waited on) get one transaction of their own."""
         needed_bytes = sum(_op_cost(op)[1] for op in group)
+        self._refused_by_disk = True
         self._failed(describe(exc, self._env_path, needed_bytes), _pages_in(group))
         others: list[WriteOp] = [op for op in group if not isinstance(op, PutPage)]
         if not others or len(others) == len(group):
@@ -375,6 +397,7 @@ class DiskWriter:
         except lmdb.TxnFullError:
             return "one op dirtied more pages than an LMDB transaction holds", None
         except DISK_ERRORS as exc:
+            self._refused_by_disk = True
             return describe(exc, self._env_path, _op_cost(op)[1]), None
         except Exception as exc:  # not an I/O error: a bug, reported with its traceback
             return f"{type(op).__name__}: {type(exc).__name__}: {exc}", exc
@@ -447,6 +470,8 @@ class DiskWriter:
     def _count(self, delta: _Delta) -> None:
         c = self._counts
         self._failures.committed(delta.written_pages)
+        if not self._failures.error:
+            self._backoff_s = 0.0
         self._counts = replace(c, stored_pages=c.stored_pages + delta.pages,
                                stored_bytes=c.stored_bytes + delta.stored_bytes,
                                bytes_written=c.bytes_written + delta.written_bytes,

@@ -74,13 +74,20 @@ class WriteFailureLog:
         self._pages_since_log += pages
         self._failing_pages += pages
         now_s = time.monotonic()
-        if self._logged_at_s is not None and now_s - self._logged_at_s < self._interval_s:
-            return
+        if self._logged_at_s is None or now_s - self._logged_at_s >= self._interval_s:
+            self._warn(bug)
+            self._logged_at_s = now_s
+
+    def close(self) -> None:
+        """The writer stops: report the failures no warning has counted yet."""
+        if self._commits_since_log:
+            self._warn(None)
+
+    def _warn(self, bug: BaseException | None) -> None:
         log.warning("disk writer: %d commit(s) failed (%d page write(s) not stored) since the "
                     "last warning: %s; the pages stay in memory and are written again by eviction "
                     "or flush (fix the disk or free space under %s)", self._commits_since_log,
-                    self._pages_since_log, error, self._path, exc_info=bug)
-        self._logged_at_s = now_s
+                    self._pages_since_log, self.error, self._path, exc_info=bug)
         self._streak_logged = True
         self._commits_since_log = self._pages_since_log = 0
 

@@ -392,7 +392,7 @@ class ServerStats(_message.Message):
     def __init__(self, sessions: _Optional[int] = ..., rpcs_in_flight: _Optional[int] = ..., rpcs_rejected: _Optional[int] = ..., version: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused")
+    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused", "disk_write_failures", "disk_write_error")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +401,8 @@ class StatsResponse(_message.Message):
     WRITE_POLICY_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     DISK_WRITES_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DISK_WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: int
     leases: int
@@ -409,7 +411,9 @@ class StatsResponse(_message.Message):
     write_policy: WritePolicy
     server: ServerStats
     disk_writes_refused: int
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ...) -> None: ...
+    disk_write_failures: int
+    disk_write_error: str
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ..., disk_write_failures: _Optional[int] = ..., disk_write_error: _Optional[str] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("client_name", "client_pid")
