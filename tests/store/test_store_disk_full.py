@@ -12,7 +12,7 @@ from disk_full import small_tmpfs
 from store_helpers import SPEC, make_keys, make_pages, small_config
 
 from tierd.config import WritePolicy
-from tierd.errors import DiskWriteFailed
+from tierd.errors import DiskWriteFailed, ResourceExhausted
 from tierd.store import PageStore
 from tierd.tier import Tier
 from tierd.tiers.write_failures import NO_SPACE_TEXT
@@ -39,6 +39,10 @@ def test_a_full_disk_keeps_pages_in_memory_and_flush_reports_it(tmp_path: Path, 
         with pytest.raises(DiskWriteFailed, match="6 page\\(s\\) are in memory only") as failed:
             store.flush(FLUSH_TIMEOUT_S)
         assert NO_SPACE_TEXT in str(failed.value)
+        # dram (16 slots) holds 6 pages it cannot drop: a put needing 12 slots says why it fails.
+        with pytest.raises(ResourceExhausted, match="the disk is refusing writes"):
+            store.put(ns.ns_id, make_keys(ns, 12, start_token=1 << 20), make_pages(ns, 12, seed=9))
+        assert [bytes(p) for p in store.get(ns.ns_id, keys[:10])] == pages[:10]
         stats = store.stats()
         assert stats.disk_write_failures >= 6 and NO_SPACE_TEXT in stats.disk_write_error
         assert stats.tiers[Tier.DISK].pages == 4

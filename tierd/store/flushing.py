@@ -50,6 +50,15 @@ def _write_failed(manager: Manager, disk: DiskTier) -> DiskWriteFailed:
                            "flush again (writes resume by themselves)")
 
 
+def disk_failure_note(disk: DiskTier) -> str:
+    """For a refusal that memory full of pages the disk cannot take explains: why, or ""."""
+    error = disk.stats().write_error
+    if not error:
+        return ""
+    return (f" (the disk is refusing writes, so pages in memory cannot move down to it: {error}; "
+            f"free space on the file system of {disk.path})")
+
+
 def _settle(runs: list[Run], deadline_s: float | None) -> None:
     """Wait, until the deadline at most, for the writes of ``runs`` to succeed or fail."""
     for run in runs:

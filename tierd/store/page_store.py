@@ -25,7 +25,7 @@ from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.completion import place
 from tierd.store.eviction import Evictor
-from tierd.store.flushing import flush_to_disk
+from tierd.store.flushing import disk_failure_note, flush_to_disk
 from tierd.store.maintenance import Maintenance
 from tierd.store.manager import Manager
 from tierd.store.media import Media, open_media
@@ -240,7 +240,7 @@ class PageStore:
                 raise ResourceExhausted(
                     f"namespace {ns_id} cannot make {needed} {tier.label} slots free: its "
                     f"{parts.manager.num_slots(ns_id, tier)} slots are leased or in flight; release "
-                    "leases or put fewer pages")
+                    "leases or put fewer pages" + disk_failure_note(parts.disk))
         if plan is None:
             return 0, skipped
         outcomes = parts.runner.run(plan, [by_key[move.key] for move in plan.moves])
@@ -265,7 +265,8 @@ class PageStore:
                 return lease
             if not parts.evictor.make_room(ns_id, Tier.HBM, num_pages, deadline_s):
                 raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
-                                        "the rest are leased or in flight; release leases and retry")
+                                        "the rest are leased or in flight; release leases and retry"
+                                        + disk_failure_note(parts.disk))
 
     def write_slots(self, lease_id: int, slots: Sequence[int], pages: Sequence[object]) -> None:
         """Copy ``pages[i]`` into open slot ``slots[i]`` of a FILL lease (then ``commit``): the
