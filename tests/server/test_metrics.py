@@ -22,7 +22,8 @@ def _stats() -> StoreStats:
                              misses=7 + i, evictions=2 * i, bytes_in=100 + i, bytes_out=200 + i, queue_depth=i)
              for i, tier in enumerate(Tier)}
     return StoreStats(tiers, namespaces=2, leases=3, checksum_failures=1, uptime_s=12.5,
-                      write_policy=WritePolicy.WRITE_THROUGH, disk_writes_refused=4)
+                      write_policy=WritePolicy.WRITE_THROUGH, disk_writes_refused=4, disk_write_failures=8,
+                      disk_write_error="mdb_txn_commit: No space left on device")
 
 
 def _parse(text: str) -> tuple[dict[str, float], dict[str, str]]:
@@ -52,6 +53,7 @@ def test_render_exposes_every_tier_and_daemon_counter() -> None:
         assert samples[f"tierd_tier_queue_depth{label}"] == i
     assert samples["tierd_leases"] == 3 and samples["tierd_sessions"] == 6
     assert samples["tierd_checksum_failures_total"] == 1 and samples["tierd_disk_writes_refused_total"] == 4
+    assert samples["tierd_disk_write_failures_total"] == 8
     assert samples["tierd_rpcs_rejected_total"] == 9 and samples["tierd_uptime_seconds"] == 12.5
     assert samples['tierd_info{version="0.1.0",device="cu\\"da:0",write_policy="write_through"}'] == 1
     assert all(kind == "counter" for name, kind in types.items() if name.endswith("_total"))
