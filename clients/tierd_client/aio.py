@@ -88,7 +88,7 @@ class AsyncTierClient:
         # Sent on every call: the options' metadata and the tenant token (or $TIERD_TOKEN's).
         self._metadata = self.options.call_metadata()
         self._conn: _Connection | None = None
-        self._arenas: dict[tuple[int, Tier, str], ArenaView] = {}
+        self._arenas: dict[tuple[int, Tier, str, bytes], ArenaView] = {}
         self._arenas_lock = threading.Lock()
         self._closed = False
 
@@ -319,7 +319,7 @@ class AsyncTierClient:
             raise FailedPreconditionError(
                 f"the daemon gave no {tier.label} region for namespace {ns.ns_id}; "
                 f"it has {[h.tier.label for h in ns.regions]}")
-        key = (ns.ns_id, tier, handle.name)
+        key = (ns.ns_id, tier, handle.name, handle.grant)
         # The blocking client calls this from its callers' threads, not from the loop.
         with self._arenas_lock:
             view = self._arenas.pop(key, None)

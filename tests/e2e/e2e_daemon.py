@@ -1,8 +1,8 @@
 """A real ``tierd`` process for end-to-end tests: started with ``python -m tierd``, on a short temp
 socket path and data dir, with a small CPU config; waited on until health says SERVING.
 
-The caller always ends it (``stop``); shm segments it leaves behind after ``kill -9`` (its own
-prefix, unique per daemon) are removed by ``cleanup``.
+The caller always ends it (``stop``); its regions are memfds, gone with the process, so
+``cleanup`` only checks that nothing of it was left in ``/dev/shm``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tierd.tiers.shm_arena import SHM_DIR
 from tierd_client import PageSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +30,7 @@ HEALTH_POLL_S = 0.1
 SPEC = PageSpec(model="e2e-model@rev1", dtype="float16", num_layers=2, num_kv_heads=2,
                 head_dim=32, page_tokens=16)
 LOG_TAIL_CHARS = 4000
+SHM_DIR = Path("/dev/shm")
 
 
 def config_text(shm_prefix: str, write_policy: str, fsync: bool, metrics: str | None = None,
@@ -154,9 +154,11 @@ class TierdProcess:
             self.kill()
 
     def cleanup(self) -> None:
-        """Remove shm segments a killed daemon could not unlink (only this daemon's prefix)."""
-        for path in SHM_DIR.glob(f"{self.shm_prefix}-*"):
-            path.unlink(missing_ok=True)
+        """Fail if the daemon left anything in /dev/shm, even after a kill -9 (it must not)."""
+        left = sorted(p.name for p in SHM_DIR.glob(f"{self.shm_prefix}*"))
+        for name in left:
+            (SHM_DIR / name).unlink(missing_ok=True)
+        assert not left, f"tierd left {left} in {SHM_DIR}"
 
 
 def short_work_dir() -> Path:

@@ -5,6 +5,7 @@ takes the token from ``--token`` or ``$TIERD_TOKEN``."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -106,3 +107,47 @@ def test_two_tenants_are_isolated(start_tierd: Callable[..., TierdProcess], tmp_
     assert tierctl(daemon, "--token", TOKEN_ALPHA, "stats", "--json").returncode == 0
     assert tierctl(daemon, "stats", token_env=TOKEN_BRAVO).returncode == 0
     assert tierctl(daemon, "health").returncode == 0
+
+
+NOBODY_UID = 65534
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
+                    reason="needs root (to run a worker as another user) and /usr/bin/python3")
+def test_a_worker_of_another_tenant_in_the_daemons_group_cannot_map_its_regions(
+        start_tierd: Callable[..., TierdProcess], tmp_path: Path) -> None:
+    """The attack that once worked: a process in the daemon's OS group, holding only tenant
+    alpha's token, opened bravo's /dev/shm region file, read its page and overwrote it."""
+    bravo_file = tmp_path / "bravo.token"
+    bravo_file.write_text(TOKEN_BRAVO + "\n")
+    daemon = start_tierd(extra_config=tenants_toml(bravo_file))
+    daemon.work_dir.chmod(0o750)  # the group may reach the sockets (mkdtemp made it 0700)
+    tokens = list(range(SPEC.page_tokens))
+    rng = np.random.default_rng(11)
+    a_page, b_page = (rng.integers(0, 256, PAGE_BYTES, dtype=np.uint8).tobytes() for _ in range(2))
+    with TierClient(daemon.socket_path, ClientOptions(token=TOKEN_ALPHA)) as alpha, \
+            TierClient(daemon.socket_path, ClientOptions(token=TOKEN_BRAVO)) as bravo:
+        a_ns, b_ns = alpha.register(SPEC), bravo.register(SPEC)
+        alpha.put(a_ns, a_ns.keys(tokens), [a_page])
+        bravo.put(b_ns, b_ns.keys(tokens), [b_page])
+        with alpha.acquire(a_ns, a_ns.keys(tokens), target_tier=Tier.DRAM) as lease:
+            a_slot = lease.slots[0]
+            a_dram = a_ns.region(Tier.DRAM)
+            assert a_dram is not None and a_dram.socket_path
+            job = {"pid": daemon.proc.pid if daemon.proc else 0, "shm_prefix": daemon.shm_prefix,
+                   "region_socket": a_dram.socket_path, "own_grant": a_dram.grant.hex(),
+                   "page_bytes": PAGE_BYTES, "slot": a_slot}
+            run = subprocess.run([str(SYSTEM_PYTHON), str(REPO_ROOT / "tests/e2e/hostile_worker.py")],
+                                 input=json.dumps(job), capture_output=True, text=True, timeout=120,
+                                 user=NOBODY_UID, group=0, extra_groups=[0], cwd="/")
+        assert run.returncode == 0, run.stderr
+        seen = json.loads(run.stdout)
+        assert seen["uid"] == NOBODY_UID and 0 in seen["groups"]
+        assert seen["shm_files"] == [], "a region must have no name anyone can open"
+        assert seen["proc"]["opened"] == 0, "the daemon's descriptors must not open through /proc"
+        assert seen["forged_opened"] == 0 and seen["forged_statuses"] == [1]  # NOT_FOUND
+        # Its own tenant's grant works for the same worker: the check is the grant, not the group.
+        assert seen["own_status"] == 0 and bytes.fromhex(seen["own_page_hex"]) == a_page
+        assert bravo.get(b_ns, b_ns.keys(tokens)) == [b_page], "bravo's page must be untouched"
+        assert all(h.grant != a_dram.grant for h in b_ns.regions)

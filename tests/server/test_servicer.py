@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -23,12 +22,14 @@ from server_harness import (
 )
 
 from tierd import errors as tierd_errors
+from tierd import wire
 from tierd.keys import namespace_fingerprint
 from tierd.server.status import PermissionDenied, status_code_of
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
+from tierd_client.shm import map_shm
 
 Code = grpc.StatusCode
 
@@ -66,9 +67,10 @@ def test_register_returns_namespace_handles_and_limits(server: ServerThread, stu
     assert reg.tenant == "default"
     assert {h.tier for h in reg.regions} == {pb.TIER_HBM, pb.TIER_DRAM}
     for handle in reg.regions:
-        assert handle.kind == pb.HANDLE_KIND_SHM and handle.page_bytes == PAGE_BYTES
+        assert handle.kind == pb.HANDLE_KIND_MEMFD and handle.page_bytes == PAGE_BYTES
         assert handle.size_bytes >= handle.num_slots * PAGE_BYTES > 0
-        assert os.path.exists(f"/dev/shm/{handle.name}")
+        assert len(handle.grant) == 32 and handle.socket_path == server.settings.region_socket
+        assert not os.path.exists(f"/dev/shm/{handle.name}")
     assert reg.limits.chunk_bytes == server.settings.chunk_bytes
     assert reg.limits.max_get_bytes == server.settings.max_get_bytes
     again = register(stub)
@@ -256,13 +258,9 @@ def test_key_and_request_validation(server: ServerThread, stub: pb_grpc.TierdStu
 
 
 # -- leases: Acquire / Allocate / Commit / Renew / Release ------------------------------------------------
-def map_region(handle: pb.RegionHandle) -> mmap.mmap:
-    """Map a region the way a client does: open + mmap of the /dev/shm file."""
-    fd = os.open(f"/dev/shm/{handle.name}", os.O_RDWR)
-    try:
-        return mmap.mmap(fd, handle.offset_bytes + handle.size_bytes)
-    finally:
-        os.close(fd)
+def map_region(handle: pb.RegionHandle) -> memoryview:
+    """Map a region the way a client does (its memfd from the region socket): flat bytes."""
+    return memoryview(map_shm(wire.handle_from_pb(handle)).array().reshape(-1))
 
 
 def hbm_handle(reg: pb.RegisterResponse) -> pb.RegionHandle:
@@ -281,7 +279,7 @@ def test_acquire_leases_hbm_slots_holding_the_pages(server: ServerThread, stub: 
     for slot, page in zip(lease.slots, pages):
         start = hbm_handle(reg).offset_bytes + slot * PAGE_BYTES
         assert region[start:start + PAGE_BYTES] == page
-    region.close()
+    region.release()
     assert server.store.stats().leases == 1
     renewed = stub.Renew(pb.RenewRequest(lease_id=lease.lease_id, ttl_s=60.0)).lease
     assert renewed.expires_in_s > 20.0 and list(renewed.slots) == list(lease.slots)
@@ -313,7 +311,7 @@ def fill_hbm_slots(reg: pb.RegisterResponse, slots: list[int], pages: list[bytes
     for slot, page in zip(slots, pages):
         start = handle.offset_bytes + slot * PAGE_BYTES
         region[start:start + PAGE_BYTES] = page
-    region.close()
+    region.release()
 
 
 def test_allocate_fill_commit_then_read_back(server: ServerThread, stub: pb_grpc.TierdStub) -> None:

@@ -49,6 +49,7 @@ ENV_ALIASES = {
     "TIERD_WRITE_POLICY": "store.write_policy",
 }
 MAX_PORT = 65535
+REGION_SOCKET_SUFFIX = "-regions"
 DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
 
 
@@ -102,12 +103,23 @@ class ServerSettings:
 
     socket: Path | None = Path("/run/tierd/tierd.sock")
     socket_mode: int = 0o660
+    region_socket: Path | None = None       # None: next to ``socket`` (see region_socket_path)
     tcp: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None       # set: clients must present a cert it signed (mTLS)
     shutdown_grace_s: float = 10.0          # in-flight RPCs get this long after SIGTERM
     metrics: str | None = None              # HOST:PORT of a Prometheus GET /metrics; None: off
+
+    @property
+    def region_socket_path(self) -> Path | None:
+        """Where zero-copy workers fetch region memory: ``region_socket``, else ``STEM-regions``
+        next to the gRPC socket (``/run/tierd/tierd-regions.sock``); ``None`` without either."""
+        if self.region_socket is not None:
+            return self.region_socket
+        if self.socket is None:
+            return None
+        return self.socket.with_name(f"{self.socket.stem}{REGION_SOCKET_SUFFIX}{self.socket.suffix}")
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first setting that cannot work."""
@@ -299,9 +311,11 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     server = ServerSettings(**_section(values, "server", ServerSettings))
     server.validate()
     tokens = tuple(TenantToken(name, tenant.token_sha256) for name, tenant in tenants.items())
+    region_socket = server.region_socket_path
     serving = ServingSettings(**_section(values, "server", ServingSettings),
                               flush_timeout_s=store.flush_timeout_s, version=tierd.__version__,
-                              tenant_tokens=tokens)
+                              tenant_tokens=tokens,
+                              region_socket="" if region_socket is None else str(region_socket.absolute()))
     serving.validate()
     return DaemonConfig(store=store, server=server, serving=serving, device=top.device,
                         log_level=top.log_level, config_path=config_path, tenant_tokens=tokens)

@@ -23,14 +23,16 @@ from grpc_health.v1 import health
 
 import tierd
 from tierd.daemon.checks import ResolvedDevice
-from tierd.daemon.config import DaemonConfig, host_port
+from tierd.daemon.cli import refuse
+from tierd.daemon.config import DaemonConfig, ServerSettings, host_port
 from tierd.daemon.listen import ListenError, bind, unlink_socket
 from tierd.daemon.logs import set_log_level
 from tierd.daemon.notify import SdNotifier
-from tierd.errors import TierdError
+from tierd.errors import ConfigError, TierdError
 from tierd.server import TierdServicer, build_server, set_serving
 from tierd.server.metrics import METRICS_PATH, MetricsEndpoint
 from tierd.server.metrics import render as render_metrics
+from tierd.server.region_socket import RegionSocket, RegionSocketSettings
 from tierd.store import PageStore
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,14 @@ def access_note(config: DaemonConfig) -> str:
     if not names:
         return "open: no tenants configured, the socket's mode is the access control"
     return f"tenants {', '.join(names)}: every RPC but Health needs a tenant's token"
+
+
+def region_socket(server: ServerSettings, store: PageStore) -> RegionSocket | None:
+    """The socket zero-copy workers fetch region memory from, next to the gRPC socket."""
+    path = server.region_socket_path
+    if path is None:
+        return None
+    return RegionSocket(RegionSocketSettings(path, mode=server.socket_mode), store.shared_region_fd)
 
 
 class Daemon:
@@ -87,18 +97,26 @@ class Daemon:
 
     async def _run_serving(self) -> int:
         store = PageStore(self._config.store)
-        if not await self._open_store(store):
-            return EXIT_FAILURE
+        refused = await self._open_store(store)
+        if refused is not None:
+            return refused
+        if self._device.note:  # only now: a refusal stays the one line on stderr
+            log.warning("%s", self._device.note)
         settings = self._config.serving
         servicer = TierdServicer(store, settings)
         server, health_servicer = build_server(servicer, settings)
         metrics = MetricsEndpoint(functools.partial(collect_metrics, store, servicer))
+        regions = region_socket(self._config.server, store)
         try:
+            if regions is not None:
+                await asyncio.to_thread(regions.start)
             await self._start_metrics(metrics)
             addresses = bind(server, self._config.server)
-        except (ListenError, OSError) as exc:
+        except (ListenError, ConfigError, OSError) as exc:
             log.error("%s", exc)
             await metrics.close()
+            if regions is not None:
+                await asyncio.to_thread(regions.close)
             await self._close_store(store)
             servicer.close()
             return EXIT_FAILURE
@@ -110,6 +128,8 @@ class Daemon:
                  access_note(self._config))
         self._notifier.ready(f"serving on {where}")
         await self._stop.wait()
+        if regions is not None:  # no new mappings of a store about to close
+            await asyncio.to_thread(regions.close)
         status = await self._shutdown(server, health_servicer, servicer, store)
         await metrics.close()
         return status
@@ -126,7 +146,9 @@ class Daemon:
             raise ListenError(f"cannot listen for metrics on {address} (server.metrics): {exc}") from exc
         log.info("Prometheus metrics on http://%s%s", bound, METRICS_PATH)
 
-    async def _open_store(self, store: PageStore) -> bool:
+    async def _open_store(self, store: PageStore) -> int | None:
+        """``None`` once the store is open, else the exit status: 78 with one line on stderr
+        for a data dir the disk tier refuses (in use, damaged, foreign), else 1."""
         self._notifier.status("opening the page store (rebuilding the disk index)")
         opening = asyncio.ensure_future(asyncio.to_thread(store.open))
         while True:
@@ -136,11 +158,14 @@ class Daemon:
                 break
         try:
             opening.result()
+        except ConfigError as exc:
+            self._notifier.status(f"failed: {exc}")
+            return refuse(str(exc))
         except TierdError as exc:
             log.error("cannot open the page store: %s", exc)
             self._notifier.status(f"failed: {exc}")
-            return False
-        return True
+            return EXIT_FAILURE
+        return None
 
     async def _shutdown(self, server: grpc.aio.Server, health_servicer: health.aio.HealthServicer,
                         servicer: TierdServicer, store: PageStore) -> int:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from tierd import wire
 from tierd.errors import InvalidArgument
-from tierd.handles import RegionHandle
+from tierd.handles import HandleKind, RegionHandle
 from tierd.keys import PageKey, check_keys
 from tierd.server.metrics import ServerCounters
 from tierd.spec import Namespace, PageSpec, check_registrable, check_tenant
@@ -76,10 +77,13 @@ def register_from_pb(request: pb.RegisterRequest) -> tuple[PageSpec, str]:
     return spec, tenant
 
 
-def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle],
-                   limits: pb.ServerLimits) -> pb.RegisterResponse:
+def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle], limits: pb.ServerLimits,
+                   region_socket: str = "") -> pb.RegisterResponse:
+    """``region_socket``: where memfd handles are opened (empty: this daemon serves none)."""
+    located = [replace(h, socket_path=region_socket) if h.kind is HandleKind.MEMFD else h
+               for h in handles]
     return pb.RegisterResponse(ns_id=ns.ns_id, page_bytes=ns.page_bytes, fingerprint=ns.fingerprint,
-                               regions=[wire.handle_to_pb(h) for h in handles], tenant=ns.tenant,
+                               regions=[wire.handle_to_pb(h) for h in located], tenant=ns.tenant,
                                spec=wire.spec_to_pb(ns.spec), limits=limits)
 
 

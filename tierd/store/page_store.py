@@ -13,7 +13,8 @@ import concurrent.futures as cf
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
@@ -194,6 +195,17 @@ class PageStore:
     def region_handles(self, ns_id: int) -> list[RegionHandle]:
         """Handles of the namespace's regions that local clients can map."""
         return self._ready(ns_id).regions.handles(ns_id)
+
+    @contextmanager
+    def shared_region_fd(self, grant: bytes) -> Iterator[int | None]:
+        """The descriptor of the region ``grant`` opens, valid inside the ``with`` (for the
+        region socket to send); ``None`` when no open region has that grant."""
+        parts = self._parts
+        if parts is None:
+            yield None
+            return
+        with parts.media.shared_fd(grant) as fd:
+            yield fd
 
     def num_slots(self, ns_id: int, tier: Tier) -> int:
         """Slots of the namespace's ``tier`` region (``FailedPrecondition`` if it has none)."""

@@ -19,6 +19,7 @@ class HandleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HANDLE_KIND_UNSPECIFIED: _ClassVar[HandleKind]
     HANDLE_KIND_SHM: _ClassVar[HandleKind]
     HANDLE_KIND_CUDA_IPC: _ClassVar[HandleKind]
+    HANDLE_KIND_MEMFD: _ClassVar[HandleKind]
 
 class LeaseKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ TIER_DISK: Tier
 HANDLE_KIND_UNSPECIFIED: HandleKind
 HANDLE_KIND_SHM: HandleKind
 HANDLE_KIND_CUDA_IPC: HandleKind
+HANDLE_KIND_MEMFD: HandleKind
 LEASE_KIND_UNSPECIFIED: LeaseKind
 LEASE_KIND_READ: LeaseKind
 LEASE_KIND_FILL: LeaseKind
@@ -62,7 +64,7 @@ class PageSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
-    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle")
+    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path")
     TIER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +74,8 @@ class RegionHandle(_message.Message):
     NUM_SLOTS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     IPC_HANDLE_FIELD_NUMBER: _ClassVar[int]
+    GRANT_FIELD_NUMBER: _ClassVar[int]
+    SOCKET_PATH_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     kind: HandleKind
     name: str
@@ -81,7 +85,9 @@ class RegionHandle(_message.Message):
     num_slots: int
     device: str
     ipc_handle: bytes
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ...) -> None: ...
+    grant: bytes
+    socket_path: str
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "ns_id", "tier", "kind", "keys", "slots", "expires_in_s")
