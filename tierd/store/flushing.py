@@ -9,25 +9,23 @@ pages the disk budget refused (``ResourceExhausted``).
 
 from __future__ import annotations
 
-import time
-
 from tierd.errors import DeadlineExceeded, DiskWriteFailed, ResourceExhausted
 from tierd.store.durability import Durability
 from tierd.store.manager import Manager
-from tierd.store.runner import PlanRunner, Run
+from tierd.store.runner import PlanRunner
 from tierd.tiers.disk import DiskTier
 
 
 def flush_to_disk(manager: Manager, runner: PlanRunner, disk: DiskTier,
                   timeout_s: float | None) -> int:
     """Write every memory page not on disk; how many writes this flush queued."""
-    deadline_s = None if timeout_s is None else time.monotonic() + timeout_s
     plans, ticket, dirty, refused = manager.plan_flush()
-    runs = runner.start_all(plans)
+    runner.start_all(plans)
     written = sum(len(plan) for plan in plans)
     outcome = manager.durability.wait_outcome(ticket, timeout_s)
     if outcome is Durability.FAILED:
-        _settle(runs, deadline_s)  # the count of pages left is then final, not a snapshot
+        # At the first failure: the writes still queued behind it wait out the writer's backoff,
+        # and their pages are not on disk yet either, so they are counted as in memory only.
         raise _write_failed(manager, disk)
     if outcome is Durability.PENDING:
         raise DeadlineExceeded(f"flush: {dirty} page(s) were queued for disk and not all "
@@ -58,9 +56,3 @@ def disk_failure_note(disk: DiskTier) -> str:
     return (f" (the disk is refusing writes, so pages in memory cannot move down to it: {error}; "
             f"free space on the file system of {disk.path})")
 
-
-def _settle(runs: list[Run], deadline_s: float | None) -> None:
-    """Wait, until the deadline at most, for the writes of ``runs`` to succeed or fail."""
-    for run in runs:
-        remaining_s = None if deadline_s is None else max(0.0, deadline_s - time.monotonic())
-        run.wait(remaining_s)
