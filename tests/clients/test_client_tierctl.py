@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,14 @@ def test_stats_rates_come_from_the_previous_sample() -> None:
     assert _rates(format_stats(second, first)) == [("1.50", "0.50")] * 3  # 3 GB and 1 GB in 2 s
     restarted = _sample(1.0, 0, 0)                                      # counters went back to 0
     assert _rates(format_stats(restarted, second)) == [("-", "-")] * 3
+
+
+def test_stats_table_says_when_disk_writes_fail() -> None:
+    healthy = _sample(5.0, 0, 0)
+    assert "disk write failures 0" in format_stats(healthy)
+    assert "disk writes are failing" not in format_stats(healthy)
+    failing = replace(healthy, disk_write_failures=7, disk_write_error="mdb_txn_commit: No space left on device")
+    text = format_stats(failing)
+    assert "disk write failures 7" in text
+    assert text.splitlines()[-1] == "disk writes are failing: mdb_txn_commit: No space left on device"
+    assert failing.to_json_dict()["disk_write_failures"] == 7
