@@ -3,6 +3,8 @@ bytes a peer sends either decode to a well-formed message or are refused with In
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -48,10 +50,8 @@ def test_any_request_bytes_decode_or_are_refused(data: bytes) -> None:
 
 @given(data=st.binary(max_size=64))
 def test_any_reply_bytes_decode_or_are_refused(data: bytes) -> None:
-    try:
+    with contextlib.suppress(InvalidArgument):
         RegionReply.decode(data)
-    except InvalidArgument:
-        pass
 
 
 @pytest.mark.parametrize("grant", [b"", b"x" * (GRANT_BYTES - 1), b"x" * (GRANT_BYTES + 1)])

@@ -7,6 +7,7 @@ is opened by name. The daemon owns the memory; a mapping here only unmaps.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import operator
@@ -105,7 +106,8 @@ def _exchange(handle: RegionHandle, op: RegionOp) -> tuple[RegionReply, int | No
                 f"no permission to connect to the region socket {handle.socket_path}: run the "
                 f"worker as the daemon's user or in its group") from None
         try:
-            conn.sendall(request)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                conn.sendall(request)  # a busy daemon answers and hangs up before reading it
             data, fds, _flags, _addr = socket.recv_fds(conn, MAX_REPLY_BYTES, 1)
         except OSError as exc:
             raise UnavailableError(f"the region socket {handle.socket_path} failed: {exc}") from None

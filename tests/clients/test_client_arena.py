@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from tierd.tier import Tier
 from tierd.handles import RegionHandle
 from tierd.server.region_socket import RegionSocket, RegionSocketSettings
+from tierd.tier import Tier
 from tierd.tiers.shm_arena import ShmArena, ShmRegion
 from tierd_client import FailedPreconditionError, InvalidArgumentError, NotFoundError, PageSpec
 from tierd_client.arena import ArenaView

@@ -2,8 +2,9 @@
 library (it must not need the project), it tries every way into the daemon's region memory.
 
 Input (JSON on stdin): ``pid`` of the daemon, ``region_socket``, ``shm_prefix``, ``own_grant``
-(hex: a grant its own tenant was given), ``page_bytes``, ``slot`` (the page to read through it). Output (JSON on stdout): what each
-attempt got. The region socket's protocol is spoken raw, as documented in tierd.proto.
+(hex: a grant its own tenant was given), ``page_bytes``, ``slot`` (the page to read through it).
+Output (JSON on stdout): what each attempt got. The region socket's protocol is spoken raw,
+as documented in tierd.proto.
 """
 
 from __future__ import annotations
