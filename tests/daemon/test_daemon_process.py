@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from data_dir_damage import DAMAGES
 from server_harness import PAGE_SPEC, keys_for, pages_for, put_stream
 
 from tierd.daemon.checks import EXIT_CONFIG
@@ -198,3 +201,75 @@ def start_with_journal(tmp: Path, daemons: list[Daemon]) -> Daemon:
     daemon = Daemon(tmp, "journal", env={"JOURNAL_STREAM": f"{info.st_dev}:{info.st_ino}"})
     daemons.append(daemon)
     return daemon
+
+
+@pytest.fixture(scope="module")
+def written_data_dir() -> Iterator[tuple[Path, int, list[bytes], list[bytes]]]:
+    """A data dir a real daemon wrote and flushed: (data dir, ns_id, keys, pages)."""
+    tmp = Path(tempfile.mkdtemp(prefix="td-"))
+    writer = Daemon(tmp, "writer")
+    try:
+        writer.notify.wait_for("READY")
+        with grpc.insecure_channel(f"unix:{tmp / 't.sock'}") as channel:
+            stub = pb_grpc.TierdStub(channel)
+            reg = stub.Register(pb.RegisterRequest(spec=PAGE_SPEC))
+            keys, pages = keys_for(reg, 16), pages_for(16, seed=4)
+            assert stub.PutPages(put_stream(reg.ns_id, keys, pages)).num_stored == 16
+        assert writer.stop() == 0  # SIGTERM flushes every page to disk
+    finally:
+        writer.kill()
+    yield tmp / "data", reg.ns_id, keys, pages
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def get_pages(sock: Path, keys: list[bytes]) -> tuple[int, bytes]:
+    with grpc.insecure_channel(f"unix:{sock}") as channel:
+        stub = pb_grpc.TierdStub(channel)
+        reg = stub.Register(pb.RegisterRequest(spec=PAGE_SPEC))
+        got = list(stub.GetPages(pb.GetPagesRequest(ns_id=reg.ns_id, keys=keys)))
+        return reg.ns_id, b"".join(m.data for m in got)
+
+
+def test_a_second_daemon_on_one_data_dir_exits_78_naming_the_first(
+        short_tmp: Path, daemons: list[Daemon], written_data_dir: tuple[Path, int, list[bytes], list[bytes]]) -> None:
+    source, ns_id, keys, pages = written_data_dir
+    shutil.copytree(source, short_tmp / "data")
+    first = Daemon(short_tmp, "first")
+    daemons.append(first)
+    first.notify.wait_for("READY")
+    second = run_refused(tierd_cmd(short_tmp, "--socket", str(short_tmp / "second.sock")))
+    assert second.returncode == EXIT_CONFIG, second.stderr
+    lines = second.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tierd: refusing to start: data dir")
+    assert f"in use by another tierd (pid {first.proc.pid})" in lines[0]
+    assert first.proc.poll() is None  # the first keeps serving, its pages intact
+    assert get_pages(short_tmp / "t.sock", keys) == (ns_id, b"".join(pages))
+    assert first.stop() == 0
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGES))
+def test_a_damaged_data_dir_exits_78_with_one_line_saying_what_to_do(
+        short_tmp: Path, name: str, written_data_dir: tuple[Path, int, list[bytes], list[bytes]]) -> None:
+    source = written_data_dir[0]
+    shutil.copytree(source, short_tmp / "data")
+    damage, fragment = DAMAGES[name]
+    damage(short_tmp / "data" / "pages.lmdb")
+    # --device auto on a machine without CUDA has a note to log: it must not come first.
+    done = run_refused(tierd_cmd(short_tmp))
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("tierd: refusing to start:") and fragment in lines[0]
+    assert "move" in lines[0] and "Traceback" not in done.stderr
+    assert not (short_tmp / "t.sock").exists()
+
+
+def test_a_healthy_data_dir_still_opens_with_its_pages(
+        short_tmp: Path, daemons: list[Daemon], written_data_dir: tuple[Path, int, list[bytes], list[bytes]]) -> None:
+    source, ns_id, keys, pages = written_data_dir
+    shutil.copytree(source, short_tmp / "data")
+    daemon = Daemon(short_tmp, "healthy")
+    daemons.append(daemon)
+    daemon.notify.wait_for("READY")
+    assert get_pages(short_tmp / "t.sock", keys) == (ns_id, b"".join(pages))
+    assert daemon.stop() == 0

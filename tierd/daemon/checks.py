@@ -19,6 +19,9 @@ from tierd.daemon.config import DaemonConfig, DeviceKind
 from tierd.daemon.machine import MachineFacts, existing_path, free_bytes, used_bytes_under
 from tierd.store.media import host_tiers
 from tierd.tier import Tier
+from tierd.tiers.data_dir_lock import lock_problem
+from tierd.tiers.disk import ENV_DIR_NAME
+from tierd.tiers.lmdb_file import DATA_FILE_NAME, data_file_problem
 from tierd.units import format_size
 
 # sysexits.h EX_CONFIG: systemd units may list it in RestartPreventExitStatus= (retrying is futile).
@@ -123,6 +126,12 @@ def prepare_data_dir(path: Path) -> str | None:
     return None
 
 
+def data_dir_problem(path: Path) -> str | None:
+    """Another tierd holding the data dir's lock, or a ``data.mdb`` that LMDB would crash on or
+    misread (the disk tier's open checks both again under its lock, and the rest of the data dir)."""
+    return lock_problem(path) or data_file_problem(path / ENV_DIR_NAME / DATA_FILE_NAME)
+
+
 def prepare_socket_path(path: Path) -> str | None:
     """Make the socket's directory; the reason the daemon cannot bind ``path``, else ``None``.
 
@@ -190,4 +199,8 @@ def startup_problems(config: DaemonConfig, facts: MachineFacts) -> tuple[Resolve
         problem = prepare_socket_path(config.server.socket)
         if problem:
             problems.append(problem)
+    # After the socket's: a second daemon on the same socket hears about the socket first.
+    problem = data_dir_problem(config.store.data_dir)
+    if problem:
+        problems.append(problem)
     return device, problems

@@ -1,8 +1,9 @@
 """``tierd`` / ``python -m tierd``: flags, config, start-up checks, then the daemon.
 
 Exit status: 0 after a clean stop, 1 when serving or flushing failed, 2 for bad flags (argparse),
-78 (EX_CONFIG) when the config is invalid or this machine cannot honour it; the reason is one
-line on stderr.
+78 (EX_CONFIG) when the config is invalid, this machine cannot honour it, or the data dir is
+refused (another tierd holds it, ``data.mdb`` is damaged, it is not tierd's); the reason is one
+line on stderr and nothing else is, so systemd's ``RestartPreventExitStatus=78`` stops a loop.
 """
 
 from __future__ import annotations
@@ -98,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     device, problems = startup_problems(config, MachineFacts.probe())
     if problems or device is None:
         return refuse(problems[0] if problems else "no device")
-    if device.note:
-        log.warning("%s", device.note)
     # The store builds its arenas for the device the checks resolved (one answer for both).
     config = replace(config, store=config.store.with_changes(device=device.device),
                      serving=replace(config.serving, device=device.name))
