@@ -339,19 +339,6 @@ def test_refused_requests_carry_their_status_and_change_nothing(tierd: TierdProc
         cached.assert_unchanged(tierd, client)
 
 
-def test_the_readme_first_script_runs(tierd: TierdProcess) -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
-    script = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert 'TierClient("var/tierd.sock")' in script
-    script = script.replace('"var/tierd.sock"', repr(str(tierd.socket_path)))
-    spec_pages = 3
-    page_bytes = 2 * 2 * 16 * 2 * 64 * 2  # the README's spec
-    pages = [bytes([i + 1]) * page_bytes for i in range(spec_pages)]
-    scope: dict[str, object] = {"token_ids": list(range(16 * spec_pages + 5)), "pages": pages}
-    exec(compile(script, "README.md", "exec"), scope)
-    assert scope["n"] == spec_pages and scope["got"] == pages
-
-
 def test_prometheus_endpoint_serves_the_daemons_counts(start_tierd: Callable[..., TierdProcess]) -> None:
     with socket.socket() as probe:  # a free port for the endpoint
         probe.bind(("127.0.0.1", 0))
