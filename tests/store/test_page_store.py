@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from store_helpers import SPEC, make_keys, make_pages, small_config
 
 from tierd.config import WritePolicy
-from tierd.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from tierd.spec import Namespace, PageSpec
 from tierd.store import CommitResult, PageStore
 from tierd.tier import Tier
@@ -279,6 +280,21 @@ def test_close_flushes_and_reopen_restores_pages_and_recency(tmp_path: Path, dev
         found = store.lookup(ns.ns_id, keys)
         assert found.num_hits == 10 and set(found.tiers) == {Tier.DISK}
         assert [bytes(p) for p in store.get(ns.ns_id, keys)] == pages
+
+
+def test_a_second_store_on_one_data_dir_is_refused_while_the_first_is_open(tmp_path: Path,
+                                                                           device: str) -> None:
+    cfg = small_config(tmp_path, device=device)
+    with PageStore(cfg) as first:
+        ns = first.register(SPEC)
+        keys, pages = make_keys(ns, 2), make_pages(ns, 2)
+        first.put(ns.ns_id, keys, pages)
+        second = PageStore(cfg)
+        with pytest.raises(ConfigError, match=rf"data dir .* is in use by this process \(pid {os.getpid()}\)"):
+            second.open()
+        assert [bytes(p) for p in first.get(ns.ns_id, keys)] == pages  # the first goes on
+    with PageStore(cfg) as again:  # closing released the lock
+        assert [bytes(p) for p in again.get(ns.ns_id, keys)] == pages
 
 
 def test_delete_drops_from_every_tier(store: PageStore, ns: Namespace) -> None:
