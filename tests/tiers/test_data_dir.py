@@ -42,15 +42,18 @@ def as_version_1(value: bytes, corrupt: bool = False) -> bytes:
     return prefix + struct.pack("<Q", checksum) + payload
 
 
-def make_version_1(env_dir: Path, corrupt: set[bytes], record: bytes | None) -> None:
-    """Rewrite every page as format 1 (those under ``corrupt`` disk keys with a bad checksum) and
-    set the format record to ``record`` (``None``: no record, as before records existed)."""
+def make_version_1(env_dir: Path, corrupt: set[bytes], record: bytes | None,
+                   keep: frozenset[bytes] = frozenset()) -> None:
+    """Rewrite every page but those under ``keep`` as format 1 (those under ``corrupt`` disk
+    keys with a bad checksum) and set the format record to ``record`` (``None``: no record, as
+    before records existed)."""
     env = lmdb_env(env_dir)
     try:
         pages_db, meta_db = env.open_db(b"pages"), env.open_db(b"meta")
         with env.begin(write=True) as txn:
             for dkey, value in list(txn.cursor(db=pages_db)):
-                txn.put(dkey, as_version_1(value, dkey in corrupt), db=pages_db)
+                if dkey not in keep:
+                    txn.put(dkey, as_version_1(value, dkey in corrupt), db=pages_db)
             if record is None:
                 txn.delete(FORMAT_KEY, db=meta_db)
             else:
@@ -106,6 +109,22 @@ def test_a_version_1_data_dir_is_migrated_and_pages_that_fail_their_check_are_dr
     assert reopened.stats().checksum_failures == 0
     assert read_page(reopened, 1, 0, PAGE_BYTES) == (ReadStatus.OK, pages[(1, 0)])
     reopened.close()
+
+
+def test_a_migration_cut_short_resumes_keeping_the_pages_already_migrated(tmp_path: Path) -> None:
+    config = make_config(tmp_path)
+    pages = {(1, i): random_page(i, PAGE_BYTES) for i in range(4)}
+    t = open_tier(config)
+    write_pages(t, pages)
+    t.close()
+    # As a kill -9 halfway leaves it: some pages in format 2 already, no record yet.
+    make_version_1(t.path, set(), None, keep=frozenset({disk_key(1, key_of(0)), disk_key(1, key_of(2))}))
+    t = DiskTier(config)
+    t.open()
+    assert t.stats().checksum_failures == 0
+    assert all(read_page(t, 1, i, PAGE_BYTES) == (ReadStatus.OK, p) for (_, i), p in pages.items())
+    t.close()
+    assert format_record(t.path) == b"2"
 
 
 def test_a_version_1_page_in_a_version_2_data_dir_is_never_served(tmp_path: Path) -> None:
