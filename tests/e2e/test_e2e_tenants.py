@@ -111,10 +111,11 @@ def test_two_tenants_are_isolated(start_tierd: Callable[..., TierdProcess], tmp_
 
 NOBODY_UID = 65534
 SYSTEM_PYTHON = Path("/usr/bin/python3")
+SETPRIV = Path("/usr/bin/setpriv")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists(),
-                    reason="needs root (to run a worker as another user) and /usr/bin/python3")
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists() or not SETPRIV.exists(),
+                    reason="needs root (to run a worker as another user), /usr/bin/python3, setpriv")
 def test_a_worker_of_another_tenant_in_the_daemons_group_cannot_map_its_regions(
         start_tierd: Callable[..., TierdProcess], tmp_path: Path) -> None:
     """The attack that once worked: a process in the daemon's OS group, holding only tenant
@@ -138,9 +139,12 @@ def test_a_worker_of_another_tenant_in_the_daemons_group_cannot_map_its_regions(
             job = {"pid": daemon.proc.pid if daemon.proc else 0, "shm_prefix": daemon.shm_prefix,
                    "region_socket": a_dram.socket_path, "own_grant": a_dram.grant.hex(),
                    "page_bytes": PAGE_BYTES, "slot": a_slot}
-            run = subprocess.run([str(SYSTEM_PYTHON), str(REPO_ROOT / "tests/e2e/hostile_worker.py")],
+            # setpriv, not subprocess's user=: that makes Python fork (no vfork) a process full
+            # of gRPC threads, whose fork handlers can crash the child before it execs.
+            run = subprocess.run([str(SETPRIV), f"--reuid={NOBODY_UID}", "--regid=0", "--groups=0",
+                                  str(SYSTEM_PYTHON), str(REPO_ROOT / "tests/e2e/hostile_worker.py")],
                                  input=json.dumps(job), capture_output=True, text=True, timeout=120,
-                                 user=NOBODY_UID, group=0, extra_groups=[0], cwd="/")
+                                 cwd="/")
         assert run.returncode == 0, run.stderr
         seen = json.loads(run.stdout)
         assert seen["uid"] == NOBODY_UID and 0 in seen["groups"]
