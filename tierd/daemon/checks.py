@@ -16,11 +16,12 @@ from pathlib import Path
 
 from tierd.config import DeviceType, StoreDevice
 from tierd.daemon.config import DaemonConfig, DeviceKind
-from tierd.daemon.machine import MachineFacts, existing_path, free_bytes, used_bytes_under
+from tierd.daemon.machine import MachineFacts, existing_path, used_bytes_under
 from tierd.store.media import host_tiers
 from tierd.tier import Tier
 from tierd.tiers.data_dir_lock import lock_problem
 from tierd.tiers.disk import ENV_DIR_NAME
+from tierd.tiers.host_memory import free_bytes
 from tierd.tiers.lmdb_file import DATA_FILE_NAME, data_file_problem
 from tierd.units import format_size
 

@@ -36,15 +36,6 @@ class MachineFacts:
                    memlock_limit_bytes=memlock_limit_bytes(), cuda_total_bytes=cuda_devices())
 
 
-def free_bytes(path: Path) -> int | None:
-    """Bytes an unprivileged writer may still use on the file system holding ``path``."""
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
-
-
 def existing_path(path: Path) -> Path:
     """``path`` or its nearest ancestor that exists (where free space is measured)."""
     path = path.absolute()

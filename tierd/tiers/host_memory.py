@@ -1,4 +1,4 @@
-"""How much host memory is left (named in the shm arena's errors and the daemon's start-up checks).
+"""What the host has left: memory and file system space (named in errors and start-up checks).
 
 Regions are unnamed shared memory (memfd): they take RAM (and swap) like any anonymous shared
 mapping, with no tmpfs of their own to fill, so ``MemAvailable`` is the figure that matters.
@@ -6,6 +6,7 @@ mapping, with no tmpfs of their own to fill, so ``MemAvailable`` is the figure t
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 MEMINFO = Path("/proc/meminfo")
@@ -23,3 +24,13 @@ def mem_available_bytes(meminfo: Path = MEMINFO) -> int | None:
         if name == "MemAvailable":
             return int(rest.split()[0]) * _MEMINFO_UNIT_BYTES
     return None
+
+
+def free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the file system holding ``path``; ``None``
+    if it cannot be measured."""
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return None
+    return stats.f_bavail * stats.f_frsize

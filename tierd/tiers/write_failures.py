@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from tierd.tiers.host_memory import free_bytes
 from tierd.units import format_size
 
 log = logging.getLogger(__name__)
@@ -24,15 +25,6 @@ WRITE_FAILURE_LOG_INTERVAL_S = 10.0
 # than a group's bytes plus this much cannot have taken the group.
 COMMIT_OVERHEAD_BYTES = 1 << 20
 NO_SPACE_TEXT = os.strerror(errno.ENOSPC)
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes the writer may still use on the file system holding ``path``; None if unknown."""
-    try:
-        stats = os.statvfs(path)
-    except OSError:
-        return None
-    return stats.f_bavail * stats.f_frsize
 
 
 def describe(exc: BaseException, path: Path, needed_bytes: int) -> str:
