@@ -67,10 +67,16 @@ def test_stats_table_names_each_tier(fake_daemon: FakeDaemon) -> None:
     assert "namespaces 1" in text and "write policy write_through" in text
 
 
+INTERACTIVE_TIERCTL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "sys.argv[0] = 'tierctl'; runpy.run_module('tierd_client.tierctl', run_name='__main__')")
+
+
 def _tierctl(*argv: str) -> subprocess.Popen[str]:
     """tierctl as its own process, as a user's shell runs it (signals go to it alone)."""
     env = {k: v for k, v in os.environ.items() if k not in ("TIERD_SOCKET", "TIERD_TOKEN")}
-    return subprocess.Popen([sys.executable, "-m", "tierd_client.tierctl", *argv], env=env,
+    # A shell gives a foreground command the default SIGINT even when this test runs where it is
+    # ignored (a CI job started in the background): restore it before tierctl starts.
+    return subprocess.Popen([sys.executable, "-c", INTERACTIVE_TIERCTL, *argv], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
