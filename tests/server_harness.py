@@ -72,8 +72,8 @@ class ServerThread:
         self._stop = asyncio.Event()
         await self._loop.run_in_executor(None, self.store.open)
         regions = None
-        if self.settings.region_socket:
-            regions = RegionSocket(RegionSocketSettings(Path(self.settings.region_socket)),
+        if self.settings.advertised_region_socket:
+            regions = RegionSocket(RegionSocketSettings(Path(self.settings.advertised_region_socket)),
                                    self.store.shared_region_fd)
             regions.start()
         self.servicer = TierdServicer(self.store, self.settings)
@@ -113,8 +113,8 @@ def serving_settings(**changes: object) -> ServingSettings:
 def make_server(tmp: Path, settings: ServingSettings | None = None, **store_changes: object
                 ) -> ServerThread:
     settings = settings or serving_settings()
-    if not settings.region_socket:
-        settings = replace(settings, region_socket=str(tmp / "s-regions.sock"))
+    if not settings.advertised_region_socket:
+        settings = replace(settings, advertised_region_socket=str(tmp / "s-regions.sock"))
     server = ServerThread(store_config(tmp / "data", **store_changes), settings, tmp / "s.sock")
     server.start()
     return server

@@ -72,6 +72,20 @@ def test_defaults_without_any_source() -> None:
     assert (config.store.hbm.capacity_bytes, config.store.dram.capacity_bytes) == (GiB, 4 * GiB)
 
 
+def test_the_region_socket_sits_next_to_the_socket_unless_set(tmp_path: Path) -> None:
+    default = load_config(None, env={})
+    assert default.server.region_socket_path == Path("/run/tierd/tierd-regions.sock")
+    assert default.serving.advertised_region_socket == "/run/tierd/tierd-regions.sock"
+    moved = load_config(None, env={"TIERD_SOCKET": str(tmp_path / "d.sock")})
+    assert moved.serving.advertised_region_socket == str(tmp_path / "d-regions.sock")
+    chosen = load_config(write(tmp_path, f'[server]\nregion_socket = "{tmp_path}/r.sock"\n'), env={})
+    assert chosen.server.region_socket_path == tmp_path / "r.sock"
+    assert chosen.serving.advertised_region_socket == str(tmp_path / "r.sock")
+    tcp_only = load_config(None, env={"TIERD_SOCKET": "", "TIERD_TCP": "127.0.0.1:7070"})
+    assert tcp_only.server.region_socket_path is None
+    assert tcp_only.serving.advertised_region_socket == ""
+
+
 def test_every_section_of_the_toml_is_read(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL_TOML), env={})
     assert config.device == DeviceChoice(DeviceKind.CUDA, 1) and config.log_level is LogLevel.WARNING

@@ -69,7 +69,7 @@ def test_register_returns_namespace_handles_and_limits(server: ServerThread, stu
     for handle in reg.regions:
         assert handle.kind == pb.HANDLE_KIND_MEMFD and handle.page_bytes == PAGE_BYTES
         assert handle.size_bytes >= handle.num_slots * PAGE_BYTES > 0
-        assert len(handle.grant) == 32 and handle.socket_path == server.settings.region_socket
+        assert len(handle.grant) == 32 and handle.socket_path == server.settings.advertised_region_socket
         assert not os.path.exists(f"/dev/shm/{handle.name}")
     assert reg.limits.chunk_bytes == server.settings.chunk_bytes
     assert reg.limits.max_get_bytes == server.settings.max_get_bytes

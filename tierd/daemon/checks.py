@@ -133,30 +133,30 @@ def data_dir_problem(path: Path) -> str | None:
     return lock_problem(path) or data_file_problem(path / ENV_DIR_NAME / DATA_FILE_NAME)
 
 
-def prepare_socket_path(path: Path) -> str | None:
+def prepare_socket_path(path: Path, setting: str = "--socket") -> str | None:
     """Make the socket's directory; the reason the daemon cannot bind ``path``, else ``None``.
 
     A socket file left by a daemon that died is fine (the runner replaces it); one a live process
-    answers on is not.
+    answers on is not. ``setting`` is what the message tells the operator to change.
     """
     if len(os.fsencode(path)) > MAX_SOCKET_PATH_BYTES:
         return (f"socket path {path} is {len(os.fsencode(path))} bytes; unix sockets allow "
-                f"{MAX_SOCKET_PATH_BYTES}: choose a shorter --socket")
+                f"{MAX_SOCKET_PATH_BYTES}: choose a shorter {setting}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        return f"cannot create socket directory {path.parent}: {exc.strerror}: choose another --socket"
+        return f"cannot create socket directory {path.parent}: {exc.strerror}: choose another {setting}"
     if not os.access(path.parent, os.W_OK | os.X_OK):
         return (f"cannot create socket {path}: directory {path.parent} is not writable by uid "
-                f"{os.getuid()}: choose another --socket")
+                f"{os.getuid()}: choose another {setting}")
     try:
         mode = path.lstat().st_mode
     except FileNotFoundError:
         return None
     if not stat.S_ISSOCK(mode):
-        return f"{path} exists and is not a socket: remove it or choose another --socket"
+        return f"{path} exists and is not a socket: remove it or choose another {setting}"
     if socket_is_live(path):
-        return f"another process is serving on {path}: stop it or choose another --socket"
+        return f"another process is serving on {path}: stop it or choose another {setting}"
     return None
 
 
@@ -196,8 +196,10 @@ def startup_problems(config: DaemonConfig, facts: MachineFacts) -> tuple[Resolve
                                  memlock_problem(config, device, facts)) if p]
     problems += [p for p in (prepare_data_dir(config.store.data_dir), disk_problem(config),
                              tls_problem(config)) if p]
-    if config.server.socket is not None:
-        problem = prepare_socket_path(config.server.socket)
+    sockets = ((config.server.socket, "--socket"),
+               (config.server.region_socket_path, "server.region_socket"))
+    for path, setting in sockets:
+        problem = None if path is None else prepare_socket_path(path, setting)
         if problem:
             problems.append(problem)
     # After the socket's: a second daemon on the same socket hears about the socket first.

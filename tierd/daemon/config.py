@@ -315,7 +315,8 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     serving = ServingSettings(**_section(values, "server", ServingSettings),
                               flush_timeout_s=store.flush_timeout_s, version=tierd.__version__,
                               tenant_tokens=tokens,
-                              region_socket="" if region_socket is None else str(region_socket.absolute()))
+                              advertised_region_socket=("" if region_socket is None
+                                                        else str(region_socket.absolute())))
     serving.validate()
     return DaemonConfig(store=store, server=server, serving=serving, device=top.device,
                         log_level=top.log_level, config_path=config_path, tenant_tokens=tokens)

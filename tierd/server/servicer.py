@@ -247,7 +247,7 @@ class TierdServicer(pb_grpc.TierdServicer):
         tenant = caller.register_tenant(requested, DEFAULT_TENANT)
         ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
-        return convert.register_to_pb(ns, handles, self._limits, self._settings.region_socket)
+        return convert.register_to_pb(ns, handles, self._limits, self._settings.advertised_region_socket)
 
     @_rpc
     async def Lookup(self, request: pb.LookupRequest, context: Any,

@@ -38,11 +38,11 @@ class ServingSettings:
     version: str = ""
     device: str = "cpu"
     tenant_tokens: tuple[TenantToken, ...] = ()
-    region_socket: str = ""  # absolute path told to zero-copy workers; empty: none served
+    advertised_region_socket: str = ""  # absolute path told to zero-copy workers; empty: none
 
     # Fields the daemon fills from elsewhere than its config's [server] table.
     NOT_CONFIGURED: ClassVar[frozenset[str]] = frozenset(
-        {"flush_timeout_s", "version", "device", "tenant_tokens", "region_socket"})
+        {"flush_timeout_s", "version", "device", "tenant_tokens", "advertised_region_socket"})
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first limit that cannot work (as ``server.*``)."""
