@@ -16,7 +16,7 @@ import numpy as np
 from tierd.handles import HandleKind, RegionHandle
 from tierd.spec import DType, PageSpec
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
-from tierd_client.shm import MappedShm, map_shm, region_alive
+from tierd_client.shm import MappedShm, map_shm
 
 # numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
 # itemsize (use ``ArenaView.torch()`` for typed values).
@@ -89,11 +89,11 @@ class ArenaView:
         return (self.num_slots, *self.spec.page_shape)
 
     def is_stale(self) -> bool:
-        """True when the daemon no longer serves this mapping (it closed the region or restarted):
-        its slots are no longer the cache's. Asks the region socket; host regions only."""
+        """True when the daemon no longer serves this mapping (it stopped or restarted): its slots
+        are no longer the cache's. One ``stat`` of the region socket; host regions only."""
         if self._closed:
             return True
-        return self._mapped is not None and not region_alive(self.handle)
+        return self._mapped is not None and not self._mapped.is_current()
 
     def _open_cuda_ipc(self) -> Any:
         # Only a worker on a CUDA machine gets such a handle; cupy is imported on first use only.

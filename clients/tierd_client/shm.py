@@ -42,11 +42,29 @@ def _count(value: object, what: str, minimum: int) -> int:
     return number
 
 
-class MappedShm:
-    """A worker's read-write mapping of one host region; ``close()`` unmaps."""
+def _socket_identity(path: str) -> tuple[int, int, int]:
+    """The region socket file's (device, inode, ctime in ns), zeros when gone: a restarted daemon
+    binds a new file: its inode number may be reused, but not with the same ctime, as a daemon
+    takes far longer to start than a file system's timestamp tick."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (0, 0, 0)
+    return (info.st_dev, info.st_ino, info.st_ctime_ns)
 
-    def __init__(self, handle: RegionHandle, mm: mmap.mmap, start_bytes: int) -> None:
+
+class MappedShm:
+    """A worker's read-write mapping of one host region; ``close()`` unmaps.
+
+    ``socket_identity``: the region socket file's identity when the region was fetched. A daemon
+    keeps its regions for its whole life, so another socket file there (or none) means the daemon
+    that served this region is gone: ``is_current`` says so with one ``stat``, no round trip.
+    """
+
+    def __init__(self, handle: RegionHandle, mm: mmap.mmap, start_bytes: int,
+                 socket_identity: tuple[int, int, int] = (0, 0, 0)) -> None:
         self.handle = handle
+        self._socket_identity = socket_identity
         self._mm: mmap.mmap | None = mm
         pages = np.frombuffer(mm, dtype=np.uint8, count=handle.size_bytes, offset=start_bytes)
         self._pages: np.ndarray | None = pages.reshape(handle.num_slots, handle.page_bytes)
@@ -56,6 +74,11 @@ class MappedShm:
         if self._pages is None:
             raise FailedPreconditionError(f"the mapping of region {self.handle.name!r} is closed")
         return self._pages.view()
+
+    def is_current(self) -> bool:
+        """Whether the daemon that served this region still serves its region socket."""
+        return (self._pages is not None
+                and _socket_identity(self.handle.socket_path) == self._socket_identity)
 
     def close(self) -> None:
         """Unmap once every exported view is dropped (until then the GC keeps it). Idempotent."""
@@ -152,6 +175,7 @@ def map_shm(handle: RegionHandle) -> MappedShm:
     ``FailedPreconditionError`` when this process may not reach the region socket.
     """
     _check_handle(handle)
+    socket_identity = _socket_identity(handle.socket_path)
     fd = _fetch_fd(handle)
     try:
         file_bytes = os.fstat(fd).st_size
@@ -166,4 +190,4 @@ def map_shm(handle: RegionHandle) -> MappedShm:
                        offset=handle.offset_bytes - start_bytes)
     finally:
         os.close(fd)
-    return MappedShm(handle, mm, start_bytes)
+    return MappedShm(handle, mm, start_bytes, socket_identity)

@@ -107,10 +107,20 @@ def test_a_gone_region_or_a_wrong_spec_is_reported(served: tuple[ShmRegion, Regi
         ArenaView(handle, other)
 
 
-def test_a_region_the_daemon_replaced_is_stale(served: tuple[ShmRegion, RegionHandle]) -> None:
-    region, handle = served
-    view = ArenaView(handle, SPEC)
-    assert not view.is_stale()
-    region.close()  # the daemon closed it: its grant opens nothing, whatever this process maps
-    assert view.is_stale()
-    view.close()
+def test_a_region_of_a_daemon_that_restarted_is_stale(short_tmp: Path) -> None:
+    path = short_tmp / "regions.sock"
+    with ShmArena(Tier.HBM, NUM_SLOTS * SPEC.page_bytes, PREFIX, prefault=False) as arena:
+        region = arena.create_region(1, NUM_SLOTS, SPEC.page_bytes)
+        handle = replace(region.handle(), socket_path=str(path))
+        first = RegionSocket(RegionSocketSettings(path), arena.shared_fd)
+        first.start()
+        view = ArenaView(handle, SPEC)
+        assert not view.is_stale()
+        first.close()  # the daemon stopped: whatever this process still maps is not the cache
+        assert view.is_stale()
+        with RegionSocket(RegionSocketSettings(path), arena.shared_fd):  # ... and came back
+            assert view.is_stale()
+            again = ArenaView(handle, SPEC)
+            assert not again.is_stale()
+            again.close()
+        view.close()
