@@ -7,9 +7,7 @@ Each check returns a one-line reason (what is asked, what the machine has, what 
 
 from __future__ import annotations
 
-import errno
 import os
-import socket
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 from tierd.config import DeviceType, StoreDevice
 from tierd.daemon.config import DaemonConfig, DeviceKind
 from tierd.daemon.machine import MachineFacts, existing_path, used_bytes_under
+from tierd.server.unix_socket import socket_is_live
 from tierd.store.media import host_tiers
 from tierd.tier import Tier
 from tierd.tiers.data_dir_lock import lock_problem
@@ -29,8 +28,6 @@ from tierd.units import format_size
 EXIT_CONFIG = 78
 # sun_path holds 108 bytes including the terminating NUL.
 MAX_SOCKET_PATH_BYTES = 107
-# Connecting to a possibly stale socket must not hang start-up.
-PROBE_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -158,17 +155,6 @@ def prepare_socket_path(path: Path, setting: str = "--socket") -> str | None:
     if socket_is_live(path):
         return f"another process is serving on {path}: stop it or choose another {setting}"
     return None
-
-
-def socket_is_live(path: Path) -> bool:
-    """Whether something accepts connections on the unix socket ``path``."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(PROBE_TIMEOUT_S)
-        try:
-            probe.connect(os.fspath(path))
-        except OSError as exc:
-            return exc.errno not in (errno.ECONNREFUSED, errno.ENOENT)
-    return True
 
 
 def tls_problem(config: DaemonConfig) -> str | None:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 
 from tierd.daemon.config import ServerSettings
+from tierd.server.unix_socket import remove_stale_socket
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,6 @@ class ListenError(RuntimeError):
 
 def unix_target(path: Path) -> str:
     return f"unix:{path.absolute()}"
-
-
-def remove_stale_socket(path: Path) -> None:
-    """Unlink a socket file left behind by a daemon that died (start-up checks made sure no
-    process answers on it); anything that is not a socket is left alone."""
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass
 
 
 def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials:

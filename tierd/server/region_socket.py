@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tierd.errors import ConfigError, InvalidArgument
 from tierd.region_wire import REQUEST_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
+from tierd.server.unix_socket import remove_stale_socket, socket_is_live
 
 log = logging.getLogger(__name__)
 
@@ -185,21 +186,16 @@ def _bind(path: Path, mode: int) -> socket.socket:
 
 def _refuse_if_served(path: Path) -> None:
     try:
-        if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise ConfigError(f"the region socket path {path} exists and is not a socket: move "
-                              f"it away or set server.region_socket elsewhere")
+        mode = path.lstat().st_mode
     except FileNotFoundError:
         return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        path.unlink(missing_ok=True)  # left by a daemon that died
-        return
-    finally:
-        probe.close()
-    raise ConfigError(f"another process serves the region socket {path}: stop it or set "
-                      f"server.region_socket elsewhere")
+    if not stat.S_ISSOCK(mode):
+        raise ConfigError(f"the region socket path {path} exists and is not a socket: move "
+                          f"it away or set server.region_socket elsewhere")
+    if socket_is_live(path):
+        raise ConfigError(f"another process serves the region socket {path}: stop it or set "
+                          f"server.region_socket elsewhere")
+    remove_stale_socket(path)  # left by a daemon that died
 
 
 def _recv_exactly(conn: socket.socket, num_bytes: int) -> bytes:
