@@ -112,6 +112,8 @@ def test_two_tenants_are_isolated(start_tierd: Callable[..., TierdProcess], tmp_
 NOBODY_UID = 65534
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 SETPRIV = Path("/usr/bin/setpriv")
+# Passed as source: the checkout may sit where another user cannot read (a 0700 temp dir).
+HOSTILE_WORKER = REPO_ROOT / "tests/e2e/hostile_worker.py"
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PYTHON.exists() or not SETPRIV.exists(),
@@ -142,7 +144,7 @@ def test_a_worker_of_another_tenant_in_the_daemons_group_cannot_map_its_regions(
             # setpriv, not subprocess's user=: that makes Python fork (no vfork) a process full
             # of gRPC threads, whose fork handlers can crash the child before it execs.
             run = subprocess.run([str(SETPRIV), f"--reuid={NOBODY_UID}", "--regid=0", "--groups=0",
-                                  str(SYSTEM_PYTHON), str(REPO_ROOT / "tests/e2e/hostile_worker.py")],
+                                  str(SYSTEM_PYTHON), "-c", HOSTILE_WORKER.read_text()],
                                  input=json.dumps(job), capture_output=True, text=True, timeout=120,
                                  cwd="/")
         assert run.returncode == 0, run.stderr
