@@ -26,6 +26,10 @@ MESSAGE_OVERHEAD_BYTES = 4096
 # A burst of thousands of unary RPCs from one channel made a grpc.aio server answer CANCELLED;
 # this many at once keeps the daemon's executors busy without queueing inside gRPC.
 DEFAULT_MAX_INFLIGHT_RPCS = 64
+# A local put keeps this many free hbm slots leased (one Allocate per so many pages); a worker
+# holding more would starve the other workers of the namespace's hbm.
+DEFAULT_PUT_SLOTS = 8
+MAX_PUT_SLOTS = 256
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,12 @@ class ClientOptions:
     ``tls_ca``: PEM file of the CA that signed the daemon's certificate: TLS for a TCP target
     (unset: plaintext, as for the unix socket and loopback TCP); ``tls_cert`` + ``tls_key``: this
     client's certificate for mTLS.
+    ``local_data_path``: when the daemon shares this machine (its regions can be mapped), ``get``
+    and ``get_into`` read resident pages straight from the mapped regions through the daemon's
+    page index (no RPC), and ``put`` writes pages into leased slots and commits them with one RPC;
+    ``False`` sends every page over gRPC (the byte path).
+    ``put_slots``: free hbm slots a local ``put`` keeps leased ahead of need (one Allocate per
+    that many pages).
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
@@ -84,6 +94,8 @@ class ClientOptions:
     tls_ca: Path | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    local_data_path: bool = True
+    put_slots: int = DEFAULT_PUT_SLOTS
 
     def __post_init__(self) -> None:
         if self.max_message_bytes <= MESSAGE_OVERHEAD_BYTES:
@@ -92,6 +104,8 @@ class ClientOptions:
         if self.max_inflight_rpcs < 1:
             raise InvalidArgumentError(
                 f"max_inflight_rpcs must be at least 1, got {self.max_inflight_rpcs}")
+        if not 1 <= self.put_slots <= MAX_PUT_SLOTS:
+            raise InvalidArgumentError(f"put_slots must be in 1..{MAX_PUT_SLOTS}, got {self.put_slots}")
         if self.rpc_timeout_s <= 0:
             raise InvalidArgumentError(f"rpc_timeout_s must be positive, got {self.rpc_timeout_s}")
         if (self.tls_cert is None) != (self.tls_key is None):

@@ -64,7 +64,7 @@ class PageSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
-    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path")
+    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes")
     TIER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class RegionHandle(_message.Message):
     IPC_HANDLE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
     SOCKET_PATH_FIELD_NUMBER: _ClassVar[int]
+    INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     kind: HandleKind
     name: str
@@ -87,7 +88,8 @@ class RegionHandle(_message.Message):
     ipc_handle: bytes
     grant: bytes
     socket_path: str
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ...) -> None: ...
+    index_bytes: int
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ..., index_bytes: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "ns_id", "tier", "kind", "keys", "slots", "expires_in_s")
@@ -180,18 +182,20 @@ class PrefetchResponse(_message.Message):
     def __init__(self, num_scheduled: _Optional[int] = ...) -> None: ...
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("ns_id", "keys", "target_tier", "timeout_s", "ttl_s")
+    __slots__ = ("ns_id", "keys", "target_tier", "timeout_s", "ttl_s", "release_lease_ids")
     NS_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     TARGET_TIER_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_IDS_FIELD_NUMBER: _ClassVar[int]
     ns_id: int
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     target_tier: Tier
     timeout_s: float
     ttl_s: float
-    def __init__(self, ns_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., target_tier: _Optional[_Union[Tier, str]] = ..., timeout_s: _Optional[float] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+    release_lease_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, ns_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., target_tier: _Optional[_Union[Tier, str]] = ..., timeout_s: _Optional[float] = ..., ttl_s: _Optional[float] = ..., release_lease_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("lease",)
@@ -216,18 +220,20 @@ class AllocateResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("lease_id", "keys", "slots", "wait_durable", "durable_timeout_s")
+    __slots__ = ("lease_id", "keys", "slots", "wait_durable", "durable_timeout_s", "release_lease")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_DURABLE_FIELD_NUMBER: _ClassVar[int]
     DURABLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_LEASE_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     slots: _containers.RepeatedScalarFieldContainer[int]
     wait_durable: bool
     durable_timeout_s: float
-    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ...) -> None: ...
+    release_lease: bool
+    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ..., release_lease: _Optional[bool] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("num_committed", "durable_ticket", "durable")
