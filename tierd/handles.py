@@ -41,3 +41,5 @@ class RegionHandle:
     ipc_handle: bytes = field(default=b"", repr=False)
     grant: bytes = field(default=b"", repr=False)
     socket_path: str = ""
+    # Bytes of the region's read-only page index (``tierd.page_index``), 0 without one.
+    index_bytes: int = 0

@@ -6,7 +6,8 @@ connection, fixed size::
     request  MAGIC (4 bytes) | op (1 byte) | grant (GRANT_BYTES)
     reply    status (1 byte) | message length (2 bytes, big-endian) | message (UTF-8)
 
-An ``OPEN`` answered ``OK`` carries the region's memfd as SCM_RIGHTS ancillary data; ``CHECK``
+An ``OPEN`` answered ``OK`` carries the region's memfd as SCM_RIGHTS ancillary data (an
+``OPEN_INDEX``, the memfd of its read-only page index); ``CHECK``
 only says whether the grant still opens a region. The grant is the whole capability: it is
 handed out only in Register answers to the namespace's own tenant.
 """
@@ -32,6 +33,7 @@ MAX_REPLY_BYTES = REPLY_HEAD_BYTES + MAX_MESSAGE_BYTES
 class RegionOp(enum.IntEnum):
     OPEN = 1    # send me the region's file descriptor
     CHECK = 2   # does this grant still open a region?
+    OPEN_INDEX = 3  # send me the region's page index (a read-only memfd; tierd.page_index)
 
 
 class RegionStatus(enum.IntEnum):

@@ -8,15 +8,17 @@ fetched from the daemon's region socket with the handle's grant) and unmaps it o
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
 import numpy as np
 
 from tierd.handles import HandleKind, RegionHandle
+from tierd.page_index import PageIndexReader
 from tierd.spec import DType, PageSpec
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
-from tierd_client.shm import MappedShm, map_shm
+from tierd_client.shm import MappedIndex, MappedShm, map_index, map_shm
 
 # numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
 # itemsize (use ``ArenaView.torch()`` for typed values).
@@ -65,6 +67,8 @@ class ArenaView:
         self.spec = spec
         self._lock = threading.Lock()
         self._mapped: MappedShm | None = None
+        self._index: MappedIndex | None = None
+        self._flat: memoryview | None = None
         self._cuda_mem: Any = None  # cupy memory of a CUDA IPC region
         self._closed = False
         self._ipc_ptr = 0
@@ -94,6 +98,22 @@ class ArenaView:
         if self._closed:
             return True
         return self._mapped is not None and not self._mapped.is_current()
+
+    def page_index(self) -> tuple[PageIndexReader, memoryview] | None:
+        """The region's page index and its bytes as one flat view, for lease-free reads
+        (``tierd_client.local_path``); ``None`` when the daemon publishes no index for it (device
+        regions, older daemons). Mapped on first use, unmapped by ``close``."""
+        self._require_open()
+        if self._mapped is None or self.handle.index_bytes <= 0:
+            return None
+        with self._lock:
+            if self._index is None:
+                self._index = map_index(self.handle)
+                self._flat = memoryview(self._mapped.array()).cast("B")
+            reader, flat = self._index.reader, self._flat
+        if reader is None or flat is None:
+            return None
+        return reader, flat
 
     def _open_cuda_ipc(self) -> Any:
         # Only a worker on a CUDA machine gets such a handle; cupy is imported on first use only.
@@ -162,6 +182,13 @@ class ArenaView:
             self._closed = True
             mapped, self._mapped = self._mapped, None
             cuda_mem, self._cuda_mem = self._cuda_mem, None
+            index, self._index = self._index, None
+            flat, self._flat = self._flat, None
+        if index is not None:
+            index.close()
+        if flat is not None:
+            with contextlib.suppress(BufferError):  # a read in flight: the GC unmaps after it
+                flat.release()
         if mapped is not None:
             mapped.close()  # unmaps once numpy/torch views of it are dropped; never unlinks
         if cuda_mem is not None:

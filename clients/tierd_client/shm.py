@@ -18,6 +18,7 @@ import numpy as np
 
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind, RegionHandle
+from tierd.page_index import PageIndexReader
 from tierd.region_wire import MAX_REPLY_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
 from tierd_client.errors import (
     FailedPreconditionError,
@@ -143,8 +144,8 @@ def _exchange(handle: RegionHandle, op: RegionOp) -> tuple[RegionReply, int | No
     return reply, (fds[0] if fds else None)
 
 
-def _fetch_fd(handle: RegionHandle) -> int:
-    reply, fd = _exchange(handle, RegionOp.OPEN)
+def _fetch_fd(handle: RegionHandle, op: RegionOp = RegionOp.OPEN) -> int:
+    reply, fd = _exchange(handle, op)
     if reply.status is RegionStatus.OK and fd is not None:
         return fd
     if fd is not None:
@@ -191,3 +192,54 @@ def map_shm(handle: RegionHandle) -> MappedShm:
     finally:
         os.close(fd)
     return MappedShm(handle, mm, start_bytes, socket_identity)
+
+
+class MappedIndex:
+    """A worker's read-only mapping of one region's page index; ``close()`` unmaps."""
+
+    def __init__(self, handle: RegionHandle, mm: mmap.mmap) -> None:
+        self.handle = handle
+        self._mm: mmap.mmap | None = mm
+        self.reader: PageIndexReader | None = PageIndexReader(memoryview(mm))
+
+    def close(self) -> None:
+        """Drop the reader and unmap. Idempotent."""
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.release()
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:
+                log.debug("page index of %s still in use; unmapped when dropped", self.handle.name)
+
+
+def map_index(handle: RegionHandle) -> MappedIndex:
+    """Map the page index of the host region ``handle`` names, read-only (op 3 on the region
+    socket). ``FailedPreconditionError`` when the daemon publishes none for it (``index_bytes``
+    0), else the errors of ``map_shm``; ``InvalidArgumentError`` for an index that does not
+    match the handle."""
+    _check_handle(handle)
+    if handle.index_bytes <= 0:
+        raise FailedPreconditionError(f"region {handle.name!r} has no page index")
+    fd = _fetch_fd(handle, RegionOp.OPEN_INDEX)
+    try:
+        file_bytes = os.fstat(fd).st_size
+        if file_bytes != handle.index_bytes:
+            raise InvalidArgumentError(f"the page index of region {handle.name!r} is {file_bytes} "
+                                       f"bytes, the handle says {handle.index_bytes}")
+        mm = mmap.mmap(fd, file_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    try:
+        mapped = MappedIndex(handle, mm)
+    except ValueError as exc:
+        mm.close()
+        raise InvalidArgumentError(f"region {handle.name!r}: {exc}") from None
+    reader = mapped.reader
+    if reader is None or reader.num_slots != handle.num_slots or reader.page_bytes != handle.page_bytes:
+        mapped.close()
+        raise InvalidArgumentError(f"the page index of region {handle.name!r} does not describe "
+                                   f"its {handle.num_slots} slots of {handle.page_bytes} bytes")
+    return mapped

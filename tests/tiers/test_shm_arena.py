@@ -6,6 +6,7 @@ region with ``tierd_client.shm.map_shm`` over the region socket (tests/clients/t
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import re
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 
 from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import HandleKind, RegionHandle
+from tierd.page_index import PageIndexReader, index_bytes_for
 from tierd.region_wire import GRANT_BYTES
 from tierd.tier import Tier
 from tierd.tiers.base import Medium
@@ -146,7 +148,8 @@ def test_region_name_handle_and_grant(arena: ShmArena) -> None:
     handle = region.handle()
     assert handle == RegionHandle(tier=Tier.DRAM, kind=HandleKind.MEMFD, name=region.name,
                                   offset_bytes=0, size_bytes=3 * PAGE_BYTES, page_bytes=PAGE_BYTES,
-                                  num_slots=3, device="cpu", grant=region.grant)
+                                  num_slots=3, device="cpu", grant=region.grant,
+                                  index_bytes=index_bytes_for(3))
     assert region.grant.hex() not in repr(handle) and repr(region.grant) not in repr(handle)
 
 
@@ -249,3 +252,28 @@ def test_region_arguments_are_checked(arena: ShmArena) -> None:
 def test_mem_available_bytes_reads_meminfo() -> None:
     available = mem_available_bytes()
     assert available is not None and available > 0
+
+
+def test_page_index_is_read_only_for_whoever_gets_its_descriptor() -> None:
+    with ShmArena(Tier.DRAM, 4 * PAGE_BYTES, PREFIX, prefault=False) as arena:
+        region = arena.create_region(1, 4, PAGE_BYTES)
+        index = region.page_index
+        assert index is not None and region.handle().index_bytes == index_bytes_for(4)
+        index.published(b"k" * 16, 2)
+        with arena.shared_fd(region.grant, index=True) as fd:
+            assert fd is not None
+            size = os.fstat(fd).st_size
+            with pytest.raises(PermissionError):
+                mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+            with pytest.raises(PermissionError):
+                os.pwrite(fd, b"x", 0)
+            with pytest.raises(PermissionError):
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, 0)  # sealed: the seals cannot be undone
+            mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        reader = PageIndexReader(memoryview(mm))
+        found = reader.find(b"k" * 16)
+        assert found is not None and found.slot == 2 and reader.is_open
+        region.close()
+        assert not reader.is_open  # the daemon's close is seen by every reader
+        reader.release()
+        mm.close()

@@ -15,6 +15,7 @@ everything here with its lock held.
 from __future__ import annotations
 
 from collections.abc import Container, Iterable
+from typing import Protocol
 
 from tierd.config import EvictionPolicy
 from tierd.errors import InvalidArgument
@@ -23,11 +24,25 @@ from tierd.keys import PageKey
 from tierd.policies import EvictionOrder, make_order
 
 
-class MemoryResidency:
-    """One namespace's pages in one memory tier (``hbm`` or ``dram``)."""
+class PageDirectory(Protocol):
+    """Told of every published page of a region (the shared page index, ``tierd.page_index``)."""
 
-    def __init__(self, num_slots: int, policy: EvictionPolicy = EvictionPolicy.LRU) -> None:
+    def published(self, key: PageKey, slot: int) -> None: ...
+
+    def unpublished(self, key: PageKey) -> None:
+        """Called before the page's slot can be freed (and so written again)."""
+
+
+class MemoryResidency:
+    """One namespace's pages in one memory tier (``hbm`` or ``dram``).
+
+    ``directory``, if given, hears of every page published and unpublished here.
+    """
+
+    def __init__(self, num_slots: int, policy: EvictionPolicy = EvictionPolicy.LRU,
+                 directory: PageDirectory | None = None) -> None:
         self.allocator = SlotAllocator(num_slots)
+        self.directory = directory
         self.slots: dict[PageKey, int] = {}      # published pages, first cached first
         self.order: EvictionOrder[PageKey] = make_order(policy, self.slots)
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
@@ -78,6 +93,8 @@ class MemoryResidency:
         if success and not cancelled and key not in self.slots:
             self.slots[key] = slot
             self.order.insert(key)
+            if self.directory is not None:
+                self.directory.published(key, slot)
             return slot
         self.allocator.free([slot])
         return None
@@ -95,6 +112,8 @@ class MemoryResidency:
             return False
         self.slots[key] = slot
         self.order.insert(key)
+        if self.directory is not None:
+            self.directory.published(key, slot)
         return True
 
     def pin(self, slot: int) -> None:
@@ -132,6 +151,8 @@ class MemoryResidency:
         if slot is None:
             return None
         self.order.remove(key)
+        if self.directory is not None:
+            self.directory.unpublished(key)
         if slot not in self.pins:
             self.allocator.free([slot])
         return slot
@@ -142,6 +163,8 @@ class MemoryResidency:
             return False
         del self.slots[key]
         self.order.remove(key)
+        if self.directory is not None:
+            self.directory.unpublished(key)
         self.allocator.free([slot])
         return True
 

@@ -34,7 +34,8 @@ from tierd.server.unix_socket import remove_stale_socket, socket_is_live
 log = logging.getLogger(__name__)
 
 # Looks a grant up: a descriptor valid inside the ``with``, or None.
-FdLookup = Callable[[bytes], AbstractContextManager[int | None]]
+# lookup(grant) -> the region's fd; lookup(grant, index=True) -> its page index's fd (None: no such).
+FdLookup = Callable[..., AbstractContextManager[int | None]]
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _BACKLOG = 64
 
@@ -156,7 +157,9 @@ class RegionSocket:
         except InvalidArgument as exc:
             _reply(conn, RegionReply(RegionStatus.INVALID, f"{exc}"))
             return
-        with self._lookup(request.grant) as fd:
+        lookup = (self._lookup(request.grant, index=True) if request.op is RegionOp.OPEN_INDEX
+                  else self._lookup(request.grant))
+        with lookup as fd:
             if fd is None:
                 log.info("region socket: %s presented a grant that opens no region", _peer(conn))
                 _reply(conn, RegionReply(RegionStatus.NOT_FOUND,

@@ -44,11 +44,12 @@ class Media:
     engine: TransferEngine
 
     @contextmanager
-    def shared_fd(self, grant: bytes) -> Iterator[int | None]:
-        """The descriptor of the shm region ``grant`` opens (valid inside the ``with``), else None."""
+    def shared_fd(self, grant: bytes, index: bool = False) -> Iterator[int | None]:
+        """The descriptor of the shm region ``grant`` opens (``index``: of its page index),
+        valid inside the ``with``, else None."""
         for arena in self.arenas.values():
             if isinstance(arena, ShmArena):
-                with arena.shared_fd(grant) as fd:
+                with arena.shared_fd(grant, index) as fd:
                     if fd is not None:
                         yield fd
                         return

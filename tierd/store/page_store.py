@@ -169,12 +169,13 @@ class PageStore:
                 raise
             parts.manager.add_namespace(ns)
             for tier, num_slots in slots.items():
-                parts.manager.add_region(ns.ns_id, tier, num_slots)
+                parts.manager.add_region(ns.ns_id, tier, num_slots,
+                                         parts.regions.page_index(ns.ns_id, tier))
             return ns
 
     def _ensure_regions_locked(self, parts: _Parts, ns: Namespace) -> None:
         for tier, num_slots in parts.regions.ensure(ns).items():
-            parts.manager.add_region(ns.ns_id, tier, num_slots)
+            parts.manager.add_region(ns.ns_id, tier, num_slots, parts.regions.page_index(ns.ns_id, tier))
 
     def _ready(self, ns_id: int) -> _Parts:
         """The parts, with ``ns_id``'s regions created (a namespace loaded from disk gets them on
@@ -197,14 +198,15 @@ class PageStore:
         return self._ready(ns_id).regions.handles(ns_id)
 
     @contextmanager
-    def shared_region_fd(self, grant: bytes) -> Iterator[int | None]:
-        """The descriptor of the region ``grant`` opens, valid inside the ``with`` (for the
-        region socket to send); ``None`` when no open region has that grant."""
+    def shared_region_fd(self, grant: bytes, index: bool = False) -> Iterator[int | None]:
+        """The descriptor of the region ``grant`` opens (``index``: of its page index), valid
+        inside the ``with`` (for the region socket to send); ``None`` when no open region has
+        that grant."""
         parts = self._parts
         if parts is None:
             yield None
             return
-        with parts.media.shared_fd(grant) as fd:
+        with parts.media.shared_fd(grant, index) as fd:
             yield fd
 
     def num_slots(self, ns_id: int, tier: Tier) -> int:

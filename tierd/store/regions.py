@@ -13,6 +13,7 @@ import threading
 from tierd.config import StoreConfig
 from tierd.errors import FailedPrecondition, ResourceExhausted
 from tierd.handles import RegionHandle
+from tierd.page_index import PageIndexWriter
 from tierd.spec import Namespace
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Arena, Region
@@ -89,6 +90,11 @@ class RegionTable:
         if region is None:
             raise FailedPrecondition(f"namespace {ns_id} has no {tier.label} region")
         return region
+
+    def page_index(self, ns_id: int, tier: Tier) -> PageIndexWriter | None:
+        """The page index of the namespace's ``tier`` region, if it has one (host regions)."""
+        region = self._regions.get((ns_id, tier))
+        return region.page_index if region is not None else None
 
     def handles(self, ns_id: int) -> list[RegionHandle]:
         """Handles of the regions clients can map, hbm first."""

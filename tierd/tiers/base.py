@@ -12,6 +12,7 @@ import enum
 from typing import Protocol
 
 from tierd.handles import RegionHandle
+from tierd.page_index import PageIndexWriter
 from tierd.tier import Tier
 
 
@@ -40,6 +41,10 @@ class Region(Protocol):
 
     def handle(self) -> RegionHandle | None:
         """What a local client needs to map the region; ``None`` when clients cannot map it."""
+
+    @property
+    def page_index(self) -> PageIndexWriter | None:
+        """The writer of the region's shared page index (lease-free local reads), if it has one."""
 
     def close(self) -> None:
         """Unmap and free the memory; idempotent."""

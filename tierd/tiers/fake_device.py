@@ -14,6 +14,7 @@ import numpy as np
 
 from tierd.errors import InvalidArgument, Unavailable
 from tierd.handles import RegionHandle
+from tierd.page_index import PageIndexWriter
 from tierd.tier import Tier
 from tierd.tiers.base import Medium, RegionGeometry
 from tierd.tiers.budget import ArenaBudget
@@ -40,6 +41,11 @@ class FakeDeviceRegion(RegionGeometry):
 
     def handle(self) -> RegionHandle | None:
         """None: no client process can map fake device memory."""
+        return None
+
+    @property
+    def page_index(self) -> PageIndexWriter | None:
+        """None: no client reads fake device memory without a lease."""
         return None
 
     def close(self) -> None:

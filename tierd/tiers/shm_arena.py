@@ -17,6 +17,7 @@ memory itself is freed by the kernel once the daemon and every worker have unmap
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -34,6 +35,7 @@ import numpy as np
 
 from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import HandleKind, RegionHandle
+from tierd.page_index import PageIndexWriter, index_bytes_for
 from tierd.region_wire import GRANT_BYTES
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Medium, RegionGeometry
@@ -45,6 +47,11 @@ logger = logging.getLogger(__name__)
 
 # A worker may write pages but never resize the region (nor unseal it).
 _SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+# Linux 5.1+; Python 3.11's fcntl does not name it. Once set, no new writable mapping (nor
+# write()) of the file can be made: the daemon's own mapping, made before, stays writable.
+_F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
+# A worker may only read a region's page index.
+_INDEX_SEALS = _SEALS | _F_SEAL_FUTURE_WRITE
 # 4 hex chars tell two regions of one namespace and tier apart in logs; the name opens nothing.
 _LABEL_TOKEN_BYTES = 2
 # Prefault touches one byte per OS page: that is what makes the kernel back and map the page.
@@ -80,9 +87,14 @@ class ShmRegion(RegionGeometry):
     """
 
     def __init__(self, tier: Tier, ns_id: int, name: str, fd: int, mm: mmap.mmap, num_slots: int,
-                 page_bytes: int, on_close: Callable[[ShmRegion], None]) -> None:
+                 page_bytes: int, on_close: Callable[[ShmRegion], None],
+                 index: tuple[int, mmap.mmap] | None = None) -> None:
         super().__init__(num_slots, page_bytes)
         self._mm: mmap.mmap | None = mm
+        # The page index: its own memfd, read-only to workers (tierd.page_index).
+        self._index_fd, self._index_mm = index if index is not None else (-1, None)
+        self._index = (PageIndexWriter(memoryview(self._index_mm), num_slots, page_bytes)
+                       if self._index_mm is not None else None)
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
         self._label = f"{tier.label} region {name}"
@@ -160,11 +172,20 @@ class ShmRegion(RegionGeometry):
         """The secret that opens this region on the region socket; give it only to its tenant."""
         return self._grant
 
+    @property
+    def page_index(self) -> PageIndexWriter | None:
+        """The writer of this region's page index (the manager's page directory), if it has one."""
+        return self._index
+
     @contextmanager
-    def open_fd(self) -> Iterator[int | None]:
-        """The region's descriptor, valid inside the ``with`` (``None`` once closed)."""
+    def open_fd(self, index: bool = False) -> Iterator[int | None]:
+        """The region's descriptor (``index``: its page index's), valid inside the ``with``
+        (``None`` once closed, or without an index)."""
         with self._fd_lock:
-            yield None if self._closed else self._fd
+            if self._closed or (index and self._index is None):
+                yield None
+            else:
+                yield self._index_fd if index else self._fd
 
     def handle(self) -> RegionHandle:
         """What a local client needs to map this region (``tierd_client.shm.map_shm``); the
@@ -172,7 +193,8 @@ class ShmRegion(RegionGeometry):
         return RegionHandle(tier=self._tier, kind=HandleKind.MEMFD, name=self._name,
                             offset_bytes=0, size_bytes=self.size_bytes,
                             page_bytes=self._page_bytes, num_slots=self._num_slots,
-                            device="cpu", grant=self._grant)
+                            device="cpu", grant=self._grant,
+                            index_bytes=index_bytes_for(self._num_slots) if self._index is not None else 0)
 
     def prefault(self) -> float:
         """Touch every OS page so later writes run at full speed; returns the seconds it took."""
@@ -192,9 +214,16 @@ class ShmRegion(RegionGeometry):
         with self._close_lock:
             if self._closed:
                 return
+            if self._index is not None:
+                self._index.close()  # first: readers must stop trusting it before anything else
             with self._fd_lock:
                 self._closed = True
                 os.close(self._fd)
+                if self._index_fd >= 0:
+                    os.close(self._index_fd)
+        if self._index_mm is not None:
+            with contextlib.suppress(BufferError):  # a reader of the index here: the GC unmaps it
+                self._index_mm.close()
         if not self._unmap():
             logger.warning("%s closed while views of it are still in use; its %s are freed when "
                            "the last view is dropped", self._label, format_size(self.size_bytes))
@@ -228,14 +257,22 @@ def _reserve_segment(fd: int, size_bytes: int, name: str) -> None:
         raise
 
 
-def _create_segment(name: str, size_bytes: int) -> tuple[int, mmap.mmap]:
-    """A sealed memfd of ``size_bytes`` and its shared read-write mapping."""
+def _create_segment(name: str, size_bytes: int, index: bool = False) -> tuple[int, mmap.mmap]:
+    """A sealed memfd of ``size_bytes`` and its shared read-write mapping; ``index``: sealed
+    read-only for everyone else once mapped here."""
     fd = os.memfd_create(name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
         _reserve_segment(fd, size_bytes, name)
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        if not index:
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
         mm = mmap.mmap(fd, size_bytes, flags=mmap.MAP_SHARED,
                        prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        if index:
+            try:
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _INDEX_SEALS)
+            except BaseException:
+                mm.close()
+                raise
     except BaseException:
         os.close(fd)
         raise
@@ -287,15 +324,15 @@ class ShmArena:
             return list(self._regions.values())
 
     @contextmanager
-    def shared_fd(self, grant: bytes) -> Iterator[int | None]:
-        """The descriptor of the open region whose grant is ``grant``, valid inside the ``with``;
-        ``None`` when no open region has it."""
+    def shared_fd(self, grant: bytes, index: bool = False) -> Iterator[int | None]:
+        """The descriptor of the open region whose grant is ``grant`` (``index``: of its page
+        index), valid inside the ``with``; ``None`` when no open region has it."""
         with self._lock:
             region = self._regions.get(grant_digest(grant))
         if region is None:
             yield None
             return
-        with region.open_fd() as fd:
+        with region.open_fd(index) as fd:
             yield fd
 
     def create_region(self, ns_id: int, num_slots: int, page_bytes: int) -> ShmRegion:
@@ -343,7 +380,14 @@ class ShmArena:
         name = (f"{self._name_prefix}-{self._tier.label}-ns{ns_id}-"
                 f"{secrets.token_hex(_LABEL_TOKEN_BYTES)}")
         fd, mm = _create_segment(name, size_bytes)
-        region = ShmRegion(self._tier, ns_id, name, fd, mm, num_slots, page_bytes, self._forget)
+        try:
+            index = _create_segment(f"{name}-index", index_bytes_for(num_slots), index=True)
+        except BaseException:
+            mm.close()
+            os.close(fd)
+            raise
+        region = ShmRegion(self._tier, ns_id, name, fd, mm, num_slots, page_bytes, self._forget,
+                           index)
         try:
             prefault_s = region.prefault() if self._prefault else 0.0
         except BaseException:

@@ -1,0 +1,202 @@
+"""The local data path: pages read and written through the daemon's mapped regions.
+
+Used by both clients when the daemon shares this machine (``ClientOptions.local_data_path``):
+
+- ``LocalReader`` copies resident pages out of the mapped regions without any RPC, looking each
+  key up in the region's page index (``tierd.page_index``: a copy is accepted only if the key's
+  bucket did not change during it, so it is never a page evicted, overwritten or deleted
+  meanwhile). The daemon does not see these reads, so the reader remembers the keys it served
+  and the client reports them in batches (a Lookup, which counts hits and keeps the pages warm).
+- ``SlotPool`` keeps a few free slots of a FILL lease per namespace, so a local put is one copy
+  and one Commit, with one Allocate per ``ClientOptions.put_slots`` pages.
+
+Neither does any I/O of its own: the clients make the RPCs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
+
+from tierd.handles import HandleKind
+from tierd.page_index import PageIndexReader, loads_are_ordered
+from tierd.tier import MEMORY_TIERS, Tier
+from tierd_client.arena import ArenaView
+from tierd_client.errors import TierdRpcError
+from tierd_client.types import NamespaceHandle
+
+# Keys served locally are reported to the daemon once this many have gathered (one Lookup).
+TOUCH_BATCH_KEYS = 64
+# At most this many wait to be reported; more are dropped (only the LRU order misses them).
+MAX_PENDING_TOUCHES = 4096
+# A pooled lease is not used this close to its expiry (the commit must reach the daemon first).
+LEASE_MARGIN_S = 2.0
+# Leases kept per (namespace, tier): one per thread that puts at once, up to this many.
+MAX_POOLED_PER_NAMESPACE = 4
+
+
+class _Region:
+    """One mapped region with an index: where to look keys up and copy pages from."""
+
+    __slots__ = ("reader", "flat", "page_bytes")
+
+    def __init__(self, reader: PageIndexReader, flat: memoryview, page_bytes: int) -> None:
+        self.reader = reader
+        self.flat = flat
+        self.page_bytes = page_bytes
+
+    def copy_out(self, key: bytes, out: memoryview) -> bool:
+        """Copy ``key``'s page into ``out``; False (``out`` then holds garbage) unless the copy is
+        certainly the committed page."""
+        found = self.reader.find(key)
+        if found is None or not self.reader.is_open:
+            return False
+        start = found.slot * self.page_bytes
+        out[:] = self.flat[start:start + self.page_bytes]
+        return self.reader.unchanged(found)
+
+
+class LocalReader:
+    """Lease-free reads of one client. ``arena(ns, tier)`` maps (or returns the cached, fresh)
+    view of a region. Thread-safe."""
+
+    def __init__(self, arena: Callable[[NamespaceHandle, Tier], ArenaView], enabled: bool) -> None:
+        self._arena = arena
+        self._enabled = enabled and loads_are_ordered()
+        self._unusable: set[bytes] = set()  # grants of regions that cannot be read here
+        self._lock = threading.Lock()
+        self._touched: dict[int, list[bytes]] = {}
+        self._num_touched = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def read(self, ns: NamespaceHandle, keys: Sequence[bytes], outs: Sequence[memoryview]) -> int:
+        """Copy the pages of the leading resident ``keys`` into ``outs`` (one writable
+        ``page_bytes`` view each); how many were copied (the rest need an RPC)."""
+        if not self._enabled or not keys:
+            return 0
+        regions = self._regions(ns)
+        if not regions:
+            return 0
+        done = 0
+        for key, out in zip(keys, outs):
+            if not any(region.copy_out(key, out) for region in regions):
+                break
+            done += 1
+        if done:
+            self._remember(ns.ns_id, keys[:done])
+        return done
+
+    def _regions(self, ns: NamespaceHandle) -> list[_Region]:
+        out: list[_Region] = []
+        for tier in MEMORY_TIERS:
+            handle = ns.region(tier)
+            if (handle is None or handle.kind is not HandleKind.MEMFD or handle.index_bytes <= 0
+                    or handle.grant in self._unusable):
+                continue
+            try:
+                index = self._arena(ns, tier).page_index()
+            except TierdRpcError:
+                # Gone (the daemon restarted: register again for fresh handles), or not ours to
+                # map: the RPC path serves these reads from now on.
+                self._unusable.add(handle.grant)
+                continue
+            if index is not None:
+                out.append(_Region(index[0], index[1], handle.page_bytes))
+        return out
+
+    def _remember(self, ns_id: int, keys: Sequence[bytes]) -> None:
+        with self._lock:
+            if self._num_touched + len(keys) > MAX_PENDING_TOUCHES:
+                return
+            self._touched.setdefault(ns_id, []).extend(keys)
+            self._num_touched += len(keys)
+
+    def take_touches(self, force: bool = False) -> dict[int, list[bytes]]:
+        """Keys served locally since the last call, by namespace, once ``TOUCH_BATCH_KEYS`` have
+        gathered (any number with ``force``); the client reports them with Lookups."""
+        with self._lock:
+            if not self._touched or (self._num_touched < TOUCH_BATCH_KEYS and not force):
+                return {}
+            touched, self._touched, self._num_touched = self._touched, {}, 0
+        return touched
+
+
+class PooledLease(Protocol):
+    """What the pool needs of a client's FILL lease."""
+
+    @property
+    def slots(self) -> tuple[int, ...]: ...
+
+    @property
+    def expires_at_s(self) -> float: ...
+
+
+L = TypeVar("L", bound=PooledLease)
+
+
+class Pooled(Generic[L]):
+    """A FILL lease and its slots nobody has written yet; used by one caller at a time."""
+
+    def __init__(self, lease: L) -> None:
+        self.lease = lease
+        self._free = list(lease.slots)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    def take(self, num_pages: int) -> tuple[int, ...]:
+        """Up to ``num_pages`` free slots, now the caller's to write and commit."""
+        taken, self._free = tuple(self._free[:num_pages]), self._free[num_pages:]
+        return taken
+
+    def usable(self, now_s: float) -> bool:
+        """Free slots left, and time enough before expiry for a commit to reach the daemon."""
+        return bool(self._free) and self.lease.expires_at_s - LEASE_MARGIN_S > now_s
+
+
+class SlotPool(Generic[L]):
+    """Pooled FILL leases per (namespace, tier), for local puts. ``checkout`` hands a lease to one
+    caller only (a slot must never be written by two, nor a lease ended under a writer);
+    ``checkin`` gives it back. Thread-safe."""
+
+    def __init__(self, max_per_namespace: int = MAX_POOLED_PER_NAMESPACE) -> None:
+        self._lock = threading.Lock()
+        self._max = max_per_namespace
+        self._pools: dict[tuple[int, Tier], list[Pooled[L]]] = {}
+
+    def checkout(self, ns_id: int, tier: Tier) -> tuple[Pooled[L] | None, list[L]]:
+        """A usable pooled lease (``None``: allocate one), and leases too close to their expiry
+        to use, which the caller releases."""
+        now_s = time.monotonic()
+        stale: list[L] = []
+        with self._lock:
+            pooled = self._pools.get((ns_id, tier), [])
+            while pooled:
+                candidate = pooled.pop()
+                if candidate.usable(now_s):
+                    return candidate, stale
+                stale.append(candidate.lease)
+        return None, stale
+
+    def checkin(self, ns_id: int, tier: Tier, pooled: Pooled[L]) -> L | None:
+        """Give a lease with free slots back; returns it instead when the pool is full (the
+        caller releases it)."""
+        with self._lock:
+            leases = self._pools.setdefault((ns_id, tier), [])
+            if len(leases) >= self._max:
+                return pooled.lease
+            leases.append(pooled)
+        return None
+
+    def drain(self) -> list[L]:
+        """Every pooled lease (for the client to release on close); the pool is empty after."""
+        with self._lock:
+            leases = [pooled.lease for group in self._pools.values() for pooled in group]
+            self._pools.clear()
+        return leases
