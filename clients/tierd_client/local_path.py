@@ -15,9 +15,11 @@ Neither does any I/O of its own: the clients make the RPCs.
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
 from tierd.handles import HandleKind
@@ -47,15 +49,36 @@ class _Region:
         self.flat = flat
         self.page_bytes = page_bytes
 
-    def copy_out(self, key: bytes, out: memoryview) -> bool:
-        """Copy ``key``'s page into ``out``; False (``out`` then holds garbage) unless the copy is
-        certainly the committed page."""
+    def copy_out(self, key: bytes, out: memoryview) -> _Copy:
+        """Copy ``key``'s page into ``out``; anything but ``COPIED`` leaves ``out`` undefined."""
         found = self.reader.find(key)
         if found is None or not self.reader.is_open:
-            return False
+            return _Copy.ABSENT
         start = found.slot * self.page_bytes
         out[:] = self.flat[start:start + self.page_bytes]
-        return self.reader.unchanged(found)
+        return _Copy.COPIED if self.reader.unchanged(found) else _Copy.REFUSED
+
+
+class _Copy(enum.Enum):
+    ABSENT = "absent"    # not in this region's index (or being changed)
+    COPIED = "copied"    # certainly the committed page
+    REFUSED = "refused"  # the key's bucket changed during the copy: the bytes may be another page's
+
+
+@dataclass(frozen=True)
+class LocalPathStats:
+    """What one client's local data path did since it was created.
+
+    ``pages_read``: pages copied out of mapped regions without an RPC; ``pages_missed``: pages
+    asked for that were not resident in a mapped region (read over RPCs instead);
+    ``copies_refused``: copies thrown away because the page moved during the copy;
+    ``pages_put``: pages written into leased slots and committed.
+    """
+
+    pages_read: int = 0
+    pages_missed: int = 0
+    copies_refused: int = 0
+    pages_put: int = 0
 
 
 class LocalReader:
@@ -69,6 +92,7 @@ class LocalReader:
         self._lock = threading.Lock()
         self._touched: dict[int, list[bytes]] = {}
         self._num_touched = 0
+        self._stats = LocalPathStats()
 
     @property
     def enabled(self) -> bool:
@@ -82,14 +106,25 @@ class LocalReader:
         regions = self._regions(ns)
         if not regions:
             return 0
-        done = 0
+        done = refused = 0
         for key, out in zip(keys, outs):
-            if not any(region.copy_out(key, out) for region in regions):
+            for region in regions:
+                outcome = region.copy_out(key, out)
+                if outcome is _Copy.COPIED:
+                    break
+                refused += outcome is _Copy.REFUSED
+            else:
                 break
             done += 1
-        if done:
-            self._remember(ns.ns_id, keys[:done])
+        self._count(ns.ns_id, keys[:done], len(keys) - done, refused)
         return done
+
+    def count_put(self, num_pages: int) -> None:
+        with self._lock:
+            self._stats = replace(self._stats, pages_put=self._stats.pages_put + num_pages)
+
+    def stats(self) -> LocalPathStats:
+        return self._stats
 
     def _regions(self, ns: NamespaceHandle) -> list[_Region]:
         out: list[_Region] = []
@@ -109,12 +144,14 @@ class LocalReader:
                 out.append(_Region(index[0], index[1], handle.page_bytes))
         return out
 
-    def _remember(self, ns_id: int, keys: Sequence[bytes]) -> None:
+    def _count(self, ns_id: int, keys: Sequence[bytes], missed: int, refused: int) -> None:
         with self._lock:
-            if self._num_touched + len(keys) > MAX_PENDING_TOUCHES:
-                return
-            self._touched.setdefault(ns_id, []).extend(keys)
-            self._num_touched += len(keys)
+            stats = self._stats
+            self._stats = LocalPathStats(stats.pages_read + len(keys), stats.pages_missed + missed,
+                                         stats.copies_refused + refused, stats.pages_put)
+            if keys and self._num_touched + len(keys) <= MAX_PENDING_TOUCHES:
+                self._touched.setdefault(ns_id, []).extend(keys)
+                self._num_touched += len(keys)
 
     def take_touches(self, force: bool = False) -> dict[int, list[bytes]]:
         """Keys served locally since the last call, by namespace, once ``TOUCH_BATCH_KEYS`` have
