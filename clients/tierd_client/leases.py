@@ -1,13 +1,17 @@
-"""Lease objects of the async client: a pin on pages (READ) or free hbm slots (FILL).
+"""Lease objects: a pin on pages (READ) or free hbm slots (FILL), for both clients.
 
-``await client.acquire(...)`` gives an ``AsyncLease``; ``async with client.acquire(...) as lease``
-releases it on exit. A lease ends on release, on TTL expiry (``expires_at_s``; ``renew`` extends
-it), or when the client's session ends.
+``client.acquire(...)`` gives a ``Lease`` (blocking client) or, awaited, an ``AsyncLease``; ``with``
+(``async with``) releases it on exit. A lease ends on release, on a commit with ``release=True``,
+on TTL expiry (``expires_at_s``; ``renew`` extends it), or when the client's session ends.
+``release_later`` hands the lease back without an RPC of its own: the client's next Acquire
+carries its id (``ReleaseQueue``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -19,17 +23,60 @@ from tierd_client.types import CommitResult, LeaseKind, LeaseState, NamespaceHan
 
 if TYPE_CHECKING:
     from tierd_client.aio import AsyncTierClient
+    from tierd_client.sync import TierClient
 
 log = logging.getLogger(__name__)
 
+# Released leases waiting for the next Acquire; beyond this many, release_later sends a Release.
+MAX_QUEUED_RELEASES = 64
 
-class AsyncLease:
-    """A lease granted by the daemon. ``keys[i]`` lives in ``slots[i]`` of ``tier``'s region."""
 
-    def __init__(self, client: AsyncTierClient, ns: NamespaceHandle, state: LeaseState) -> None:
-        self._client = client
+class ReleaseQueue:
+    """``(session_id, lease_id)`` of leases released client-side, for the next Acquire to carry.
+
+    Thread-safe; ``take`` on an empty queue (the common case) takes no lock.
+    """
+
+    def __init__(self, bound: int = MAX_QUEUED_RELEASES) -> None:
+        self._bound = bound
+        self._items: deque[tuple[str, int]] = deque()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def offer(self, session_id: str, lease_id: int) -> bool:
+        """Queue one; ``False`` (nothing queued) when the queue is full."""
+        with self._lock:
+            if len(self._items) >= self._bound:
+                return False
+            self._items.append((session_id, lease_id))
+            return True
+
+    def take(self, limit: int | None = None,
+             is_open: Callable[[str], bool] | None = None) -> list[tuple[str, int]]:
+        """Remove and return up to ``limit`` (default: all), oldest first; those of sessions that
+        are no longer open (``is_open``) are dropped: their leases ended with the session."""
+        if not self._items:
+            return []
+        with self._lock:
+            count = len(self._items) if limit is None else min(limit, len(self._items))
+            items = [self._items.popleft() for _ in range(count)]
+        return items if is_open is None else [item for item in items if is_open(item[0])]
+
+    def put_back(self, items: Sequence[tuple[str, int]]) -> None:
+        """Return ``items`` (taken by ``take``) to the front of the queue."""
+        with self._lock:
+            self._items.extendleft(reversed(items))
+
+
+class _LeaseBase:
+    """What both lease classes show. ``keys[i]`` lives in ``slots[i]`` of ``tier``'s region."""
+
+    def __init__(self, ns: NamespaceHandle, state: LeaseState, session_id: str) -> None:
         self.ns = ns
         self._state = state
+        self._session_id = session_id  # the session the lease was granted in
         self._released = state.lease_id == 0  # a READ lease over 0 pages holds nothing
 
     @property
@@ -71,15 +118,37 @@ class AsyncLease:
         return self._released
 
     def __repr__(self) -> str:
-        return (f"AsyncLease(id={self.lease_id}, ns={self.ns.ns_id}, {self.kind.value}, "
+        return (f"{type(self).__name__}(id={self.lease_id}, ns={self.ns.ns_id}, {self.kind.value}, "
                 f"{self.tier.label}, pages={self.num_pages}, released={self._released})")
 
+    def _mark_released(self) -> None:
+        self._released = True
+
+    def _gone_at_exit(self, exc: NotFoundError) -> None:
+        """A ``with`` block ended on a lease that had already ended: logged, not raised."""
+        self._released = True
+        late = now_s() >= self.expires_at_s
+        log.warning("lease %d had already ended when its block exited (%s): %s", self.lease_id,
+                    "its TTL had run out; renew() long holds" if late else "session ended",
+                    exc.details)
+
+
+class AsyncLease(_LeaseBase):
+    """A lease granted by the daemon to an ``AsyncTierClient``."""
+
+    def __init__(self, client: AsyncTierClient, ns: NamespaceHandle, state: LeaseState,
+                 session_id: str = "") -> None:
+        super().__init__(ns, state, session_id)
+        self._client = client
+
     async def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
-                     wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
+                     wait_durable: bool = False, durable_timeout_s: float | None = None,
+                     release: bool = False) -> CommitResult:
         """Bind filled slots (default: the first ``len(keys)`` of this FILL lease) to ``keys``;
-        ``wait_durable``: answer once they are on disk (write_through daemons)."""
+        ``wait_durable``: answer once they are on disk (write_through daemons); ``release``: the
+        daemon ends the lease once they are bound (its other slots go back), saving a Release."""
         return await self._client.commit(self, keys, slots, wait_durable=wait_durable,
-                                         durable_timeout_s=durable_timeout_s)
+                                         durable_timeout_s=durable_timeout_s, release=release)
 
     async def renew(self, ttl_s: float | None = None) -> None:
         """Extend the lease by ``ttl_s`` (default: the daemon's lease TTL) from now."""
@@ -92,16 +161,21 @@ class AsyncLease:
         await self._client.release_id(self._state.lease_id)
         self._released = True
 
+    async def release_later(self) -> None:
+        """Mark the lease released now and let the client's next Acquire end it on the daemon
+        (no Release RPC of its own). Its pages stay pinned until that Acquire, ``close()`` or the
+        session's end; with 64 leases already waiting, it is released at once instead."""
+        if self._released:
+            return
+        self._released = True
+        await self._client.release_later_id(self._session_id, self._state.lease_id)
+
     async def release_on_exit(self) -> None:
         """Release at the end of a ``with`` block: a lease already ended there is only logged."""
         try:
             await self.release()
         except NotFoundError as exc:
-            self._released = True
-            late = now_s() >= self.expires_at_s
-            log.warning("lease %d had already ended when its block exited (%s): %s", self.lease_id,
-                        "its TTL had run out; renew() long holds" if late else "session ended",
-                        exc.details)
+            self._gone_at_exit(exc)
 
     async def __aenter__(self) -> AsyncLease:
         return self
@@ -109,6 +183,57 @@ class AsyncLease:
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
         await self.release_on_exit()
+
+
+class Lease(_LeaseBase):
+    """A lease (READ: pinned pages; FILL: free hbm slots). ``with`` releases it on exit.
+
+    ``keys[i]`` lives in ``slots[i]`` of ``client.arena(ns, lease.tier)``.
+    """
+
+    def __init__(self, client: TierClient, ns: NamespaceHandle, state: LeaseState,
+                 session_id: str = "") -> None:
+        super().__init__(ns, state, session_id)
+        self._client = client
+
+    def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
+               wait_durable: bool = False, durable_timeout_s: float | None = None,
+               release: bool = False) -> CommitResult:
+        """Bind filled slots (default: the first ``len(keys)``) to ``keys``; ``wait_durable``:
+        answer once they are on disk (write_through daemons); ``release``: the daemon ends the
+        lease once they are bound (its other slots go back), saving a Release RPC."""
+        return self._client.commit(self, keys, slots, wait_durable=wait_durable,
+                                   durable_timeout_s=durable_timeout_s, release=release)
+
+    def renew(self, ttl_s: float | None = None) -> None:
+        """Extend the lease by ``ttl_s`` (default: the daemon's lease TTL) from now."""
+        self._state = self._client._renew_state(self._state.lease_id, ttl_s)
+
+    def release(self) -> None:
+        """End the lease (a second call does nothing)."""
+        if self._released:
+            return
+        self._client._release_id(self._state.lease_id)
+        self._released = True
+
+    def release_later(self) -> None:
+        """Mark the lease released now and let the client's next Acquire end it on the daemon
+        (no Release RPC of its own). Its pages stay pinned until that Acquire, ``close()`` or the
+        session's end; with 64 leases already waiting, it is released at once instead."""
+        if self._released:
+            return
+        self._released = True
+        self._client._release_later_id(self._session_id, self._state.lease_id)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            self.release()
+        except NotFoundError as exc_gone:
+            self._gone_at_exit(exc_gone)
 
 
 class LeaseRequest:

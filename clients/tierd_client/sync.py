@@ -1,149 +1,42 @@
-"""``TierClient``: the blocking client, a thin wrapper over ``AsyncTierClient``.
+"""``TierClient``: the blocking client, on grpc's synchronous API.
 
-It owns one private event loop on a background thread; every grpc.aio object lives on that loop,
-and each blocking call submits a coroutine to it and waits. Safe to call from several threads.
+Each call runs in its caller's thread straight on a blocking gRPC channel (no event loop, no
+hand-off to another thread); the session stream is read by a daemon thread of its own. Safe to
+call from several threads at once: the in-flight cap is a semaphore, and a live session costs
+no lock. What a call sends and makes of the answers is ``requests``' (shared with
+``AsyncTierClient``); this module only moves it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
 import threading
-from collections.abc import Coroutine, Sequence
-from types import TracebackType
+from collections.abc import Sequence
 from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from tierd.spec import PageSpec
 from tierd.tier import Tier
-from tierd_client.aio import HEALTH_SERVICE, AsyncTierClient
-from tierd_client.arena import ArenaView
-from tierd_client.errors import FailedPreconditionError
-from tierd_client.leases import AsyncLease
+from tierd.v1 import tierd_pb2_grpc as pb_grpc
+from tierd_client import requests
+from tierd_client.base import CLOSED_MESSAGE, ClientBase, client_name, open_channel
+from tierd_client.errors import FailedPreconditionError, from_grpc
+from tierd_client.leases import Lease
 from tierd_client.options import ClientOptions
-from tierd_client.types import (
-    CommitResult,
-    DaemonStats,
-    LeaseKind,
-    LeaseState,
-    LookupResult,
-    NamespaceHandle,
-    PutResult,
-)
+from tierd_client.requests import HEALTH_SERVICE, Call, Steps
+from tierd_client.rpc import SyncRpcRunner
+from tierd_client.session import SyncSession, session_lost
+from tierd_client.transfer import PageAssembler
+from tierd_client.types import CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult
+
+__all__ = ["Lease", "TierClient"]
 
 T = TypeVar("T")
 
 
-class _LoopThread:
-    """An asyncio loop running forever on a daemon thread (so a forgotten close never hangs exit)."""
-
-    def __init__(self, name: str) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=name, daemon=True)
-        self._thread.start()
-        self._stopped = False
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._stopped:
-            coro.close()
-            raise FailedPreconditionError("this client is closed; create a new one")
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise FailedPreconditionError("a TierClient cannot be called from its own loop thread")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result()
-        except (KeyboardInterrupt, concurrent.futures.CancelledError):
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        """Stop the loop and join its thread; idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join()
-        self._loop.close()
-
-
-class Lease:
-    """A lease (READ: pinned pages; FILL: free hbm slots). ``with`` releases it on exit.
-
-    ``keys[i]`` lives in ``slots[i]`` of ``client.arena(ns, lease.tier)``.
-    """
-
-    def __init__(self, runner: _LoopThread, inner: AsyncLease) -> None:
-        self._runner = runner
-        self._inner = inner
-
-    @property
-    def state(self) -> LeaseState:
-        return self._inner.state
-
-    @property
-    def lease_id(self) -> int:
-        return self._inner.lease_id
-
-    @property
-    def ns(self) -> NamespaceHandle:
-        return self._inner.ns
-
-    @property
-    def tier(self) -> Tier:
-        return self._inner.tier
-
-    @property
-    def kind(self) -> LeaseKind:
-        return self._inner.kind
-
-    @property
-    def keys(self) -> tuple[bytes, ...]:
-        return self._inner.keys
-
-    @property
-    def slots(self) -> tuple[int, ...]:
-        return self._inner.slots
-
-    @property
-    def num_pages(self) -> int:
-        return self._inner.num_pages
-
-    @property
-    def expires_at_s(self) -> float:
-        """``time.monotonic()`` value at which the daemon ends the lease unless renewed."""
-        return self._inner.expires_at_s
-
-    @property
-    def released(self) -> bool:
-        return self._inner.released
-
-    def __repr__(self) -> str:
-        return repr(self._inner).replace("AsyncLease", "Lease", 1)
-
-    def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
-               wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
-        """Bind filled slots (default: the first ``len(keys)``) to ``keys``; ``wait_durable``:
-        answer once they are on disk (write_through daemons)."""
-        return self._runner.run(self._inner.commit(keys, slots, wait_durable=wait_durable,
-                                                   durable_timeout_s=durable_timeout_s))
-
-    def renew(self, ttl_s: float | None = None) -> None:
-        self._runner.run(self._inner.renew(ttl_s))
-
-    def release(self) -> None:
-        """End the lease (a second call does nothing)."""
-        self._runner.run(self._inner.release())
-
-    def __enter__(self) -> Lease:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self._runner.run(self._inner.release_on_exit())
-
-
-class TierClient:
+class TierClient(ClientBase):
     """Blocking client of one tierd daemon; use as a context manager.
 
     ``socket_path``: the daemon's unix socket (default ``$TIERD_SOCKET`` or
@@ -153,30 +46,35 @@ class TierClient:
 
     def __init__(self, socket_path: str | os.PathLike[str] | None = None,
                  options: ClientOptions | None = None) -> None:
-        self._aclient = AsyncTierClient(socket_path, options)
-        self._runner = _LoopThread(name=f"tierd-client-{id(self):x}")
-        try:
-            self._runner.run(self._aclient.connect())
-        except BaseException:
-            self._runner.stop()
-            raise
-
-    @property
-    def target(self) -> str:
-        return self._aclient.target
+        super().__init__(socket_path, options)
+        self._channel: grpc.Channel = open_channel(grpc, self.target, self.options)
+        self._stub = pb_grpc.TierdStub(self._channel)  # type: ignore[no-untyped-call]
+        self._runner = SyncRpcRunner(self.target, self.options.retry, self.options.max_inflight_rpcs)
+        # The session stream lives as long as the client: it takes no in-flight slot (opening it
+        # from inside a limited call must not wait for a slot that call holds).
+        self._session = SyncSession(
+            lambda request: self._stub.Session(request, metadata=self._metadata),
+            client_name(self.options),
+            lambda rpc, attempt: self._runner.call(rpc, attempt, limited=False))
+        self._close_lock = threading.Lock()
 
     @property
     def session_id(self) -> str:
-        return self._aclient.session_id
+        """The id of the open session (``""`` before the first lease RPC)."""
+        return self._session.session_id
 
     def close(self) -> None:
-        """End the session (the daemon frees this client's leases) and stop the loop. Idempotent."""
-        try:
-            self._runner.run(self._aclient.close())
-        except FailedPreconditionError:
-            return  # already closed
-        finally:
-            self._runner.stop()
+        """End the session (the daemon frees this client's leases) and close the channel. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self._run(requests.release_all_steps(self._releases.take(), self._session.is_open))
+            finally:
+                self._closed = True
+                self._session.close()
+                self._close_arenas()
+                self._channel.close()
 
     def __enter__(self) -> TierClient:
         return self
@@ -184,57 +82,122 @@ class TierClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    # -- transport -------------------------------------------------------------------------
+    def _run(self, steps: Steps[T]) -> T:
+        return requests.run_steps(steps, self._send)
+
+    def _send(self, call: Call) -> Any:
+        """Run one ``call`` (retried on UNAVAILABLE); its answer for the steps."""
+        if self._closed:
+            raise FailedPreconditionError(CLOSED_MESSAGE)
+        timeout = call.timeout_s or self.options.rpc_timeout_s
+        if call.rpc == "PutPages":
+            return self._runner.call(call.rpc, lambda: self._stub.PutPages(
+                requests.sync_messages(call.request.messages()), timeout=timeout,
+                metadata=self._metadata))
+        if call.rpc == "GetPages":
+            return self._runner.call(call.rpc, lambda: self._get_pages(call, timeout))
+        method = getattr(self._stub, call.rpc)
+        if not call.session:
+            return self._runner.call(call.rpc, lambda: method(call.request, timeout=timeout,
+                                                              metadata=self._metadata))
+        return self._runner.call(call.rpc, lambda: self._session_attempt(method, call, timeout))
+
+    def _session_attempt(self, method: Any, call: Call, timeout: float) -> tuple[Any, str]:
+        session_metadata = self._session.metadata()
+        session_id = session_metadata[0][1]
+        request = requests.request_for_session(call, session_id)
+        try:
+            response = method(request, timeout=timeout, metadata=self._metadata + session_metadata)
+        except grpc.RpcError as exc:
+            lost = session_lost(exc, self._session.is_open(session_id), call.rpc)
+            if lost is not None:
+                raise lost from None
+            raise
+        return response, session_id
+
+    def _get_pages(self, call: Call, timeout: float) -> list[bytes]:
+        """One GetPages call, its stream reassembled into pages."""
+        assembler = PageAssembler(call.page_bytes, len(call.request.keys))
+        stream = self._stub.GetPages(call.request, timeout=timeout, metadata=self._metadata)
+        try:
+            for message in stream:
+                assembler.add(message)
+        except BaseException:
+            stream.cancel()  # a stream the assembler refused (or an interrupt) is not read on
+            raise
+        return assembler.pages()
+
+    # -- namespaces and lookups ------------------------------------------------------------
     def register(self, spec: PageSpec, tenant: str = "") -> NamespaceHandle:
         """Register (tenant, spec); idempotent. The handle computes keys: ``ns.keys(token_ids)``."""
-        return self._runner.run(self._aclient.register(spec, tenant))
+        return self._run(requests.register_steps(spec, tenant))
 
     def lookup(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> int:
         """How many leading ``keys`` are cached."""
-        return self._runner.run(self._aclient.lookup(ns, keys))
+        return self.lookup_result(ns, keys).num_hits
 
     def lookup_result(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> LookupResult:
         """The cached prefix length and the tier of each hit."""
-        return self._runner.run(self._aclient.lookup_result(ns, keys))
+        return self._run(requests.lookup_steps(ns, keys, self.options))
 
+    def prefetch(self, ns: NamespaceHandle, keys: Sequence[bytes],
+                 target_tier: Tier = Tier.HBM) -> int:
+        """Start moving the pages up to ``target_tier``; returns the number scheduled at once."""
+        return self._run(requests.prefetch_steps(ns, keys, target_tier))
+
+    def delete(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> int:
+        """Drop the pages from every tier; returns how many were there."""
+        return self._run(requests.delete_steps(ns, keys, self.options))
+
+    # -- byte path -------------------------------------------------------------------------
     def put(self, ns: NamespaceHandle, keys: Sequence[bytes], pages: object,
             tier: Tier = Tier.DRAM, wait_durable: bool = False,
             durable_timeout_s: float | None = None) -> PutResult:
         """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch)."""
-        return self._runner.run(self._aclient.put(ns, keys, pages, tier, wait_durable,
-                                                  durable_timeout_s))
+        return self._run(requests.put_steps(ns, keys, pages, tier, wait_durable, durable_timeout_s,
+                                            self.options))
 
     def get(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
         """The pages of the longest cached prefix of ``keys``, in order."""
-        return self._runner.run(self._aclient.get(ns, keys))
-
-    def prefetch(self, ns: NamespaceHandle, keys: Sequence[bytes],
-                 target_tier: Tier = Tier.HBM) -> int:
-        return self._runner.run(self._aclient.prefetch(ns, keys, target_tier))
-
-    def delete(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> int:
-        return self._runner.run(self._aclient.delete(ns, keys))
+        return self._run(requests.get_steps(ns, keys, self.options))
 
     def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
-        return self._runner.run(self._aclient.wait_durable(ticket, timeout_s))
+        """Wait until the pages of a put's or commit's ticket are on disk; False if ``timeout_s`` passed."""
+        return self._run(requests.wait_durable_steps(ticket, timeout_s))
 
-    def arena(self, ns: NamespaceHandle, tier: Tier = Tier.HBM) -> ArenaView:
-        """``ns``'s region of ``tier``, mapped into this process (numpy / torch views)."""
-        return self._aclient.arena(ns, tier)
-
+    # -- zero-copy path --------------------------------------------------------------------
     def acquire(self, ns: NamespaceHandle, keys: Sequence[bytes], target_tier: Tier = Tier.HBM,
                 timeout_s: float | None = None, ttl_s: float | None = None) -> Lease:
-        """READ-lease the longest cached prefix of ``keys``, resident in ``target_tier``."""
-        request = self._aclient.acquire(ns, keys, target_tier, timeout_s, ttl_s)
-        return Lease(self._runner, self._runner.run(_awaited(request)))
+        """READ-lease the longest cached prefix of ``keys``, resident in ``target_tier``.
+
+        Carries the ids of leases given back with ``release_later`` (the daemon ends them first).
+        """
+        call = requests.acquire_call(ns, keys, target_tier, timeout_s, ttl_s, self.options)
+        state, session_id = self._run(requests.acquire_steps(call, ns, self._releases,
+                                                             self._session.is_open))
+        return Lease(self, ns, state, session_id)
 
     def allocate(self, ns: NamespaceHandle, num_pages: int, ttl_s: float | None = None) -> Lease:
         """FILL-lease ``num_pages`` free hbm slots; write pages into them, then ``commit``."""
-        request = self._aclient.allocate(ns, num_pages, ttl_s)
-        return Lease(self._runner, self._runner.run(_awaited(request)))
+        call = requests.allocate_call(ns, num_pages, ttl_s)
+        state, session_id = self._run(requests.lease_steps(call))
+        return Lease(self, ns, state, session_id)
 
     def commit(self, lease: Lease, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
-               wait_durable: bool = False, durable_timeout_s: float | None = None) -> CommitResult:
-        return lease.commit(keys, slots, wait_durable=wait_durable, durable_timeout_s=durable_timeout_s)
+               wait_durable: bool = False, durable_timeout_s: float | None = None,
+               release: bool = False) -> CommitResult:
+        """Bind filled ``slots`` (default: the lease's first ``len(keys)``) to ``keys``.
+
+        ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
+        ``durable_timeout_s`` passed. ``release``: the daemon then ends the lease (its other
+        slots go back) and ``lease`` counts as released.
+        """
+        result = self._run(requests.commit_steps(lease.state, keys, slots, wait_durable,
+                                                 durable_timeout_s, release, self.options))
+        if release:
+            lease._mark_released()
+        return result
 
     def renew(self, lease: Lease, ttl_s: float | None = None) -> None:
         lease.renew(ttl_s)
@@ -242,15 +205,32 @@ class TierClient:
     def release(self, lease: Lease) -> None:
         lease.release()
 
+    def _renew_state(self, lease_id: int, ttl_s: float | None) -> LeaseState:
+        return self._run(requests.renew_steps(lease_id, ttl_s))
+
+    def _release_id(self, lease_id: int) -> None:
+        self._run(requests.release_steps(lease_id))
+
+    def _release_later_id(self, session_id: str, lease_id: int) -> None:
+        self._run(requests.release_later_steps(self._releases, session_id, lease_id,
+                                               self._session.is_open))
+
+    # -- operations ------------------------------------------------------------------------
     def stats(self) -> DaemonStats:
-        return self._runner.run(self._aclient.stats())
+        return self._run(requests.stats_steps())
 
     def flush(self, timeout_s: float | None = None) -> int:
-        return self._runner.run(self._aclient.flush(timeout_s))
+        """Write every dirty page to disk; returns how many were written."""
+        return self._run(requests.flush_steps(timeout_s))
 
     def health(self, service: str = HEALTH_SERVICE, timeout_s: float = 5.0) -> bool:
-        return self._runner.run(self._aclient.health(service, timeout_s))
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
+        """True when the daemon answers SERVING for ``service``; one attempt, no retries, so a
+        daemon that is down raises ``UnavailableError`` at once."""
+        self._check_open()
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        try:
+            response = stub.Check(requests.health_request(service), timeout=timeout_s,
+                                  metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise from_grpc(exc, "Health.Check") from None
+        return requests.is_serving(response)

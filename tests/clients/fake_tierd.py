@@ -45,6 +45,8 @@ class FakeState:
     leases: dict[int, str] = field(default_factory=dict)  # lease id -> session id
     lease_sessions: list[str] = field(default_factory=list)  # session metadata of lease RPCs
     commits: list[tuple[int, list[bytes], list[int]]] = field(default_factory=list)
+    carried: list[list[int]] = field(default_factory=list)  # release_lease_ids of each Acquire
+    released_by_commit: list[int] = field(default_factory=list)
     stats_held_after: int | None = None  # Stats calls beyond this many wait for stats_release
     stats_release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -161,6 +163,13 @@ class FakeTierd(pb_grpc.TierdServicer):
     def Acquire(self, request, context):
         self._enter("Acquire", context)
         sid = self._session(context)
+        if request.ns_id != 1:  # refused before anything changes, carried leases included
+            context.abort(grpc.StatusCode.NOT_FOUND, f"namespace {request.ns_id} does not exist")
+        with self.s.lock:  # as the daemon does: carried leases end first (unknown ones skipped)
+            self.s.carried.append(list(request.release_lease_ids))
+            for lease_id in request.release_lease_ids:
+                if self.s.leases.get(lease_id) == sid:
+                    del self.s.leases[lease_id]
         n = self._prefix(list(request.keys))
         return pb.AcquireResponse(lease=self._new_lease(sid, pb.LEASE_KIND_READ,
                                                         list(request.keys[:n]), n))
@@ -178,6 +187,9 @@ class FakeTierd(pb_grpc.TierdServicer):
         self._session(context)
         with self.s.lock:
             self.s.commits.append((request.lease_id, list(request.keys), list(request.slots)))
+            if request.release_lease:
+                self.s.released_by_commit.append(request.lease_id)
+                self.s.leases.pop(request.lease_id, None)
         return pb.CommitResponse(num_committed=len(request.keys))
 
     def Release(self, request, context):

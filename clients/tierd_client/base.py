@@ -1,0 +1,115 @@
+"""What both clients hold apart from their transport: target, options, call metadata, the mapped
+arenas, the queue of lease ids released client-side, and how their channel is configured.
+
+``AsyncTierClient`` (grpc.aio) and ``TierClient`` (grpc's blocking API) derive from ``ClientBase``
+and differ only in how they run a ``requests.Call``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import grpc
+
+from tierd.tier import Tier
+from tierd_client.arena import ArenaView
+from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
+from tierd_client.leases import ReleaseQueue
+from tierd_client.options import ClientOptions, grpc_target
+from tierd_client.requests import require_ns
+from tierd_client.types import NamespaceHandle
+
+# gRPC's reconnect backoff starts at 1 s by default; a restarted daemon is back much sooner.
+_RECONNECT_BACKOFF_MS = 100
+_MAX_RECONNECT_BACKOFF_MS = 2000
+CLOSED_MESSAGE = "this client is closed; create a new one"
+
+
+def _read_pem(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def channel_credentials(options: ClientOptions) -> grpc.ChannelCredentials | None:
+    """TLS credentials from ``options.tls_*`` files; ``None`` for a plaintext channel."""
+    if options.tls_ca is None:
+        return None
+    key = _read_pem(options.tls_key, "tls_key") if options.tls_key is not None else None
+    cert = _read_pem(options.tls_cert, "tls_cert") if options.tls_cert is not None else None
+    return grpc.ssl_channel_credentials(root_certificates=_read_pem(options.tls_ca, "tls_ca"),
+                                        private_key=key, certificate_chain=cert)
+
+
+def open_channel(api: ModuleType, target: str, options: ClientOptions) -> Any:
+    """A channel of ``api`` (``grpc`` or ``grpc.aio``: the same factory functions) to ``target``,
+    with the message limits and the short reconnect backoff both clients use."""
+    limit = options.max_message_bytes
+    channel_options = [("grpc.max_send_message_length", limit),
+                       ("grpc.max_receive_message_length", limit),
+                       ("grpc.initial_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS),
+                       ("grpc.min_reconnect_backoff_ms", _RECONNECT_BACKOFF_MS),
+                       ("grpc.max_reconnect_backoff_ms", _MAX_RECONNECT_BACKOFF_MS)]
+    credentials = channel_credentials(options)
+    if credentials is None:
+        return api.insecure_channel(target, options=channel_options)
+    return api.secure_channel(target, credentials, options=channel_options)
+
+
+def client_name(options: ClientOptions) -> str:
+    """The name the Session stream announces."""
+    return options.client_name or f"pid-{os.getpid()}"
+
+
+class ClientBase:
+    """State shared by the blocking and the async client (no transport here)."""
+
+    def __init__(self, target: str | os.PathLike[str] | None, options: ClientOptions | None) -> None:
+        self.target = grpc_target(target)
+        self.options = options or ClientOptions()
+        # Sent on every call: the options' metadata and the tenant token (or $TIERD_TOKEN's).
+        self._metadata = self.options.call_metadata()
+        self._arenas: dict[tuple[int, Tier, str, bytes], ArenaView] = {}
+        self._arenas_lock = threading.Lock()
+        self._releases = ReleaseQueue()
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FailedPreconditionError(CLOSED_MESSAGE)
+
+    def arena(self, ns: NamespaceHandle, tier: Tier = Tier.HBM) -> ArenaView:
+        """Map ``ns``'s region of ``tier`` (once per client); slot numbers of leases index it.
+
+        After a daemon restart, register again (new handles) and call ``arena`` again: views of
+        the old regions no longer reach the cache, and ``arena(old_ns)`` raises ``NotFoundError``.
+        """
+        ns = require_ns(ns)
+        handle = ns.region(tier)
+        if handle is None:
+            raise FailedPreconditionError(
+                f"the daemon gave no {tier.label} region for namespace {ns.ns_id}; "
+                f"it has {[h.tier.label for h in ns.regions]}")
+        key = (ns.ns_id, tier, handle.name, handle.grant)
+        # Callers' threads (the blocking client's, or threads beside the async client's loop).
+        with self._arenas_lock:
+            view = self._arenas.pop(key, None)
+            if view is not None and view.is_stale():
+                view.close()  # mapping it again reports the region gone: register again
+                view = None
+            if view is None:
+                view = ArenaView(handle, ns.spec)
+            self._arenas[key] = view
+            return view
+
+    def _close_arenas(self) -> None:
+        with self._arenas_lock:
+            views = list(self._arenas.values())
+            self._arenas.clear()
+        for view in views:
+            view.close()
