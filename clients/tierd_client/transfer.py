@@ -1,13 +1,19 @@
 """The byte path: splitting puts into PutPages calls and messages, reassembling GetPages streams.
 
 A put of ``n`` pages becomes calls of at most ``max_keys_per_request`` pages and
-``max_put_bytes`` bytes; each call is a header message with its keys, then data messages of at
-most ``chunk_bytes`` (a page may straddle two messages, as the wire contract allows).
+``max_put_bytes`` bytes. Each call is a header message with its keys, then the pages: whole ones,
+one per message when they are at least ``ONE_PAGE_PER_MESSAGE_BYTES`` (a page given as ``bytes``
+then goes out as it is, with no copy), smaller ones packed up to ``chunk_bytes``; a page larger
+than ``chunk_bytes`` is cut. The first page rides in the header message when the keys are few.
+
+A GetPages stream may cut pages anywhere (the wire contract allows it); a page that arrives in a
+message of its own is returned as that message's bytes, and only a page cut across messages is
+joined (one copy), so no stream is copied into one reassembly buffer.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 
 from tierd.tier import Tier
@@ -16,6 +22,13 @@ from tierd_client.convert import tier_to_wire
 from tierd_client.errors import InvalidArgumentError, TierdRpcError
 from tierd_client.options import MESSAGE_OVERHEAD_BYTES
 from tierd_client.types import ServerLimits
+
+# The daemon's own threshold (tierd.server.bytepath): pages this big travel one per message.
+ONE_PAGE_PER_MESSAGE_BYTES = 64 << 10
+# Bytes a key may take in a message (tag, length, 16 bytes; rounded up) and the most key bytes
+# the header message carries next to a page: within the room every message keeps for framing.
+KEY_WIRE_BYTES = 20
+MAX_KEY_BYTES_WITH_DATA = MESSAGE_OVERHEAD_BYTES // 2
 
 
 @dataclass(frozen=True)
@@ -63,28 +76,54 @@ def _batches(count: int, per_batch: int) -> list[range]:
     return [range(start, min(count, start + per_batch)) for start in range(0, count, per_batch)]
 
 
-async def put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
-                       chunk_bytes: int, wait_durable: bool,
-                       durable_timeout_s: float | None) -> AsyncIterator[pb.PutPagesRequest]:
-    """The messages of one PutPages call: header + keys, then data in ``chunk_bytes`` pieces."""
+def _page_bytes_of(view: memoryview) -> bytes:
+    """The page as ``bytes``: the caller's own object when the view covers all of a ``bytes``."""
+    obj = view.obj
+    if isinstance(obj, bytes) and view.nbytes == len(obj) and view.contiguous:
+        return obj
+    return view.tobytes()
+
+
+def _data_messages(pages: Sequence[memoryview], chunk_bytes: int) -> Iterator[bytes]:
+    """The ``data`` of each message after the header: whole pages, as ``put_messages`` says."""
+    if not pages:
+        return
+    size = pages[0].nbytes
+    if size > chunk_bytes:
+        for page in pages:
+            for start in range(0, size, chunk_bytes):
+                yield page[start:start + chunk_bytes].tobytes()
+    elif size >= ONE_PAGE_PER_MESSAGE_BYTES:
+        for page in pages:
+            yield _page_bytes_of(page)
+    else:
+        per = max(1, chunk_bytes // max(1, size))
+        for start in range(0, len(pages), per):
+            yield b"".join(pages[start:start + per])
+
+
+def iter_put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
+                      chunk_bytes: int, wait_durable: bool,
+                      durable_timeout_s: float | None) -> Iterator[pb.PutPagesRequest]:
+    """The messages of one PutPages call (pages of one size): the header with the keys (and the
+    first data when the keys are few), then the rest of the data."""
     header = pb.PutPagesHeader(ns_id=ns_id, tier=tier_to_wire(tier), wait_durable=wait_durable)
     if durable_timeout_s is not None:
         header.durable_timeout_s = durable_timeout_s
-    yield pb.PutPagesRequest(header=header, keys=list(keys))
-    pending: list[memoryview] = []
-    pending_bytes = 0
-    for page in pages:
-        offset = 0
-        while offset < page.nbytes:
-            take = min(page.nbytes - offset, chunk_bytes - pending_bytes)
-            pending.append(page[offset:offset + take])
-            pending_bytes += take
-            offset += take
-            if pending_bytes == chunk_bytes:
-                yield pb.PutPagesRequest(data=b"".join(pending))
-                pending, pending_bytes = [], 0
-    if pending:
-        yield pb.PutPagesRequest(data=b"".join(pending))
+    data = _data_messages(pages, chunk_bytes)
+    first = next(data, b"") if len(keys) * KEY_WIRE_BYTES <= MAX_KEY_BYTES_WITH_DATA else b""
+    yield pb.PutPagesRequest(header=header, keys=list(keys), data=first)
+    for chunk in data:
+        yield pb.PutPagesRequest(data=chunk)
+
+
+async def put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
+                       chunk_bytes: int, wait_durable: bool,
+                       durable_timeout_s: float | None) -> AsyncIterator[pb.PutPagesRequest]:
+    """``iter_put_messages`` for the async stub."""
+    for message in iter_put_messages(ns_id, tier, keys, pages, chunk_bytes, wait_durable,
+                                     durable_timeout_s):
+        yield message
 
 
 class PageAssembler:
@@ -93,32 +132,53 @@ class PageAssembler:
     def __init__(self, page_bytes: int, max_pages: int) -> None:
         self._page_bytes = page_bytes
         self._max_pages = max_pages
-        self._buffer: bytearray | None = None
-        self._filled = 0
+        self._expected: int | None = None  # bytes announced by the first message
+        self._received = 0
+        self._pages: list[bytes] = []
+        self._parts: list[memoryview] = []  # the start of a page cut across messages
+        self._part_bytes = 0
 
     def add(self, msg: pb.GetPagesResponse) -> None:
-        if self._buffer is None:
+        if self._expected is None:
             if msg.page_bytes not in (0, self._page_bytes) and msg.num_pages:
                 raise TierdRpcError(f"the daemon sent pages of {msg.page_bytes} bytes for a "
                                     f"namespace of {self._page_bytes}-byte pages")
             if msg.num_pages > self._max_pages:
                 raise TierdRpcError(f"the daemon announced {msg.num_pages} pages for "
                                     f"{self._max_pages} keys")
-            self._buffer = bytearray(msg.num_pages * self._page_bytes)
-        data = msg.data
-        end = self._filled + len(data)
-        if end > len(self._buffer):
-            raise TierdRpcError(f"the daemon sent {end} bytes for {len(self._buffer)} announced")
-        self._buffer[self._filled:end] = data
-        self._filled = end
+            self._expected = msg.num_pages * self._page_bytes
+        data = msg.data  # each read of the field is a copy: read it once
+        end = self._received + len(data)
+        if end > self._expected:
+            raise TierdRpcError(f"the daemon sent {end} bytes for {self._expected} announced")
+        self._received = end
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        size, pos = self._page_bytes, 0
+        view = memoryview(data)
+        if self._parts:
+            pos = min(size - self._part_bytes, len(data))
+            self._parts.append(view[:pos])
+            self._part_bytes += pos
+            if self._part_bytes == size:
+                self._pages.append(b"".join(self._parts))
+                self._parts, self._part_bytes = [], 0
+        if pos == 0 and len(data) == size:
+            self._pages.append(data)  # a message of one page: its bytes are the page
+            return
+        while len(data) - pos >= size:
+            self._pages.append(view[pos:pos + size].tobytes())
+            pos += size
+        if pos < len(data):
+            self._parts.append(view[pos:])
+            self._part_bytes += len(data) - pos
 
     def pages(self) -> list[bytes]:
         """The pages, in key order; raises if the stream ended early."""
-        if self._buffer is None:
+        if self._expected is None:
             return []
-        if self._filled != len(self._buffer):
-            raise TierdRpcError(f"the GetPages stream ended after {self._filled} of "
-                                f"{len(self._buffer)} bytes")
-        size = self._page_bytes
-        view = memoryview(self._buffer)
-        return [bytes(view[i:i + size]) for i in range(0, len(self._buffer), size)]
+        if self._received != self._expected:
+            raise TierdRpcError(f"the GetPages stream ended after {self._received} of "
+                                f"{self._expected} bytes")
+        return self._pages

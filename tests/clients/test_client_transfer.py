@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client import InvalidArgumentError, TierdRpcError
-from tierd_client.transfer import PageAssembler, TransferPlan, put_messages
+from tierd_client.transfer import ONE_PAGE_PER_MESSAGE_BYTES, PageAssembler, TransferPlan, put_messages
 from tierd_client.types import ServerLimits
 
 
@@ -23,20 +23,35 @@ def _collect(agen: object) -> list[pb.PutPagesRequest]:
 
 @settings(max_examples=60, deadline=None)
 @given(page_bytes=st.integers(1, 200), num_pages=st.integers(0, 12), chunk_bytes=st.integers(1, 500),
-       seed=st.integers(0, 255))
-def test_put_messages_carry_every_byte_in_order_within_the_chunk(
-        page_bytes: int, num_pages: int, chunk_bytes: int, seed: int) -> None:
+       seed=st.integers(0, 255), num_keys=st.sampled_from([None, 120]))
+def test_put_messages_carry_every_byte_in_order_in_whole_pages_within_the_chunk(
+        page_bytes: int, num_pages: int, chunk_bytes: int, seed: int, num_keys: int | None) -> None:
     pages = [bytes((seed + i + j) % 256 for j in range(page_bytes)) for i in range(num_pages)]
-    keys = [bytes([i]) * 16 for i in range(num_pages)]
+    keys = [bytes([i]) * 16 for i in range(num_keys or num_pages)]  # 120 keys: too many for data
     msgs = _collect(put_messages(7, Tier.HBM, keys, [memoryview(p) for p in pages], chunk_bytes,
                                  True, 2.5))
-    assert msgs[0].HasField("header") and not msgs[0].data
+    assert msgs[0].HasField("header") and list(msgs[0].keys) == keys
     assert msgs[0].header.ns_id == 7 and msgs[0].header.tier == pb.TIER_HBM
     assert msgs[0].header.wait_durable and msgs[0].header.durable_timeout_s == 2.5
-    assert all(not m.HasField("header") for m in msgs[1:])
-    assert [k for m in msgs for k in m.keys] == keys
-    assert all(0 < len(m.data) <= chunk_bytes for m in msgs[1:])
+    assert all(not m.HasField("header") and not m.keys for m in msgs[1:])
+    assert bool(msgs[0].data) == (num_keys is None and num_pages > 0)  # few keys: data rides along
+    sizes = [len(m.data) for m in msgs if m.data]
+    assert all(0 < size <= chunk_bytes for size in sizes)
+    if page_bytes <= chunk_bytes:  # whole pages per message, as many as fit
+        assert all(size % page_bytes == 0 for size in sizes)
+        assert len(sizes) == -(-num_pages // (chunk_bytes // page_bytes))
+    else:  # each page cut on its own: no message holds parts of two pages
+        assert len(sizes) == num_pages * -(-page_bytes // chunk_bytes)
     assert b"".join(m.data for m in msgs) == b"".join(pages)
+
+
+def test_put_messages_send_big_pages_one_per_message() -> None:
+    """Pages of 64 KiB and up travel one per message (a bytes page goes as it is, uncopied)."""
+    size = ONE_PAGE_PER_MESSAGE_BYTES
+    pages = [bytes([i]) * size for i in range(3)]
+    views = [memoryview(pages[0]), memoryview(bytearray(pages[1])), memoryview(pages[2]).cast("B")]
+    msgs = _collect(put_messages(1, Tier.DRAM, [b"k" * 16] * 3, views, 4 * size, False, None))
+    assert [m.data for m in msgs] == pages
 
 
 @settings(max_examples=60, deadline=None)
@@ -52,6 +67,21 @@ def test_assembler_rebuilds_pages_from_any_chunking(page_bytes: int, num_pages: 
     for piece in pieces[1:]:
         assembler.add(pb.GetPagesResponse(data=piece))
     assert assembler.pages() == pages
+
+
+@settings(max_examples=40, deadline=None)
+@given(page_bytes=st.integers(1, 64), num_pages=st.integers(1, 8), per=st.integers(1, 4))
+def test_assembler_takes_whole_pages_per_message(page_bytes: int, num_pages: int, per: int) -> None:
+    """The daemon's framing: each message holds whole pages (one, or several small ones)."""
+    pages = [bytes([i, 255 - i]) * page_bytes for i in range(num_pages)]
+    assembler = PageAssembler(2 * page_bytes, max_pages=num_pages + 1)
+    for start in range(0, num_pages, per):
+        first = start == 0
+        assembler.add(pb.GetPagesResponse(num_pages=num_pages if first else 0,
+                                          page_bytes=2 * page_bytes if first else 0,
+                                          data=b"".join(pages[start:start + per])))
+    got = assembler.pages()
+    assert got == pages and all(type(page) is bytes for page in got)
 
 
 def test_assembler_refuses_short_long_and_mismatched_streams() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,9 +156,9 @@ def test_put_get_round_trip_is_bit_exact_across_split_chunks(server: ServerThrea
     messages, data = get_pages(stub, reg.ns_id, keys)
     assert data == b"".join(pages)
     assert messages[0].num_pages == 7 and messages[0].page_bytes == PAGE_BYTES
-    chunk = server.settings.chunk_bytes
-    assert len(messages) == -(-7 * PAGE_BYTES // chunk)  # pages split across 5000-byte chunks
-    assert all(len(m.data) == chunk for m in messages[:-1])
+    chunk = server.settings.chunk_bytes  # 5000 bytes: each 8 KiB page is cut in two messages
+    assert len(messages) == 7 * -(-PAGE_BYTES // chunk)
+    assert [len(m.data) for m in messages] == [chunk, PAGE_BYTES - chunk] * 7
     again = stub.PutPages(put_stream(reg.ns_id, keys[:3], pages[:3]))
     assert (again.num_stored, again.num_skipped) == (0, 3)
 
@@ -350,6 +351,82 @@ def test_allocate_and_commit_errors(server: ServerThread, stub: pb_grpc.TierdStu
         pb.CommitRequest(lease_id=read.lease_id + 1, keys=keys, slots=read.slots)))
 
 
+def test_lease_calls_stay_consistent_under_concurrent_clients(server: ServerThread) -> None:
+    """Several clients at once, each: Allocate, fill, Commit ending the lease, Acquire releasing
+    its previous read lease, read the leased slot, Lookup, Renew; pages get evicted meanwhile (the
+    hbm region holds 32), so calls run both on the loop and on the pool."""
+    num_clients, rounds = 4, 30
+    with open_channel(server) as channel:
+        reg = register(pb_grpc.TierdStub(channel))
+    errors: list[BaseException] = []
+
+    def client(index: int) -> None:
+        try:
+            with open_channel(server) as channel:
+                stub = pb_grpc.TierdStub(channel)
+                region, handle = map_region(hbm_handle(reg)), hbm_handle(reg)
+                keys = keys_for(reg, rounds, start=index * 100_000)
+                pages = pages_for(rounds, seed=index + 1)
+                held = 0
+                for key, page in zip(keys, pages):
+                    fill_lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=1)).lease
+                    start = handle.offset_bytes + fill_lease.slots[0] * PAGE_BYTES
+                    region[start:start + PAGE_BYTES] = page
+                    assert stub.Commit(pb.CommitRequest(lease_id=fill_lease.lease_id, keys=[key],
+                                                        slots=fill_lease.slots,
+                                                        release_lease=True)).num_committed == 1
+                    read = stub.Acquire(pb.AcquireRequest(ns_id=reg.ns_id, keys=[key],
+                                                          release_lease_ids=[held] if held else [])).lease
+                    assert list(read.keys) == [key] and read.tier == pb.TIER_HBM
+                    start = handle.offset_bytes + read.slots[0] * PAGE_BYTES
+                    assert region[start:start + PAGE_BYTES] == page  # pinned: not evicted meanwhile
+                    assert stub.Lookup(pb.LookupRequest(ns_id=reg.ns_id, keys=[key])).num_hits == 1
+                    stub.Renew(pb.RenewRequest(lease_id=read.lease_id))
+                    held = read.lease_id
+                stub.Release(pb.ReleaseRequest(lease_id=held))
+                region.release()
+        except BaseException as exc:  # reported by the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(num_clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    with open_channel(server) as channel:
+        stub = pb_grpc.TierdStub(channel)
+        assert stub.Stats(pb.StatsRequest()).leases == 0
+        for index in range(num_clients):
+            keys = keys_for(reg, rounds, start=index * 100_000)
+            assert get_pages(stub, reg.ns_id, keys)[1] == b"".join(pages_for(rounds, seed=index + 1))
+
+
+def test_concurrent_releases_of_one_lease_end_it_once(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
+    reg = register(stub)
+    keys = keys_for(reg, 2)
+    stub.PutPages(put_stream(reg.ns_id, keys, pages_for(2)))
+    lease = stub.Acquire(pb.AcquireRequest(ns_id=reg.ns_id, keys=keys)).lease
+    codes: list[grpc.StatusCode] = []
+
+    def release() -> None:
+        try:
+            stub.Release(pb.ReleaseRequest(lease_id=lease.lease_id))
+            codes.append(Code.OK)
+        except grpc.RpcError as exc:
+            codes.append(exc.code())
+
+    threads = [threading.Thread(target=release) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(codes, key=str) == sorted([Code.OK] + [Code.NOT_FOUND] * 7, key=str)
+    assert stub.Stats(pb.StatsRequest()).leases == 0
+    # The pages were unpinned once: they are still there and can be leased again.
+    assert len(stub.Acquire(pb.AcquireRequest(ns_id=reg.ns_id, keys=keys)).lease.slots) == 2
+
+
 def test_prefetch_moves_pages_up(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
     reg = register(stub)
     keys = keys_for(reg, 3)
@@ -397,6 +474,10 @@ def test_write_through_put_waits_until_durable(write_through_server: ServerThrea
         again = stub.PutPages(put_stream(reg.ns_id, keys_for(reg, 2, start=1000), pages_for(2)))
         assert stub.WaitDurable(pb.WaitDurableRequest(ticket=again.durable_ticket,
                                                       timeout_s=30.0)).durable
+        # Once durable, a check that may not wait says so too.
+        assert stub.WaitDurable(pb.WaitDurableRequest(ticket=again.durable_ticket, timeout_s=0.0)).durable
+        expect_status(Code.INVALID_ARGUMENT, lambda: stub.WaitDurable(
+            pb.WaitDurableRequest(ticket=again.durable_ticket + 1000, timeout_s=0.0)))
         expect_status(Code.INVALID_ARGUMENT, lambda: stub.WaitDurable(
             pb.WaitDurableRequest(ticket=again.durable_ticket, timeout_s=-1.0)))
 

@@ -5,10 +5,13 @@ Where it listens is the daemon's business (``tierd.daemon.listen``); tests bind 
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tierd.server.bytepath import decode_put_request, encode_get_response
 from tierd.server.servicer import TierdServicer
 from tierd.server.settings import ServingSettings
 from tierd.v1 import tierd_pb2 as pb
@@ -39,6 +42,37 @@ def server_options(settings: ServingSettings) -> list[tuple[str, int]]:
     ]
 
 
+class _Handlers:
+    """Stands in for the server while the generated code registers the service: keeps the
+    method handlers, so the byte path's can get their own codecs first."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: object) -> None:
+        return None
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_tierd_servicer(servicer: TierdServicer, server: grpc.aio.Server) -> None:
+    """The generated registration of tierd.v1.Tierd, with the byte path's codecs: GetPages sends
+    messages ``tierd.server.bytepath`` serialized as it copied the pages in, PutPages hands the
+    servicer each message's data as a view of the received bytes (protobuf would copy it twice)."""
+    capture = _Handlers()
+    pb_grpc.add_TierdServicer_to_server(servicer, capture)  # type: ignore[no-untyped-call]
+    handlers = capture.handlers
+    handlers["PutPages"] = grpc.stream_unary_rpc_method_handler(
+        servicer.PutPages, request_deserializer=decode_put_request,
+        response_serializer=pb.PutPagesResponse.SerializeToString)
+    handlers["GetPages"] = grpc.unary_stream_rpc_method_handler(
+        servicer.GetPages, request_deserializer=pb.GetPagesRequest.FromString,
+        response_serializer=encode_get_response)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+
+
 def build_server(servicer: TierdServicer, settings: ServingSettings
                  ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A grpc.aio server (on the running loop) serving ``servicer``, health and reflection.
@@ -46,7 +80,7 @@ def build_server(servicer: TierdServicer, settings: ServingSettings
     Health starts NOT_SERVING; the caller sets SERVING once it listens and the store is open.
     """
     server = grpc.aio.server(options=server_options(settings))
-    pb_grpc.add_TierdServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_tierd_servicer(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

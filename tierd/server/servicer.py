@@ -1,7 +1,12 @@
 """The ``tierd.v1.Tierd`` servicer: each RPC validated, then mapped onto the page store.
 
-Runs on the server's one event loop; every store call goes through a bounded thread pool (quick
-calls and waiting calls have separate pools, so waiters cannot starve lookups). Requests are
+Runs on the server's one event loop. Store calls that never wait (bookkeeping under the store
+manager's lock, microseconds: Lookup, Release, Renew, Delete, Stats, a write_back Commit, the
+durability check, Allocate of free slots, Acquire of pages in the target tier already) run on the
+loop itself, where a hop to a thread would cost more than the call. What may wait (page copies,
+disk I/O, eviction, promotion, condition variables) goes through a bounded thread pool (quick
+calls and waiting calls have separate pools, so waiters cannot starve lookups), and so does a
+call over more than ``INLINE_MAX_KEYS`` keys, whose lock hold would stall the loop. Requests are
 checked before the store sees them, so a rejected request changes no state. At most
 ``max_inflight_rpcs`` RPCs run at once (``Session`` streams excepted); more get RESOURCE_EXHAUSTED
 at once instead of queueing. With tenants configured, every RPC first authenticates its caller
@@ -22,10 +27,12 @@ from typing import Any, TypeVar
 import grpc
 
 from tierd import wire
-from tierd.errors import InvalidArgument, NotFound, ResourceExhausted, TierdError, Unauthenticated, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unauthenticated, Unavailable
 from tierd.server import convert
 from tierd.server.auth import Authenticator, Caller
-from tierd.server.bytepath import PutAssembler, iter_chunks
+from tierd.server.bytepath import PutMessage
+from tierd.server.bytepath_rpc import BytePath
+from tierd.server.lease_access import LeaseAccess
 from tierd.server.metrics import ServerCounters
 from tierd.server.sessions import Session as ClientSession
 from tierd.server.sessions import SessionRegistry
@@ -42,6 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_TENANT = "default"
 # Client-chosen names only ever reach logs; cap them so a client cannot flood the journal.
 MAX_CLIENT_NAME_CHARS = 128
+# A store call that never waits runs on the loop up to this many keys (well under a millisecond
+# of lock hold); a bigger one goes to the pool, so one request cannot stall every other.
+INLINE_MAX_KEYS = 1024
 
 R = TypeVar("R")
 
@@ -90,8 +100,10 @@ class TierdServicer(pb_grpc.TierdServicer):
             max_put_bytes=settings.max_put_bytes, max_get_bytes=settings.max_get_bytes,
             max_keys_per_request=settings.max_keys_per_request)
         self._sessions = SessionRegistry()
+        self._leases = LeaseAccess(store, self._sessions, settings.max_keys_per_request)
         self._pool = cf.ThreadPoolExecutor(settings.rpc_threads, thread_name_prefix="tierd-rpc")
         self._wait_pool = cf.ThreadPoolExecutor(settings.wait_threads, thread_name_prefix="tierd-wait")
+        self._bytes = BytePath(store, settings, self._pool)
         self._in_flight = 0
         self._rejected = 0
         self._closing = False
@@ -165,6 +177,12 @@ class TierdServicer(pb_grpc.TierdServicer):
         return await asyncio.get_running_loop().run_in_executor(
             pool, functools.partial(fn, *args, **kwargs))
 
+    async def _quick(self, num_keys: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """A store call that never waits: on the loop, or on the pool over many keys."""
+        if num_keys <= INLINE_MAX_KEYS:
+            return fn(*args, **kwargs)
+        return await self._call(fn, *args, **kwargs)
+
     async def _lease_call(self, fn: Callable[..., Lease], *args: Any, **kwargs: Any) -> Lease:
         """Like ``_call`` for a call that makes a lease: if the RPC is cancelled meanwhile, the
         lease it makes is released (nobody would ever learn its id)."""
@@ -177,17 +195,10 @@ class TierdServicer(pb_grpc.TierdServicer):
             raise
 
     def _release_orphan(self, future: asyncio.Future[Lease]) -> None:
+        """A done callback: runs on the loop."""
         if future.cancelled() or future.exception() is not None:
             return
-        self._spawn(self._release_quietly(future.result().lease_id, "its RPC was cancelled"))
-
-    async def _release_quietly(self, lease_id: int, why: str) -> None:
-        self._sessions.forget(lease_id)
-        try:
-            await self._call(self._store.release, lease_id)
-            log.info("released lease %d: %s", lease_id, why)
-        except NotFound:
-            pass  # already gone (expired, or its session's release got there first)
+        self._leases.release_quietly(future.result().lease_id, "its RPC was cancelled")
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         """Run ``coro`` as a task the servicer keeps until it ends (and waits for on shutdown)."""
@@ -213,12 +224,6 @@ class TierdServicer(pb_grpc.TierdServicer):
             # A dict lookup without the store lock: fine on the event loop.
             caller.check_namespace(self._store.namespace(ns_id))
 
-    def _check_lease(self, lease_id: int, caller: Caller) -> None:
-        """With tenants: ``NotFound`` / ``PermissionDenied`` unless the lease is in one of the
-        caller's namespaces (lock-free reads, fine on the event loop)."""
-        if caller.tenant is not None:
-            caller.check_namespace(self._store.lease_namespace(lease_id))
-
     @staticmethod
     def _wait_s(requested_s: float | None, context: grpc.aio.ServicerContext) -> float | None:
         """The shorter of the requested wait and the RPC's remaining deadline (``None``: neither)."""
@@ -227,17 +232,6 @@ class TierdServicer(pb_grpc.TierdServicer):
         if remaining_s is None:
             return requested_s
         return remaining_s if requested_s is None else min(requested_s, remaining_s)
-
-    async def _adopt(self, session: ClientSession | None, lease: Lease) -> Lease:
-        """Record a new lease under its session; if the session ended meanwhile, release it."""
-        if session is None:
-            return lease
-        if session.closed:
-            await self._release_quietly(lease.lease_id, "its session ended while it was taken")
-            raise NotFound("the session ended while the lease was being taken; the lease was "
-                           "released: open a new Session and retry")
-        self._sessions.track(session, lease)
-        return lease
 
     # -- control plane -------------------------------------------------------------------------------
     @_rpc
@@ -254,7 +248,7 @@ class TierdServicer(pb_grpc.TierdServicer):
                      caller: Caller) -> pb.LookupResponse:
         self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
-        result = await self._call(self._store.lookup, request.ns_id, keys)
+        result = await self._quick(len(keys), self._store.lookup, request.ns_id, keys)
         return pb.LookupResponse(num_hits=result.num_hits,
                                  tiers=[wire.tier_to_pb(t) for t in result.tiers])
 
@@ -276,10 +270,20 @@ class TierdServicer(pb_grpc.TierdServicer):
         target = convert.tier_from_pb(request.target_tier, Tier.HBM, "target_tier", MEMORY_TIERS)
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
         wait_s = self._wait_s(convert.seconds_from_pb(request, "timeout_s", allow_zero=True), context)
-        lease = await self._lease_call(
-            self._store.acquire, request.ns_id, keys, target, timeout_s=wait_s, ttl_s=ttl_s,
-            owner=session.session_id if session else None)
-        lease = await self._adopt(session, lease)
+        release = self._leases.releasable(request.release_lease_ids, caller, session)
+        owner = session.session_id if session else None
+        try:
+            lease = None
+            if len(keys) + len(release) <= INLINE_MAX_KEYS:  # pages in the tier already: no wait
+                lease = self._store.try_acquire(request.ns_id, keys, target, ttl_s=ttl_s,
+                                                owner=owner, release=release)
+            if lease is None:
+                lease = await self._lease_call(self._store.acquire, request.ns_id, keys, target,
+                                               timeout_s=wait_s, ttl_s=ttl_s, owner=owner,
+                                               release=release)
+        finally:
+            self._leases.forget_ended(release)
+        lease = self._leases.adopt(session, lease)
         return pb.AcquireResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
@@ -291,22 +295,33 @@ class TierdServicer(pb_grpc.TierdServicer):
             raise InvalidArgument(f"num_pages must be in 1..{self._settings.max_keys_per_request}, "
                                   f"got {request.num_pages}")
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
-        lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
-                                       ttl_s=ttl_s, owner=session.session_id if session else None)
-        lease = await self._adopt(session, lease)
+        owner = session.session_id if session else None
+        lease = None
+        if request.num_pages <= INLINE_MAX_KEYS:  # free slots now: no eviction to wait for
+            lease = self._store.try_allocate(request.ns_id, request.num_pages, ttl_s=ttl_s, owner=owner)
+        if lease is None:
+            lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
+                                           ttl_s=ttl_s, owner=owner)
+        lease = self._leases.adopt(session, lease)
         return pb.AllocateResponse(lease=convert.lease_to_pb(lease))
 
     @_rpc
     async def Commit(self, request: pb.CommitRequest, context: Any,
                      caller: Caller) -> pb.CommitResponse:
-        self._check_lease(request.lease_id, caller)
-        self._sessions.check_access(request.lease_id, self._session(context, caller))
+        self._leases.check(request.lease_id, caller, self._session(context, caller))
         keys = self._keys(request.keys)
         if len(keys) != len(request.slots):
             raise InvalidArgument(f"Commit got {len(keys)} keys but {len(request.slots)} slots; "
                                   "give one slot per key")
         durable_timeout_s = convert.seconds_from_pb(request, "durable_timeout_s", allow_zero=True)
-        result = await self._call(self._store.commit, request.lease_id, keys, list(request.slots))
+        slots, release = list(request.slots), request.release_lease
+        result = None
+        if len(keys) <= INLINE_MAX_KEYS:  # write_back: binds slots, queues nothing
+            result = self._store.try_commit(request.lease_id, keys, slots, release=release)
+        if result is None:
+            result = await self._call(self._store.commit, request.lease_id, keys, slots, release=release)
+        if release:
+            self._leases.forget(request.lease_id)
         response = pb.CommitResponse(num_committed=result.committed)
         if result.durable_ticket is not None:
             response.durable_ticket = result.durable_ticket
@@ -317,20 +332,18 @@ class TierdServicer(pb_grpc.TierdServicer):
     @_rpc
     async def Release(self, request: pb.ReleaseRequest, context: Any,
                       caller: Caller) -> pb.ReleaseResponse:
-        self._check_lease(request.lease_id, caller)
-        self._sessions.check_access(request.lease_id, self._session(context, caller))
-        await self._call(self._store.release, request.lease_id)
-        self._sessions.forget(request.lease_id)
+        self._leases.check(request.lease_id, caller, self._session(context, caller))
+        self._store.release(request.lease_id)
+        self._leases.forget(request.lease_id)
         return pb.ReleaseResponse()
 
     @_rpc
     async def Renew(self, request: pb.RenewRequest, context: Any,
                     caller: Caller) -> pb.RenewResponse:
-        self._check_lease(request.lease_id, caller)
         session = self._session(context, caller)
-        self._sessions.check_access(request.lease_id, session)
+        self._leases.check(request.lease_id, caller, session)
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
-        lease = await self._call(self._store.renew, request.lease_id, ttl_s)
+        lease = self._store.renew(request.lease_id, ttl_s)
         if session is not None and lease.owner == session.session_id:
             self._sessions.track(session, lease)  # its new expiry
         return pb.RenewResponse(lease=convert.lease_to_pb(lease))
@@ -340,14 +353,14 @@ class TierdServicer(pb_grpc.TierdServicer):
                      caller: Caller) -> pb.DeleteResponse:
         self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
-        num = await self._call(self._store.delete, request.ns_id, keys)
+        num = await self._quick(len(keys), self._store.delete, request.ns_id, keys)
         return pb.DeleteResponse(num_deleted=num)
 
     # Stats and Flush are daemon-wide: any authenticated tenant may call them.
     @_rpc
     async def Stats(self, request: pb.StatsRequest, context: Any,
                     caller: Caller) -> pb.StatsResponse:
-        stats = await self._call(self._store.stats)
+        stats = self._store.stats()
         return convert.stats_to_pb(stats, self.counters())
 
     @_rpc
@@ -360,8 +373,15 @@ class TierdServicer(pb_grpc.TierdServicer):
         return pb.WaitDurableResponse(durable=await self._wait_durable(request.ticket, timeout_s, context))
 
     async def _wait_durable(self, ticket: int, timeout_s: float | None, context: Any) -> bool:
-        """Wait (on the blocking pool) until ``ticket``'s pages are on disk, within the deadline."""
-        return await self._call(self._store.wait_durable, ticket, self._wait_s(timeout_s, context), wait=True)
+        """Whether ``ticket``'s pages are on disk: checked on the loop, waited for (within the
+        deadline) on the blocking pool only while writes are still queued."""
+        done = self._store.try_wait_durable(ticket)
+        if done is not None:
+            return done
+        wait_s = self._wait_s(timeout_s, context)
+        if wait_s is not None and wait_s <= 0:
+            return False
+        return await self._call(self._store.wait_durable, ticket, wait_s, wait=True)
 
     @_rpc
     async def Flush(self, request: pb.FlushRequest, context: Any,
@@ -374,30 +394,9 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     # -- byte path -------------------------------------------------------------------------------------
     @_rpc
-    async def PutPages(self, request_iterator: AsyncIterator[pb.PutPagesRequest],
+    async def PutPages(self, request_iterator: AsyncIterator[PutMessage],
                        context: Any, caller: Caller) -> pb.PutPagesResponse:
-        header: pb.PutPagesHeader | None = None
-        tier = Tier.DRAM
-        assembler: PutAssembler | None = None
-        async for message in request_iterator:
-            if assembler is None:
-                if not message.HasField("header"):
-                    raise InvalidArgument("the first PutPages message must carry the header "
-                                          "(ns_id, tier)")
-                header = message.header
-                tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
-                convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
-                ns = await self._call(self._store.namespace, header.ns_id)
-                caller.check_namespace(ns)
-                assembler = PutAssembler(ns.page_bytes, self._settings.max_keys_per_request,
-                                         self._settings.max_put_bytes)
-            elif message.HasField("header"):
-                raise InvalidArgument("only the first PutPages message may carry a header")
-            assembler.add(message.keys, message.data)
-        if header is None or assembler is None:
-            raise InvalidArgument("PutPages got no messages: send the header first")
-        keys, pages = assembler.finish()
-        result = await self._call(self._store.put, header.ns_id, keys, pages, tier)
+        header, result = await self._bytes.put(request_iterator, caller)
         response = pb.PutPagesResponse(num_stored=result.stored, num_skipped=result.skipped)
         if result.durable_ticket is not None:
             response.durable_ticket = result.durable_ticket
@@ -408,25 +407,9 @@ class TierdServicer(pb_grpc.TierdServicer):
 
     @_rpc
     async def GetPages(self, request: pb.GetPagesRequest, context: Any, caller: Caller) -> None:
-        keys = self._keys(request.keys)
-        ns = await self._call(self._store.namespace, request.ns_id)
-        caller.check_namespace(ns)
-        limit = self._settings.max_get_bytes
-        if len(keys) * ns.page_bytes > limit:
-            raise InvalidArgument(
-                f"GetPages asks for {len(keys)} pages of {ns.page_bytes} bytes; one call may ask for "
-                f"at most {limit // ns.page_bytes} (limits.max_get_bytes = {limit}): split it")
-        chunks, num_pages = await self._call(self._read_chunks, request.ns_id, keys)
-        first = chunks[0] if chunks else b""
-        await context.write(pb.GetPagesResponse(num_pages=num_pages, page_bytes=ns.page_bytes,
-                                                data=first))
-        for chunk in chunks[1:]:
-            await context.write(pb.GetPagesResponse(data=chunk))
-
-    def _read_chunks(self, ns_id: int, keys: list[bytes]) -> tuple[list[bytes], int]:
-        """On a pool thread: the prefix's pages cut into chunks (the copy stays off the loop)."""
-        pages = [memoryview(page) for page in self._store.get(ns_id, keys)]
-        return list(iter_chunks(pages, self._settings.chunk_bytes)), len(pages)
+        # Messages serialized already (tierd.server.bytepath): the first carries the counts.
+        for message in await self._bytes.get(request, caller):
+            await context.write(message)
 
     # -- sessions ----------------------------------------------------------------------------------------
     async def Session(self, request: pb.SessionRequest, context: Any) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from tierd.config import StoreConfig
 from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from tierd.index.leases import LeaseRecord, LeaseTable
-from tierd.index.residency import MemoryResidency
+from tierd.index.residency import MemoryResidency, PageDirectory
 from tierd.keys import PageKey
 from tierd.spec import Namespace, PageSpec
 from tierd.store import inspection
@@ -56,13 +56,15 @@ class Manager:
                 raise InvalidArgument(f"namespace {ns.ns_id} is registered already")
             self._books[ns.ns_id] = NamespaceBook(ns)
 
-    def add_region(self, ns_id: int, tier: Tier, num_slots: int) -> None:
-        """The namespace now has ``num_slots`` slots in ``tier`` (its region was created)."""
+    def add_region(self, ns_id: int, tier: Tier, num_slots: int,
+                   directory: PageDirectory | None = None) -> None:
+        """The namespace now has ``num_slots`` slots in ``tier`` (its region was created);
+        ``directory`` (the region's page index) hears of every page published in it."""
         with self._lock:
             book = self._book_locked(ns_id)
             if tier in book.mem:
                 raise InvalidArgument(f"namespace {ns_id} has a {tier.label} region already")
-            book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy)
+            book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy, directory)
 
     def find_namespace(self, tenant: str, spec: PageSpec) -> Namespace | None:
         with self._lock:
@@ -267,12 +269,14 @@ class Manager:
             dres.begin_store(key, got[0])
             return self._open_locked(PlanKind.PROMOTE, ns_id, [Move(key, source, Place(dst, got[0]))])
 
-    def begin_acquire(self, ns_id: int, keys: Sequence[PageKey],
-                      target: Tier) -> tuple[Hold, int, list[PageKey]]:
+    def begin_acquire(self, ns_id: int, keys: Sequence[PageKey], target: Tier,
+                      release: Sequence[int] = ()) -> tuple[Hold, int, list[PageKey]]:
         """``(hold, present, todo)``: the length of the cached prefix, the keys of it that must
-        move into ``target``; those already there are pinned into ``hold`` now."""
+        move into ``target``; those already there are pinned into ``hold`` now, after the
+        ``release`` leases ended (unknown ones are skipped)."""
         with self._lock:
             book = self._book_locked(ns_id)
+            self._release_ids_locked(release)
             hold = Hold(ns_id, target)
             present = self._cached_prefix_locked(book, keys)
             return hold, present, hold.pin_present(book.residency(target), keys[:present])
@@ -308,17 +312,38 @@ class Manager:
                 hold.release(self._books[hold.ns_id])
                 raise DeadlineExceeded(f"{pending} of {present} pages did not reach {hold.tier.label} "
                                        f"within {wait_s} s; retry with a longer timeout")
-            leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
-            slots = [hold.pins[key] for key in leased]
-            hold.release(self._books[hold.ns_id], keep=set(leased))
-            res = self._book_locked(hold.ns_id).mem[hold.tier]
-            for key in leased:
-                res.touch(key)
-            self._counters[hold.tier].hits += len(leased)
-            self._counters[hold.tier].misses += int(len(leased) < len(keys))
-            record = self._leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased),
-                                      tuple(slots), time.monotonic() + ttl_s, owner)
-            return record.snapshot()
+            return self._lease_from_hold_locked(hold, keys, present, ttl_s, owner)
+
+    def try_acquire(self, ns_id: int, keys: Sequence[PageKey], target: Tier, ttl_s: float,
+                    owner: str | None, release: Sequence[int] = ()) -> Lease | None:
+        """``begin_acquire`` and ``finish_acquire`` under one lock hold when every page of the
+        cached prefix is in ``target`` already (nothing has to move); ``None``, with nothing
+        changed, otherwise. The ``release`` leases end first (unknown ones are skipped)."""
+        with self._lock:
+            book = self._book_locked(ns_id)
+            res = book.residency(target)
+            present = self._cached_prefix_locked(book, keys)
+            if any(key not in res.slots for key in keys[:present]):
+                return None
+            self._release_ids_locked(release)
+            hold = Hold(ns_id, target)
+            hold.pin_present(res, keys[:present])
+            return self._lease_from_hold_locked(hold, keys, present, ttl_s, owner)
+
+    def _lease_from_hold_locked(self, hold: Hold, keys: Sequence[PageKey], present: int,
+                                ttl_s: float, owner: str | None) -> Lease:
+        """A READ lease over the leading keys the hold pins; the hold's other pins go."""
+        leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
+        slots = [hold.pins[key] for key in leased]
+        hold.release(self._books[hold.ns_id], keep=set(leased))
+        res = self._book_locked(hold.ns_id).mem[hold.tier]
+        for key in leased:
+            res.touch(key)
+        self._counters[hold.tier].hits += len(leased)
+        self._counters[hold.tier].misses += int(len(leased) < len(keys))
+        record = self._leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased),
+                                  tuple(slots), time.monotonic() + ttl_s, owner)
+        return record.snapshot()
 
     def release_hold(self, hold: Hold) -> None:
         with self._lock:
@@ -336,9 +361,10 @@ class Manager:
             return record.snapshot()
 
     def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
-               ticket: int | None) -> tuple[int, Plan | None]:
+               ticket: int | None, release: bool = False) -> tuple[int, Plan | None]:
         """Bind filled slots of a FILL lease to keys; a key cached meanwhile keeps its page (the
-        slot goes back) and counts as skipped. Returns ``(bound, persist)``."""
+        slot goes back) and counts as skipped. ``release``: then end the lease (its open slots go
+        back). Returns ``(bound, persist)``."""
         with self._lock:
             record = self._leases.get(lease_id)
             if record.kind is not LeaseKind.FILL:
@@ -352,6 +378,8 @@ class Manager:
             persists: list[Move] = []
             bound = sum(self._bind_locked(book, record, key, slot, ticket, persists)
                         for key, slot in zip(keys, slots))
+            if release:
+                self._release_locked(self._leases.pop(lease_id))
             return bound, self._persist_plan_locked(book, persists)
 
     def _bind_locked(self, book: NamespaceBook, record: LeaseRecord, key: PageKey, slot: int,
@@ -406,6 +434,17 @@ class Manager:
     def release(self, lease_id: int) -> None:
         with self._lock:
             self._release_locked(self._leases.pop(lease_id))
+
+    def _release_ids_locked(self, lease_ids: Sequence[int]) -> int:
+        released = 0
+        for lease_id in lease_ids:
+            try:
+                record = self._leases.pop(lease_id)
+            except NotFound:
+                continue  # expired or released meanwhile: what the caller wanted anyway
+            self._release_locked(record)
+            released += 1
+        return released
 
     def release_owner(self, owner: str) -> int:
         """End every lease held by ``owner`` (a client session that ended)."""

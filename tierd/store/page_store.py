@@ -3,8 +3,11 @@
 A thin facade that composes the bookkeeping manager, the media (arenas and transfer engine, from
 one factory keyed by the device), the disk tier, the plan runner, promotion, eviction and the
 maintenance thread. Synchronous and thread-safe; methods may block on copies or disk I/O, so async
-callers use a bounded executor. ``open``/``close`` are idempotent; ``close`` flushes and shuts the
-parts down in reverse order.
+callers use a bounded executor. The ``try_*`` entry points and ``lookup``, ``renew``, ``release``,
+``delete``, ``stats`` never wait (bookkeeping under the manager's lock only, no page bytes, no
+disk I/O), so an event loop may call them; a ``try_*`` returns ``None``, having changed nothing,
+where its counterpart would have to wait. ``open``/``close`` are idempotent; ``close`` flushes and
+shuts the parts down in reverse order.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.completion import place
+from tierd.store.durability import Durability
 from tierd.store.eviction import Evictor
 from tierd.store.flushing import disk_failure_note, flush_to_disk
 from tierd.store.maintenance import Maintenance
@@ -267,11 +271,7 @@ class PageStore:
                  owner: str | None = None) -> Lease:
         """Lease ``num_pages`` free hbm slots for the caller to fill and then ``commit``."""
         parts = self._ready(ns_id)
-        ttl = self._ttl(ttl_s)
-        num_slots = parts.manager.num_slots(ns_id, Tier.HBM)
-        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= num_slots:
-            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's hbm "
-                                  f"slots), got {num_pages!r}")
+        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         while True:
             lease = parts.manager.allocate(ns_id, num_pages, ttl, owner)
@@ -281,6 +281,25 @@ class PageStore:
                 raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
                                         "the rest are leased or in flight; release leases and retry"
                                         + disk_failure_note(parts.disk))
+
+    def try_allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
+                     owner: str | None = None) -> Lease | None:
+        """``allocate`` when ``num_pages`` hbm slots are free now; ``None`` (nothing changed) when
+        slots must be evicted first or the namespace's regions are not created yet."""
+        parts = self._require()
+        if not parts.manager.has_region(ns_id, Tier.DRAM):
+            return None
+        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s)
+        return parts.manager.allocate(ns_id, num_pages, ttl, owner)
+
+    def _check_allocate(self, parts: _Parts, ns_id: int, num_pages: int, ttl_s: float | None) -> float:
+        """The lease ttl of a valid allocate; ``InvalidArgument`` otherwise."""
+        ttl = self._ttl(ttl_s)
+        num_slots = parts.manager.num_slots(ns_id, Tier.HBM)
+        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= num_slots:
+            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's hbm "
+                                  f"slots), got {num_pages!r}")
+        return ttl
 
     def write_slots(self, lease_id: int, slots: Sequence[int], pages: Sequence[object]) -> None:
         """Copy ``pages[i]`` into open slot ``slots[i]`` of a FILL lease (then ``commit``): the
@@ -294,9 +313,11 @@ class PageStore:
         if not all(parts.runner.run(plan, views)):
             raise Unavailable("the pages could not be copied into the lease's slots (see the log)")
 
-    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int]) -> CommitResult:
+    def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
+               release: bool = False) -> CommitResult:
         """Bind filled slots of a FILL lease to keys. Under write_through the pages are queued for
-        disk and the result's ticket (for ``wait_durable``) covers every key, cached before or not."""
+        disk and the result's ticket (for ``wait_durable``) covers every key, cached before or not.
+        ``release``: end the lease once they are bound (its open slots go back)."""
         parts = self._require()
         keys = check_keys(keys)
         slots = list(slots)
@@ -305,16 +326,31 @@ class PageStore:
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
         ns_id = parts.manager.lease_namespace(lease_id).ns_id
         ticket = parts.manager.durability.new_ticket(ns_id) if through else None
-        bound, persist = parts.manager.commit(lease_id, keys, slots, ticket)
+        bound, persist = parts.manager.commit(lease_id, keys, slots, ticket, release)
         if ticket is not None:
             parts.manager.durability.seal(ticket)
         parts.runner.start_all([persist])
         parts.maintenance.wake()
         return CommitResult(bound, ticket)
 
+    def try_commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
+                   release: bool = False) -> CommitResult | None:
+        """``commit`` under write_back, where it only binds slots; ``None`` (nothing changed)
+        under write_through, whose commit checksums the pages and may wait for room in the disk
+        writer's queue."""
+        if self.config.write_policy is WritePolicy.WRITE_THROUGH:
+            return None
+        return self.commit(lease_id, keys, slots, release)
+
     def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
         """True once every page of the put or commit that returned ``ticket`` is on disk."""
         return self._require().manager.durability.wait(ticket, timeout_s)
+
+    def try_wait_durable(self, ticket: int) -> bool | None:
+        """``wait_durable`` without waiting: True (on disk), False (a write failed), or ``None``
+        while writes of ``ticket`` are still queued."""
+        outcome = self._require().manager.durability.wait_outcome(ticket, 0.0)
+        return None if outcome is Durability.PENDING else outcome is Durability.DURABLE
 
     def ticket_namespace(self, ticket: int) -> int | None:
         """The namespace a durability ticket was issued to, or ``None`` when it is too old to be
@@ -420,9 +456,35 @@ class PageStore:
 
     def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
                 timeout_s: float | None = None, ttl_s: float | None = None,
-                owner: str | None = None) -> Lease:
-        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first)."""
+                owner: str | None = None, release: Sequence[int] = ()) -> Lease:
+        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first).
+
+        ``release``: leases the caller is done with, ended (unknown ones skipped) once the request
+        is checked, under the same lock hold that pins the pages present."""
         parts = self._ready(ns_id)
+        keys, ttl = self._check_acquire(parts, ns_id, keys, target_tier, ttl_s)
+        wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
+        deadline_s = time.monotonic() + wait_s
+        hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier, release)
+        futures = parts.promoter.schedule(ns_id, todo, target_tier, deadline_s, hold)
+        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
+        return parts.manager.finish_acquire(hold, keys, present, len(pending), ttl, owner, wait_s)
+
+    def try_acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
+                    ttl_s: float | None = None, owner: str | None = None,
+                    release: Sequence[int] = ()) -> Lease | None:
+        """``acquire`` when every page of the cached prefix is in ``target_tier`` already; ``None``
+        (nothing changed, ``release`` included) when a page would have to move first or the
+        namespace's regions are not created yet."""
+        parts = self._require()
+        if not parts.manager.has_region(ns_id, Tier.DRAM):
+            return None
+        keys, ttl = self._check_acquire(parts, ns_id, keys, target_tier, ttl_s)
+        return parts.manager.try_acquire(ns_id, keys, target_tier, ttl, owner, release)
+
+    def _check_acquire(self, parts: _Parts, ns_id: int, keys: Sequence[PageKey], target_tier: Tier,
+                       ttl_s: float | None) -> tuple[list[PageKey], float]:
+        """The checked keys and lease ttl of a valid acquire; the error otherwise."""
         keys = check_keys(keys)
         ttl = self._ttl(ttl_s)
         if target_tier is Tier.DISK:
@@ -433,12 +495,7 @@ class PageStore:
         if len(keys) > num_slots:
             raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
                                     f"{num_slots} {target_tier.label} slots; acquire fewer at a time")
-        wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
-        deadline_s = time.monotonic() + wait_s
-        hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier)
-        futures = parts.promoter.schedule(ns_id, todo, target_tier, deadline_s, hold)
-        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
-        return parts.manager.finish_acquire(hold, keys, present, len(pending), ttl, owner, wait_s)
+        return keys, ttl
 
     def lease_namespace(self, lease_id: int) -> Namespace:
         """The namespace a live lease belongs to (``NotFound`` otherwise); lock-free."""
