@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import requests
+from tierd_client import local_steps, requests
 from tierd_client.base import ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import AsyncLease, LeaseRequest
@@ -177,12 +177,17 @@ class AsyncTierClient(ClientBase):
 
         ``wait_durable``: answer only once the pages are on disk (or ``durable_timeout_s`` passed).
         """
-        return await self._run(requests.put_steps(ns, keys, pages, tier, wait_durable,
-                                                  durable_timeout_s, self.options))
+        return await self._run(local_steps.put_steps(self._local, ns, keys, pages, tier, wait_durable,
+                                                     durable_timeout_s))
 
     async def get(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
-        """The pages of the longest cached prefix of ``keys``, in order (``page_bytes`` each)."""
-        return await self._run(requests.get_steps(ns, keys, self.options))
+        """The pages of the longest cached prefix of ``keys``, in order (``page_bytes`` each);
+        resident ones straight from the daemon's regions when it shares this machine."""
+        return await self._run(local_steps.get_steps(self._local, ns, keys))
+
+    async def get_into(self, ns: NamespaceHandle, keys: Sequence[bytes], out: object) -> int:
+        """``TierClient.get_into``: the longest cached prefix of ``keys`` into ``out``; how many."""
+        return await self._run(local_steps.get_into_steps(self._local, ns, keys, out))
 
     async def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
         """Wait until the pages of a put's or commit's ticket are on disk; False if ``timeout_s`` passed."""

@@ -109,7 +109,7 @@ class ArenaView:
         with self._lock:
             if self._index is None:
                 self._index = map_index(self.handle)
-                self._flat = memoryview(self._mapped.array()).cast("B")
+                self._flat = self._mapped.array().reshape(-1).data
             reader, flat = self._index.reader, self._flat
         if reader is None or flat is None:
             return None

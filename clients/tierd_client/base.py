@@ -19,6 +19,8 @@ from tierd.tier import Tier
 from tierd_client.arena import ArenaView
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
 from tierd_client.leases import ReleaseQueue
+from tierd_client.local_path import LocalPathStats, LocalReader, SlotPool
+from tierd_client.local_steps import LocalPath
 from tierd_client.options import ClientOptions, grpc_target
 from tierd_client.requests import require_ns
 from tierd_client.types import NamespaceHandle
@@ -77,7 +79,14 @@ class ClientBase:
         self._arenas: dict[tuple[int, Tier, str, bytes], ArenaView] = {}
         self._arenas_lock = threading.Lock()
         self._releases = ReleaseQueue()
+        # Local reads and puts need the daemon's region socket: a daemon on this machine.
+        local = self.options.local_data_path and self.target.startswith("unix:")
+        self._local = LocalPath(LocalReader(self.arena, local), SlotPool(), self.arena, self.options)
         self._closed = False
+
+    def local_path_stats(self) -> LocalPathStats:
+        """What the local data path did so far (pages read without an RPC, fallbacks, puts)."""
+        return self._local.reader.stats()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -108,6 +117,7 @@ class ClientBase:
             return view
 
     def _close_arenas(self) -> None:
+        self._local.pool.drain()  # their leases end with the session
         with self._arenas_lock:
             views = list(self._arenas.values())
             self._arenas.clear()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Generic, Protocol, TypeVar
 
@@ -29,8 +29,9 @@ from tierd_client.arena import ArenaView
 from tierd_client.errors import TierdRpcError
 from tierd_client.types import NamespaceHandle
 
-# Keys served locally are reported to the daemon once this many have gathered (one Lookup).
-TOUCH_BATCH_KEYS = 64
+# Keys served locally are reported to the daemon once this many have gathered (one Lookup, so
+# one get in this many pays an RPC: rare enough to stay out of the p99).
+TOUCH_BATCH_KEYS = 256
 # At most this many wait to be reported; more are dropped (only the LRU order misses them).
 MAX_PENDING_TOUCHES = 4096
 # A pooled lease is not used this close to its expiry (the commit must reach the daemon first).
@@ -49,14 +50,23 @@ class _Region:
         self.flat = flat
         self.page_bytes = page_bytes
 
-    def copy_out(self, key: bytes, out: memoryview) -> _Copy:
+    def copy_out(self, key: bytes, out: memoryview) -> tuple[_Copy, None]:
         """Copy ``key``'s page into ``out``; anything but ``COPIED`` leaves ``out`` undefined."""
         found = self.reader.find(key)
         if found is None or not self.reader.is_open:
-            return _Copy.ABSENT
+            return _Copy.ABSENT, None
         start = found.slot * self.page_bytes
         out[:] = self.flat[start:start + self.page_bytes]
-        return _Copy.COPIED if self.reader.unchanged(found) else _Copy.REFUSED
+        return (_Copy.COPIED if self.reader.unchanged(found) else _Copy.REFUSED), None
+
+    def copy_bytes(self, key: bytes) -> tuple[_Copy, bytes]:
+        """``key``'s page as new bytes (valid only with ``COPIED``)."""
+        found = self.reader.find(key)
+        if found is None or not self.reader.is_open:
+            return _Copy.ABSENT, b""
+        start = found.slot * self.page_bytes
+        page = bytes(self.flat[start:start + self.page_bytes])
+        return (_Copy.COPIED if self.reader.unchanged(found) else _Copy.REFUSED), page
 
 
 class _Copy(enum.Enum):
@@ -101,23 +111,45 @@ class LocalReader:
     def read(self, ns: NamespaceHandle, keys: Sequence[bytes], outs: Sequence[memoryview]) -> int:
         """Copy the pages of the leading resident ``keys`` into ``outs`` (one writable
         ``page_bytes`` view each); how many were copied (the rest need an RPC)."""
-        if not self._enabled or not keys:
-            return 0
-        regions = self._regions(ns)
-        if not regions:
-            return 0
-        done = refused = 0
-        for key, out in zip(keys, outs):
-            for region in regions:
-                outcome = region.copy_out(key, out)
-                if outcome is _Copy.COPIED:
-                    break
-                refused += outcome is _Copy.REFUSED
-            else:
-                break
+        done = 0
+        for _ in self._copies(ns, keys, lambda region, key, index: region.copy_out(key, outs[index])):
             done += 1
-        self._count(ns.ns_id, keys[:done], len(keys) - done, refused)
         return done
+
+    def read_pages(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
+        """The pages of the leading resident ``keys``, each copied once into new bytes."""
+        return list(self._copies(ns, keys, lambda region, key, _index: region.copy_bytes(key)))
+
+    def _copies(self, ns: NamespaceHandle, keys: Sequence[bytes],
+                copy: Callable[[_Region, bytes, int], tuple[_Copy, T]]) -> Iterator[T]:
+        """What ``copy`` made of each leading resident key, stopping at the first it could not
+        copy; counts what happened."""
+        if not self._enabled or not keys:
+            return
+        regions = self._regions(ns)
+        done = refused = 0
+        try:
+            for index, key in enumerate(keys):
+                for region in regions:
+                    outcome, value = copy(region, key, index)
+                    if outcome is _Copy.COPIED:
+                        break
+                    refused += outcome is _Copy.REFUSED
+                else:
+                    return
+                done += 1
+                yield value
+        finally:
+            self._count(ns.ns_id, keys[:done], len(keys) - done, refused)
+
+    def usable(self, grant: bytes) -> bool:
+        """Whether the region of ``grant`` may still be mapped here."""
+        return self._enabled and grant not in self._unusable
+
+    def mark_unusable(self, grant: bytes) -> None:
+        """The region of ``grant`` cannot be mapped here (gone with a restarted daemon, or not
+        ours): RPCs serve it from now on."""
+        self._unusable.add(grant)
 
     def count_put(self, num_pages: int) -> None:
         with self._lock:
@@ -138,7 +170,7 @@ class LocalReader:
             except TierdRpcError:
                 # Gone (the daemon restarted: register again for fresh handles), or not ours to
                 # map: the RPC path serves these reads from now on.
-                self._unusable.add(handle.grant)
+                self.mark_unusable(handle.grant)
                 continue
             if index is not None:
                 out.append(_Region(index[0], index[1], handle.page_bytes))
@@ -174,6 +206,7 @@ class PooledLease(Protocol):
 
 
 L = TypeVar("L", bound=PooledLease)
+T = TypeVar("T")
 
 
 class Pooled(Generic[L]):

@@ -328,7 +328,8 @@ def lease_steps(call: Call) -> Steps[tuple[LeaseState, str]]:
 
 def commit_steps(lease: LeaseState, keys: Sequence[bytes], slots: Sequence[int] | None,
                  wait_durable: bool, durable_timeout_s: float | None, release: bool,
-                 options: ClientOptions) -> Steps[CommitResult]:
+                 options: ClientOptions, owner: str = "") -> Steps[CommitResult]:
+    """``owner``: the session the lease was granted in (the commit is not sent in another)."""
     checked = checked_key_list(keys)
     if slots is None:
         if len(checked) > len(lease.slots):
@@ -342,7 +343,7 @@ def commit_steps(lease: LeaseState, keys: Sequence[bytes], slots: Sequence[int] 
     if durable_timeout_s is not None:
         request.durable_timeout_s = durable_timeout_s
     deadline_s = durable_deadline_s(options, durable_timeout_s)
-    response, _session = yield Call("Commit", request, timeout_s=deadline_s, session=True)
+    response, _session = yield Call("Commit", request, timeout_s=deadline_s, session=True, owner=owner)
     ticket = response.durable_ticket if response.HasField("durable_ticket") else None
     return CommitResult(num_committed=response.num_committed, durable_ticket=ticket,
                         durable=wait_durable and response.durable)

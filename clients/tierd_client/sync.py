@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import requests
+from tierd_client import local_steps, requests
 from tierd_client.base import CLOSED_MESSAGE, ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import Lease
@@ -154,13 +154,24 @@ class TierClient(ClientBase):
     def put(self, ns: NamespaceHandle, keys: Sequence[bytes], pages: object,
             tier: Tier = Tier.DRAM, wait_durable: bool = False,
             durable_timeout_s: float | None = None) -> PutResult:
-        """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch)."""
-        return self._run(requests.put_steps(ns, keys, pages, tier, wait_durable, durable_timeout_s,
-                                            self.options))
+        """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch). To
+        ``Tier.HBM`` on the daemon's machine: copied into leased slots, one Commit per call."""
+        return self._run(local_steps.put_steps(self._local, ns, keys, pages, tier, wait_durable,
+                                               durable_timeout_s))
 
     def get(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
-        """The pages of the longest cached prefix of ``keys``, in order."""
-        return self._run(requests.get_steps(ns, keys, self.options))
+        """The pages of the longest cached prefix of ``keys``, in order. On the daemon's machine
+        resident pages are copied out of its regions without an RPC."""
+        return self._run(local_steps.get_steps(self._local, ns, keys))
+
+    def get_into(self, ns: NamespaceHandle, keys: Sequence[bytes], out: object) -> int:
+        """Copy the pages of the longest cached prefix of ``keys`` into ``out`` (``len(keys) *
+        page_bytes`` writable bytes: bytearray, numpy, CPU torch); returns how many pages.
+
+        On the daemon's machine resident pages come straight from its regions through its page
+        index (no RPC; never a page evicted, overwritten or deleted during the copy), the rest
+        over GetPages."""
+        return self._run(local_steps.get_into_steps(self._local, ns, keys, out))
 
     def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
         """Wait until the pages of a put's or commit's ticket are on disk; False if ``timeout_s`` passed."""

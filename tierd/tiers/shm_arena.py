@@ -92,7 +92,8 @@ class ShmRegion(RegionGeometry):
         super().__init__(num_slots, page_bytes)
         self._mm: mmap.mmap | None = mm
         # The page index: its own memfd, read-only to workers (tierd.page_index).
-        self._index_fd, self._index_mm = index if index is not None else (-1, None)
+        self._index_fd = index[0] if index is not None else -1
+        self._index_mm: mmap.mmap | None = index[1] if index is not None else None
         self._index = (PageIndexWriter(memoryview(self._index_mm), num_slots, page_bytes)
                        if self._index_mm is not None else None)
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)

@@ -1,0 +1,167 @@
+"""The local data path: reads without an RPC never return a page other than the one committed
+under the key, while another process evicts, deletes, rewrites and restarts the daemon; local
+puts are bit-exact and cost one Commit per call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from local_reader import SPEC, page_words, reader_keys
+from server_harness import ServerThread, make_server
+
+from tierd.config import DiskConfig, MemoryTierConfig
+from tierd.tier import Tier
+from tierd_client import ClientOptions, TierClient
+
+NUM_KEYS = 24
+FLOOD_INDEX = 0xFFFF
+READER = Path(__file__).with_name("local_reader.py")
+REPO = Path(__file__).resolve().parents[2]
+# The namespace gets half of each: 16 hbm and 32 dram slots, fewer than the keys plus the flood,
+# so pages are evicted (and their slots reused) all the time.
+TIERS = {"hbm": MemoryTierConfig(32 * SPEC.page_bytes), "dram": MemoryTierConfig(64 * SPEC.page_bytes),
+         "disk": DiskConfig(256 << 20)}
+
+ops = st.lists(st.one_of(
+    st.tuples(st.just("put"), st.integers(0, NUM_KEYS - 1)),
+    st.tuples(st.just("rewrite"), st.integers(0, NUM_KEYS - 1)),   # delete, then a new version
+    st.tuples(st.just("delete"), st.integers(0, NUM_KEYS - 1)),
+    st.tuples(st.just("flood"), st.integers(8, 48)),               # other pages: evictions
+    st.tuples(st.just("restart"), st.just(0)),
+), min_size=4, max_size=24)
+
+
+class Writer:
+    """The other process's changes (this test process), over the byte path; what was committed."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.server: ServerThread = make_server(tmp, **TIERS)
+        self.versions = [0] * NUM_KEYS
+        self.committed: set[tuple[int, int]] = set()
+        self.flooded = 0
+        self._connect()
+
+    def _connect(self) -> None:
+        self.client = TierClient(self.server.address, ClientOptions(local_data_path=False))
+        self.ns = self.client.register(SPEC)
+        self.keys = reader_keys(self.ns, NUM_KEYS)
+
+    def put(self, index: int) -> None:
+        page = page_words(index, self.versions[index], self.ns.page_bytes)
+        self.client.put(self.ns, [self.keys[index]], [page])
+        self.committed.add((index, self.versions[index]))
+
+    def delete(self, index: int) -> None:
+        self.client.delete(self.ns, [self.keys[index]])
+        self.versions[index] += 1
+
+    def flood(self, count: int) -> None:
+        tokens = list(range(10**6 + self.flooded * SPEC.page_tokens,
+                            10**6 + (self.flooded + count) * SPEC.page_tokens))
+        self.flooded += count
+        keys = self.ns.keys(tokens)
+        # Pages of no key the reader asks for: one read where a key's page should be is "foreign".
+        self.client.put(self.ns, keys, [page_words(FLOOD_INDEX, self.flooded, self.ns.page_bytes)] * len(keys))
+
+    def restart(self) -> None:
+        self.client.close()
+        self.server.stop()
+        self.server = make_server(self.tmp, **TIERS)
+        self._connect()
+
+    def run(self, op: str, arg: int) -> None:
+        if op == "put":
+            self.put(arg)
+        elif op == "rewrite":
+            self.delete(arg)
+            self.put(arg)
+        elif op == "delete":
+            self.delete(arg)
+        elif op == "flood":
+            self.flood(arg)
+        else:
+            self.restart()
+
+    def close(self) -> None:
+        self.client.close()
+        self.server.stop()
+
+
+@pytest.fixture()
+def writer(short_tmp: Path) -> Iterator[Writer]:
+    w = Writer(short_tmp)
+    yield w
+    w.close()
+
+
+@pytest.mark.slow
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(program=ops, seed=st.integers(0, 1000))
+def test_lease_free_reads_return_only_committed_pages(writer: Writer, program: list[tuple[str, int]],
+                                                       seed: int) -> None:
+    for index in range(NUM_KEYS):
+        writer.put(index)
+    reader = subprocess.Popen(
+        [sys.executable, str(READER), writer.server.address.removeprefix("unix:"), str(seed),
+         str(NUM_KEYS)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert reader.stdout is not None and reader.stdin is not None
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+
+        def overlap() -> None:  # the reader does a round of reads after each change
+            reader.stdin.write("changed\n")
+            reader.stdin.flush()
+            assert reader.stdout.readline().strip() == "ack"
+
+        for op, arg in program:
+            writer.run(op, arg)
+            overlap()
+        for index in range(NUM_KEYS):  # and a last round the reader sees settle
+            writer.delete(index)
+            writer.put(index)
+        overlap()
+        reader.stdin.close()
+        result = json.loads(reader.stdout.readline())
+    finally:
+        if not reader.stdin.closed:
+            reader.stdin.close()
+        try:
+            reader.wait(60)
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            reader.wait()
+    assert result["torn"] == 0 and result["foreign"] == 0, result
+    never_committed = {tuple(pair) for pair in result["seen"]} - writer.committed
+    assert not never_committed, f"read pages that were never committed: {sorted(never_committed)}"
+    assert result["local_reads"] > 0, {k: v for k, v in result.items() if k != "seen"}  # through the index
+
+
+def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path) -> None:
+    server = make_server(short_tmp, **TIERS)
+    try:
+        with TierClient(server.address) as client:
+            ns = client.register(SPEC)
+            keys = reader_keys(ns, 12)
+            pages = [page_words(i, 7, ns.page_bytes) for i in range(12)]
+            result = client.put(ns, keys, pages, tier=Tier.HBM)
+            assert result.num_stored == 12
+            out = np.zeros((12, ns.page_bytes), dtype=np.uint8)
+            assert client.get_into(ns, keys, out) == 12
+            assert all(bytes(out[i]) == pages[i].tobytes() for i in range(12))
+            assert [bytes(p) for p in client.get(ns, keys[:3])] == [p.tobytes() for p in pages[:3]]
+            stats = client.local_path_stats()
+            assert stats.pages_put == 12 and stats.pages_read == 15
+            # A partial tail: the resident prefix, then nothing past the first missing key.
+            other = reader_keys(ns, 14)[12:]
+            assert client.get_into(ns, [*keys[:2], other[0], keys[2]], out[:4]) == 2
+    finally:
+        server.stop()
