@@ -203,9 +203,11 @@ class AsyncTierClient(ClientBase):
         call = requests.acquire_call(ns, keys, target_tier, timeout_s, ttl_s, self.options)
         return LeaseRequest(lambda: self._lease_call(ns, call, carry=True))
 
-    def allocate(self, ns: NamespaceHandle, num_pages: int, ttl_s: float | None = None) -> LeaseRequest:
-        """FILL-lease ``num_pages`` free hbm slots to write pages into, then ``commit``."""
-        call = requests.allocate_call(ns, num_pages, ttl_s)
+    def allocate(self, ns: NamespaceHandle, num_pages: int, ttl_s: float | None = None,
+                 tier: Tier = Tier.HBM) -> LeaseRequest:
+        """FILL-lease ``num_pages`` free slots of ``tier`` (hbm or dram) to write pages into, then
+        ``commit``."""
+        call = requests.allocate_call(ns, num_pages, ttl_s, tier)
         return LeaseRequest(lambda: self._lease_call(ns, call, carry=False))
 
     async def _lease_call(self, ns: NamespaceHandle, call: Call, carry: bool) -> AsyncLease:

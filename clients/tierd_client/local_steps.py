@@ -17,7 +17,7 @@ import numpy as np
 from tierd import buffers
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind
-from tierd.tier import Tier
+from tierd.tier import MEMORY_TIERS, Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client import requests
 from tierd_client.arena import ArenaView
@@ -114,7 +114,7 @@ def get_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes]) -> S
 
 def can_put_locally(local: LocalPath, ns: NamespaceHandle, tier: Tier) -> bool:
     handle = ns.region(tier)
-    return (tier is Tier.HBM and handle is not None and handle.kind is HandleKind.MEMFD
+    return (tier in MEMORY_TIERS and handle is not None and handle.kind is HandleKind.MEMFD
             and bool(handle.socket_path) and local.reader.usable(handle.grant))
 
 
@@ -156,7 +156,7 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
         if exc.code not in _PUT_FALLBACK_CODES:
             raise
         log.debug("local put of namespace %d fell back to the byte path: %s", ns.ns_id, exc)
-        rest = yield from requests.put_steps(ns, checked[done:], views[done:], Tier.HBM, wait_durable,
+        rest = yield from requests.put_steps(ns, checked[done:], views[done:], tier, wait_durable,
                                              durable_timeout_s, local.options)
         stored, skipped = stored + rest.num_stored, skipped + rest.num_skipped
         tickets.extend(rest.durable_tickets)
@@ -188,7 +188,7 @@ def _checkout(local: LocalPath, ns: NamespaceHandle, tier: Tier,
         return pooled
     limit = ns.limits.max_keys_per_request or num_pages
     wanted = min(max(local.options.put_slots, num_pages), limit)
-    state, session_id = yield from requests.lease_steps(requests.allocate_call(ns, wanted, None))
+    state, session_id = yield from requests.lease_steps(requests.allocate_call(ns, wanted, None, tier))
     return Pooled(PoolLease(state, session_id))
 
 

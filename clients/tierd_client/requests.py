@@ -244,12 +244,13 @@ def acquire_call(ns: NamespaceHandle, keys: Sequence[bytes], target_tier: Tier, 
     return Call("Acquire", request, timeout_s=deadline_s, session=True)
 
 
-def allocate_call(ns: NamespaceHandle, num_pages: int, ttl_s: float | None) -> Call:
-    """The Allocate of a FILL lease (checked now, sent by ``lease_steps``)."""
+def allocate_call(ns: NamespaceHandle, num_pages: int, ttl_s: float | None,
+                  tier: Tier = Tier.HBM) -> Call:
+    """The Allocate of a FILL lease of ``tier`` slots (checked now, sent by ``lease_steps``)."""
     ns = require_ns(ns)
     if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages < 1:
         raise InvalidArgumentError(f"num_pages must be a positive integer, got {num_pages!r}")
-    request = pb.AllocateRequest(ns_id=ns.ns_id, num_pages=num_pages)
+    request = pb.AllocateRequest(ns_id=ns.ns_id, num_pages=num_pages, tier=convert.tier_to_wire(tier))
     if ttl_s is not None:
         request.ttl_s = ttl_s
     return Call("Allocate", request, session=True)

@@ -154,8 +154,9 @@ class TierClient(ClientBase):
     def put(self, ns: NamespaceHandle, keys: Sequence[bytes], pages: object,
             tier: Tier = Tier.DRAM, wait_durable: bool = False,
             durable_timeout_s: float | None = None) -> PutResult:
-        """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch). To
-        ``Tier.HBM`` on the daemon's machine: copied into leased slots, one Commit per call."""
+        """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch) in
+        ``tier``. On the daemon's machine the pages are copied into leased slots of the mapped
+        region and committed with one RPC (see ``ClientOptions.put_slots``)."""
         return self._run(local_steps.put_steps(self._local, ns, keys, pages, tier, wait_durable,
                                                durable_timeout_s))
 
@@ -189,9 +190,11 @@ class TierClient(ClientBase):
                                                              self._session.is_open))
         return Lease(self, ns, state, session_id)
 
-    def allocate(self, ns: NamespaceHandle, num_pages: int, ttl_s: float | None = None) -> Lease:
-        """FILL-lease ``num_pages`` free hbm slots; write pages into them, then ``commit``."""
-        call = requests.allocate_call(ns, num_pages, ttl_s)
+    def allocate(self, ns: NamespaceHandle, num_pages: int, ttl_s: float | None = None,
+                 tier: Tier = Tier.HBM) -> Lease:
+        """FILL-lease ``num_pages`` free slots of ``tier`` (hbm or dram); write pages into them
+        (``arena(ns, lease.tier)``), then ``commit``."""
+        call = requests.allocate_call(ns, num_pages, ttl_s, tier)
         state, session_id = self._run(requests.lease_steps(call))
         return Lease(self, ns, state, session_id)
 

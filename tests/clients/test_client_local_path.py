@@ -19,7 +19,8 @@ from server_harness import ServerThread, make_server
 
 from tierd.config import DiskConfig, MemoryTierConfig
 from tierd.tier import Tier
-from tierd_client import ClientOptions, TierClient
+from tierd_client import ClientOptions, InvalidArgumentError, TierClient
+from tierd_client.local_path import LocalPathStats
 
 NUM_KEYS = 24
 FLOOD_INDEX = 0xFFFF
@@ -145,14 +146,16 @@ def test_lease_free_reads_return_only_committed_pages(writer: Writer, program: l
     assert result["local_reads"] > 0, {k: v for k, v in result.items() if k != "seen"}  # through the index
 
 
-def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path) -> None:
+@pytest.mark.parametrize("tier", [Tier.HBM, Tier.DRAM])
+def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path, tier: Tier) -> None:
     server = make_server(short_tmp, **TIERS)
     try:
-        with TierClient(server.address) as client:
+        # Slots for every page of the test leased at once: no put below makes the daemon evict.
+        with TierClient(server.address, ClientOptions(put_slots=16)) as client:
             ns = client.register(SPEC)
             keys = reader_keys(ns, 12)
             pages = [page_words(i, 7, ns.page_bytes) for i in range(12)]
-            result = client.put(ns, keys, pages, tier=Tier.HBM)
+            result = client.put(ns, keys, pages, tier=tier)
             assert result.num_stored == 12
             out = np.zeros((12, ns.page_bytes), dtype=np.uint8)
             assert client.get_into(ns, keys, out) == 12
@@ -163,5 +166,35 @@ def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path) -> None
             # A partial tail: the resident prefix, then nothing past the first missing key.
             other = reader_keys(ns, 14)[12:]
             assert client.get_into(ns, [*keys[:2], other[0], keys[2]], out[:4]) == 2
+            # A key cached in the tier keeps its page (skipped; one the daemon moved to another
+            # tier meanwhile is stored again); the pooled slots serve this put.
+            again = client.put(ns, [keys[0], other[0], other[1]], [pages[0]] * 3, tier=tier)
+            assert again.num_stored + again.num_skipped == 3 and again.num_stored >= 2
+            assert client.get(ns, [other[1]]) == [pages[0].tobytes()]
+            with pytest.raises(InvalidArgumentError, match="out"):
+                client.get_into(ns, keys[:2], bytearray(ns.page_bytes))  # room for one page only
+    finally:
+        server.stop()
+
+
+def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
+    server = make_server(short_tmp, **TIERS)
+    try:
+        with TierClient(server.address, ClientOptions(local_data_path=False)) as remote, \
+                TierClient(server.address, ClientOptions(put_slots=4)) as local:
+            ns = remote.register(SPEC)
+            keys = reader_keys(ns, 6)
+            remote.put(ns, keys[:3], [page_words(i, 1, ns.page_bytes) for i in range(3)])
+            assert [bytes(p) for p in remote.get(ns, keys[:3])] == [
+                page_words(i, 1, ns.page_bytes).tobytes() for i in range(3)]
+            assert remote.local_path_stats() == LocalPathStats()  # nothing went the local way
+            local.put(ns, keys[3:4], [page_words(3, 1, ns.page_bytes)])
+            # The rest of the 4 slots stay leased for the next puts (one lease), ...
+            assert local.stats().leases == 1
+            local.put(ns, keys[4:6], [page_words(i, 1, ns.page_bytes) for i in (4, 5)])
+            assert local.stats().leases == 1
+            local.put(ns, reader_keys(ns, 7)[6:], [page_words(6, 1, ns.page_bytes)])
+            assert local.stats().leases == 0  # ... and the commit of the last slot ended it
+            assert local.local_path_stats().pages_put == 4
     finally:
         server.stop()

@@ -26,6 +26,7 @@ from tierd_client import (
     TierClient,
 )
 from tierd_client.leases import MAX_QUEUED_RELEASES
+from tierd_client.local_path import MAX_POOLED_PER_NAMESPACE
 
 SPEC = PageSpec(model=PAGE_SPEC.model, dtype=PAGE_SPEC.dtype, num_layers=PAGE_SPEC.num_layers,
                 num_kv_heads=PAGE_SPEC.num_kv_heads, head_dim=PAGE_SPEC.head_dim,
@@ -35,6 +36,10 @@ ROUNDS = 25
 WAIT_S = 20.0
 # Long enough to ride out a daemon restart (a store opening from its data dir).
 PATIENT = RetryPolicy(max_attempts=60, initial_backoff_s=0.05, max_backoff_s=0.25)
+
+
+# These tests count the daemon's leases: a local put would keep a FILL lease of its own.
+BYTE_PATH = ClientOptions(local_data_path=False)
 
 
 @pytest.fixture()
@@ -92,7 +97,10 @@ def test_calls_from_four_threads_at_once(server: ServerThread) -> None:
         assert not any(thread.is_alive() for thread in threads)
         stats = client.stats()
         assert stats.sessions == 1  # every thread's leases went through the one session
-        assert stats.leases == 0
+        # Only the FILL leases local puts keep pooled (at most one per thread putting at once).
+        assert stats.leases <= min(THREADS, MAX_POOLED_PER_NAMESPACE)
+    with TierClient(server.address, BYTE_PATH) as other:
+        _wait_for(lambda: other.stats().leases == 0)  # the session's end released them
 
 
 def test_a_daemon_restart_mid_use(short_tmp: Path) -> None:
@@ -126,7 +134,7 @@ def test_a_daemon_restart_mid_use(short_tmp: Path) -> None:
 
 
 def test_commit_with_release_gives_the_other_slots_back(server: ServerThread) -> None:
-    with TierClient(server.address) as client:
+    with TierClient(server.address, BYTE_PATH) as client:
         ns = client.register(SPEC)
         keys = _keys(ns, 1, start=0)
         fill = client.allocate(ns, 4)
@@ -143,7 +151,7 @@ def test_commit_with_release_gives_the_other_slots_back(server: ServerThread) ->
 
 
 def test_release_later_rides_on_the_next_acquire(server: ServerThread) -> None:
-    with TierClient(server.address) as client:
+    with TierClient(server.address, BYTE_PATH) as client:
         ns = client.register(SPEC)
         keys = _keys(ns, 2, start=0)
         client.put(ns, keys, _pages(2, seed=2))
@@ -161,7 +169,7 @@ def test_release_later_rides_on_the_next_acquire(server: ServerThread) -> None:
 
 def test_the_release_queue_is_bounded(server: ServerThread) -> None:
     extra = 5
-    with TierClient(server.address) as client:
+    with TierClient(server.address, BYTE_PATH) as client:
         ns = client.register(SPEC)
         keys = _keys(ns, 1, start=0)
         client.put(ns, keys, _pages(1, seed=3))
@@ -180,7 +188,7 @@ def test_the_release_queue_is_bounded(server: ServerThread) -> None:
 
 def test_queued_releases_are_sent_when_the_acquire_fails_or_the_client_closes(
         server: ServerThread) -> None:
-    with TierClient(server.address) as client:
+    with TierClient(server.address, BYTE_PATH) as client:
         ns = client.register(SPEC)
         keys = _keys(ns, 1, start=0)
         client.put(ns, keys, _pages(1, seed=4))
@@ -197,7 +205,7 @@ def test_queued_releases_are_sent_when_the_acquire_fails_or_the_client_closes(
 
 def test_the_async_client_commits_with_release_and_releases_later(server: ServerThread) -> None:
     async def flow() -> tuple[int, int, int]:
-        async with AsyncTierClient(server.address) as client:
+        async with AsyncTierClient(server.address, BYTE_PATH) as client:
             ns = await client.register(SPEC)
             keys = _keys(ns, 2, start=0)
             fill = await client.allocate(ns, 3)

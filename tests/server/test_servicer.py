@@ -330,6 +330,26 @@ def test_allocate_fill_commit_then_read_back(server: ServerThread, stub: pb_grpc
     assert server.store.stats().leases == 0
 
 
+def test_allocate_in_dram_fills_dram_slots(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
+    reg = register(stub)
+    keys, pages = keys_for(reg, 2), pages_for(2, seed=9)
+    lease = stub.Allocate(pb.AllocateRequest(ns_id=reg.ns_id, num_pages=2, tier=pb.TIER_DRAM)).lease
+    assert lease.tier == pb.TIER_DRAM and lease.kind == pb.LEASE_KIND_FILL
+    handle = next(h for h in reg.regions if h.tier == pb.TIER_DRAM)
+    region = map_region(handle)
+    for slot, page in zip(lease.slots, pages):
+        region[slot * PAGE_BYTES:(slot + 1) * PAGE_BYTES] = page
+    region.release()
+    reply = stub.Commit(pb.CommitRequest(lease_id=lease.lease_id, keys=keys, slots=lease.slots,
+                                         release_lease=True))
+    assert reply.num_committed == 2 and server.store.stats().leases == 0
+    assert stub.Lookup(pb.LookupRequest(ns_id=reg.ns_id, keys=keys)).tiers == [pb.TIER_DRAM] * 2
+    assert get_pages(stub, reg.ns_id, keys)[1] == b"".join(pages)
+    details = expect_status(Code.INVALID_ARGUMENT, lambda: stub.Allocate(
+        pb.AllocateRequest(ns_id=reg.ns_id, num_pages=1, tier=pb.TIER_DISK)))
+    assert "tier" in details and server.store.stats().leases == 0
+
+
 def test_allocate_and_commit_errors(server: ServerThread, stub: pb_grpc.TierdStub) -> None:
     reg = register(stub)
     slots = hbm_handle(reg).num_slots

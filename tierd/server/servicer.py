@@ -295,13 +295,15 @@ class TierdServicer(pb_grpc.TierdServicer):
             raise InvalidArgument(f"num_pages must be in 1..{self._settings.max_keys_per_request}, "
                                   f"got {request.num_pages}")
         ttl_s = convert.seconds_from_pb(request, "ttl_s")
+        tier = convert.tier_from_pb(request.tier, Tier.HBM, "tier", MEMORY_TIERS)
         owner = session.session_id if session else None
         lease = None
         if request.num_pages <= INLINE_MAX_KEYS:  # free slots now: no eviction to wait for
-            lease = self._store.try_allocate(request.ns_id, request.num_pages, ttl_s=ttl_s, owner=owner)
+            lease = self._store.try_allocate(request.ns_id, request.num_pages, ttl_s=ttl_s, owner=owner,
+                                             tier=tier)
         if lease is None:
             lease = await self._lease_call(self._store.allocate, request.ns_id, request.num_pages,
-                                           ttl_s=ttl_s, owner=owner)
+                                           ttl_s=ttl_s, owner=owner, tier=tier)
         lease = self._leases.adopt(session, lease)
         return pb.AllocateResponse(lease=convert.lease_to_pb(lease))
 

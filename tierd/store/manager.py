@@ -350,13 +350,15 @@ class Manager:
             hold.release(self._books[hold.ns_id])
 
     # -- fill leases ----------------------------------------------------------------------------------
-    def allocate(self, ns_id: int, num_pages: int, ttl_s: float, owner: str | None) -> Lease | None:
-        """A FILL lease of ``num_pages`` free hbm slots; None when fewer are free (evict first)."""
+    def allocate(self, ns_id: int, num_pages: int, ttl_s: float, owner: str | None,
+                 tier: Tier = Tier.HBM) -> Lease | None:
+        """A FILL lease of ``num_pages`` free slots of ``tier``; None when fewer are free (evict
+        first)."""
         with self._lock:
-            slots = self._book_locked(ns_id).residency(Tier.HBM).reserve(num_pages)
+            slots = self._book_locked(ns_id).residency(tier).reserve(num_pages)
             if slots is None:
                 return None
-            record = self._leases.add(ns_id, Tier.HBM, LeaseKind.FILL, (), tuple(slots),
+            record = self._leases.add(ns_id, tier, LeaseKind.FILL, (), tuple(slots),
                                       time.monotonic() + ttl_s, owner)
             return record.snapshot()
 
@@ -385,13 +387,13 @@ class Manager:
     def _bind_locked(self, book: NamespaceBook, record: LeaseRecord, key: PageKey, slot: int,
                      ticket: int | None, persists: list[Move]) -> bool:
         record.open_slots.discard(slot)
-        res = book.mem[Tier.HBM]
+        res = book.mem[record.tier]
         if not res.publish(key, slot):
-            book.orphan_or_free(Tier.HBM, slot)
+            book.orphan_or_free(record.tier, slot)
             self._skip_locked(book, self._fastest_locked(book, key), key, ticket, persists)
             return False
-        self._counters[Tier.HBM].bytes_in += book.page_bytes
-        self._disk.committed(book, Tier.HBM, key, slot, ticket, persists)
+        self._counters[record.tier].bytes_in += book.page_bytes
+        self._disk.committed(book, record.tier, key, slot, ticket, persists)
         return True
 
     def plan_lease_slots(self, lease_id: int, slots: Sequence[int] | None, write: bool) -> Plan:

@@ -39,7 +39,7 @@ from tierd.store.promotion import Promoter
 from tierd.store.regions import RegionTable
 from tierd.store.runner import PlanRunner
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
-from tierd.tier import Tier
+from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.disk import DiskTier
 from tierd.tiers.shm_cleanup import cleanup_stale_segments
 from tierd.values import Lease, LookupResult
@@ -268,37 +268,41 @@ class PageStore:
         return len(plan), skipped
 
     def allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
-                 owner: str | None = None) -> Lease:
-        """Lease ``num_pages`` free hbm slots for the caller to fill and then ``commit``."""
+                 owner: str | None = None, tier: Tier = Tier.HBM) -> Lease:
+        """Lease ``num_pages`` free slots of ``tier`` (hbm or dram) for the caller to fill and
+        then ``commit``."""
         parts = self._ready(ns_id)
-        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s)
+        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s, tier)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         while True:
-            lease = parts.manager.allocate(ns_id, num_pages, ttl, owner)
+            lease = parts.manager.allocate(ns_id, num_pages, ttl, owner, tier)
             if lease is not None:
                 return lease
-            if not parts.evictor.make_room(ns_id, Tier.HBM, num_pages, deadline_s):
-                raise ResourceExhausted(f"cannot free {num_pages} hbm slots in namespace {ns_id}: "
+            if not parts.evictor.make_room(ns_id, tier, num_pages, deadline_s):
+                raise ResourceExhausted(f"cannot free {num_pages} {tier.label} slots in namespace {ns_id}: "
                                         "the rest are leased or in flight; release leases and retry"
                                         + disk_failure_note(parts.disk))
 
     def try_allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
-                     owner: str | None = None) -> Lease | None:
+                     owner: str | None = None, tier: Tier = Tier.HBM) -> Lease | None:
         """``allocate`` when ``num_pages`` hbm slots are free now; ``None`` (nothing changed) when
         slots must be evicted first or the namespace's regions are not created yet."""
         parts = self._require()
         if not parts.manager.has_region(ns_id, Tier.DRAM):
             return None
-        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s)
-        return parts.manager.allocate(ns_id, num_pages, ttl, owner)
+        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s, tier)
+        return parts.manager.allocate(ns_id, num_pages, ttl, owner, tier)
 
-    def _check_allocate(self, parts: _Parts, ns_id: int, num_pages: int, ttl_s: float | None) -> float:
+    def _check_allocate(self, parts: _Parts, ns_id: int, num_pages: int, ttl_s: float | None,
+                        tier: Tier) -> float:
         """The lease ttl of a valid allocate; ``InvalidArgument`` otherwise."""
         ttl = self._ttl(ttl_s)
-        num_slots = parts.manager.num_slots(ns_id, Tier.HBM)
+        if tier not in MEMORY_TIERS:
+            raise InvalidArgument(f"allocate leases slots of a memory tier (hbm, dram), not {tier.label}")
+        num_slots = parts.manager.num_slots(ns_id, tier)
         if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= num_slots:
-            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's hbm "
-                                  f"slots), got {num_pages!r}")
+            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's "
+                                  f"{tier.label} slots), got {num_pages!r}")
         return ttl
 
     def write_slots(self, lease_id: int, slots: Sequence[int], pages: Sequence[object]) -> None:

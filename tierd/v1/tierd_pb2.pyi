@@ -204,14 +204,16 @@ class AcquireResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class AllocateRequest(_message.Message):
-    __slots__ = ("ns_id", "num_pages", "ttl_s")
+    __slots__ = ("ns_id", "num_pages", "ttl_s", "tier")
     NS_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_PAGES_FIELD_NUMBER: _ClassVar[int]
     TTL_S_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
     ns_id: int
     num_pages: int
     ttl_s: float
-    def __init__(self, ns_id: _Optional[int] = ..., num_pages: _Optional[int] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+    tier: Tier
+    def __init__(self, ns_id: _Optional[int] = ..., num_pages: _Optional[int] = ..., ttl_s: _Optional[float] = ..., tier: _Optional[_Union[Tier, str]] = ...) -> None: ...
 
 class AllocateResponse(_message.Message):
     __slots__ = ("lease",)

@@ -143,7 +143,7 @@ class TierdServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Allocate(self, request, context):
-        """Leases num_pages free hbm slots for the client to fill.
+        """Leases num_pages free slots of a memory tier (hbm by default) for the client to fill.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
