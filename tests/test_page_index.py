@@ -21,7 +21,8 @@ NUM_SLOTS = 16
 
 def make_index(num_slots: int = NUM_SLOTS, page_bytes: int = 4096) -> tuple[PageIndexWriter, PageIndexReader]:
     buffer = bytearray(index_bytes_for(num_slots))
-    return PageIndexWriter(memoryview(buffer), num_slots, page_bytes), PageIndexReader(memoryview(buffer))
+    return (PageIndexWriter(memoryview(buffer), num_slots, page_bytes, 7),
+            PageIndexReader(memoryview(buffer)))
 
 
 def key_with_home(home: int, tag: int) -> bytes:
@@ -93,12 +94,12 @@ def test_closing_tells_readers_and_later_changes_do_nothing() -> None:
 
 def test_header_describes_the_region_and_bad_buffers_are_refused() -> None:
     buffer = bytearray(index_bytes_for(10))
-    PageIndexWriter(memoryview(buffer), 10, 8192)
+    PageIndexWriter(memoryview(buffer), 10, 8192, 3)
     header = read_header(memoryview(buffer))
-    assert (header.num_slots, header.page_bytes, header.num_buckets) == (10, 8192, 32)
+    assert (header.num_slots, header.page_bytes, header.num_buckets, header.ns_id) == (10, 8192, 32, 3)
     with pytest.raises(ValueError, match="not a version-1 page index"):
         PageIndexReader(memoryview(bytearray(len(buffer))))
     with pytest.raises(ValueError, match="does not fit"):
         PageIndexReader(memoryview(buffer)[:HEADER_BYTES + 8])
     with pytest.raises(ValueError, match="needs"):
-        PageIndexWriter(memoryview(bytearray(64)), 10, 8192)
+        PageIndexWriter(memoryview(bytearray(64)), 10, 8192, 3)

@@ -5,7 +5,7 @@ under the manager's lock whenever a page is published in or removed from the reg
 clients map it read-only and look keys up (``PageIndexReader``). Layout, little-endian::
 
     header   64 bytes: MAGIC | version u32 | num_buckets u32 | num_slots u32 | state u32 |
-             page_bytes u64 | zeros
+             page_bytes u64 | ns_id u64 | zeros
     buckets  num_buckets x 32 bytes: seq u64 | key 16 bytes | slot u32 | used u32
 
 Open addressing with linear probing from ``home(key)`` (the key's first 8 bytes; keys are
@@ -34,7 +34,7 @@ MAGIC = b"TPX1"
 VERSION = 1
 HEADER_BYTES = 64
 BUCKET_BYTES = 32
-_HEADER = struct.Struct("<4sIIIIQ")
+_HEADER = struct.Struct("<4sIIIIQQ")
 _FIELDS = struct.Struct(f"<{KEY_BYTES}sII")   # the bucket after its seq word
 _SEQ_BYTES = 8
 _WORDS_PER_BUCKET = BUCKET_BYTES // _SEQ_BYTES
@@ -73,19 +73,20 @@ class IndexHeader:
     num_slots: int
     state: int
     page_bytes: int
+    ns_id: int
 
 
 def read_header(buffer: memoryview) -> IndexHeader:
     """The header; ``ValueError`` naming what is wrong for anything but a version-1 index."""
     if len(buffer) < HEADER_BYTES:
         raise ValueError(f"a page index is at least {HEADER_BYTES} bytes, got {len(buffer)}")
-    magic, version, num_buckets, num_slots, state, page_bytes = _HEADER.unpack_from(buffer)
+    magic, version, num_buckets, num_slots, state, page_bytes, ns_id = _HEADER.unpack_from(buffer)
     if magic != MAGIC or version != VERSION:
         raise ValueError(f"not a version-{VERSION} page index (magic {magic!r}, version {version})")
     if num_buckets != num_buckets_for(num_slots) or len(buffer) < index_bytes_for(num_slots):
         raise ValueError(f"page index of {len(buffer)} bytes with {num_buckets} buckets does not "
                          f"fit {num_slots} slots")
-    return IndexHeader(num_buckets, num_slots, state, page_bytes)
+    return IndexHeader(num_buckets, num_slots, state, page_bytes, ns_id)
 
 
 def _home(key: bytes, mask: int) -> int:
@@ -112,6 +113,7 @@ class PageIndexReader:
         self._mask = header.num_buckets - 1
         self.num_slots = header.num_slots
         self.page_bytes = header.page_bytes
+        self.ns_id = header.ns_id  # whose pages these are: a handle of another namespace is refused
 
     @property
     def is_open(self) -> bool:
@@ -154,7 +156,7 @@ class PageIndexWriter:
     a private map of which bucket holds which key, so it never reads the shared memory back.
     """
 
-    def __init__(self, buffer: memoryview, num_slots: int, page_bytes: int) -> None:
+    def __init__(self, buffer: memoryview, num_slots: int, page_bytes: int, ns_id: int) -> None:
         if len(buffer) < index_bytes_for(num_slots):
             raise ValueError(f"a page index of {num_slots} slots needs {index_bytes_for(num_slots)} "
                              f"bytes, got {len(buffer)}")
@@ -167,8 +169,9 @@ class PageIndexWriter:
         self._slots: list[int] = [0] * self._num_buckets
         self._where: dict[bytes, int] = {}
         self._closed = False
+        self._ns_id = ns_id
         _HEADER.pack_into(buffer, 0, MAGIC, VERSION, self._num_buckets, num_slots, STATE_OPEN,
-                          page_bytes)
+                          page_bytes, ns_id)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -199,7 +202,7 @@ class PageIndexWriter:
             return
         self._closed = True
         _HEADER.pack_into(self._buffer, 0, MAGIC, VERSION, self._num_buckets, self._num_slots,
-                          STATE_CLOSED, 0)
+                          STATE_CLOSED, 0, self._ns_id)
         self._words.release()
         self._buffer.release()
 

@@ -172,7 +172,9 @@ class LocalReader:
                 # map: the RPC path serves these reads from now on.
                 self.mark_unusable(handle.grant)
                 continue
-            if index is not None:
+            # A handle names its namespace's regions only: one carried over to another ns_id (a
+            # hand-made handle) reads nothing here.
+            if index is not None and index[0].ns_id == ns.ns_id:
                 out.append(_Region(index[0], index[1], handle.page_bytes))
         return out
 
@@ -185,11 +187,11 @@ class LocalReader:
                 self._touched.setdefault(ns_id, []).extend(keys)
                 self._num_touched += len(keys)
 
-    def take_touches(self, force: bool = False) -> dict[int, list[bytes]]:
+    def take_touches(self) -> dict[int, list[bytes]]:
         """Keys served locally since the last call, by namespace, once ``TOUCH_BATCH_KEYS`` have
-        gathered (any number with ``force``); the client reports them with Lookups."""
+        gathered; the client reports them with Lookups."""
         with self._lock:
-            if not self._touched or (self._num_touched < TOUCH_BATCH_KEYS and not force):
+            if self._num_touched < TOUCH_BATCH_KEYS:
                 return {}
             touched, self._touched, self._num_touched = self._touched, {}, 0
         return touched

@@ -30,6 +30,9 @@ from tierd_client.types import LeaseState, NamespaceHandle, PutResult
 
 log = logging.getLogger(__name__)
 
+# A local put leases ahead at most 1/this of a region's slots.
+POOL_SHARE_DIVISOR = 64
+
 # Codes that mean "no local put here" (hbm disabled, every slot leased, a lease gone with a
 # restarted daemon): the pages go over the byte path instead.
 _PUT_FALLBACK_CODES = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -187,7 +190,11 @@ def _checkout(local: LocalPath, ns: NamespaceHandle, tier: Tier,
     if pooled is not None:
         return pooled
     limit = ns.limits.max_keys_per_request or num_pages
-    wanted = min(max(local.options.put_slots, num_pages), limit)
+    handle = ns.region(tier)
+    # Slots leased ahead take room from every other worker of the namespace (the daemon evicts
+    # to free them): at most a small share of the region, none in a small one.
+    ahead = min(local.options.put_slots, (handle.num_slots if handle else 0) // POOL_SHARE_DIVISOR)
+    wanted = min(max(ahead, num_pages), limit)
     state, session_id = yield from requests.lease_steps(requests.allocate_call(ns, wanted, None, tier))
     return Pooled(PoolLease(state, session_id))
 

@@ -80,8 +80,8 @@ class ClientOptions:
     and ``get_into`` read resident pages straight from the mapped regions through the daemon's
     page index (no RPC), and ``put`` writes pages into leased slots and commits them with one RPC;
     ``False`` sends every page over gRPC (the byte path).
-    ``put_slots``: free hbm slots a local ``put`` keeps leased ahead of need (one Allocate per
-    that many pages).
+    ``put_slots``: free slots a local ``put`` keeps leased ahead of need (one Allocate per that
+    many pages), at most 1/64 of the region's slots (none in a region of fewer than 64 slots).
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

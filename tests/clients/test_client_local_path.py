@@ -20,9 +20,13 @@ from server_harness import ServerThread, make_server
 from tierd.config import DiskConfig, MemoryTierConfig
 from tierd.tier import Tier
 from tierd_client import ClientOptions, InvalidArgumentError, TierClient
-from tierd_client.local_path import LocalPathStats
+from tierd_client.local_path import TOUCH_BATCH_KEYS, LocalPathStats
 
-NUM_KEYS = 24
+NUM_KEYS = 8
+# A churn rewrites one key this many times in a row: each rewrite frees the key's slot and the
+# daemon's next put reuses that very slot (freed slots are reused last-in first-out), so a
+# reader copying the key meanwhile sees its slot change under it.
+CHURN_REWRITES = 16
 FLOOD_INDEX = 0xFFFF
 READER = Path(__file__).with_name("local_reader.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +40,7 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("rewrite"), st.integers(0, NUM_KEYS - 1)),   # delete, then a new version
     st.tuples(st.just("delete"), st.integers(0, NUM_KEYS - 1)),
     st.tuples(st.just("flood"), st.integers(8, 48)),               # other pages: evictions
+    st.tuples(st.just("churn"), st.integers(0, NUM_KEYS - 1)),
     st.tuples(st.just("restart"), st.just(0)),
 ), min_size=4, max_size=24)
 
@@ -89,6 +94,10 @@ class Writer:
             self.delete(arg)
         elif op == "flood":
             self.flood(arg)
+        elif op == "churn":
+            for _ in range(CHURN_REWRITES):
+                self.delete(arg)
+                self.put(arg)
         else:
             self.restart()
 
@@ -178,7 +187,8 @@ def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path, tier: T
 
 
 def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
-    server = make_server(short_tmp, **TIERS)
+    # A dram region of 256 slots: big enough that a put may lease 4 slots ahead (1/64 of it).
+    server = make_server(short_tmp, **{**TIERS, "dram": MemoryTierConfig(512 * SPEC.page_bytes)})
     try:
         with TierClient(server.address, ClientOptions(local_data_path=False)) as remote, \
                 TierClient(server.address, ClientOptions(put_slots=4)) as local:
@@ -196,5 +206,26 @@ def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
             local.put(ns, reader_keys(ns, 7)[6:], [page_words(6, 1, ns.page_bytes)])
             assert local.stats().leases == 0  # ... and the commit of the last slot ended it
             assert local.local_path_stats().pages_put == 4
+    finally:
+        server.stop()
+
+
+def test_local_reads_are_reported_to_the_daemon(short_tmp: Path) -> None:
+    """The daemon sees no lease-free read, so the client reports them in batches: they count as
+    hits in Stats (and keep the pages warm in the LRU order)."""
+    server = make_server(short_tmp, **TIERS)
+    try:
+        with TierClient(server.address) as client:
+            ns = client.register(SPEC)
+            keys = reader_keys(ns, 2)
+            client.put(ns, keys, [page_words(i, 0, ns.page_bytes) for i in range(2)], tier=Tier.DRAM)
+            hits_before = client.stats().tiers[Tier.DRAM].hits
+            out = bytearray(2 * ns.page_bytes)
+            reads = TOUCH_BATCH_KEYS // 2 + 1  # two keys a call: one batch and a little more
+            for _ in range(reads):
+                assert client.get_into(ns, keys, out) == 2
+            assert client.local_path_stats().pages_read == 2 * reads
+            reported = client.stats().tiers[Tier.DRAM].hits - hits_before
+            assert TOUCH_BATCH_KEYS <= reported < 2 * reads
     finally:
         server.stop()

@@ -22,6 +22,7 @@ from e2e_daemon import REPO_ROOT, SPEC, TierdProcess
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
 from tierd_client import (
+    ClientOptions,
     DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
@@ -203,7 +204,8 @@ time.sleep(600)
 def test_a_dead_workers_leases_are_freed(tierd: TierdProcess) -> None:
     spec_fields = {f: getattr(SPEC, f) for f in ("model", "dtype", "num_layers", "num_kv_heads",
                                                  "head_dim", "page_tokens")}
-    with TierClient(tierd.socket_path) as client:
+    # put_slots=1: the put leases no slot ahead, so the only leases counted are the worker's.
+    with TierClient(tierd.socket_path, ClientOptions(put_slots=1)) as client:
         ns = client.register(SPEC)
         keys = ns.keys(range(3 * SPEC.page_tokens))
         client.put(ns, keys, make_pages(3, seed=7))

@@ -94,7 +94,7 @@ class ShmRegion(RegionGeometry):
         # The page index: its own memfd, read-only to workers (tierd.page_index).
         self._index_fd = index[0] if index is not None else -1
         self._index_mm: mmap.mmap | None = index[1] if index is not None else None
-        self._index = (PageIndexWriter(memoryview(self._index_mm), num_slots, page_bytes)
+        self._index = (PageIndexWriter(memoryview(self._index_mm), num_slots, page_bytes, ns_id)
                        if self._index_mm is not None else None)
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
