@@ -20,8 +20,8 @@ import numpy as np
 from tierd_client import PageSpec, TierClient, TierdRpcError
 from tierd_client.types import NamespaceHandle
 
-# 256 KiB pages: a copy takes long enough for the daemon to change the slot under it often.
-SPEC = PageSpec(model="local@test", dtype="float16", num_layers=4, num_kv_heads=8, head_dim=128,
+# 1 MiB pages: a copy takes long enough for the daemon to change the slot under it often.
+SPEC = PageSpec(model="local@test", dtype="float16", num_layers=16, num_kv_heads=8, head_dim=128,
                 page_tokens=16)
 
 # Look at stdin (has the test finished?) and refresh the namespace (handles after a daemon

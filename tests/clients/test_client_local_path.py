@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from local_reader import SPEC, page_words, reader_keys
-from server_harness import ServerThread, make_server
+from server_harness import ServerThread, make_server, serving_settings
 
 from tierd.config import DiskConfig, MemoryTierConfig
 from tierd.tier import Tier
 from tierd_client import ClientOptions, InvalidArgumentError, TierClient
 from tierd_client.local_path import TOUCH_BATCH_KEYS, LocalPathStats
 
-NUM_KEYS = 8
+NUM_KEYS = 3  # few keys: the reader is often copying the very key being changed
 # A churn rewrites one key this many times in a row: each rewrite frees the key's slot and the
 # daemon's next put reuses that very slot (freed slots are reused last-in first-out), so a
 # reader copying the key meanwhile sees its slot change under it.
@@ -33,13 +33,20 @@ REPO = Path(__file__).resolve().parents[2]
 # The namespace gets half of each: 16 hbm and 32 dram slots, fewer than the keys plus the flood,
 # so pages are evicted (and their slots reused) all the time.
 TIERS = {"hbm": MemoryTierConfig(32 * SPEC.page_bytes), "dram": MemoryTierConfig(64 * SPEC.page_bytes),
-         "disk": DiskConfig(256 << 20)}
+         "disk": DiskConfig(1 << 30)}
+# Message and call limits that take whole 1 MiB pages.
+LIMITS = {"chunk_bytes": 4 << 20, "max_message_bytes": 16 << 20, "max_put_bytes": 64 << 20,
+          "max_get_bytes": 64 << 20}
+
+
+def start_server(tmp: Path, **tiers: object) -> ServerThread:
+    return make_server(tmp, serving_settings(**LIMITS), **{**TIERS, **tiers})
 
 ops = st.lists(st.one_of(
     st.tuples(st.just("put"), st.integers(0, NUM_KEYS - 1)),
     st.tuples(st.just("rewrite"), st.integers(0, NUM_KEYS - 1)),   # delete, then a new version
     st.tuples(st.just("delete"), st.integers(0, NUM_KEYS - 1)),
-    st.tuples(st.just("flood"), st.integers(8, 48)),               # other pages: evictions
+    st.tuples(st.just("flood"), st.integers(4, 40)),               # other pages: evictions
     st.tuples(st.just("churn"), st.integers(0, NUM_KEYS - 1)),
     st.tuples(st.just("restart"), st.just(0)),
 ), min_size=4, max_size=24)
@@ -50,7 +57,7 @@ class Writer:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.server: ServerThread = make_server(tmp, **TIERS)
+        self.server: ServerThread = start_server(tmp)
         self.versions = [0] * NUM_KEYS
         self.committed: set[tuple[int, int]] = set()
         self.flooded = 0
@@ -81,7 +88,7 @@ class Writer:
     def restart(self) -> None:
         self.client.close()
         self.server.stop()
-        self.server = make_server(self.tmp, **TIERS)
+        self.server = start_server(self.tmp)
         self._connect()
 
     def run(self, op: str, arg: int) -> None:
@@ -157,7 +164,7 @@ def test_lease_free_reads_return_only_committed_pages(writer: Writer, program: l
 
 @pytest.mark.parametrize("tier", [Tier.HBM, Tier.DRAM])
 def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path, tier: Tier) -> None:
-    server = make_server(short_tmp, **TIERS)
+    server = start_server(short_tmp)
     try:
         # Slots for every page of the test leased at once: no put below makes the daemon evict.
         with TierClient(server.address, ClientOptions(put_slots=16)) as client:
@@ -188,7 +195,7 @@ def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path, tier: T
 
 def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
     # A dram region of 256 slots: big enough that a put may lease 4 slots ahead (1/64 of it).
-    server = make_server(short_tmp, **{**TIERS, "dram": MemoryTierConfig(512 * SPEC.page_bytes)})
+    server = start_server(short_tmp, dram=MemoryTierConfig(512 * SPEC.page_bytes))
     try:
         with TierClient(server.address, ClientOptions(local_data_path=False)) as remote, \
                 TierClient(server.address, ClientOptions(put_slots=4)) as local:
@@ -213,7 +220,7 @@ def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
 def test_local_reads_are_reported_to_the_daemon(short_tmp: Path) -> None:
     """The daemon sees no lease-free read, so the client reports them in batches: they count as
     hits in Stats (and keep the pages warm in the LRU order)."""
-    server = make_server(short_tmp, **TIERS)
+    server = start_server(short_tmp)
     try:
         with TierClient(server.address) as client:
             ns = client.register(SPEC)
