@@ -25,7 +25,7 @@ from tierd.server.region_socket import RegionSocket, RegionSocketSettings
 from tierd.tier import Tier
 from tierd.tiers.shm_arena import ShmArena, ShmRegion
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
-from tierd_client.shm import map_shm, region_alive
+from tierd_client.shm import map_index, map_shm, region_alive
 
 PREFIX = "tierdclienttest"
 PAGE_BYTES = 4096 + 24
@@ -146,3 +146,26 @@ def test_a_worker_that_maps_and_exits_leaves_the_region_serving(arena: ShmArena,
     again = map_shm(_handle(region, served))
     assert again.array()[0].tobytes() == _page(99)
     again.close()
+
+
+def test_the_page_index_maps_read_only_and_mismatches_are_refused(arena: ShmArena, served: Path) -> None:
+    region = arena.create_region(4, 3, PAGE_BYTES)
+    handle = _handle(region, served)
+    index = region.page_index
+    assert index is not None and handle.index_bytes > 0
+    index.published(b"k" * 16, 1)
+    mapped = map_index(handle)
+    assert mapped.reader is not None and mapped.reader.ns_id == 4
+    found = mapped.reader.find(b"k" * 16)
+    assert found is not None and found.slot == 1
+    mapped.close()
+    mapped.close()
+    with pytest.raises(FailedPreconditionError, match="no page index"):
+        map_index(replace(handle, index_bytes=0))
+    with pytest.raises(InvalidArgumentError, match="bytes, the handle says"):
+        map_index(replace(handle, index_bytes=handle.index_bytes + 8))
+    with pytest.raises(NotFoundError):
+        map_index(replace(handle, grant=bytes(GRANT_BYTES)))
+    region.close()
+    with pytest.raises(NotFoundError):
+        map_index(handle)
