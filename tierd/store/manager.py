@@ -4,8 +4,9 @@ It never touches page bytes. Every operation that moves bytes is two-phase: unde
 returns a ``Plan`` (sources pinned or marked as read, destinations pending, so nothing in a plan
 can be a victim), the caller has the transfer engine run it, then ``complete(plan, outcomes)``
 publishes what arrived and rolls back what did not. Public methods take the lock themselves;
-private ones named ``*_locked`` expect it held and never block. Nothing here calls the engine or
-the disk tier, so a completion callback on any thread may take the lock.
+private ones named ``*_locked`` expect it held and never block, as do the functions of
+``lookups`` (where pages are) and ``leasing`` (leases built, bound and ended) it calls. Nothing
+here calls the engine or the disk tier, so a completion callback on any thread may take the lock.
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from tierd.config import StoreConfig
-from tierd.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
-from tierd.index.leases import LeaseRecord, LeaseTable
+from tierd.errors import DeadlineExceeded, InvalidArgument, NotFound
+from tierd.index.leases import LeaseTable
 from tierd.index.residency import MemoryResidency, PageDirectory
 from tierd.keys import PageKey
 from tierd.spec import Namespace, PageSpec
-from tierd.store import inspection
-from tierd.store.completion import COMPLETERS, Durable, drop, place
+from tierd.store import inspection, leasing, lookups
+from tierd.store.completion import COMPLETERS, Durable, drop
 from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
 from tierd.store.durability import DurabilityTracker
@@ -31,8 +32,8 @@ from tierd.store.holds import Hold
 from tierd.store.namespace_book import NamespaceBook
 from tierd.store.plans import ON_DISK, Move, Place, Plan, PlanError, PlanKind
 from tierd.store.types import IndexSnapshot
-from tierd.tier import MEMORY_TIERS, Tier
-from tierd.values import Lease, LeaseKind, LookupResult, TierStats
+from tierd.tier import Tier
+from tierd.values import Lease, LookupResult, TierStats
 
 
 class Manager:
@@ -123,44 +124,12 @@ class Manager:
     # -- lookups ------------------------------------------------------------------------------------
     def fastest_tier(self, ns_id: int, key: PageKey) -> Tier | None:
         with self._lock:
-            return self._fastest_locked(self._book_locked(ns_id), key)
-
-    def _fastest_locked(self, book: NamespaceBook, key: PageKey) -> Tier | None:
-        tier = book.memory_tier_of(key)
-        if tier is None and book.prefix + key in self._disk.residency.pages:
-            return Tier.DISK
-        return tier
-
-    def _touch_locked(self, book: NamespaceBook, tier: Tier, key: PageKey) -> None:
-        if tier is Tier.DISK:
-            self._disk.residency.touch(book.prefix + key)
-        else:
-            book.mem[tier].touch(key)
+            return lookups.fastest_tier(self._book_locked(ns_id), self._disk, key)
 
     def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
-        """The longest cached prefix of ``keys`` and the fastest tier of each hit; touches them.
-
-        The per-request hot path, so the loop works on the residency dicts directly.
-        """
-        tiers: list[Tier] = []
+        """The longest cached prefix of ``keys`` and the fastest tier of each hit; touches them."""
         with self._lock:
-            book = self._book_locked(ns_id)
-            memory = [(tier, res.slots, res.order.touch) for tier in MEMORY_TIERS
-                      if (res := book.mem.get(tier)) is not None]
-            on_disk, touch_disk, prefix = (self._disk.residency.pages, self._disk.residency.touch,
-                                           book.prefix)
-            for key in keys:
-                for tier, slots, touch in memory:
-                    if key in slots:
-                        touch(key)
-                        tiers.append(tier)
-                        break
-                else:
-                    dkey = prefix + key
-                    if dkey not in on_disk:
-                        break
-                    touch_disk(dkey)
-                    tiers.append(Tier.DISK)
+            tiers = lookups.touch_prefix(self._book_locked(ns_id), self._disk, keys)
             self._counters.lookup(tiers, missed=len(tiers) < len(keys))
         return LookupResult(len(tiers), tuple(tiers))
 
@@ -173,13 +142,13 @@ class Manager:
         with self._lock:
             book = self._book_locked(ns_id)
             for key in keys:
-                tier = self._fastest_locked(book, key)
+                tier = lookups.fastest_tier(book, self._disk, key)
                 if tier is None:
                     if prefix_only:
                         break
                     continue
                 if touch:
-                    self._touch_locked(book, tier, key)
+                    lookups.touch(book, self._disk, tier, key)
                 if tier is Tier.DISK:
                     self._disk.begin_read(book.dkey(key))
                     moves.append(Move(key, ON_DISK, None))
@@ -208,10 +177,10 @@ class Manager:
             persists: list[Move] = []
             skipped = 0
             for key in keys:
-                found = self._fastest_locked(book, key)
+                found = lookups.fastest_tier(book, self._disk, key)
                 if found is not None or key in res.pending or key in todo:
                     skipped += 1
-                    self._skip_locked(book, found, key, ticket, persists)
+                    lookups.skip_cached(book, self._disk, found, key, ticket, persists)
                 else:
                     todo[key] = None
             persist = self._persist_plan_locked(book, persists)
@@ -224,17 +193,6 @@ class Manager:
                 moves.append(Move(key, None, Place(tier, slot)))
             plan = self._open_locked(PlanKind.STORE, ns_id, moves, ticket=ticket) if moves else None
             return plan, skipped, 0, persist
-
-    def _skip_locked(self, book: NamespaceBook, found: Tier | None, key: PageKey,
-                     ticket: int | None, persists: list[Move]) -> None:
-        """A page already cached (or being put): touch it; under write_through make sure it is
-        on its way to disk (an earlier write may have failed) and that ``ticket`` waits for it."""
-        if found is None:
-            self._disk.watch(book, key, ticket)
-            return
-        self._touch_locked(book, found, key)
-        if found is not Tier.DISK:
-            self._disk.committed(book, found, key, book.mem[found].slots[key], ticket, persists)
 
     def _persist_plan_locked(self, book: NamespaceBook, moves: list[Move],
                              evict: bool = False) -> Plan | None:
@@ -276,9 +234,9 @@ class Manager:
         ``release`` leases ended (unknown ones are skipped)."""
         with self._lock:
             book = self._book_locked(ns_id)
-            self._release_ids_locked(release)
+            leasing.end_leases(self._leases, self._books, release)
             hold = Hold(ns_id, target)
-            present = self._cached_prefix_locked(book, keys)
+            present = lookups.cached_prefix(book, self._disk, keys)
             return hold, present, hold.pin_present(book.residency(target), keys[:present])
 
     def to_move(self, ns_id: int, keys: Sequence[PageKey], target: Tier) -> list[PageKey]:
@@ -286,16 +244,8 @@ class Manager:
         with self._lock:
             book = self._book_locked(ns_id)
             dst = book.residency(target)
-            return [key for key in keys[:self._cached_prefix_locked(book, keys)] if key not in dst.slots]
-
-    def _cached_prefix_locked(self, book: NamespaceBook, keys: Sequence[PageKey]) -> int:
-        """How many leading ``keys`` are cached in some tier (nothing touched or counted)."""
-        present = 0
-        for key in keys:
-            if self._fastest_locked(book, key) is None:
-                break
-            present += 1
-        return present
+            present = lookups.cached_prefix(book, self._disk, keys)
+            return [key for key in keys[:present] if key not in dst.slots]
 
     def hold_arrived(self, hold: Hold, key: PageKey) -> bool:
         """Pin ``key`` (just moved into the hold's tier) for the acquirer; False when it is gone
@@ -308,11 +258,13 @@ class Manager:
         """A READ lease over the leading keys that arrived (a page that could not be moved ends
         it); ``DeadlineExceeded`` when ``pending`` moves had not finished in ``wait_s``."""
         with self._lock:
+            book = self._book_locked(hold.ns_id)
             if pending:
-                hold.release(self._books[hold.ns_id])
+                hold.release(book)
                 raise DeadlineExceeded(f"{pending} of {present} pages did not reach {hold.tier.label} "
                                        f"within {wait_s} s; retry with a longer timeout")
-            return self._lease_from_hold_locked(hold, keys, present, ttl_s, owner)
+            return leasing.read_lease(self._leases, book, self._counters, hold, keys, present,
+                                      ttl_s, owner)
 
     def try_acquire(self, ns_id: int, keys: Sequence[PageKey], target: Tier, ttl_s: float,
                     owner: str | None, release: Sequence[int] = ()) -> Lease | None:
@@ -322,28 +274,14 @@ class Manager:
         with self._lock:
             book = self._book_locked(ns_id)
             res = book.residency(target)
-            present = self._cached_prefix_locked(book, keys)
+            present = lookups.cached_prefix(book, self._disk, keys)
             if any(key not in res.slots for key in keys[:present]):
                 return None
-            self._release_ids_locked(release)
+            leasing.end_leases(self._leases, self._books, release)
             hold = Hold(ns_id, target)
             hold.pin_present(res, keys[:present])
-            return self._lease_from_hold_locked(hold, keys, present, ttl_s, owner)
-
-    def _lease_from_hold_locked(self, hold: Hold, keys: Sequence[PageKey], present: int,
-                                ttl_s: float, owner: str | None) -> Lease:
-        """A READ lease over the leading keys the hold pins; the hold's other pins go."""
-        leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
-        slots = [hold.pins[key] for key in leased]
-        hold.release(self._books[hold.ns_id], keep=set(leased))
-        res = self._book_locked(hold.ns_id).mem[hold.tier]
-        for key in leased:
-            res.touch(key)
-        self._counters[hold.tier].hits += len(leased)
-        self._counters[hold.tier].misses += int(len(leased) < len(keys))
-        record = self._leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased),
-                                  tuple(slots), time.monotonic() + ttl_s, owner)
-        return record.snapshot()
+            return leasing.read_lease(self._leases, book, self._counters, hold, keys, present,
+                                      ttl_s, owner)
 
     def release_hold(self, hold: Hold) -> None:
         with self._lock:
@@ -355,12 +293,8 @@ class Manager:
         """A FILL lease of ``num_pages`` free slots of ``tier``; None when fewer are free (evict
         first)."""
         with self._lock:
-            slots = self._book_locked(ns_id).residency(tier).reserve(num_pages)
-            if slots is None:
-                return None
-            record = self._leases.add(ns_id, tier, LeaseKind.FILL, (), tuple(slots),
-                                      time.monotonic() + ttl_s, owner)
-            return record.snapshot()
+            return leasing.new_fill_lease(self._leases, self._book_locked(ns_id), tier, num_pages,
+                                          ttl_s, owner)
 
     def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
                ticket: int | None, release: bool = False) -> tuple[int, Plan | None]:
@@ -369,32 +303,12 @@ class Manager:
         back). Returns ``(bound, persist)``."""
         with self._lock:
             record = self._leases.get(lease_id)
-            if record.kind is not LeaseKind.FILL:
-                raise FailedPrecondition(f"lease {lease_id} is a read lease; commit takes a lease "
-                                         "from Allocate")
-            bad = [s for s in slots if s not in record.open_slots]
-            if bad or len(set(slots)) != len(slots):
-                raise InvalidArgument(f"slots {bad or list(slots)} are not open slots of lease "
-                                      f"{lease_id} (open: {sorted(record.open_slots)}) or repeat")
             book = self._books[record.ns_id]
-            persists: list[Move] = []
-            bound = sum(self._bind_locked(book, record, key, slot, ticket, persists)
-                        for key, slot in zip(keys, slots))
+            bound, persists = leasing.bind_fill(book, self._disk, self._counters, record, keys,
+                                                slots, ticket)
             if release:
-                self._release_locked(self._leases.pop(lease_id))
+                leasing.end_lease(book, self._leases.pop(lease_id))
             return bound, self._persist_plan_locked(book, persists)
-
-    def _bind_locked(self, book: NamespaceBook, record: LeaseRecord, key: PageKey, slot: int,
-                     ticket: int | None, persists: list[Move]) -> bool:
-        record.open_slots.discard(slot)
-        res = book.mem[record.tier]
-        if not res.publish(key, slot):
-            book.orphan_or_free(record.tier, slot)
-            self._skip_locked(book, self._fastest_locked(book, key), key, ticket, persists)
-            return False
-        self._counters[record.tier].bytes_in += book.page_bytes
-        self._disk.committed(book, record.tier, key, slot, ticket, persists)
-        return True
 
     def plan_lease_slots(self, lease_id: int, slots: Sequence[int] | None, write: bool) -> Plan:
         """A SLOTS plan between a lease's slots and callers' buffers, the slots pinned meanwhile.
@@ -404,21 +318,7 @@ class Manager:
         """
         with self._lock:
             record = self._leases.get(lease_id)
-            book = self._books[record.ns_id]
-            if write:
-                wanted = list(slots or ())
-                if record.kind is not LeaseKind.FILL or len(set(wanted)) != len(wanted) or any(
-                        s not in record.open_slots for s in wanted):
-                    raise InvalidArgument(f"slots {wanted} are not distinct open slots of fill lease "
-                                          f"{lease_id} (open: {sorted(record.open_slots)})")
-                moves = [Move(b"", None, Place(record.tier, s)) for s in wanted]
-            else:
-                if record.kind is not LeaseKind.READ:
-                    raise FailedPrecondition(f"lease {lease_id} is a fill lease: its slots hold what "
-                                             "you wrote; read pages through a read lease")
-                moves = [Move(k, Place(record.tier, s), None) for k, s in zip(record.keys, record.slots)]
-            for move in moves:
-                book.mem[record.tier].pin(place(move.dst if write else move.src).slot)
+            moves = leasing.slot_moves(self._books[record.ns_id], record, slots, write)
             return self._open_locked(PlanKind.SLOTS, record.ns_id, moves)
 
     # -- leases ---------------------------------------------------------------------------------------
@@ -435,44 +335,17 @@ class Manager:
 
     def release(self, lease_id: int) -> None:
         with self._lock:
-            self._release_locked(self._leases.pop(lease_id))
-
-    def _release_ids_locked(self, lease_ids: Sequence[int]) -> int:
-        released = 0
-        for lease_id in lease_ids:
-            try:
-                record = self._leases.pop(lease_id)
-            except NotFound:
-                continue  # expired or released meanwhile: what the caller wanted anyway
-            self._release_locked(record)
-            released += 1
-        return released
+            record = self._leases.pop(lease_id)
+            leasing.end_lease(self._books[record.ns_id], record)
 
     def release_owner(self, owner: str) -> int:
         """End every lease held by ``owner`` (a client session that ended)."""
         with self._lock:
-            ids = self._leases.owned_by(owner)
-            for lease_id in ids:
-                self._release_locked(self._leases.pop(lease_id))
-        return len(ids)
+            return leasing.end_leases(self._leases, self._books, self._leases.owned_by(owner))
 
     def expire_leases(self, now_s: float) -> int:
         with self._lock:
-            expired = self._leases.expired(now_s)
-            for lease_id in expired:
-                self._release_locked(self._leases.pop(lease_id))
-        return len(expired)
-
-    def _release_locked(self, record: LeaseRecord) -> None:
-        """Unpin a READ lease's pages, or give back a FILL lease's unfilled slots."""
-        book = self._books[record.ns_id]
-        if record.kind is LeaseKind.READ:
-            for slot in record.slots:
-                book.unpin(record.tier, slot)
-        else:
-            for slot in record.open_slots:
-                book.orphan_or_free(record.tier, slot)
-            record.open_slots.clear()
+            return leasing.end_leases(self._leases, self._books, self._leases.expired(now_s))
 
     # -- eviction decisions ---------------------------------------------------------------------------
     def plan_hbm_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
@@ -578,7 +451,6 @@ class Manager:
         for dkey, ok in durable:
             self.durability.page_done(dkey, ok)
         return followup
-
 
     # -- inspection -------------------------------------------------------------------------------------
     def tier_stats(self, capacity_bytes: Callable[[Tier], int],

@@ -1,13 +1,14 @@
 """The page store: the library API the daemon serves (see DESIGN.md's page API).
 
-A thin facade that composes the bookkeeping manager, the media (arenas and transfer engine, from
-one factory keyed by the device), the disk tier, the plan runner, promotion, eviction and the
-maintenance thread. Synchronous and thread-safe; methods may block on copies or disk I/O, so async
-callers use a bounded executor. The ``try_*`` entry points and ``lookup``, ``renew``, ``release``,
-``delete``, ``stats`` never wait (bookkeeping under the manager's lock only, no page bytes, no
-disk I/O), so an event loop may call them; a ``try_*`` returns ``None``, having changed nothing,
-where its counterpart would have to wait. ``open``/``close`` are idempotent; ``close`` flushes and
-shuts the parts down in reverse order.
+A thin facade over the parts ``assembly`` composes: the bookkeeping manager, the media (arenas
+and transfer engine, from one factory keyed by the device), the disk tier, the plan runner,
+promotion, eviction and the maintenance thread; ``lease_checks`` checks lease requests.
+Synchronous and thread-safe; methods may block on copies or disk I/O, so async callers use a
+bounded executor. The ``try_*`` entry points and ``lookup``, ``renew``, ``release``, ``delete``,
+``stats`` never wait (bookkeeping under the manager's lock only, no page bytes, no disk I/O), so
+an event loop may call them; a ``try_*`` returns ``None``, having changed nothing, where its
+counterpart would have to wait. ``open``/``close`` are idempotent; ``close`` flushes and shuts
+the parts down in reverse order.
 """
 
 from __future__ import annotations
@@ -18,47 +19,25 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
-from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
+from tierd.store.assembly import Parts, assemble, take_down
 from tierd.store.completion import place
 from tierd.store.durability import Durability
-from tierd.store.eviction import Evictor
 from tierd.store.flushing import disk_failure_note, flush_to_disk
-from tierd.store.maintenance import Maintenance
-from tierd.store.manager import Manager
-from tierd.store.media import Media, open_media
+from tierd.store.lease_checks import check_acquire, check_allocate, lease_ttl
 from tierd.store.plans import Plan
-from tierd.store.promotion import Promoter
-from tierd.store.regions import RegionTable
-from tierd.store.runner import PlanRunner
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
-from tierd.tier import MEMORY_TIERS, Tier
-from tierd.tiers.disk import DiskTier
-from tierd.tiers.shm_cleanup import cleanup_stale_segments
+from tierd.tier import Tier
 from tierd.values import Lease, LookupResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class _Parts:
-    """Everything that lives from ``open`` to ``close``."""
-
-    disk: DiskTier
-    media: Media
-    manager: Manager
-    regions: RegionTable
-    runner: PlanRunner
-    evictor: Evictor
-    promoter: Promoter
-    maintenance: Maintenance
 
 
 class PageStore:
@@ -67,7 +46,7 @@ class PageStore:
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
         self._state_lock = threading.Lock()   # open/close/register, never held during page I/O
-        self._parts: _Parts | None = None
+        self._parts: Parts | None = None
         self._closed = False
         self._started_at_s = time.monotonic()
 
@@ -79,24 +58,12 @@ class PageStore:
                 raise Unavailable("this page store was closed; create a new PageStore")
             if self._parts is not None:
                 return
-            cfg = self.config
-            cleanup_stale_segments(cfg.shm_prefix)
-            disk = DiskTier(cfg)
-            disk.open()
-            try:
-                manager = Manager(cfg)
-                _load_index(disk, manager)
-                media = open_media(cfg, disk)
-            except BaseException:
-                disk.close()
-                raise
-            self._parts = _compose(cfg, disk, media, manager)
-            disk.on_map_full = manager.map_full
-            self._parts.maintenance.start()
+            self._parts = parts = assemble(self.config)
+            parts.maintenance.start()
             self._started_at_s = time.monotonic()
             log.info("page store open (%s engine): %d namespaces, %d pages on disk",
-                     media.engine.name, len(manager.namespaces()),
-                     manager.tier_stats(cfg.tier_capacity_bytes, 0)[Tier.DISK].pages)
+                     parts.media.engine.name, len(parts.manager.namespaces()),
+                     parts.manager.tier_stats(self.config.tier_capacity_bytes, 0)[Tier.DISK].pages)
 
     def close(self) -> int:
         """Flush dirty pages to disk (within ``flush_timeout_s``), stop threads, free memory.
@@ -110,33 +77,12 @@ class PageStore:
             parts = self._parts
         if parts is None:
             return 0
-        parts.maintenance.close()
-        flushing = self.config.disk.capacity_bytes > 0
-        if flushing:
-            self._flush_on_close(parts)
-        parts.promoter.close()
-        parts.runner.drain_deletes()
-        parts.media.engine.close()
-        parts.runner.drain_deletes()
-        parts.disk.close()  # every queued write has now committed or failed
-        lost = parts.manager.pages_not_on_disk() if flushing else 0
-        parts.manager.durability.fail_all()
-        for arena in parts.media.arenas.values():
-            arena.close()
+        lost = take_down(parts, self.config)
         if lost:
             log.error("page store closed: %d page(s) could not be written to disk and are lost", lost)
         else:
             log.info("page store closed")
         return lost
-
-    def _flush_on_close(self, parts: _Parts) -> None:
-        """Close goes on whatever the flush meets: say in one line why it did not complete."""
-        try:
-            self._flush(parts, self.config.flush_timeout_s)
-        except TierdError as exc:
-            log.error("flush on close did not complete: %s", exc)
-        except Exception:  # a bug: keep its traceback
-            log.exception("flush on close failed")
 
     def __enter__(self) -> PageStore:
         self.open()
@@ -145,7 +91,7 @@ class PageStore:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _require(self) -> _Parts:
+    def _require(self) -> Parts:
         parts = self._parts
         if parts is None or self._closed:
             raise Unavailable("the page store is not open (starting up or shutting down); retry")
@@ -177,11 +123,11 @@ class PageStore:
                                          parts.regions.page_index(ns.ns_id, tier))
             return ns
 
-    def _ensure_regions_locked(self, parts: _Parts, ns: Namespace) -> None:
+    def _ensure_regions_locked(self, parts: Parts, ns: Namespace) -> None:
         for tier, num_slots in parts.regions.ensure(ns).items():
             parts.manager.add_region(ns.ns_id, tier, num_slots, parts.regions.page_index(ns.ns_id, tier))
 
-    def _ready(self, ns_id: int) -> _Parts:
+    def _ready(self, ns_id: int) -> Parts:
         """The parts, with ``ns_id``'s regions created (a namespace loaded from disk gets them on
         first use)."""
         parts = self._require()
@@ -246,7 +192,7 @@ class PageStore:
         parts.maintenance.wake()
         return PutResult(stored, skipped, ticket)
 
-    def _put_batch(self, parts: _Parts, ns_id: int, tier: Tier, keys: list[PageKey],
+    def _put_batch(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
                    views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
         by_key = dict(zip(keys, views))
         while True:
@@ -272,7 +218,7 @@ class PageStore:
         """Lease ``num_pages`` free slots of ``tier`` (hbm or dram) for the caller to fill and
         then ``commit``."""
         parts = self._ready(ns_id)
-        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s, tier)
+        ttl = check_allocate(self.config, parts.manager, ns_id, num_pages, ttl_s, tier)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         while True:
             lease = parts.manager.allocate(ns_id, num_pages, ttl, owner, tier)
@@ -290,20 +236,8 @@ class PageStore:
         parts = self._require()
         if not parts.manager.has_region(ns_id, Tier.DRAM):
             return None
-        ttl = self._check_allocate(parts, ns_id, num_pages, ttl_s, tier)
+        ttl = check_allocate(self.config, parts.manager, ns_id, num_pages, ttl_s, tier)
         return parts.manager.allocate(ns_id, num_pages, ttl, owner, tier)
-
-    def _check_allocate(self, parts: _Parts, ns_id: int, num_pages: int, ttl_s: float | None,
-                        tier: Tier) -> float:
-        """The lease ttl of a valid allocate; ``InvalidArgument`` otherwise."""
-        ttl = self._ttl(ttl_s)
-        if tier not in MEMORY_TIERS:
-            raise InvalidArgument(f"allocate leases slots of a memory tier (hbm, dram), not {tier.label}")
-        num_slots = parts.manager.num_slots(ns_id, tier)
-        if isinstance(num_pages, bool) or not isinstance(num_pages, int) or not 0 < num_pages <= num_slots:
-            raise InvalidArgument(f"num_pages must be in 1..{num_slots} (the namespace's "
-                                  f"{tier.label} slots), got {num_pages!r}")
-        return ttl
 
     def write_slots(self, lease_id: int, slots: Sequence[int], pages: Sequence[object]) -> None:
         """Copy ``pages[i]`` into open slot ``slots[i]`` of a FILL lease (then ``commit``): the
@@ -375,10 +309,7 @@ class PageStore:
 
         ``DiskWriteFailed`` when the disk did not store some (disk full: the pages stay in
         memory), ``DeadlineExceeded`` when writes were still queued at ``timeout_s``."""
-        return self._flush(self._require(), timeout_s)
-
-    @staticmethod
-    def _flush(parts: _Parts, timeout_s: float | None) -> int:
+        parts = self._require()
         return flush_to_disk(parts.manager, parts.runner, parts.disk, timeout_s)
 
     # -- reading -------------------------------------------------------------------------------------
@@ -434,7 +365,7 @@ class PageStore:
         return [bytes(out) for out in outs]
 
     @staticmethod
-    def _copy_out(parts: _Parts, plan: Plan, page_bytes: int) -> tuple[list[bytearray], tuple[bool, ...]]:
+    def _copy_out(parts: Parts, plan: Plan, page_bytes: int) -> tuple[list[bytearray], tuple[bool, ...]]:
         """Run a plan that copies pages into fresh buffers; the buffers and each move's outcome."""
         outs = [bytearray(page_bytes) for _ in plan.moves]
         return outs, parts.runner.run(plan, [memoryview(out) for out in outs])
@@ -451,13 +382,6 @@ class PageStore:
         return len(parts.promoter.schedule(ns_id, todo, target_tier, deadline_s))
 
     # -- leases --------------------------------------------------------------------------------------
-    def _ttl(self, ttl_s: float | None) -> float:
-        if ttl_s is None:
-            return self.config.lease_ttl_s
-        if not 0 < ttl_s <= self.config.max_lease_ttl_s:
-            raise InvalidArgument(f"lease ttl must be in (0, {self.config.max_lease_ttl_s}] s, got {ttl_s}")
-        return ttl_s
-
     def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
                 timeout_s: float | None = None, ttl_s: float | None = None,
                 owner: str | None = None, release: Sequence[int] = ()) -> Lease:
@@ -466,7 +390,7 @@ class PageStore:
         ``release``: leases the caller is done with, ended (unknown ones skipped) once the request
         is checked, under the same lock hold that pins the pages present."""
         parts = self._ready(ns_id)
-        keys, ttl = self._check_acquire(parts, ns_id, keys, target_tier, ttl_s)
+        keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + wait_s
         hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier, release)
@@ -483,30 +407,15 @@ class PageStore:
         parts = self._require()
         if not parts.manager.has_region(ns_id, Tier.DRAM):
             return None
-        keys, ttl = self._check_acquire(parts, ns_id, keys, target_tier, ttl_s)
+        keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         return parts.manager.try_acquire(ns_id, keys, target_tier, ttl, owner, release)
-
-    def _check_acquire(self, parts: _Parts, ns_id: int, keys: Sequence[PageKey], target_tier: Tier,
-                       ttl_s: float | None) -> tuple[list[PageKey], float]:
-        """The checked keys and lease ttl of a valid acquire; the error otherwise."""
-        keys = check_keys(keys)
-        ttl = self._ttl(ttl_s)
-        if target_tier is Tier.DISK:
-            raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
-        if len(set(keys)) != len(keys):
-            raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
-        num_slots = parts.manager.num_slots(ns_id, target_tier)
-        if len(keys) > num_slots:
-            raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
-                                    f"{num_slots} {target_tier.label} slots; acquire fewer at a time")
-        return keys, ttl
 
     def lease_namespace(self, lease_id: int) -> Namespace:
         """The namespace a live lease belongs to (``NotFound`` otherwise); lock-free."""
         return self._require().manager.lease_namespace(lease_id)
 
     def renew(self, lease_id: int, ttl_s: float | None = None) -> Lease:
-        return self._require().manager.renew(lease_id, self._ttl(ttl_s))
+        return self._require().manager.renew(lease_id, lease_ttl(self.config, ttl_s))
 
     def release(self, lease_id: int) -> None:
         self._require().manager.release(lease_id)
@@ -534,22 +443,3 @@ class PageStore:
         """One maintenance round now (lease expiry, eviction to the watermarks)."""
         self._require().maintenance.run_once()
 
-
-def _load_index(disk: DiskTier, manager: Manager) -> None:
-    """Rebuild the index from LMDB, oldest page first (recency survives a restart)."""
-    for ns in disk.load_namespaces():
-        manager.add_namespace(ns)
-    for entry in sorted(disk.scan(), key=lambda entry: entry.seq):
-        if not manager.load_disk_page(entry.ns_id, entry.key, entry.stored_bytes, entry.seq):
-            log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
-
-
-def _compose(cfg: StoreConfig, disk: DiskTier, media: Media, manager: Manager) -> _Parts:
-    regions = RegionTable(cfg, media.arenas)
-    # Disk writes that complete wake maintenance: room in dram may let a waiting put go on.
-    wake = threading.Event()
-    runner = PlanRunner(manager, media.engine, regions, disk, wake.set)
-    evictor = Evictor(manager, runner)
-    promoter = Promoter(manager, runner, evictor, cfg.mover_threads)
-    maintenance = Maintenance(manager, evictor, cfg.maintenance_interval_s, cfg.acquire_timeout_s, wake)
-    return _Parts(disk, media, manager, regions, runner, evictor, promoter, maintenance)
