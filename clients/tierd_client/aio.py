@@ -30,6 +30,7 @@ from tierd_client.rpc import RpcRunner
 from tierd_client.session import ClientSession, session_lost
 from tierd_client.transfer import PageAssembler
 from tierd_client.types import CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult
+from tierd_client.wire_pages import get_pages_callable
 
 __all__ = ["ACQUIRE_DEADLINE_SLACK_S", "FLUSH_DEADLINE_S", "HEALTH_SERVICE", "AsyncTierClient"]
 
@@ -42,6 +43,7 @@ class _Connection:
 
     channel: grpc.aio.Channel
     stub: pb_grpc.TierdStub
+    get_pages: Any  # GetPages with the response deserializer of tierd_client.wire_pages
     runner: RpcRunner
     session: ClientSession
 
@@ -67,7 +69,8 @@ class AsyncTierClient(ClientBase):
         # from inside a limited call must not wait for a slot that call holds).
         session = ClientSession(lambda request: stub.Session(request, metadata=self._metadata),
                                 client_name(self.options), functools.partial(runner.call, limited=False))
-        self._conn = _Connection(channel=channel, stub=stub, runner=runner, session=session)
+        self._conn = _Connection(channel=channel, stub=stub, get_pages=get_pages_callable(channel),
+                                 runner=runner, session=session)
 
     async def close(self) -> None:
         """End the session (the daemon frees its leases), unmap arenas, close the channel."""
@@ -137,7 +140,7 @@ class AsyncTierClient(ClientBase):
     async def _get_pages(self, conn: _Connection, call: Call, timeout: float) -> list[bytes]:
         """One GetPages call, its stream reassembled into pages."""
         assembler = PageAssembler(call.page_bytes, len(call.request.keys))
-        stream = conn.stub.GetPages(call.request, timeout=timeout, metadata=self._metadata)
+        stream = conn.get_pages(call.request, timeout=timeout, metadata=self._metadata)
         async for message in stream:
             assembler.add(message)
         return assembler.pages()

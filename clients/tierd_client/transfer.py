@@ -6,9 +6,11 @@ one per message when they are at least ``ONE_PAGE_PER_MESSAGE_BYTES`` (a page gi
 then goes out as it is, with no copy), smaller ones packed up to ``chunk_bytes``; a page larger
 than ``chunk_bytes`` is cut. The first page rides in the header message when the keys are few.
 
-A GetPages stream may cut pages anywhere (the wire contract allows it); a page that arrives in a
-message of its own is returned as that message's bytes, and only a page cut across messages is
-joined (one copy), so no stream is copied into one reassembly buffer.
+A GetPages stream may cut pages anywhere (the wire contract allows it). Its messages arrive
+decoded by ``wire_pages`` (their data a view of the bytes grpc received, where protobuf would
+have copied it twice), and each page is copied once, from there into the ``bytes`` ``get``
+returns: a message's data, a slice of it, or the parts of a page cut across messages joined. No
+stream is copied into one reassembly buffer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tierd_client.convert import tier_to_wire
 from tierd_client.errors import InvalidArgumentError, TierdRpcError
 from tierd_client.options import MESSAGE_OVERHEAD_BYTES
 from tierd_client.types import ServerLimits
+from tierd_client.wire_pages import MalformedPagesError, PagesMessage
 
 # The daemon's own threshold (tierd.server.bytepath): pages this big travel one per message.
 ONE_PAGE_PER_MESSAGE_BYTES = 64 << 10
@@ -127,7 +130,8 @@ async def put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Seq
 
 
 class PageAssembler:
-    """Collects a GetPages stream into whole pages (bytes), checking the daemon's framing."""
+    """Collects a GetPages stream (messages ``wire_pages`` decoded) into whole pages, checking
+    the daemon's framing."""
 
     def __init__(self, page_bytes: int, max_pages: int) -> None:
         self._page_bytes = page_bytes
@@ -138,7 +142,9 @@ class PageAssembler:
         self._parts: list[memoryview] = []  # the start of a page cut across messages
         self._part_bytes = 0
 
-    def add(self, msg: pb.GetPagesResponse) -> None:
+    def add(self, msg: PagesMessage | MalformedPagesError) -> None:
+        if isinstance(msg, MalformedPagesError):
+            raise msg
         if self._expected is None:
             if msg.page_bytes not in (0, self._page_bytes) and msg.num_pages:
                 raise TierdRpcError(f"the daemon sent pages of {msg.page_bytes} bytes for a "
@@ -147,32 +153,27 @@ class PageAssembler:
                 raise TierdRpcError(f"the daemon announced {msg.num_pages} pages for "
                                     f"{self._max_pages} keys")
             self._expected = msg.num_pages * self._page_bytes
-        data = msg.data  # each read of the field is a copy: read it once
-        end = self._received + len(data)
+        end = self._received + msg.data.nbytes
         if end > self._expected:
             raise TierdRpcError(f"the daemon sent {end} bytes for {self._expected} announced")
         self._received = end
-        self._take(data)
+        self._take(msg.data)
 
-    def _take(self, data: bytes) -> None:
+    def _take(self, data: memoryview) -> None:
         size, pos = self._page_bytes, 0
-        view = memoryview(data)
         if self._parts:
-            pos = min(size - self._part_bytes, len(data))
-            self._parts.append(view[:pos])
+            pos = min(size - self._part_bytes, data.nbytes)
+            self._parts.append(data[:pos])
             self._part_bytes += pos
             if self._part_bytes == size:
                 self._pages.append(b"".join(self._parts))
                 self._parts, self._part_bytes = [], 0
-        if pos == 0 and len(data) == size:
-            self._pages.append(data)  # a message of one page: its bytes are the page
-            return
-        while len(data) - pos >= size:
-            self._pages.append(view[pos:pos + size].tobytes())
+        while data.nbytes - pos >= size:
+            self._pages.append(data[pos:pos + size].tobytes())
             pos += size
-        if pos < len(data):
-            self._parts.append(view[pos:])
-            self._part_bytes += len(data) - pos
+        if pos < data.nbytes:
+            self._parts.append(data[pos:])
+            self._part_bytes += data.nbytes - pos
 
     def pages(self) -> list[bytes]:
         """The pages, in key order; raises if the stream ended early."""

@@ -13,6 +13,13 @@ from tierd.v1 import tierd_pb2 as pb
 from tierd_client import InvalidArgumentError, TierdRpcError
 from tierd_client.transfer import ONE_PAGE_PER_MESSAGE_BYTES, PageAssembler, TransferPlan, put_messages
 from tierd_client.types import ServerLimits
+from tierd_client.wire_pages import MalformedPagesError, PagesMessage, decode_get_response, deserialize_get_response
+
+
+def _msg(num_pages: int = 0, page_bytes: int = 0, data: bytes = b"") -> PagesMessage:
+    """A GetPagesResponse as the client receives it: serialized by protobuf, decoded by hand."""
+    raw = pb.GetPagesResponse(num_pages=num_pages, page_bytes=page_bytes, data=data).SerializeToString()
+    return decode_get_response(raw)
 
 
 def _collect(agen: object) -> list[pb.PutPagesRequest]:
@@ -63,10 +70,11 @@ def test_assembler_rebuilds_pages_from_any_chunking(page_bytes: int, num_pages: 
     cuts = sorted(data.draw(st.lists(st.integers(0, len(blob)), max_size=6)))
     pieces = [blob[a:b] for a, b in zip([0, *cuts], [*cuts, len(blob)])]
     assembler = PageAssembler(page_bytes, max_pages=num_pages)
-    assembler.add(pb.GetPagesResponse(num_pages=num_pages, page_bytes=page_bytes, data=pieces[0]))
+    assembler.add(_msg(num_pages=num_pages, page_bytes=page_bytes, data=pieces[0]))
     for piece in pieces[1:]:
-        assembler.add(pb.GetPagesResponse(data=piece))
-    assert assembler.pages() == pages
+        assembler.add(_msg(data=piece))
+    got = assembler.pages()
+    assert got == pages and all(type(page) is bytes for page in got)
 
 
 @settings(max_examples=40, deadline=None)
@@ -77,27 +85,47 @@ def test_assembler_takes_whole_pages_per_message(page_bytes: int, num_pages: int
     assembler = PageAssembler(2 * page_bytes, max_pages=num_pages + 1)
     for start in range(0, num_pages, per):
         first = start == 0
-        assembler.add(pb.GetPagesResponse(num_pages=num_pages if first else 0,
-                                          page_bytes=2 * page_bytes if first else 0,
-                                          data=b"".join(pages[start:start + per])))
+        assembler.add(_msg(num_pages=num_pages if first else 0,
+                           page_bytes=2 * page_bytes if first else 0,
+                           data=b"".join(pages[start:start + per])))
     got = assembler.pages()
     assert got == pages and all(type(page) is bytes for page in got)
 
 
 def test_assembler_refuses_short_long_and_mismatched_streams() -> None:
     short = PageAssembler(4, 2)
-    short.add(pb.GetPagesResponse(num_pages=2, page_bytes=4, data=b"abcd"))
+    short.add(_msg(num_pages=2, page_bytes=4, data=b"abcd"))
     with pytest.raises(TierdRpcError, match="ended after 4 of 8"):
         short.pages()
     long = PageAssembler(4, 1)
-    long.add(pb.GetPagesResponse(num_pages=1, page_bytes=4, data=b"abcd"))
+    long.add(_msg(num_pages=1, page_bytes=4, data=b"abcd"))
     with pytest.raises(TierdRpcError, match="sent 5 bytes"):
-        long.add(pb.GetPagesResponse(data=b"e"))
+        long.add(_msg(data=b"e"))
     with pytest.raises(TierdRpcError, match="pages of 8 bytes"):
-        PageAssembler(4, 1).add(pb.GetPagesResponse(num_pages=1, page_bytes=8))
+        PageAssembler(4, 1).add(_msg(num_pages=1, page_bytes=8))
     with pytest.raises(TierdRpcError, match="announced 3 pages for 2 keys"):
-        PageAssembler(4, 2).add(pb.GetPagesResponse(num_pages=3, page_bytes=4))
+        PageAssembler(4, 2).add(_msg(num_pages=3, page_bytes=4))
     assert PageAssembler(4, 2).pages() == []
+
+
+def test_assembler_raises_what_the_deserializer_could_not_decode() -> None:
+    """grpc's deserializer hands a malformed message on as its error; the assembler raises it
+    and takes nothing from it."""
+    assembler = PageAssembler(4, 1)
+    bad = deserialize_get_response(b"\x1a\x05abc")  # data runs past the end
+    assert isinstance(bad, MalformedPagesError)
+    with pytest.raises(MalformedPagesError, match="malformed GetPagesResponse.*past the end"):
+        assembler.add(bad)
+    assert assembler.pages() == []
+
+
+def test_a_one_page_message_becomes_a_bytes_page() -> None:
+    """Copied once out of the received message: bytes (the API's type), not a view pinning it."""
+    raw = pb.GetPagesResponse(num_pages=1, page_bytes=4, data=b"wxyz").SerializeToString()
+    assembler = PageAssembler(4, 1)
+    assembler.add(decode_get_response(raw))
+    [page] = assembler.pages()
+    assert page == b"wxyz" and type(page) is bytes
 
 
 @settings(max_examples=80, deadline=None)
