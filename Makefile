@@ -23,11 +23,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Starts the daemon in the foreground on a small CPU-friendly config; data and socket under ./var/.
-# The MALLOC_* settings are systemd/tierd.service's (glibc reads them at process start only).
 run: $(STAMP)
 	@mkdir -p var
 	@echo "tierd on var/tierd.sock; in another shell here: . $(VENV)/bin/activate && tierctl stats"
-	MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=268435456 $(VENV)/bin/tierd --config systemd/tierd.dev.toml
+	$(VENV)/bin/tierd --config systemd/tierd.dev.toml
 
 test: lint typecheck
 	$(PY) -m pytest -q

@@ -24,10 +24,6 @@ START_TIMEOUT_S = 120.0  # prefaulting a few GiB of arena takes seconds on these
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.05
 LOG_TAIL_CHARS = 3000
-# The daemon's malloc settings, as systemd/tierd.service (Environment=) and `make run` set them:
-# glibc reads them at process start only, so the benchmark hands them to the daemon it starts, to
-# measure the daemon those run.
-TIERD_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "268435456"}
 REDIS_HELP = ("Redis rows need redis-server (Debian: apt-get install redis-server) and redis-py with "
               "hiredis (pip install 'redis[hiredis]', or the project's bench extra: pip install -e '.[bench]')")
 
@@ -150,7 +146,7 @@ def start_tierd(work_dir: Path, tier_bytes: int) -> Server:
     config = work_dir / "tierd.toml"
     config.write_text(tierd_config(work_dir, tier_bytes))
     log_path = work_dir / "tierd.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")} | TIERD_MALLOC_ENV
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")}
     version = subprocess.run([*tierd_command(), "--version"], capture_output=True, text=True,
                              env=env).stdout.strip()
     with open(log_path, "wb") as log:
