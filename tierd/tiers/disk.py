@@ -5,9 +5,10 @@ calls ``delete``). Two named databases: ``pages`` (disk key -> header + payload,
 ``page_format``) and ``meta`` (the persisted namespace registry and the page format version).
 ``open`` first takes the data dir's lock (``data_dir_lock``: one tierd per data dir), checks
 ``data.mdb`` before LMDB maps it (``lmdb_file``), then refuses a foreign environment and
-migrates a version-1 one (``disk_format``). All writes go through the one
-writer thread of ``disk_writer``; reads run on the caller's thread in short read-only
-transactions over zero-copy views of the map, and never take a lock the writer holds.
+migrates a version-1 one (``disk_format``). A durable (fsync) environment writes pages in place
+through LMDB's map where the file system allows it (``lmdb_file.open_environment``). All writes
+go through the one writer thread of ``disk_writer``; reads run on the caller's thread in short
+read-only transactions over zero-copy views of the map, and never take a lock the writer holds.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tierd.tiers.disk_format import (
 )
 from tierd.tiers.disk_reads import ReadCounters, ReaderGate
 from tierd.tiers.disk_writer import Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta, PutPage, WriterStats
-from tierd.tiers.lmdb_file import DATA_FILE_NAME, check_data_file
+from tierd.tiers.lmdb_file import DATA_FILE_NAME, OpenedEnvironment, check_data_file, open_environment
 from tierd.tiers.namespace_records import encode_namespace, namespace_key, read_namespaces
 from tierd.tiers.page_format import (
     FORMAT_VERSION,
@@ -135,6 +136,7 @@ class _Session:
     fingerprints: NamespaceFingerprints  # of every namespace with a record: the checksums need them
     pid: int
     map_size_bytes: int  # LMDB's, which is larger than configured if the file already was
+    opened: OpenedEnvironment  # env, and whether its pages are written in place
 
 
 class DiskTier:
@@ -159,6 +161,12 @@ class DiskTier:
         """The LMDB environment directory (holds ``data.mdb`` and ``lock.mdb``)."""
         return self._path
 
+    @property
+    def writes_in_place(self) -> bool:
+        """Whether the open environment writes pages straight into its map (``writemap``)."""
+        session = self._session
+        return session is not None and session.opened.in_place
+
     # ---- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
@@ -172,11 +180,11 @@ class DiskTier:
             self._lock.acquire()
             try:
                 check_data_file(self._path / DATA_FILE_NAME)
-                env = self._open_env()
+                opened = self._open_env()
                 try:
-                    self._session = self._start_session(env)
+                    self._session = self._start_session(opened)
                 except BaseException as exc:
-                    env.close()
+                    opened.close(clean=False)
                     if isinstance(exc, lmdb.Error):
                         raise ConfigError(f"the disk tier at {self._path} cannot be read "
                                           f"({exc}); move the data dir aside to start with an "
@@ -186,9 +194,12 @@ class DiskTier:
             except BaseException:
                 self._lock.release()
                 raise
+        log.log(logging.INFO if self._config.disk.fsync and not opened.in_place else logging.DEBUG,
+                "disk tier %s: %s", self._path, opened.how)
 
-    def _start_session(self, env: lmdb.Environment) -> _Session:
+    def _start_session(self, opened: OpenedEnvironment) -> _Session:
         """Check the environment's databases and records, start the writer, settle the format."""
+        env = opened.env
         check_databases(env, TIERD_DBS, self._path)
         pages_db = env.open_db(PAGES_DB)
         meta_db = env.open_db(META_DB)
@@ -224,16 +235,16 @@ class DiskTier:
         return _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
                         gate=ReaderGate(self._closed_message),
                         fingerprints=NamespaceFingerprints(fingerprints), pid=os.getpid(),
-                        map_size_bytes=env.info()["map_size"])
+                        map_size_bytes=env.info()["map_size"], opened=opened)
 
-    def _open_env(self) -> lmdb.Environment:
+    def _open_env(self) -> OpenedEnvironment:
         disk = self._config.disk
         try:
             self._path.mkdir(parents=True, exist_ok=True)
-            return lmdb.open(str(self._path), map_size=self._map_size_bytes, subdir=True,
-                             readahead=True, max_dbs=MAX_DBS, sync=disk.fsync,
-                             metasync=disk.fsync, lock=True,
-                             max_readers=disk.reader_threads + EXTRA_READER_SLOTS)
+            return open_environment(self._path, self._map_size_bytes, disk.fsync,
+                                    readahead=True, max_dbs=MAX_DBS, sync=disk.fsync,
+                                    metasync=disk.fsync, lock=True,
+                                    max_readers=disk.reader_threads + EXTRA_READER_SLOTS)
         except (OSError, lmdb.Error) as exc:
             raise ConfigError(f"cannot open the disk tier's LMDB environment at {self._path}: "
                               f"{exc}; check that data_dir exists and is writable by tierd"
@@ -261,7 +272,7 @@ class DiskTier:
             try:
                 session.env.sync(True)  # durable on a clean close even when fsync is off
             finally:
-                session.env.close()
+                session.opened.close(clean=True)
                 self._lock.release()
 
     def _require(self) -> _Session:
