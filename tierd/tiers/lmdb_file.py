@@ -22,8 +22,8 @@ two commits reference, so a crash mid-transaction leaves a consistent file. The 
 - LMDB extends the file to the map size with ``ftruncate`` (sparse), and a store into a hole of
   a shared map that the file system cannot back (full, over quota) is a SIGBUS, not an error.
   So pages are written in place only on a file system that overwrites an allocated block in
-  place (ext4, xfs, tmpfs; not btrfs, zfs or other copy-on-write ones; on xfs, not while
-  ``data.mdb`` shares extents with a reflinked copy), with the whole map preallocated
+  place (ext4, tmpfs; not btrfs, zfs or other copy-on-write ones, nor xfs, whose blocks shared
+  with a reflinked copy are allocated again on write), with the whole map preallocated
   (``posix_fallocate``) at open: a disk that fills later cannot refuse a store. Elsewhere, or
   without room for the map, or without fsync (``writemap`` without syncs does not order the
   meta page after the data), the environment opens without ``writemap``, as before, and the
@@ -152,8 +152,10 @@ def check_data_file(path: Path) -> None:
 
 # statfs(2) f_type of the file systems that overwrite an allocated block in place, so a
 # preallocated file takes stores through a shared map without allocating (btrfs, zfs and other
-# copy-on-write file systems allocate on every overwrite).
-IN_PLACE_FILE_SYSTEMS = {0xEF53: "ext4", 0x58465342: "xfs", 0x01021994: "tmpfs"}
+# copy-on-write file systems allocate on every overwrite). Not xfs: a block it shares with a
+# reflinked copy (coreutils 9's cp makes them by default) is allocated again when written, and a
+# full disk then ends the daemon with SIGBUS.
+IN_PLACE_FILE_SYSTEMS = {0xEF53: "ext4", 0x01021994: "tmpfs"}
 _STATFS_BYTES = 256  # larger than struct statfs on every 64-bit Linux ABI
 
 
