@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from machine_info import cpu_model, kernel
+
 START_TIMEOUT_S = 120.0  # prefaulting a few GiB of arena takes seconds on these machines
 STOP_TIMEOUT_S = 60.0
 POLL_S = 0.05
@@ -37,19 +39,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 def machine() -> dict[str, object]:
-    model = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": model, "cores": os.cpu_count(), "kernel": f"{platform.system()} {platform.release()}",
+    return {"cpu": model, "cores": os.cpu_count(), "kernel": kernel(),
             "memory_gib": round(mem_gib, 1), "python": platform.python_version(),
-            "description": f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, "
-                           f"{platform.system()} {platform.release()}"}
+            "description": f"{model}, {os.cpu_count()} cores, {mem_gib:.0f} GiB, {kernel()}"}
 
 
 def redis_missing() -> str | None:

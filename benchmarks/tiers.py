@@ -17,7 +17,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -27,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from machine_info import describe
 
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.index.residency import DiskResidency, MemoryResidency
@@ -205,15 +205,7 @@ def lookup_ms(root: Path, num_keys: int, reps: int) -> float:
 
 
 def machine() -> str:
-    model = "unknown cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+    return describe()
 
 
 def main(argv: list[str] | None = None) -> int:
