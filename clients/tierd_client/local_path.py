@@ -26,7 +26,7 @@ from tierd.handles import HandleKind
 from tierd.page_index import PageIndexReader, loads_are_ordered
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd_client.arena import ArenaView
-from tierd_client.errors import TierdRpcError
+from tierd_client.errors import NotFoundError, TierdRpcError
 from tierd_client.types import NamespaceHandle
 
 # Keys served locally are reported to the daemon once this many have gathered (one Lookup, so
@@ -99,6 +99,9 @@ class LocalReader:
         self._arena = arena
         self._enabled = enabled and loads_are_ordered()
         self._unusable: set[bytes] = set()  # grants of regions that cannot be read here
+        # Namespaces whose regions are gone (the daemon restarted), and their fresh handles.
+        self._stale: set[int] = set()
+        self._fresh: dict[int, NamespaceHandle] = {}
         self._lock = threading.Lock()
         self._touched: dict[int, list[bytes]] = {}
         self._num_touched = 0
@@ -126,7 +129,7 @@ class LocalReader:
         copy; counts what happened."""
         if not self._enabled or not keys:
             return
-        regions = self._regions(ns)
+        regions = self._regions(self.current(ns))
         done = refused = 0
         try:
             for index, key in enumerate(keys):
@@ -142,9 +145,29 @@ class LocalReader:
         finally:
             self._count(ns.ns_id, keys[:done], len(keys) - done, refused)
 
+    def current(self, ns: NamespaceHandle) -> NamespaceHandle:
+        """``ns``, or the fresh handle of its namespace once the daemon restarted."""
+        return self._fresh.get(ns.ns_id, ns)
+
+    def needs_refresh(self, ns: NamespaceHandle) -> bool:
+        """Whether ``ns``'s regions are gone (a restarted daemon): register again for new ones."""
+        return ns.ns_id in self._stale
+
+    def refreshed(self, old: NamespaceHandle, new: NamespaceHandle) -> None:
+        """``new`` (from Register) replaces ``old`` on the local path if it is the same namespace."""
+        self._stale.discard(old.ns_id)
+        if (new.ns_id, new.fingerprint, new.page_bytes) == (old.ns_id, old.fingerprint, old.page_bytes):
+            self._fresh[old.ns_id] = new
+
     def usable(self, grant: bytes) -> bool:
         """Whether the region of ``grant`` may still be mapped here."""
         return self._enabled and grant not in self._unusable
+
+    def mark_gone(self, ns: NamespaceHandle, grant: bytes) -> None:
+        """The daemon no longer serves the region of ``grant`` (it restarted): the client
+        registers ``ns`` again for the new daemon's regions."""
+        self.mark_unusable(grant)
+        self._stale.add(ns.ns_id)
 
     def mark_unusable(self, grant: bytes) -> None:
         """The region of ``grant`` cannot be mapped here (gone with a restarted daemon, or not
@@ -167,6 +190,9 @@ class LocalReader:
                 continue
             try:
                 index = self._arena(ns, tier).page_index()
+            except NotFoundError:
+                self.mark_gone(ns, handle.grant)
+                continue
             except TierdRpcError:
                 # Gone (the daemon restarted: register again for fresh handles), or not ours to
                 # map: the RPC path serves these reads from now on.

@@ -21,7 +21,7 @@ from tierd.tier import MEMORY_TIERS, Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client import requests
 from tierd_client.arena import ArenaView
-from tierd_client.errors import InvalidArgumentError, TierdRpcError
+from tierd_client.errors import InvalidArgumentError, NotFoundError, TierdRpcError
 from tierd_client.local_path import TOUCH_BATCH_KEYS, LocalReader, Pooled, SlotPool
 from tierd_client.options import ClientOptions
 from tierd_client.pages import checked_key_list, checked_keys_and_pages
@@ -75,6 +75,19 @@ def out_views(out: object, num_pages: int, page_bytes: int) -> list[memoryview]:
     return [flat[i * page_bytes:(i + 1) * page_bytes] for i in range(num_pages)]
 
 
+def refresh_steps(local: LocalPath, ns: NamespaceHandle) -> Steps[None]:
+    """After a daemon restart, register ``ns``'s spec again so that the local path maps the new
+    daemon's regions (best effort: the RPC path serves meanwhile)."""
+    if not local.reader.needs_refresh(ns):
+        return
+    try:
+        fresh = yield from requests.register_steps(ns.spec, ns.tenant)
+    except TierdRpcError as exc:
+        log.debug("could not refresh the regions of namespace %d: %s", ns.ns_id, exc)
+        return
+    local.reader.refreshed(ns, fresh)
+
+
 def touch_steps(local: LocalPath) -> Steps[None]:
     """Report keys served locally (a Lookup per namespace: hits counted, pages kept warm);
     best effort, errors only logged."""
@@ -99,6 +112,7 @@ def get_into_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes],
         for view, page in zip(outs[done:], pages):
             view[:] = page
         done += len(pages)
+    yield from refresh_steps(local, ns)
     yield from touch_steps(local)
     return done
 
@@ -111,6 +125,7 @@ def get_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes]) -> S
     pages = local.reader.read_pages(ns, checked)
     if len(pages) < len(checked):
         pages.extend((yield from requests.get_steps(ns, checked[len(pages):], local.options)))
+    yield from refresh_steps(local, ns)
     yield from touch_steps(local)
     return pages
 
@@ -125,7 +140,7 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
               wait_durable: bool, durable_timeout_s: float | None) -> Steps[PutResult]:
     """``requests.put_steps``, but into pooled FILL slots of the mapped region when it can: one
     copy and one Commit per call (plus an Allocate per ``put_slots`` pages)."""
-    ns = requests.require_ns(ns)
+    ns = local.reader.current(requests.require_ns(ns))
     if not can_put_locally(local, ns, tier):
         return (yield from requests.put_steps(ns, keys, pages, tier, wait_durable, durable_timeout_s,
                                               local.options))
@@ -165,6 +180,7 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
         tickets.extend(rest.durable_tickets)
         durable = durable and rest.durable
     local.reader.count_put(stored)
+    yield from refresh_steps(local, ns)
     return PutResult(num_stored=stored, num_skipped=skipped, durable_tickets=tuple(tickets),
                      durable=durable)
 
@@ -172,10 +188,14 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
 def _mapped(local: LocalPath, ns: NamespaceHandle, tier: Tier) -> np.ndarray:
     """The region's ``uint8 [num_slots, page_bytes]``; a region that cannot be mapped here is
     never tried again (the byte path serves it)."""
+    handle = ns.region(tier)
     try:
         return local.arena(ns, tier).bytes()
+    except NotFoundError:
+        if handle is not None:
+            local.reader.mark_gone(ns, handle.grant)
+        raise
     except TierdRpcError:
-        handle = ns.region(tier)
         if handle is not None:
             local.reader.mark_unusable(handle.grant)
         raise

@@ -236,3 +236,30 @@ def test_local_reads_are_reported_to_the_daemon(short_tmp: Path) -> None:
             assert TOUCH_BATCH_KEYS <= reported < 2 * reads
     finally:
         server.stop()
+
+
+def test_the_local_path_comes_back_after_a_daemon_restart(short_tmp: Path) -> None:
+    """A worker keeps its NamespaceHandle across a daemon restart: the first read after it goes
+    over RPCs (the old regions are gone) and registers again; later reads are local again."""
+    server = start_server(short_tmp)
+    try:
+        with TierClient(server.address, ClientOptions(put_slots=1)) as client:
+            ns = client.register(SPEC)
+            keys = reader_keys(ns, 2)
+            client.put(ns, keys, [page_words(i, 3, ns.page_bytes) for i in range(2)])
+            out = bytearray(2 * ns.page_bytes)
+            assert client.get_into(ns, keys, out) == 2
+            server.stop()
+            server = start_server(short_tmp)  # the pages come back from disk
+            before = client.local_path_stats()
+            assert client.get_into(ns, keys, out) == 2  # over GetPages; registers again
+            assert bytes(out) == b"".join(page_words(i, 3, ns.page_bytes).tobytes() for i in range(2))
+            after_first = client.local_path_stats()
+            assert after_first.pages_read == before.pages_read
+            with client.acquire(ns, keys, target_tier=Tier.DRAM):  # back up from disk to dram
+                pass
+            client.get_into(ns, keys, out)  # in the new daemon's dram: local again
+            assert client.local_path_stats().pages_read == after_first.pages_read + 2
+            assert bytes(out) == b"".join(page_words(i, 3, ns.page_bytes).tobytes() for i in range(2))
+    finally:
+        server.stop()
