@@ -29,7 +29,8 @@ def test_specs_handles_lease_kinds_and_stats_round_trip() -> None:
     spec = PageSpec("m@r", "bf16", 2, 4, 64, 16)
     assert wire.spec_from_pb(wire.spec_to_pb(spec)) == spec
     handle = RegionHandle(Tier.DRAM, HandleKind.MEMFD, "tierd-dram-ns1-ab", 0, 4096, 1024, 4,
-                          grant=bytes(range(32)), socket_path="/run/tierd/tierd-regions.sock")
+                          grant=bytes(range(32)), socket_path="/run/tierd/tierd-regions.sock",
+                          index_bytes=2112)
     assert wire.handle_from_pb(wire.handle_to_pb(handle)) == handle
     for kind in LeaseKind:
         assert wire.lease_kind_from_pb(wire.lease_kind_to_pb(kind)) is kind
