@@ -263,3 +263,45 @@ def test_the_local_path_comes_back_after_a_daemon_restart(short_tmp: Path) -> No
             assert bytes(out) == b"".join(page_words(i, 3, ns.page_bytes).tobytes() for i in range(2))
     finally:
         server.stop()
+
+
+REWRITES = 6000
+
+
+@pytest.mark.slow
+def test_lease_free_reads_under_rewrites_inside_the_daemon(short_tmp: Path) -> None:
+    """The daemon itself rewrites the reader's keys back to back (no RPC between a delete and the
+    put that reuses the freed slot), so the reader is often mid-copy when its slot changes: every
+    page it accepts must still be one committed under its key, whole."""
+    server = start_server(short_tmp)
+    reader = None
+    try:
+        with TierClient(server.address, ClientOptions(local_data_path=False)) as setup:
+            ns = setup.register(SPEC)
+        keys = reader_keys(ns, NUM_KEYS)
+        committed: set[tuple[int, int]] = set()
+        store = server.store
+        for index, key in enumerate(keys):
+            store.put(ns.ns_id, [key], [page_words(index, 0, ns.page_bytes)], Tier.DRAM)
+            committed.add((index, 0))
+        reader = subprocess.Popen(
+            [sys.executable, str(READER), server.address.removeprefix("unix:"), "7", str(NUM_KEYS)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+        assert reader.stdout is not None and reader.stdin is not None
+        assert reader.stdout.readline().strip() == "ready"
+        for step in range(1, REWRITES + 1):
+            index = step % NUM_KEYS
+            store.delete(ns.ns_id, [keys[index]])
+            store.put(ns.ns_id, [keys[index]], [page_words(index, step, ns.page_bytes)], Tier.DRAM)
+            committed.add((index, step))
+        reader.stdin.close()
+        result = json.loads(reader.stdout.readline())
+    finally:
+        if reader is not None:
+            if reader.stdin is not None and not reader.stdin.closed:
+                reader.stdin.close()
+            reader.wait(60)
+        server.stop()
+    assert result["torn"] == 0 and result["foreign"] == 0, result
+    assert {tuple(pair) for pair in result["seen"]} <= committed
+    assert result["local_reads"] > 0
