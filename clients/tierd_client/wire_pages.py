@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from tierd.protowire import MAX_TAG_BYTES, MAX_VARINT_BYTES, WireError, WireType, read_varint
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client.errors import TierdRpcError
 
@@ -30,12 +31,8 @@ _FIELDS = pb.GetPagesResponse.DESCRIPTOR.fields_by_name
 _NUM_PAGES: int = _FIELDS["num_pages"].number
 _PAGE_BYTES: int = _FIELDS["page_bytes"].number
 _DATA: int = _FIELDS["data"].number
-_VARINT, _I64, _LEN, _START_GROUP, _END_GROUP, _I32 = 0, 1, 2, 3, 4, 5
 _UINT32_MASK = (1 << 32) - 1
 _UINT64_MASK = (1 << 64) - 1
-# protobuf reads a tag in at most 5 bytes and a value in at most 10 (the 10th's high bits dropped).
-_MAX_TAG_BYTES = 5
-_MAX_VARINT_BYTES = 10
 
 
 class MalformedPagesError(TierdRpcError):
@@ -58,17 +55,11 @@ class PagesMessage:
 
 
 def _varint(raw: bytes, pos: int, max_bytes: int) -> tuple[int, int]:
-    """The varint at ``pos`` (at most ``max_bytes`` long) and the position after it."""
-    value = shift = 0
-    for at in range(pos, min(len(raw), pos + max_bytes)):
-        byte = raw[at]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, at + 1
-        shift += 7
-    if pos + max_bytes <= len(raw):
-        raise MalformedPagesError(f"a varint at byte {pos} is longer than {max_bytes} bytes")
-    raise MalformedPagesError(f"the message ends inside a varint at byte {pos}")
+    """``protowire.read_varint`` with this module's error."""
+    try:
+        return read_varint(raw, pos, max_bytes)
+    except WireError as exc:
+        raise MalformedPagesError(str(exc)) from None
 
 
 def _skip(raw: bytes, pos: int, size: int, what: str) -> int:
@@ -87,26 +78,26 @@ def _decode_fields(raw: bytes) -> PagesMessage:
     data_at = data_end = 0
     pos = 0
     while pos < len(raw):
-        tag, pos = _varint(raw, pos, _MAX_TAG_BYTES)
+        tag, pos = _varint(raw, pos, MAX_TAG_BYTES)
         field, wire_type = tag >> 3, tag & 7
         if field == 0 or tag > _UINT32_MASK:
             raise MalformedPagesError(f"invalid tag {tag} at byte {pos}")
-        if wire_type == _VARINT:
-            value, pos = _varint(raw, pos, _MAX_VARINT_BYTES)
+        if wire_type == WireType.VARINT:
+            value, pos = _varint(raw, pos, MAX_VARINT_BYTES)
             if field == _NUM_PAGES:
                 num_pages = value & _UINT32_MASK
             elif field == _PAGE_BYTES:
                 page_bytes = value & _UINT64_MASK
-        elif wire_type == _LEN:
-            length, start = _varint(raw, pos, _MAX_VARINT_BYTES)
+        elif wire_type == WireType.LEN:
+            length, start = _varint(raw, pos, MAX_VARINT_BYTES)
             pos = _skip(raw, start, length, f"field {field}")
             if field == _DATA:
                 data_at, data_end = start, pos
-        elif wire_type == _I64:
+        elif wire_type == WireType.I64:
             pos = _skip(raw, pos, 8, f"fixed64 field {field}")
-        elif wire_type == _I32:
+        elif wire_type == WireType.I32:
             pos = _skip(raw, pos, 4, f"fixed32 field {field}")
-        elif wire_type in (_START_GROUP, _END_GROUP):
+        elif wire_type in (WireType.START_GROUP, WireType.END_GROUP):
             raise _Groups
         else:
             raise MalformedPagesError(f"field {field} has wire type {wire_type}, which protobuf "

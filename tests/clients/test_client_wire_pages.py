@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tierd.protowire import encode_tag, encode_varint
 from tierd.server.bytepath import GetFrames
 from tierd.spec import PageSpec
 from tierd.v1 import tierd_pb2 as pb
@@ -33,17 +34,6 @@ _U32 = st.integers(0, (1 << 32) - 1)
 _U64 = st.integers(0, (1 << 64) - 1)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(field: int, wire_type: int) -> bytes:
-    return _varint(field << 3 | wire_type)
 
 
 def _protobuf(raw: bytes) -> tuple[int, int, bytes] | None:
@@ -73,11 +63,12 @@ _known = st.builds(lambda n, b, d: pb.GetPagesResponse(num_pages=n, page_bytes=b
                    _U32, _U64, st.binary(max_size=40))
 _field_number = st.one_of(st.integers(1, 40), st.integers(1, (1 << 29) - 1))
 _unknown = st.one_of(
-    st.builds(lambda f, v: _tag(f, 0) + _varint(v), _field_number, _U64),
-    st.builds(lambda f, d: _tag(f, 2) + _varint(len(d)) + d, _field_number, st.binary(max_size=20)),
-    st.builds(lambda f, d: _tag(f, 1) + d, _field_number, st.binary(min_size=8, max_size=8)),
-    st.builds(lambda f, d: _tag(f, 5) + d, _field_number, st.binary(min_size=4, max_size=4)),
-    st.builds(lambda f, v: _tag(f, 3) + _tag(7, 0) + _varint(v) + _tag(f, 4), _field_number, _U64),
+    st.builds(lambda f, v: encode_tag(f, 0) + encode_varint(v), _field_number, _U64),
+    st.builds(lambda f, d: encode_tag(f, 2) + encode_varint(len(d)) + d, _field_number, st.binary(max_size=20)),
+    st.builds(lambda f, d: encode_tag(f, 1) + d, _field_number, st.binary(min_size=8, max_size=8)),
+    st.builds(lambda f, d: encode_tag(f, 5) + d, _field_number, st.binary(min_size=4, max_size=4)),
+    st.builds(lambda f, v: encode_tag(f, 3) + encode_tag(7, 0) + encode_varint(v) + encode_tag(f, 4),
+              _field_number, _U64),
 )
 
 
@@ -249,7 +240,7 @@ def test_both_clients_read_any_valid_encoding(fake_daemon: FakeDaemon,
     socket_path, raw = raw_server
     pages = [bytes([1]) * PAGE, bytes([2]) * PAGE]
     counts = pb.GetPagesResponse(num_pages=2, page_bytes=PAGE).SerializeToString()
-    unknown = _tag(9, 2) + _varint(3) + b"xyz" + _tag(12, 0) + _varint(1 << 40)
+    unknown = encode_tag(9, 2) + encode_varint(3) + b"xyz" + encode_tag(12, 0) + encode_varint(1 << 40)
     raw.messages = [pb.GetPagesResponse(data=pages[0]).SerializeToString() + unknown + counts,
                     pb.GetPagesResponse(data=pages[1][:3]).SerializeToString(),
                     unknown + pb.GetPagesResponse(data=pages[1][3:]).SerializeToString()]

@@ -21,10 +21,9 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from tierd.errors import InvalidArgument
 from tierd.keys import KEY_BYTES, PageKey, check_keys
+from tierd.protowire import WireError, WireType, encode_tag, encode_varint, read_varint
 from tierd.v1 import tierd_pb2 as pb
 
 # Pages this big or bigger travel one per GetPages message: the per-message cost is small next
@@ -37,27 +36,13 @@ INLINE_HEADER_MAX_KEYS = 128
 # (thousands of keys) is left to protobuf whole (its data is copied, the keys dominate anyway).
 MAX_SCANNED_FIELDS = 64
 
-_WIRE_VARINT, _WIRE_I64, _WIRE_LEN, _WIRE_I32 = 0, 1, 2, 5
 _GET_FIELDS = pb.GetPagesResponse.DESCRIPTOR.fields_by_name
 _PUT_DATA_FIELD: int = pb.PutPagesRequest.DESCRIPTOR.fields_by_name["data"].number
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _tag(field: int, wire_type: int) -> bytes:
-    return _varint(field << 3 | wire_type)
-
-
-_DATA_TAG = _tag(_GET_FIELDS["data"].number, _WIRE_LEN)
-_NUM_PAGES_TAG = _tag(_GET_FIELDS["num_pages"].number, _WIRE_VARINT)
-_PAGE_BYTES_TAG = _tag(_GET_FIELDS["page_bytes"].number, _WIRE_VARINT)
+_DATA_TAG = encode_tag(_GET_FIELDS["data"].number, WireType.LEN)
+_NUM_PAGES_TAG = encode_tag(_GET_FIELDS["num_pages"].number, WireType.VARINT)
+_PAGE_BYTES_TAG = encode_tag(_GET_FIELDS["page_bytes"].number, WireType.VARINT)
 
 
 def pages_per_message(page_bytes: int, chunk_bytes: int) -> int:
@@ -76,12 +61,12 @@ def encode_get_response(message: bytes | pb.GetPagesResponse) -> bytes:
 
 def _counts(num_pages: int, page_bytes: int) -> bytes:
     """The first message's ``num_pages`` and ``page_bytes`` fields (``num_pages`` even when 0)."""
-    return _NUM_PAGES_TAG + _varint(num_pages) + _PAGE_BYTES_TAG + _varint(page_bytes)
+    return _NUM_PAGES_TAG + encode_varint(num_pages) + _PAGE_BYTES_TAG + encode_varint(page_bytes)
 
 
 def _frame(data: memoryview, trailer: bytes = b"") -> bytes:
     """A serialized message of ``data`` (then ``trailer``'s fields): one copy of ``data``."""
-    return b"".join((_DATA_TAG, _varint(len(data)), data, trailer))
+    return b"".join((_DATA_TAG, encode_varint(len(data)), data, trailer))
 
 
 def _release(view: memoryview) -> None:
@@ -100,7 +85,7 @@ class _Frame:
         self.count = count
         self._page_bytes = page_bytes
         self._trailer_bytes = trailer_bytes
-        head = _DATA_TAG + _varint(count * page_bytes)
+        head = _DATA_TAG + encode_varint(count * page_bytes)
         self._data_at = len(head)
         self._buffer = io.BytesIO()
         self._buffer.seek(len(head) + count * page_bytes + trailer_bytes - 1)
@@ -184,19 +169,6 @@ class PutMessage:
     data: memoryview
 
 
-def _read_varint(raw: bytes, pos: int) -> tuple[int, int]:
-    """The varint at ``pos`` and the position after it; ``DecodeError`` if it runs off the end."""
-    value = shift = 0
-    while pos < len(raw) and shift < 70:
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-    raise DecodeError("truncated or overlong varint in a PutPages message")
-
-
 def _find_data(raw: bytes) -> tuple[int, int, int] | None:
     """``(field_start, data_start, data_end)`` of the single data field; ``None`` when there is
     none or protobuf should decide (a repeated data field, groups, too many fields)."""
@@ -205,16 +177,16 @@ def _find_data(raw: bytes) -> tuple[int, int, int] | None:
         if pos == len(raw):
             return found
         start = pos
-        tag, pos = _read_varint(raw, pos)
+        tag, pos = read_varint(raw, pos)
         wire_type = tag & 7
-        if wire_type == _WIRE_VARINT:
-            _, pos = _read_varint(raw, pos)
-        elif wire_type == _WIRE_I64:
+        if wire_type == WireType.VARINT:
+            _, pos = read_varint(raw, pos)
+        elif wire_type == WireType.I64:
             pos += 8
-        elif wire_type == _WIRE_I32:
+        elif wire_type == WireType.I32:
             pos += 4
-        elif wire_type == _WIRE_LEN:
-            length, data_at = _read_varint(raw, pos)
+        elif wire_type == WireType.LEN:
+            length, data_at = read_varint(raw, pos)
             pos = data_at + length
             if tag >> 3 == _PUT_DATA_FIELD:
                 if found is not None:
@@ -223,7 +195,7 @@ def _find_data(raw: bytes) -> tuple[int, int, int] | None:
         else:
             return None
         if pos > len(raw):
-            raise DecodeError("a field runs past the end of a PutPages message")
+            raise WireError("a field runs past the end of a PutPages message")
     return None if pos != len(raw) else found
 
 
@@ -232,7 +204,7 @@ def decode_put_request(raw: bytes) -> PutMessage:
     stays a view of ``raw`` (no copy)."""
     try:
         span = _find_data(raw)
-    except DecodeError:
+    except WireError:
         span = None  # protobuf's parse below reports it
     if span is None:
         request = pb.PutPagesRequest.FromString(raw)
