@@ -15,6 +15,8 @@ from tierd.errors import ConfigError
 from tierd.spec import MAX_PAGE_BYTES
 from tierd.tier import Tier
 
+MAX_PORT = 65535
+
 
 class WritePolicy(enum.Enum):
     """When committed pages reach disk."""
@@ -103,6 +105,69 @@ class DiskConfig:
     fsync: bool = True
 
 
+class RemoteWriteOn(enum.Enum):
+    """When pages are queued for the remote tier."""
+
+    COMMIT = "commit"  # when a put or commit publishes them
+    DEMOTE = "demote"  # when they leave dram (read back from disk by the remote writer)
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """The ``remote`` tier: a Redis Cluster (or Valkey) shared by nodes; off while ``nodes`` is empty.
+
+    ``timeout_s`` bounds every batch of remote reads or writes; after a failure the tier answers
+    misses for ``retry_after_s`` without trying. The password is read from ``password_file`` when
+    the store opens (never written in the TOML).
+    """
+
+    nodes: tuple[str, ...] = ()           # seed nodes, HOST:PORT
+    write_on: RemoteWriteOn = RemoteWriteOn.COMMIT
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    username: str | None = None
+    password_file: Path | None = None
+    connect_timeout_s: float = 1.0
+    timeout_s: float = 0.5
+    retry_after_s: float = 2.0
+    # Pages waiting to be written; when full, new ones are dropped (and counted).
+    queue_pages: int = 1024
+    # One backend call moves at most this many pages / bytes.
+    batch_pages: int = 16
+    batch_bytes: int = 64 << 20
+    writer_threads: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nodes)
+
+    def validate(self, disk_capacity_bytes: int) -> None:
+        """Raise ``ConfigError`` naming the first ``remote.*`` setting that cannot work."""
+        for node in self.nodes:
+            host, sep, port = node.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+                raise ConfigError(f"remote.nodes: {node!r} is not HOST:PORT (e.g. 10.0.0.5:6379)")
+        positive = {"remote.connect_timeout_s": self.connect_timeout_s,
+                    "remote.timeout_s": self.timeout_s, "remote.queue_pages": self.queue_pages,
+                    "remote.batch_pages": self.batch_pages, "remote.batch_size": self.batch_bytes,
+                    "remote.writer_threads": self.writer_threads}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.retry_after_s < 0:
+            raise ConfigError(f"remote.retry_after_s must not be negative, got {self.retry_after_s}")
+        if not self.tls and any(f is not None for f in (self.tls_ca_file, self.tls_cert_file,
+                                                        self.tls_key_file)):
+            raise ConfigError("remote.tls_ca_file / tls_cert_file / tls_key_file need remote.tls = true")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ConfigError("remote.tls_cert_file and remote.tls_key_file go together: set both or neither")
+        if self.enabled and self.write_on is RemoteWriteOn.DEMOTE and disk_capacity_bytes == 0:
+            raise ConfigError("remote.write_on = \"demote\" reads pages back from disk, but the disk "
+                              "tier is off (disk.capacity = 0): use write_on = \"commit\"")
+
+
 @dataclass(frozen=True)
 class StoreConfig:
     """Everything the page store needs; see the README's config reference for each field."""
@@ -139,14 +204,16 @@ class StoreConfig:
     # Namespaces are kept for good (on disk too): how many one tenant, and all together, may register.
     max_namespaces_per_tenant: int = 64
     max_namespaces: int = 1024
+    remote: RemoteConfig = RemoteConfig()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         self.validate()
 
     def tier_capacity_bytes(self, tier: Tier) -> int:
+        """The tier's byte budget; 0 for ``remote``, whose size is the cluster's business."""
         return {Tier.HBM: self.hbm.capacity_bytes, Tier.DRAM: self.dram.capacity_bytes,
-                Tier.DISK: self.disk.capacity_bytes}[tier]
+                Tier.DISK: self.disk.capacity_bytes}.get(tier, 0)
 
     def memory_tier(self, tier: Tier) -> MemoryTierConfig:
         if tier is Tier.HBM:
@@ -205,6 +272,7 @@ class StoreConfig:
         if self.lease_ttl_s > self.max_lease_ttl_s:
             raise ConfigError(f"lease_ttl_s ({self.lease_ttl_s}) exceeds max_lease_ttl_s "
                               f"({self.max_lease_ttl_s})")
+        self.remote.validate(self.disk.capacity_bytes)
         if not self.shm_prefix.replace("-", "").replace("_", "").isalnum():
             raise ConfigError(f"shm_prefix may hold letters, digits, '-' and '_' only, got "
                               f"{self.shm_prefix!r}")

@@ -1,4 +1,4 @@
-"""The three tiers, fastest first. Names are the ones used in config, stats and the wire."""
+"""The four tiers, fastest first. Names are the ones used in config, stats and the wire."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ class Tier(enum.IntEnum):
     HBM = 0
     DRAM = 1
     DISK = 2
+    REMOTE = 3  # a cache shared by nodes (``tierd.remote``); never the target of a put or move
 
     @property
     def label(self) -> str:
-        """The lowercase name used in config files, stats and `tierctl` (``hbm``, ``dram``, ``disk``)."""
+        """The lowercase name used in config files, stats and `tierctl` (``hbm``, ``dram``, ``disk``, ``remote``)."""
         return self.name.lower()
 
     @classmethod
     def parse(cls, name: str) -> Tier:
-        """``"hbm"``/``"dram"``/``"disk"`` (any case) to a ``Tier``; ``ValueError`` names the choices."""
+        """``"hbm"``/``"dram"``/``"disk"``/``"remote"`` (any case) to a ``Tier``; ``ValueError`` names the choices."""
         try:
             return cls[name.strip().upper()]
         except KeyError:
@@ -28,3 +29,4 @@ class Tier(enum.IntEnum):
 
 
 MEMORY_TIERS: tuple[Tier, Tier] = (Tier.HBM, Tier.DRAM)
+LOCAL_TIERS: tuple[Tier, Tier, Tier] = (Tier.HBM, Tier.DRAM, Tier.DISK)

@@ -8,6 +8,7 @@ TOML layout (every key optional; see ``systemd/tierd.toml``)::
     [server]  socket, socket_mode, tcp, tls_cert, tls_key, tls_client_ca, max_message_size, ...
     [hbm] / [dram]  capacity, high_watermark, low_watermark, region_share
     [disk]  capacity, fsync, writer_batch_pages, writer_batch_size, reader_threads, ...
+    [remote]  nodes = ["10.0.0.5:6379", ...], write_on, tls, username, password_file, timeout_s, ...
     [store]  write_policy, lease_ttl_s, flush_timeout_s, prefault, shm_prefix, ...
     [tenants.NAME]  token_sha256 = "<hex>" | token_file = "/path", hbm = "1GiB", dram = "4GiB"
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import tierd
-from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
+from tierd.config import DiskConfig, MemoryTierConfig, RemoteConfig, StoreConfig
 from tierd.daemon.schema import ConfigKey, keys_of
 from tierd.daemon.tenants import TenantConfig, parse_tenants
 from tierd.errors import ConfigError
@@ -168,7 +169,7 @@ class _Top:
 
 
 # StoreConfig fields that come from elsewhere than the [store] table.
-_STORE_SKIP = frozenset({"data_dir", "hbm", "dram", "disk", "tenant_quotas", "device"})
+_STORE_SKIP = frozenset({"data_dir", "hbm", "dram", "disk", "tenant_quotas", "device", "remote"})
 
 
 def all_keys() -> dict[str, ConfigKey]:
@@ -179,6 +180,7 @@ def all_keys() -> dict[str, ConfigKey]:
     keys += keys_of(ServingSettings, "server", skip=ServingSettings.NOT_CONFIGURED)
     keys += keys_of(MemoryTierConfig, "hbm") + keys_of(MemoryTierConfig, "dram")
     keys += keys_of(DiskConfig, "disk")
+    keys += keys_of(RemoteConfig, "remote")
     keys += keys_of(StoreConfig, "store", skip=_STORE_SKIP)
     return {key.path: key for key in keys}
 
@@ -306,6 +308,7 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     store = StoreConfig(data_dir=top.data_dir, hbm=MemoryTierConfig(**tier_args("hbm", MemoryTierConfig)),
                         dram=MemoryTierConfig(**tier_args("dram", MemoryTierConfig)),
                         disk=DiskConfig(**tier_args("disk", DiskConfig)), tenant_quotas=tenant_quotas(tenants),
+                        remote=RemoteConfig(**_section(values, "remote", RemoteConfig)),
                         **_section(values, "store", StoreConfig))
     check_quotas(store)
     server = ServerSettings(**_section(values, "server", ServerSettings))

@@ -70,6 +70,8 @@ def parser_for(hint: object, field_name: str) -> tuple[Callable[[object], object
         inner = next(arg for arg in args if arg is not type(None))
         parse, kind = parser_for(inner, field_name)
         return _optional(parse), f"{kind} or empty"
+    if typing.get_origin(hint) is tuple and args == (str, Ellipsis):
+        return parse_str_list, "list of strings"
     if hint is bool:
         return parse_bool, "bool"
     if hint is int:
@@ -148,6 +150,14 @@ def parse_str(value: object) -> str:
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise ValueError(f"expected a string, got {value!r}")
     return str(value)
+
+
+def parse_str_list(value: object) -> tuple[str, ...]:
+    """A TOML array of strings, or one string of comma-separated items (environment, flags)."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(item for item in (parse_str(item).strip() for item in items) if item)
 
 
 def parse_path(value: object) -> Path:
