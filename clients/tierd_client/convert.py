@@ -13,7 +13,15 @@ from tierd.spec import PageSpec, check_registrable, check_tenant
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client.errors import InvalidArgumentError, TierdRpcError
-from tierd_client.types import DaemonStats, LeaseState, LookupResult, NamespaceHandle, ServerLimits, TierStats
+from tierd_client.types import (
+    DaemonStats,
+    LeaseState,
+    LookupResult,
+    NamespaceHandle,
+    RemoteTierStats,
+    ServerLimits,
+    TierStats,
+)
 
 
 def tier_to_wire(tier: Tier) -> pb.Tier:
@@ -104,7 +112,14 @@ def stats_from_wire(msg: pb.StatsResponse) -> DaemonStats:
                        rpcs_rejected=server.rpcs_rejected, version=server.version,
                        device=server.device, disk_writes_refused=msg.disk_writes_refused,
                        disk_write_failures=msg.disk_write_failures,
-                       disk_write_error=msg.disk_write_error)
+                       disk_write_error=msg.disk_write_error,
+                       remote=_remote_from_wire(msg.remote) if msg.HasField("remote") else None)
+
+
+def _remote_from_wire(msg: pb.RemoteStats) -> RemoteTierStats:
+    return RemoteTierStats(backend=msg.backend, available=msg.available, errors=msg.errors,
+                           checksum_failures=msg.checksum_failures, dropped=msg.dropped,
+                           pages_written=msg.pages_written)
 
 
 def now_s() -> float:

@@ -156,6 +156,12 @@ def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
     if stats.disk_write_error:
         lines.append(f"disk writes are failing: {stats.disk_write_error}")
+    remote = stats.remote
+    if remote is not None:
+        state = "available" if remote.available else "unavailable (backing off)"
+        lines.append(f"remote {remote.backend} {state}   errors {remote.errors}   checksum failures "
+                     f"{remote.checksum_failures}   pages written {remote.pages_written}   "
+                     f"dropped {remote.dropped}")
     return "\n".join(lines)
 
 

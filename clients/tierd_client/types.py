@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -103,6 +104,18 @@ class LeaseState:
 
 
 @dataclass(frozen=True)
+class RemoteTierStats:
+    """The remote tier's own counters (its hits, misses, bytes and queue are in ``tiers``)."""
+
+    backend: str
+    available: bool        # False while the daemon backs off after a failure
+    errors: int            # backend calls that failed (down, slow, refused)
+    checksum_failures: int  # values that failed their check (torn, corrupt, foreign): deleted
+    dropped: int           # pages the write queue had no room for
+    pages_written: int
+
+
+@dataclass(frozen=True)
 class DaemonStats:
     """One ``Stats`` answer. ``tiers`` maps each tier to its counters."""
 
@@ -120,9 +133,11 @@ class DaemonStats:
     disk_writes_refused: int = 0
     disk_write_failures: int = 0  # page writes the disk did not store (e.g. disk full)
     disk_write_error: str = ""    # why the latest failed, while disk writes fail
+    remote: RemoteTierStats | None = None  # set when the daemon has a remote tier
 
     def to_json_dict(self) -> dict[str, object]:
-        """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk``, then totals."""
+        """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk`` (and
+        ``remote``), then totals; ``remote`` is null without a remote tier."""
         tiers = {
             tier.label: {"capacity_bytes": s.capacity_bytes, "used_bytes": s.used_bytes,
                          "pages": s.pages, "hits": s.hits, "misses": s.misses,
@@ -137,4 +152,5 @@ class DaemonStats:
                 "disk_write_error": self.disk_write_error,
                 "server": {"sessions": self.sessions, "rpcs_in_flight": self.rpcs_in_flight,
                            "rpcs_rejected": self.rpcs_rejected, "version": self.version,
-                           "device": self.device}}
+                           "device": self.device},
+                "remote": None if self.remote is None else dataclasses.asdict(self.remote)}

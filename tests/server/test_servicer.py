@@ -56,7 +56,7 @@ def get_pages(stub: pb_grpc.TierdStub, ns_id: int, keys: list[bytes]) -> tuple[l
 
 def store_pages(srv: ServerThread) -> dict[Tier, int]:
     stats = srv.store.stats()
-    return {tier: stats.tiers[tier].pages for tier in Tier}
+    return {tier: stats.tiers[tier].pages for tier in stats.tiers}
 
 
 # -- Register -----------------------------------------------------------------------------------------

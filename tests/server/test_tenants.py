@@ -79,7 +79,7 @@ def alpha_with_pages(stub: pb_grpc.TierdStub, count: int = 3) -> tuple[pb.Regist
 def snapshot(srv: ServerThread) -> tuple[int, int, dict[Tier, int]]:
     """Namespaces, leases and pages per tier: what a rejected request must leave unchanged."""
     stats = srv.store.stats()
-    return stats.namespaces, stats.leases, {tier: stats.tiers[tier].pages for tier in Tier}
+    return stats.namespaces, stats.leases, {tier: stats.tiers[tier].pages for tier in stats.tiers}
 
 
 def expect_status(code: grpc.StatusCode, call: Callable[[], object]) -> str:

@@ -22,7 +22,7 @@ from tierd.config import WritePolicy
 from tierd.errors import ResourceExhausted
 from tierd.keys import chain_keys
 from tierd.store import PageStore
-from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tier import LOCAL_TIERS, MEMORY_TIERS, Tier
 from tierd.values import LeaseKind
 
 NUM_KEYS = 40
@@ -131,7 +131,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert len(held) == region.used_slots, f"{tier.label}: slots leaked"
             assert all(0 <= slot < region.num_slots for slot in held)
             assert set(region.pins) <= set(held), f"{tier.label}: a free slot is pinned"
-        for tier in Tier:
+        for tier in LOCAL_TIERS:
             assert index.used_bytes[tier] <= self.store.config.tier_capacity_bytes(tier)
 
     @invariant()

@@ -18,6 +18,7 @@ from tierd import wire
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind, RegionHandle
 from tierd.keys import PageKey, check_keys
+from tierd.remote.tier import RemoteStats
 from tierd.server.metrics import ServerCounters
 from tierd.spec import Namespace, PageSpec, check_registrable, check_tenant
 from tierd.store.types import StoreStats
@@ -96,7 +97,7 @@ def lease_to_pb(lease: Lease, now_s: float | None = None) -> pb.Lease:
 
 
 def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse:
-    tiers = [wire.tier_stats_to_pb(tier, stats.tiers[tier]) for tier in Tier]
+    tiers = [wire.tier_stats_to_pb(tier, stats.tiers[tier]) for tier in Tier if tier in stats.tiers]
     server = pb.ServerStats(sessions=counters.sessions, rpcs_in_flight=counters.rpcs_in_flight,
                             rpcs_rejected=counters.rpcs_rejected, version=counters.version,
                             device=counters.device)
@@ -105,4 +106,13 @@ def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse
                             write_policy=wire.write_policy_to_pb(stats.write_policy.value),
                             server=server, disk_writes_refused=stats.disk_writes_refused,
                             disk_write_failures=stats.disk_write_failures,
-                            disk_write_error=stats.disk_write_error)
+                            disk_write_error=stats.disk_write_error,
+                            remote=_remote_to_pb(stats.remote))
+
+
+def _remote_to_pb(remote: RemoteStats | None) -> pb.RemoteStats | None:
+    if remote is None:
+        return None
+    return pb.RemoteStats(backend=remote.backend, available=remote.available, errors=remote.errors,
+                          checksum_failures=remote.checksum_failures, dropped=remote.dropped,
+                          pages_written=remote.pages_written)

@@ -248,7 +248,11 @@ class TierdServicer(pb_grpc.TierdServicer):
                      caller: Caller) -> pb.LookupResponse:
         self._check_namespace(request.ns_id, caller)
         keys = self._keys(request.keys)
-        result = await self._quick(len(keys), self._store.lookup, request.ns_id, keys)
+        result = None
+        if len(keys) <= INLINE_MAX_KEYS:  # all local (or no remote tier): no wait
+            result = self._store.try_lookup(request.ns_id, keys)
+        if result is None:
+            result = await self._call(self._store.lookup, request.ns_id, keys, wait=True)
         return pb.LookupResponse(num_hits=result.num_hits,
                                  tiers=[wire.tier_to_pb(t) for t in result.tiers])
 

@@ -1,7 +1,8 @@
 """The page store's parts: assembled at ``open``, taken down in reverse order at ``close``.
 
 The disk tier first (the index is rebuilt from it), then the manager, the media (arenas and
-transfer engine), regions, the plan runner, eviction, promotion and the maintenance thread.
+transfer engine), regions, the plan runner, eviction, promotion, the remote tier's link (when
+one is configured) and the maintenance thread.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 from tierd.config import StoreConfig
 from tierd.errors import TierdError
+from tierd.remote.base import RemoteBackend
 from tierd.store.eviction import Evictor
 from tierd.store.flushing import flush_to_disk
 from tierd.store.maintenance import Maintenance
@@ -19,6 +21,7 @@ from tierd.store.manager import Manager
 from tierd.store.media import Media, open_media
 from tierd.store.promotion import Promoter
 from tierd.store.regions import RegionTable
+from tierd.store.remote_link import RemoteLink, open_remote
 from tierd.store.runner import PlanRunner
 from tierd.tiers.disk import DiskTier
 from tierd.tiers.shm_cleanup import cleanup_stale_segments
@@ -38,9 +41,10 @@ class Parts:
     evictor: Evictor
     promoter: Promoter
     maintenance: Maintenance
+    remote: RemoteLink | None
 
 
-def assemble(cfg: StoreConfig) -> Parts:
+def assemble(cfg: StoreConfig, remote_backend: RemoteBackend | None = None) -> Parts:
     """Open the disk tier, rebuild the index from it (warm restart), compose the other parts;
     maintenance is not started yet."""
     cleanup_stale_segments(cfg.shm_prefix)
@@ -53,7 +57,12 @@ def assemble(cfg: StoreConfig) -> Parts:
     except BaseException:
         disk.close()
         raise
-    parts = _compose(cfg, disk, media, manager)
+    try:
+        parts = _compose(cfg, disk, media, manager, remote_backend)
+    except BaseException:
+        media.close()
+        disk.close()
+        raise
     disk.on_map_full = manager.map_full
     return parts
 
@@ -64,6 +73,8 @@ def take_down(parts: Parts, cfg: StoreConfig) -> int:
     Returns how many pages the flush could not write, now lost: 0 when it completed (or the
     disk tier is disabled, capacity 0, so memory pages are meant to go)."""
     parts.maintenance.close()
+    if parts.remote is not None:  # its writer reads pages through the runner
+        parts.remote.close()
     flushing = cfg.disk.capacity_bytes > 0
     if flushing:
         _flush_on_close(parts, cfg.flush_timeout_s)
@@ -98,12 +109,14 @@ def _load_index(disk: DiskTier, manager: Manager) -> None:
             log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
 
 
-def _compose(cfg: StoreConfig, disk: DiskTier, media: Media, manager: Manager) -> Parts:
+def _compose(cfg: StoreConfig, disk: DiskTier, media: Media, manager: Manager,
+             remote_backend: RemoteBackend | None) -> Parts:
     regions = RegionTable(cfg, media.arenas)
     # Disk writes that complete wake maintenance: room in dram may let a waiting put go on.
     wake = threading.Event()
     runner = PlanRunner(manager, media.engine, regions, disk, wake.set)
     evictor = Evictor(manager, runner)
     promoter = Promoter(manager, runner, evictor, cfg.mover_threads)
+    remote = open_remote(cfg, manager, runner, remote_backend)
     maintenance = Maintenance(manager, evictor, cfg.maintenance_interval_s, cfg.acquire_timeout_s, wake)
-    return Parts(disk, media, manager, regions, runner, evictor, promoter, maintenance)
+    return Parts(disk, media, manager, regions, runner, evictor, promoter, maintenance, remote)

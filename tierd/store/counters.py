@@ -8,14 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tierd.store.types import TierCounters
-from tierd.tier import Tier
+from tierd.tier import LOCAL_TIERS, Tier
 
-ALL_TIERS: tuple[Tier, ...] = tuple(Tier)
+ALL_TIERS: tuple[Tier, ...] = LOCAL_TIERS  # the remote tier counts its own (tierd.remote.tier)
 
 
 class Counters:
     def __init__(self) -> None:
-        self.tiers: dict[Tier, TierCounters] = {tier: TierCounters() for tier in Tier}
+        self.tiers: dict[Tier, TierCounters] = {tier: TierCounters() for tier in ALL_TIERS}
 
     def __getitem__(self, tier: Tier) -> TierCounters:
         return self.tiers[tier]

@@ -13,7 +13,7 @@ from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
 from tierd.store.namespace_book import NamespaceBook
 from tierd.store.types import IndexSnapshot, RegionSnapshot
-from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tier import LOCAL_TIERS, MEMORY_TIERS, Tier
 from tierd.tiers.page_format import split_disk_key
 from tierd.values import LeaseKind, TierStats
 
@@ -21,7 +21,7 @@ from tierd.values import LeaseKind, TierStats
 def tier_stats(books: Sequence[NamespaceBook], disk: DiskBook, counters: Counters,
                capacity_bytes: Callable[[Tier], int], disk_queue_depth: int) -> dict[Tier, TierStats]:
     out: dict[Tier, TierStats] = {}
-    for tier in Tier:
+    for tier in LOCAL_TIERS:
         c = counters[tier]
         if tier is Tier.DISK:
             used, pages, queue = disk.residency.used_bytes, disk.residency.num_pages, disk_queue_depth

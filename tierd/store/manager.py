@@ -49,6 +49,13 @@ class Manager:
         self._counters = Counters()
         self._plan_ids = itertools.count(1)
         self._open: dict[int, Plan] = {}
+        self._dram_exits: Callable[[int, list[PageKey]], None] | None = None
+
+    def watch_dram_exits(self, listener: Callable[[int, list[PageKey]], None]) -> None:
+        """``listener(ns_id, keys)`` hears of pages demoted out of dram (the remote tier's
+        ``write_on = demote``); it is called under the lock and must not wait."""
+        with self._lock:
+            self._dram_exits = listener
 
     # -- namespaces ---------------------------------------------------------------------------------
     def add_namespace(self, ns: Namespace) -> None:
@@ -125,6 +132,11 @@ class Manager:
     def fastest_tier(self, ns_id: int, key: PageKey) -> Tier | None:
         with self._lock:
             return lookups.fastest_tier(self._book_locked(ns_id), self._disk, key)
+
+    def cached_prefix(self, ns_id: int, keys: Sequence[PageKey]) -> int:
+        """How many leading ``keys`` are cached in some local tier; touches nothing."""
+        with self._lock:
+            return lookups.cached_prefix(self._book_locked(ns_id), self._disk, keys)
 
     def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
         """The longest cached prefix of ``keys`` and the fastest tier of each hit; touches them."""
@@ -368,6 +380,8 @@ class Manager:
             disk = self._disk
             drops, dirty = book.choose_dram_demotions(
                 num_pages, disk.residency.pages, disk.residency.pending, disk.capacity_bytes > 0)
+            if self._dram_exits is not None and (drops or dirty):
+                self._dram_exits(ns_id, [key for key, _ in drops] + [key for key, _ in dirty])
             dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)
             moves = [m for key, slot in dirty
                      if (m := disk.persist_move(book, Tier.DRAM, key, slot)) is not None]

@@ -22,9 +22,10 @@ from contextlib import contextmanager
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
-from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unavailable
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
+from tierd.remote.base import RemoteBackend
 from tierd.spec import Namespace, PageSpec
 from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.assembly import Parts, assemble, take_down
@@ -33,18 +34,23 @@ from tierd.store.durability import Durability
 from tierd.store.flushing import disk_failure_note, flush_to_disk
 from tierd.store.lease_checks import check_acquire, check_allocate, lease_ttl
 from tierd.store.plans import Plan
+from tierd.store.remote_link import fill_from_remote
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
 from tierd.tier import Tier
-from tierd.values import Lease, LookupResult
+from tierd.values import Lease, LookupResult, TierStats
 
 log = logging.getLogger(__name__)
 
 
 class PageStore:
-    """hbm/dram/disk page store. ``with PageStore(cfg) as store:`` opens and closes it."""
+    """hbm/dram/disk(/remote) page store. ``with PageStore(cfg) as store:`` opens and closes it.
 
-    def __init__(self, config: StoreConfig) -> None:
+    ``remote_backend``: the remote tier's backend to use instead of the one ``config.remote``
+    names (tests, other stores); either way the store closes it."""
+
+    def __init__(self, config: StoreConfig, remote_backend: RemoteBackend | None = None) -> None:
         self.config = config
+        self._remote_backend = remote_backend
         self._state_lock = threading.Lock()   # open/close/register, never held during page I/O
         self._parts: Parts | None = None
         self._closed = False
@@ -58,7 +64,7 @@ class PageStore:
                 raise Unavailable("this page store was closed; create a new PageStore")
             if self._parts is not None:
                 return
-            self._parts = parts = assemble(self.config)
+            self._parts = parts = assemble(self.config, self._remote_backend)
             parts.maintenance.start()
             self._started_at_s = time.monotonic()
             log.info("page store open (%s engine): %d namespaces, %d pages on disk",
@@ -172,25 +178,49 @@ class PageStore:
         if tier is Tier.DISK:
             raise InvalidArgument("put targets a memory tier (hbm or dram); pages reach disk by "
                                   "write policy, eviction or flush")
-        num_slots = parts.manager.num_slots(ns_id, tier)
         views = page_views(pages, parts.manager.namespace(ns_id).page_bytes)
         if len(keys) != len(views):
             raise InvalidArgument(f"got {len(keys)} keys but {len(views)} pages; give one key per page")
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
         ticket = parts.manager.durability.new_ticket(ns_id) if through else None
+        try:
+            stored, skipped = self._store_pages(parts, ns_id, tier, keys, views, ticket)
+        finally:
+            if ticket is not None:
+                parts.manager.durability.seal(ticket)
+        if parts.remote is not None and stored:
+            parts.remote.published(ns_id, keys)
+        parts.maintenance.wake()
+        return PutResult(stored, skipped, ticket)
+
+    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
+                     views: Sequence[memoryview], ticket: int | None) -> tuple[int, int]:
+        """Copy pages into ``tier`` in batches; ``(stored, skipped)``."""
         stored = skipped = 0
         # A batch never needs more free slots than the region has.
-        batch = min(self.config.put_batch_pages, num_slots)
+        batch = min(self.config.put_batch_pages, parts.manager.num_slots(ns_id, tier))
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         for start in range(0, len(keys), batch):
             done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch],
-                                        views[start:start + batch], ticket, deadline_s)
+                                        list(views[start:start + batch]), ticket, deadline_s)
             stored += done
             skipped += dup
-        if ticket is not None:
-            parts.manager.durability.seal(ticket)
-        parts.maintenance.wake()
-        return PutResult(stored, skipped, ticket)
+        return stored, skipped
+
+    def _fill_from_remote(self, parts: Parts, ns_id: int, keys: Sequence[PageKey]) -> None:
+        """Put the remote tier's pages of the keys after the local cached prefix into dram
+        (best effort: a miss, a failure or no room leaves the prefix as it is)."""
+        if parts.remote is None:
+            return
+        present = parts.manager.cached_prefix(ns_id, keys)
+        found, pages = fill_from_remote(parts.remote, parts.manager, ns_id, keys, present)
+        if not found:
+            return
+        try:
+            self._store_pages(parts, ns_id, Tier.DRAM, found, [memoryview(p) for p in pages], None)
+        except TierdError as exc:
+            log.warning("%d page(s) read from the remote tier found no room in dram: %s",
+                        len(found), exc)
 
     def _put_batch(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
                    views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
@@ -267,6 +297,8 @@ class PageStore:
         bound, persist = parts.manager.commit(lease_id, keys, slots, ticket, release)
         if ticket is not None:
             parts.manager.durability.seal(ticket)
+        if parts.remote is not None and bound:
+            parts.remote.published(ns_id, keys)
         parts.runner.start_all([persist])
         parts.maintenance.wake()
         return CommitResult(bound, ticket)
@@ -300,8 +332,11 @@ class PageStore:
     def delete(self, ns_id: int, keys: Sequence[PageKey]) -> int:
         """Drop pages from every tier; returns how many of ``keys`` were cached."""
         parts = self._require()
-        removed = parts.manager.delete(ns_id, check_keys(keys))
+        keys = check_keys(keys)
+        removed = parts.manager.delete(ns_id, keys)
         parts.runner.drain_deletes()
+        if parts.remote is not None:
+            parts.remote.deleted(ns_id, keys)
         return removed
 
     def flush(self, timeout_s: float | None = None) -> int:
@@ -316,8 +351,25 @@ class PageStore:
     def lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult:
         """Length of the longest cached prefix of ``keys`` and the fastest tier of each hit.
 
-        Touches the hits for eviction; moves nothing."""
-        return self._require().manager.lookup(ns_id, check_keys(keys))
+        Touches the hits for eviction; moves nothing. Keys after the local prefix may be hits
+        of the remote tier (``Tier.REMOTE``): asking it waits up to ``remote.timeout_s``."""
+        parts = self._require()
+        keys = check_keys(keys)
+        local = parts.manager.lookup(ns_id, keys)
+        if parts.remote is None or local.num_hits == len(keys):
+            return local
+        fingerprint = parts.manager.namespace(ns_id).fingerprint
+        extra = parts.remote.tier.cached_prefix(fingerprint, keys[local.num_hits:])
+        return LookupResult(local.num_hits + extra, local.tiers + (Tier.REMOTE,) * extra)
+
+    def try_lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult | None:
+        """``lookup`` when it needs no remote call: every key cached locally, or no remote tier;
+        ``None`` otherwise (nothing touched)."""
+        parts = self._require()
+        keys = check_keys(keys)
+        if parts.remote is not None and parts.manager.cached_prefix(ns_id, keys) < len(keys):
+            return None
+        return parts.manager.lookup(ns_id, keys)
 
     def get(self, ns_id: int, keys: Sequence[PageKey]) -> list[bytearray]:
         """Copies of the pages of the longest cached prefix of ``keys``, in order."""
@@ -339,6 +391,7 @@ class PageStore:
             raise InvalidArgument(f"got {len(keys)} keys but only {len(outs)} output buffers")
         views = [byte_view(out, what=f"outs[{i}]", expected_bytes=page_bytes, writable=True,
                            expected_note=PAGE_BYTES_NOTE) for i, out in enumerate(outs[:len(keys)])]
+        self._fill_from_remote(self._ready(ns_id), ns_id, keys)
         outcomes = parts.runner.run(parts.manager.plan_read(ns_id, keys), views)
         return outcomes.index(False) if False in outcomes else len(outcomes)
 
@@ -377,6 +430,7 @@ class PageStore:
         keys = check_keys(keys)
         if target_tier is Tier.DISK:
             raise InvalidArgument("prefetch moves pages up into hbm or dram, not disk")
+        self._fill_from_remote(parts, ns_id, keys)
         todo = parts.manager.to_move(ns_id, keys, target_tier)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         return len(parts.promoter.schedule(ns_id, todo, target_tier, deadline_s))
@@ -393,6 +447,7 @@ class PageStore:
         keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + wait_s
+        self._fill_from_remote(parts, ns_id, keys)
         hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier, release)
         futures = parts.promoter.schedule(ns_id, todo, target_tier, deadline_s, hold)
         _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
@@ -408,6 +463,8 @@ class PageStore:
         if not parts.manager.has_region(ns_id, Tier.DRAM):
             return None
         keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
+        if parts.remote is not None and parts.manager.cached_prefix(ns_id, keys) < len(keys):
+            return None  # the remote tier may hold the rest: acquire asks it
         return parts.manager.try_acquire(ns_id, keys, target_tier, ttl, owner, release)
 
     def lease_namespace(self, lease_id: int) -> Namespace:
@@ -429,11 +486,21 @@ class PageStore:
         parts = self._require()
         disk = parts.disk.stats()
         tiers = parts.manager.tier_stats(self.config.tier_capacity_bytes, disk.queue_depth)
+        remote = parts.remote.stats() if parts.remote is not None else None
+        if remote is not None:
+            tiers[Tier.REMOTE] = TierStats(0, 0, 0, remote.hits, remote.misses, 0,
+                                           remote.bytes_written, remote.bytes_read, remote.queue_depth)
         namespaces, leases, refused, budget = parts.manager.totals()
         return StoreStats(tiers, namespaces, leases, disk.checksum_failures,
                           time.monotonic() - self._started_at_s, self.config.write_policy,
                           refused, budget, disk.map_full_events, parts.media.engine.name,
-                          disk.write_failures, disk.write_error)
+                          disk.write_failures, disk.write_error, remote)
+
+    def wait_remote_writes(self, timeout_s: float) -> bool:
+        """True once the remote writer has nothing queued or in flight (at once without a
+        remote tier); False at ``timeout_s``."""
+        remote = self._require().remote
+        return remote is None or remote.writer.wait_idle(timeout_s)
 
     def inspect(self) -> IndexSnapshot:
         """A copy of the whole index (for tests and debugging)."""

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from tierd.config import WritePolicy
 from tierd.keys import PageKey
+from tierd.remote.tier import RemoteStats
 from tierd.tier import Tier
 from tierd.values import Lease, LeaseKind, LookupResult, TierStats
 
@@ -62,6 +63,7 @@ class StoreStats:
     # writes fail ("" once they commit again).
     disk_write_failures: int = 0
     disk_write_error: str = ""
+    remote: RemoteStats | None = None  # the remote tier's own counters, when one is configured
 
 
 @dataclass

@@ -13,6 +13,7 @@ class Tier(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TIER_HBM: _ClassVar[Tier]
     TIER_DRAM: _ClassVar[Tier]
     TIER_DISK: _ClassVar[Tier]
+    TIER_REMOTE: _ClassVar[Tier]
 
 class HandleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -36,6 +37,7 @@ TIER_UNSPECIFIED: Tier
 TIER_HBM: Tier
 TIER_DRAM: Tier
 TIER_DISK: Tier
+TIER_REMOTE: Tier
 HANDLE_KIND_UNSPECIFIED: HandleKind
 HANDLE_KIND_SHM: HandleKind
 HANDLE_KIND_CUDA_IPC: HandleKind
@@ -405,8 +407,24 @@ class ServerStats(_message.Message):
     device: str
     def __init__(self, sessions: _Optional[int] = ..., rpcs_in_flight: _Optional[int] = ..., rpcs_rejected: _Optional[int] = ..., version: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
 
+class RemoteStats(_message.Message):
+    __slots__ = ("backend", "available", "errors", "checksum_failures", "dropped", "pages_written")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    available: bool
+    errors: int
+    checksum_failures: int
+    dropped: int
+    pages_written: int
+    def __init__(self, backend: _Optional[str] = ..., available: _Optional[bool] = ..., errors: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., dropped: _Optional[int] = ..., pages_written: _Optional[int] = ...) -> None: ...
+
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused", "disk_write_failures", "disk_write_error")
+    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused", "disk_write_failures", "disk_write_error", "remote")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -417,6 +435,7 @@ class StatsResponse(_message.Message):
     DISK_WRITES_REFUSED_FIELD_NUMBER: _ClassVar[int]
     DISK_WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     DISK_WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: int
     leases: int
@@ -427,7 +446,8 @@ class StatsResponse(_message.Message):
     disk_writes_refused: int
     disk_write_failures: int
     disk_write_error: str
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ..., disk_write_failures: _Optional[int] = ..., disk_write_error: _Optional[str] = ...) -> None: ...
+    remote: RemoteStats
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ..., disk_write_failures: _Optional[int] = ..., disk_write_error: _Optional[str] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("client_name", "client_pid")
