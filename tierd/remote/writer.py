@@ -1,11 +1,12 @@
 """The remote writer: a bounded queue of pages to write to (or delete from) the remote tier.
 
-Callers ``offer`` pages and never wait: a page already queued is not queued twice, and a full
-queue drops the page (counted in ``dropped``; the remote tier is a cache, the local disk stays
-the durability tier). ``writer_threads`` threads drain it in batches; each page goes to the
-thread its key hashes to, so a delete and a later put of one page keep their order. A batch
-first asks which pages the remote store lacks, then reads only those from the local store
-(``PageSource``: the page may have moved tier or gone meanwhile) and writes them.
+Callers ``offer`` pages and never wait. A page already queued is not queued twice: the latest
+offer of it (put or delete) is what happens. A full queue drops the page (counted in
+``dropped``; the remote tier is a cache, the local disk stays the durability tier).
+``writer_threads`` threads drain it in batches; each page goes to the thread its key hashes to,
+so a delete and a later put of one page keep their order. A batch first asks which pages the
+remote store lacks, then reads only those from the local store (``PageSource``: the page may
+have moved tier or gone meanwhile) and writes them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from tierd.config import RemoteConfig
@@ -41,11 +41,7 @@ class OpKind(enum.Enum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
-class Op:
-    kind: OpKind
-    ns_id: int
-    key: PageKey
+PageRef = tuple[int, PageKey]  # (ns_id, key)
 
 
 class RemoteWriter:
@@ -57,8 +53,8 @@ class RemoteWriter:
         self._config = config
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
-        self._shards: list[deque[Op]] = [deque() for _ in range(config.writer_threads)]
-        self._queued: set[Op] = set()
+        self._shards: list[deque[PageRef]] = [deque() for _ in range(config.writer_threads)]
+        self._queued: dict[PageRef, OpKind] = {}
         self._busy = 0
         self._dropped = 0
         self._closing = False
@@ -101,14 +97,15 @@ class RemoteWriter:
             if self._closing:
                 return
             for key in keys:
-                op = Op(kind, ns_id, key)
-                if op in self._queued:
+                ref = (ns_id, key)
+                if ref in self._queued:
+                    self._queued[ref] = kind
                     continue
                 if len(self._queued) >= self._config.queue_pages:
                     self._dropped += 1
                     continue
-                self._queued.add(op)
-                self._shards[key[0] % len(self._shards)].append(op)
+                self._queued[ref] = kind
+                self._shards[key[0] % len(self._shards)].append(ref)
             self._changed.notify_all()
 
     def wait_idle(self, timeout_s: float) -> bool:
@@ -133,7 +130,7 @@ class RemoteWriter:
             return self._dropped
 
     # -- writer threads ---------------------------------------------------------------------------
-    def _run(self, shard: deque[Op]) -> None:
+    def _run(self, shard: deque[PageRef]) -> None:
         while True:
             batch = self._take(shard)
             if batch is None:
@@ -141,40 +138,41 @@ class RemoteWriter:
             try:
                 self._write(batch)
             except Exception:  # thread boundary: the batch is lost, the writer goes on
-                log.exception("remote writer failed on a batch of %d page(s)", len(batch))
+                log.exception("remote writer failed on a batch of %d page(s)", len(batch[2]))
             finally:
                 with self._lock:
                     self._busy -= 1
                     self._changed.notify_all()
 
-    def _take(self, shard: deque[Op]) -> list[Op] | None:
-        """The next run of ops of one kind and namespace (at most ``batch_pages``); None: closing."""
+    def _take(self, shard: deque[PageRef]) -> tuple[OpKind, int, list[PageKey]] | None:
+        """The next run of pages of one kind and namespace (at most ``batch_pages``); None: closing."""
         with self._lock:
             while not shard and not self._closing:
                 self._changed.wait()
             if self._closing:
                 return None
-            first = shard.popleft()
-            batch = [first]
-            while (shard and len(batch) < self._config.batch_pages
-                   and shard[0].kind is first.kind and shard[0].ns_id == first.ns_id):
-                batch.append(shard.popleft())
-            self._queued.difference_update(batch)
+            ns_id, key = shard.popleft()
+            kind = self._queued.pop((ns_id, key))
+            keys = [key]
+            while (shard and len(keys) < self._config.batch_pages and shard[0][0] == ns_id
+                   and self._queued[shard[0]] is kind):
+                keys.append(shard[0][1])
+                del self._queued[shard.popleft()]
             self._busy += 1
-            return batch
+            return kind, ns_id, keys
 
-    def _write(self, batch: list[Op]) -> None:
-        described = self._source.describe(batch[0].ns_id)
+    def _write(self, batch: tuple[OpKind, int, list[PageKey]]) -> None:
+        kind, ns_id, keys = batch
+        described = self._source.describe(ns_id)
         if described is None:
             return
         fingerprint, page_bytes = described
-        keys = [op.key for op in batch]
-        if batch[0].kind is OpKind.DELETE:
+        if kind is OpKind.DELETE:
             self._tier.delete(fingerprint, keys)
             return
         per_call = max(1, self._config.batch_bytes // page_bytes)
         for start in range(0, len(keys), per_call):
-            self._put(batch[0].ns_id, fingerprint, page_bytes, keys[start:start + per_call])
+            self._put(ns_id, fingerprint, page_bytes, keys[start:start + per_call])
 
     def _put(self, ns_id: int, fingerprint: bytes, page_bytes: int, keys: list[PageKey]) -> None:
         missing = self._tier.missing(fingerprint, keys)
