@@ -172,6 +172,13 @@ def test_bad_sizes_name_their_source_and_the_accepted_forms(tmp_path: Path) -> N
     ('[tenants.bob]\ntoken_sha256 = "%s"\ngpu = "1GiB"\n' % ("ab" * 32),
      "tenants.bob.gpu: unknown key"),
     ('this is = not toml =', "not valid TOML"),
+    ('[remote]\nnodes = ["10.0.0.5"]\n', "remote.nodes: '10.0.0.5' is not HOST:PORT"),
+    ('[remote]\nnodes = "a:1"\nwrite_on = "demote"\n[disk]\ncapacity = 0\n', "use write_on = \"commit\""),
+    ('[remote]\ntls_ca_file = "/ca.pem"\n', "need remote.tls = true"),
+    ('[remote]\ntls = true\ntls_cert_file = "/c.pem"\n', "tls_key_file go together"),
+    ('[remote]\ntimeout_s = 0\n', "remote.timeout_s must be positive"),
+    ('[remote]\nwrite_on = "sometimes"\n', "commit, demote"),
+    ('[remote]\nnodes = [1, 2]\n', "expected a list of strings"),
 ])
 def test_invalid_configs_are_refused_with_a_reason(tmp_path: Path, text: str, fragment: str) -> None:
     path = write(tmp_path, text)
@@ -201,3 +208,13 @@ def test_check_config_lists_every_problem_and_passes_good_files(tmp_path: Path) 
 def test_unknown_environment_variables_are_ignored() -> None:
     config = load_config(None, env={"TIERD_TOKEN": "secret", "TIERD_NOT__A_KEY": "1"})
     assert config == load_config(None, env={})
+
+
+def test_remote_nodes_come_from_a_toml_array_or_a_comma_separated_string(tmp_path: Path) -> None:
+    path = write(tmp_path, '[remote]\nnodes = ["10.0.0.5:6379", "10.0.0.6:6379"]\nusername = "tierd"\n')
+    remote = load_config(path, env={}).store.remote
+    assert remote.nodes == ("10.0.0.5:6379", "10.0.0.6:6379") and remote.username == "tierd"
+    assert remote.enabled
+    from_env = load_config(path, env={"TIERD_REMOTE__NODES": "a:1, b:2,"}).store.remote
+    assert from_env.nodes == ("a:1", "b:2")
+    assert not load_config(None, env={}).store.remote.enabled

@@ -157,7 +157,9 @@ def parse_str_list(value: object) -> tuple[str, ...]:
     items = value.split(",") if isinstance(value, str) else value
     if not isinstance(items, (list, tuple)):
         raise ValueError(f"expected a list of strings, got {value!r}")
-    return tuple(item for item in (parse_str(item).strip() for item in items) if item)
+    if not all(isinstance(item, str) for item in items):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(item.strip() for item in items if item.strip())
 
 
 def parse_path(value: object) -> Path:
