@@ -1,0 +1,503 @@
+"""The Redis Cluster (or Valkey) backend of the remote tier.
+
+Each page is two keys in one hash slot (the hash tag is the hex page id, so both always live on
+one master)::
+
+    td1:{<64 hex digits>}:b   body: payload[:-TAIL_BYTES]
+    td1:{<64 hex digits>}:h   head: u16 LE header length, header, payload[-TAIL_BYTES:]
+
+Keeping the last ``TAIL_BYTES`` out of the body lets a 2 MiB page's body sit inside a jemalloc
+size class instead of costing 2.5 MiB. Reads are one ``MGET head body`` per page (atomic on its
+node); writes store every body first and then, in a second round trip, the heads of the bodies
+acknowledged, so a header is never stored ahead of its payload, even across redirects or when
+the writer dies.
+
+redis-py's ``RedisCluster`` keeps the slot map and one connection pool per master; the commands
+themselves are packed here and pipelined per master on a small thread pool. That keeps every
+call inside its deadline: each master's exchange reads with the time left, the caller stops
+waiting at the deadline, and MOVED / ASK / TRYAGAIN are followed here, round by round, only
+while time is left. redis-py's own retries (one command at a time, with topology refreshes and
+sleeps) are switched off. A call fails as a whole with ``RemoteUnavailable`` when any master it
+needs does not answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from tierd.config import RemoteConfig
+from tierd.errors import ConfigError
+from tierd.remote.base import Fetched, RemoteUnavailable
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+log = logging.getLogger(__name__)
+
+TAIL_BYTES = 64
+KEY_PREFIX = b"td1:{"
+_HEAD_LEN = struct.Struct("<H")
+MAX_HEADER_BYTES = 0xFFFF
+# The caller waits this long past the deadline for a master's own read timeout (a message that
+# names it) before it gives up on the exchange.
+_GRACE_S = 0.1
+_MAX_ROUNDS = 32                 # redirect / TRYAGAIN rounds of one call (a reshard moves slot by slot)
+_TRYAGAIN_PAUSE_S = (0.002, 0.05)
+_REFRESH_INTERVAL_S = 1.0        # at most one background slot-map refresh per second
+_WORKERS = 32                    # threads for per-master exchanges (created on demand)
+_SMALL_CHUNK = 64 << 10          # small packed commands are sent in one write
+_ASKING = b"*1\r\n$6\r\nASKING\r\n"
+
+
+def head_key(page_id: bytes) -> bytes:
+    return KEY_PREFIX + page_id.hex().encode() + b"}:h"
+
+
+def body_key(page_id: bytes) -> bytes:
+    return KEY_PREFIX + page_id.hex().encode() + b"}:b"
+
+
+def pack_head(header: bytes, tail: bytes | memoryview) -> bytes:
+    """The head value: header length, header, payload tail."""
+    if len(header) > MAX_HEADER_BYTES:
+        raise ValueError(f"a page header holds at most {MAX_HEADER_BYTES} bytes, got {len(header)}")
+    return b"".join((_HEAD_LEN.pack(len(header)), header, tail))
+
+
+def split_head(head: bytes) -> tuple[bytes, bytes] | None:
+    """(header, tail) of a head value, or ``None`` when it is too short for its own length field."""
+    if len(head) < _HEAD_LEN.size:
+        return None
+    (size,) = _HEAD_LEN.unpack_from(head)
+    end = _HEAD_LEN.size + size
+    if end > len(head):
+        return None
+    return head[_HEAD_LEN.size:end], head[end:]
+
+
+def _byte_view(view: memoryview) -> memoryview:
+    """A flat unsigned-byte view, so lengths and slices count bytes whatever the caller's format."""
+    view = memoryview(view)
+    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
+
+
+def _pack(*args: bytes | memoryview) -> bytes:
+    """One command in RESP, copied out of the caller's buffers (workers never read them)."""
+    parts: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
+    return b"".join(parts)
+
+
+def _coalesce(chunks: Sequence[bytes]) -> list[bytes]:
+    """Join runs of small chunks (one write instead of one per command); large ones go as they are."""
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = 0
+    for chunk in chunks:
+        if len(chunk) >= _SMALL_CHUNK:
+            if run:
+                out.append(b"".join(run))
+                run, size = [], 0
+            out.append(chunk)
+            continue
+        run.append(chunk)
+        size += len(chunk)
+        if size >= _SMALL_CHUNK:
+            out.append(b"".join(run))
+            run, size = [], 0
+    if run:
+        out.append(b"".join(run))
+    return out
+
+
+@dataclass(frozen=True)
+class _Cmd:
+    """One packed command; ``target`` overrides the slot owner after a MOVED or ASK."""
+
+    key: bytes
+    packet: bytes
+    target: tuple[str, int] | None = None
+    asking: bool = False
+
+
+def _exchange(client: Redis, cmds: Sequence[_Cmd], deadline: float) -> list[object]:
+    """Pipeline ``cmds`` on one master's connection; error replies come back as values."""
+    from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if time.monotonic() >= deadline:
+        raise RedisTimeout("deadline passed before the request was sent")
+    pool = client.connection_pool
+    conn: Any = pool.get_connection()   # redis-py's Connection is only partly annotated
+    try:
+        chunks: list[bytes] = []
+        for cmd in cmds:
+            chunks += (_ASKING, cmd.packet) if cmd.asking else (cmd.packet,)
+        conn.send_packed_command(_coalesce(chunks), check_health=False)
+        replies: list[object] = []
+        for cmd in cmds:
+            for is_asking in (True, False) if cmd.asking else (False,):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    conn.disconnect()   # replies still in flight: the connection is out of step
+                    raise RedisTimeout(f"no reply from {conn.host}:{conn.port} by the deadline")
+                try:
+                    reply = conn.read_response(timeout=remaining)
+                except ResponseError as e:   # a whole error reply was read: still in step
+                    reply = e
+                if not is_asking:
+                    replies.append(reply)
+        return replies
+    finally:
+        pool.release(conn)
+
+
+def _describe(exc: BaseException) -> str:
+    """What failed, in one line; an authentication failure says which settings to check."""
+    from redis.exceptions import AuthenticationError, NoPermissionError
+
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, AuthenticationError | NoPermissionError):
+            return (f"authentication failed ({cause}): check remote.username and the password in "
+                    f"remote.password_file")
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {exc}"
+
+
+class RedisClusterBackend:
+    """``RemoteBackend`` on a Redis Cluster; thread-safe, connects lazily and reconnects by itself."""
+
+    def __init__(self, config: RemoteConfig, password: str | None) -> None:
+        if not config.nodes:
+            raise ConfigError("remote.nodes is empty: list the cluster's seed nodes as HOST:PORT")
+        self._config = config
+        self._password = password
+        self._lock = threading.Lock()
+        self._cluster: RedisCluster | None = None
+        self._connecting: Future[RedisCluster] | None = None
+        self._refreshing = False
+        self._refreshed_at = float("-inf")
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="tierd-redis")
+        # Start connecting now, without waiting: the first call most likely finds the slot map.
+        with self._lock:
+            self._connecting = self._executor.submit(self._connect)
+
+    @property
+    def name(self) -> str:
+        return "redis-cluster"
+
+    # -- RemoteBackend -----------------------------------------------------------------------
+
+    def exists(self, page_ids: Sequence[bytes], deadline_s: float) -> list[bool]:
+        """Pipelined EXISTS of the head keys."""
+        cmds = [_Cmd(k, _pack(b"EXISTS", k)) for k in map(head_key, page_ids)]
+        return [self._value(r, "exists", int) > 0 for r in self._run(cmds, deadline_s, "exists")]
+
+    def get_into(self, page_ids: Sequence[bytes], views: Sequence[memoryview],
+                 deadline_s: float) -> list[Fetched | None]:
+        """``MGET head body`` per page; the payload is copied only when its length is the view's."""
+        if len(views) != len(page_ids):
+            raise ValueError(f"{len(page_ids)} page ids but {len(views)} views")
+        cmds = []
+        for page_id in page_ids:
+            head = head_key(page_id)
+            cmds.append(_Cmd(head, _pack(b"MGET", head, body_key(page_id))))
+        replies = self._run(cmds, deadline_s, "get")
+        out: list[Fetched | None] = []
+        for view, reply in zip(views, replies):
+            parts = self._value(reply, "get", list)
+            if len(parts) != 2:
+                raise RemoteUnavailable(f"redis-cluster get: MGET answered {len(parts)} values, not 2")
+            out.append(_fill(view, parts[0], parts[1]))
+        return out
+
+    def put(self, page_ids: Sequence[bytes], headers: Sequence[bytes],
+            payloads: Sequence[memoryview], deadline_s: float) -> list[bool]:
+        """Bodies first, then the heads of the bodies stored; False where the store refused one
+        (out of memory)."""
+        if not len(page_ids) == len(headers) == len(payloads):
+            raise ValueError(f"{len(page_ids)} page ids, {len(headers)} headers, {len(payloads)} payloads")
+        bodies, heads = [], []
+        for page_id, header, payload in zip(page_ids, headers, payloads):
+            data = _byte_view(payload)
+            cut = max(0, len(data) - TAIL_BYTES)
+            bkey, hkey = body_key(page_id), head_key(page_id)
+            bodies.append(_Cmd(bkey, _pack(b"SET", bkey, data[:cut])))
+            heads.append(_Cmd(hkey, _pack(b"SET", hkey, pack_head(header, data[cut:]))))
+        stored = [self._stored(r) for r in self._run(bodies, deadline_s, "put")]
+        todo = [i for i, ok in enumerate(stored) if ok]
+        done = [False] * len(page_ids)
+        if todo:
+            for i, reply in zip(todo, self._run([heads[i] for i in todo], deadline_s, "put")):
+                done[i] = self._stored(reply)
+        return done
+
+    def delete(self, page_ids: Sequence[bytes], deadline_s: float) -> None:
+        """``DEL head body`` per page (one slot, one command)."""
+        cmds = []
+        for page_id in page_ids:
+            head = head_key(page_id)
+            cmds.append(_Cmd(head, _pack(b"DEL", head, body_key(page_id))))
+        for reply in self._run(cmds, deadline_s, "delete"):
+            self._value(reply, "delete", int)
+
+    def close(self) -> None:
+        """Close every connection and the worker threads; idempotent. Later calls raise."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            cluster, self._cluster = self._cluster, None
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if cluster is not None:
+            with contextlib.suppress(Exception):   # closing sockets of a dead cluster
+                cluster.close()
+
+    # -- replies -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _value(reply: object, what: str, kind: type[Any]) -> Any:
+        """``reply`` when it has the expected type; an error reply or anything else raises."""
+        if isinstance(reply, kind):
+            return reply
+        if isinstance(reply, Exception):
+            raise RemoteUnavailable(f"redis-cluster {what}: {_describe(reply)}")
+        raise RemoteUnavailable(f"redis-cluster {what}: unexpected reply {type(reply).__name__}")
+
+    @staticmethod
+    def _stored(reply: object) -> bool:
+        """A SET's verdict: OOM is this page's failure (the store is full), other errors the call's."""
+        from redis.exceptions import OutOfMemoryError
+
+        if isinstance(reply, OutOfMemoryError):
+            log.debug("redis-cluster put refused: %s", reply)
+            return False
+        return bool(RedisClusterBackend._value(reply, "put", bytes) == b"OK")
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def _run(self, cmds: list[_Cmd], deadline: float, what: str) -> list[object]:
+        """Every command's reply (in order), following MOVED / ASK and retrying TRYAGAIN while
+        time is left; raises ``RemoteUnavailable`` when a master fails or time runs out."""
+        from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
+
+        if not cmds:
+            return []
+        if time.monotonic() >= deadline:
+            raise RemoteUnavailable(f"redis-cluster {what}: the deadline had passed before the call")
+        cluster = self._cluster_for(deadline, what)
+        replies: list[object] = [None] * len(cmds)
+        pending = list(range(len(cmds)))
+        for attempt in range(_MAX_ROUNDS):
+            answered = self._round(cluster, [(i, cmds[i]) for i in pending], deadline, what)
+            pending, pause = [], 0.0
+            for i, reply in answered.items():
+                if isinstance(reply, MovedError):
+                    self._moved(cluster, reply)
+                    cmds[i] = replace(cmds[i], target=reply.node_addr, asking=False)
+                elif isinstance(reply, AskError):
+                    cmds[i] = replace(cmds[i], target=reply.node_addr, asking=True)
+                elif isinstance(reply, TryAgainError):   # a page's two keys split by a migration
+                    cmds[i] = replace(cmds[i], target=None, asking=False)
+                    pause = min(_TRYAGAIN_PAUSE_S[0] * 2 ** attempt, _TRYAGAIN_PAUSE_S[1])
+                elif isinstance(reply, ClusterDownError):
+                    raise RemoteUnavailable(f"redis-cluster {what}: {reply}")
+                else:
+                    replies[i] = reply
+                    continue
+                pending.append(i)
+            if not pending:
+                return replies
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
+        raise RemoteUnavailable(f"redis-cluster {what}: {len(pending)} commands still redirected "
+                                f"(resharding?) when the call had to end")
+
+    def _round(self, cluster: RedisCluster, items: list[tuple[int, _Cmd]], deadline: float,
+               what: str) -> dict[int, object]:
+        """Send ``items`` to their masters in parallel; replies by index."""
+        groups: dict[str, tuple[Redis, list[tuple[int, _Cmd]]]] = {}
+        for i, cmd in items:
+            node = self._node_for(cluster, cmd, what)
+            if node.name not in groups:
+                groups[node.name] = (cluster.get_redis_connection(node), [])
+            groups[node.name][1].append((i, cmd))
+        futures: dict[Future[list[object]], tuple[str, list[int]]] = {}
+        for name, (client, group) in groups.items():
+            try:
+                future = self._executor.submit(_exchange, client, [c for _, c in group], deadline)
+            except RuntimeError:   # shut down by close()
+                raise RemoteUnavailable("redis-cluster: the backend is closed") from None
+            futures[future] = (name, [i for i, _ in group])
+        done, late = wait(futures, timeout=max(0.0, deadline + _GRACE_S - time.monotonic()),
+                          return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed or late:
+            for future in late:
+                future.cancel()
+            self._refresh_soon(cluster)
+            if failed:
+                exc = failed[0].exception()
+                assert exc is not None
+                raise RemoteUnavailable(f"redis-cluster {what}: {futures[failed[0]][0]}: "
+                                        f"{_describe(exc)}") from exc
+            names = ", ".join(sorted(futures[f][0] for f in late))
+            raise RemoteUnavailable(f"redis-cluster {what}: no answer from {names} by the deadline")
+        answered: dict[int, object] = {}
+        for future, (_, indexes) in futures.items():
+            answered.update(zip(indexes, future.result()))
+        return answered
+
+    def _node_for(self, cluster: RedisCluster, cmd: _Cmd, what: str) -> ClusterNode:
+        """The master a command goes to: its redirect target, else its slot's owner."""
+        from redis.crc import key_slot
+        from redis.exceptions import SlotNotCoveredError
+
+        if cmd.target is not None:
+            host, port = cmd.target
+            node = cluster.nodes_manager.get_node(host=host, port=port)
+            if node is None:
+                self._refresh_soon(cluster)
+                raise RemoteUnavailable(f"redis-cluster {what}: redirected to {host}:{port}, a node "
+                                        f"not in the slot map yet (refreshing it)")
+            return node
+        try:
+            return cluster.nodes_manager.get_node_from_slot(key_slot(cmd.key))
+        except SlotNotCoveredError as e:
+            self._refresh_soon(cluster)
+            raise RemoteUnavailable(f"redis-cluster {what}: {e}") from e
+
+    def _moved(self, cluster: RedisCluster, moved: Any) -> None:
+        """Patch the slot map for later calls (redis-py >= 6 does it in place; else refresh it)."""
+        manager = cluster.nodes_manager
+        if hasattr(manager, "move_slot"):
+            manager.move_slot(moved)
+        else:
+            self._refresh_soon(cluster)
+
+    # -- connection and slot map -------------------------------------------------------------
+
+    def _cluster_for(self, deadline: float, what: str) -> RedisCluster:
+        """The cluster client; if none yet, waits (until the deadline) for one being opened."""
+        from redis.exceptions import RedisClusterException, RedisError
+
+        with self._lock:
+            if self._closed:
+                raise RemoteUnavailable("redis-cluster: the backend is closed")
+            if self._cluster is not None:
+                return self._cluster
+            if self._connecting is None or self._connecting.done():   # the last attempt failed
+                self._connecting = self._executor.submit(self._connect)
+            connecting = self._connecting
+        seeds = ", ".join(self._config.nodes)
+        try:
+            return connecting.result(timeout=max(0.0, deadline + _GRACE_S - time.monotonic()))
+        except FutureTimeout:
+            raise RemoteUnavailable(f"redis-cluster {what}: no answer from the seed nodes ({seeds}) "
+                                    f"by the deadline") from None
+        except (RedisError, RedisClusterException, OSError) as e:
+            raise RemoteUnavailable(f"redis-cluster {what}: cannot open the cluster at {seeds}: "
+                                    f"{_describe(e)}") from e
+
+    def _connect(self) -> RedisCluster:
+        """Open the client (reads the slot map: blocks up to the socket timeouts per seed)."""
+        from redis.backoff import NoBackoff
+        from redis.cluster import ClusterNode, RedisCluster
+        from redis.retry import Retry
+
+        cfg = self._config
+        seeds = []
+        for node in cfg.nodes:
+            host, _, port = node.rpartition(":")
+            seeds.append(ClusterNode(host.strip("[]"), int(port)))  # type: ignore[no-untyped-call]
+        tls: dict[str, Any] = {}
+        if cfg.tls:
+            tls = {"ssl": True, "ssl_ca_certs": _path(cfg.tls_ca_file),
+                   "ssl_certfile": _path(cfg.tls_cert_file), "ssl_keyfile": _path(cfg.tls_key_file)}
+        cluster = RedisCluster(
+            startup_nodes=seeds, username=cfg.username, password=self._password,
+            # Retries and redirects are this module's (bounded by each call's deadline).
+            retry=Retry(NoBackoff(), 0), require_full_coverage=False,
+            socket_connect_timeout=cfg.connect_timeout_s,
+            # Bounds connection set-up and writes; reads wait at most until the call's deadline.
+            socket_timeout=max(cfg.timeout_s, cfg.connect_timeout_s), socket_keepalive=True, **tls)
+        with self._lock:
+            if not self._closed:
+                self._cluster = cluster
+                return cluster
+        cluster.close()
+        raise RemoteUnavailable("redis-cluster: the backend is closed")
+
+    def _refresh_soon(self, cluster: RedisCluster) -> None:
+        """Reread the slot map in the background (after a failure or redirect), at most once a second."""
+        now = time.monotonic()
+        with self._lock:
+            if self._closed or self._refreshing or now - self._refreshed_at < _REFRESH_INTERVAL_S:
+                return
+            self._refreshing, self._refreshed_at = True, now
+        try:
+            self._executor.submit(self._refresh, cluster)
+        except RuntimeError:   # closed meanwhile
+            with self._lock:
+                self._refreshing = False
+
+    def _refresh(self, cluster: RedisCluster) -> None:
+        from redis.exceptions import RedisClusterException, RedisError
+
+        try:
+            cluster.nodes_manager.initialize()
+        except (RedisError, RedisClusterException, OSError) as e:
+            log.debug("redis-cluster slot map refresh failed: %s", _describe(e))
+        finally:
+            with self._lock:
+                self._refreshing = False
+
+
+def _fill(view: memoryview, head: bytes | None, body: bytes | None) -> Fetched | None:
+    """What one ``MGET head body`` found; copies the payload into ``view`` when it fits exactly."""
+    if head is None and body is None:
+        return None
+    parts = split_head(head) if head is not None else None
+    if body is None:
+        return Fetched(parts[0] if parts is not None else b"", -1)
+    if parts is None:   # no (readable) head: the tail is unknown, the payload is never complete
+        return Fetched(b"", len(body))
+    header, tail = parts
+    size = len(body) + len(tail)
+    dst = _byte_view(view)
+    if size == len(dst):
+        dst[:len(body)] = body
+        dst[len(body):] = tail
+    return Fetched(header, size)
+
+
+def _path(path: object) -> str | None:
+    return None if path is None else str(path)
+
+
+def open_redis_cluster(config: RemoteConfig) -> RedisClusterBackend:
+    """The backend for ``config``, with the password read from ``remote.password_file``."""
+    password = None
+    if config.password_file is not None:
+        try:
+            password = config.password_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise ConfigError(f"remote.password_file: cannot read {config.password_file} ({reason}): "
+                              f"make it a UTF-8 file readable by tierd, or unset it") from e
+        password = password[:-2] if password.endswith("\r\n") else password.removesuffix("\n")
+    return RedisClusterBackend(config, password)
