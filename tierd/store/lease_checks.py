@@ -41,8 +41,9 @@ def check_acquire(config: StoreConfig, manager: Manager, ns_id: int, keys: Seque
     """The checked keys and lease ttl of a valid acquire; the error otherwise."""
     keys = check_keys(keys)
     ttl = lease_ttl(config, ttl_s)
-    if target_tier is Tier.DISK:
-        raise InvalidArgument("acquire targets hbm or dram: disk pages are not addressable")
+    if target_tier not in MEMORY_TIERS:
+        raise InvalidArgument(f"acquire targets hbm or dram, not {target_tier.label}: only pages in "
+                              "memory are addressable")
     if len(set(keys)) != len(keys):
         raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
     num_slots = manager.num_slots(ns_id, target_tier)

@@ -36,7 +36,7 @@ from tierd.store.lease_checks import check_acquire, check_allocate, lease_ttl
 from tierd.store.plans import Plan
 from tierd.store.remote_link import fill_from_remote
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
-from tierd.tier import Tier
+from tierd.tier import MEMORY_TIERS, Tier
 from tierd.values import Lease, LookupResult, TierStats
 
 log = logging.getLogger(__name__)
@@ -175,8 +175,8 @@ class PageStore:
         """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped."""
         parts = self._ready(ns_id)
         keys = check_keys(keys)
-        if tier is Tier.DISK:
-            raise InvalidArgument("put targets a memory tier (hbm or dram); pages reach disk by "
+        if tier not in MEMORY_TIERS:
+            raise InvalidArgument(f"put targets a memory tier (hbm or dram), not {tier.label}; pages reach disk by "
                                   "write policy, eviction or flush")
         views = page_views(pages, parts.manager.namespace(ns_id).page_bytes)
         if len(keys) != len(views):
@@ -428,8 +428,8 @@ class PageStore:
         with the number of pages that will move."""
         parts = self._ready(ns_id)
         keys = check_keys(keys)
-        if target_tier is Tier.DISK:
-            raise InvalidArgument("prefetch moves pages up into hbm or dram, not disk")
+        if target_tier not in MEMORY_TIERS:
+            raise InvalidArgument(f"prefetch moves pages up into hbm or dram, not {target_tier.label}")
         self._fill_from_remote(parts, ns_id, keys)
         todo = parts.manager.to_move(ns_id, keys, target_tier)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
