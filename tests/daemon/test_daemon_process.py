@@ -51,6 +51,16 @@ def test_start_up_refuses_what_it_cannot_honour(short_tmp: Path, args: list[str]
     assert len(lines) == 1 and lines[0].startswith("tierd: refusing to start:") and fragment in lines[0]
 
 
+def test_an_unreadable_remote_password_file_is_refused_in_one_line(short_tmp: Path) -> None:
+    config = short_tmp / "remote.toml"
+    config.write_text(f'[remote]\nnodes = ["127.0.0.1:1"]\npassword_file = "{short_tmp / "absent"}"\n')
+    done = run_refused(tierd_cmd(short_tmp, "--config", str(config)))
+    assert done.returncode == EXIT_CONFIG, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tierd: refusing to start:"), done.stderr
+    assert "remote.password_file" in lines[0] and "Traceback" not in done.stderr
+
+
 def test_refusals_for_socket_config_and_environment(short_tmp: Path) -> None:
     blocker = short_tmp / "file"
     blocker.write_text("")

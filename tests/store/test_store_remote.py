@@ -3,6 +3,7 @@ the other acquires bit-exact, tenants and specs stay apart, a down store costs o
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -12,6 +13,7 @@ from memory_backend import MemoryBackend
 from store_helpers import SPEC, make_keys, make_pages, small_config
 
 from tierd.config import MemoryTierConfig, RemoteConfig, RemoteWriteOn, StoreConfig
+from tierd.errors import ConfigError
 from tierd.store import PageStore
 from tierd.tier import Tier
 
@@ -146,3 +148,13 @@ def test_the_backend_is_closed_with_the_store(tmp_path: Path, backend: MemoryBac
     with PageStore(node_config(tmp_path, "a"), backend):
         assert not backend.closed
     assert backend.closed
+
+
+def test_a_remote_tier_without_redis_py_is_refused_at_open(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "redis" else find_spec(name, *args))
+    store = PageStore(node_config(tmp_path, "a", remote=RemoteConfig(nodes=("127.0.0.1:1",))))
+    with pytest.raises(ConfigError, match=r"pip install 'tierd\[remote\]'"):
+        store.open()

@@ -4,7 +4,8 @@ A page enters the caller's buffer only after its header and checksum check (``pa
 a value that fails (torn, half-evicted, truncated, corrupt, foreign) is a miss, is counted in
 ``checksum_failures`` and is deleted. A backend failure (``RemoteUnavailable``) is a miss too:
 the tier then answers misses without trying for ``retry_after_s``, so a down cluster costs
-requests at most one ``timeout_s`` each, never a hang. Thread-safe; owns its counters' lock.
+requests at most one ``timeout_s`` each, never a hang (any other exception a backend raises is
+logged and handled the same way). Thread-safe; owns its counters' lock.
 """
 
 from __future__ import annotations
@@ -183,7 +184,9 @@ class RemoteTier:
             return None
         try:
             return fn()
-        except RemoteUnavailable as exc:
+        except Exception as exc:  # the tier's boundary: a remote failure is a miss, never an error
+            if not isinstance(exc, RemoteUnavailable):
+                log.exception("remote tier (%s) call failed", self._backend.name)
             with self._lock:
                 was_up = self._clock() >= self._down_until_s
                 self._counts.errors += 1

@@ -9,12 +9,13 @@ came from the remote tier are never offered back to it.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierd.config import RemoteWriteOn, StoreConfig
-from tierd.errors import NotFound, TierdError
+from tierd.errors import ConfigError, NotFound, TierdError
 from tierd.keys import PageKey
 from tierd.remote.base import RemoteBackend
 from tierd.remote.tier import RemoteStats, RemoteTier
@@ -80,7 +81,11 @@ class RemoteLink:
 
 
 def open_backend(config: StoreConfig) -> RemoteBackend:
-    """The backend ``[remote]`` names (Redis Cluster, imported only then)."""
+    """The backend ``[remote]`` names (Redis Cluster, imported only then); ``ConfigError`` when
+    its client library is not installed."""
+    if importlib.util.find_spec("redis") is None:
+        raise ConfigError("remote.nodes is set but redis-py is not installed: "
+                          "pip install 'tierd[remote]' (or unset remote.nodes)")
     from tierd.remote.redis_cluster import open_redis_cluster
     return open_redis_cluster(config.remote)
 
