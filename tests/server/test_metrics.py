@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from dataclasses import replace
 
 import pytest
 
 from tierd.config import WritePolicy
+from tierd.remote.tier import RemoteStats
 from tierd.server.metrics import CONTENT_TYPE, MetricsEndpoint, ServerCounters, render
 from tierd.store.types import StoreStats
 from tierd.tier import Tier
@@ -40,6 +42,17 @@ def _parse(text: str) -> tuple[dict[str, float], dict[str, str]]:
             assert match.group(1) in types, f"{match.group(1)} has no TYPE line before it"
             samples[match.group(1) + (match.group(2) or "")] = float(match.group(3))
     return samples, types
+
+
+def test_the_remote_tier_has_its_own_counters_when_configured() -> None:
+    counters = ServerCounters(sessions=0, rpcs_in_flight=0, rpcs_rejected=0, version="0", device="cpu")
+    assert "remote_" not in render(_stats(), counters)
+    remote = RemoteStats("redis-cluster", available=False, hits=1, misses=2, bytes_read=3, bytes_written=4,
+                         pages_written=5, errors=6, checksum_failures=7, queue_depth=8, dropped=9)
+    samples, _ = _parse(render(replace(_stats(), remote=remote), counters))
+    assert samples["tierd_remote_available"] == 0 and samples["tierd_remote_errors_total"] == 6
+    assert samples["tierd_remote_checksum_failures_total"] == 7
+    assert samples["tierd_remote_dropped_total"] == 9 and samples["tierd_remote_pages_written_total"] == 5
 
 
 def test_render_exposes_every_tier_and_daemon_counter() -> None:

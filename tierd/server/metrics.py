@@ -75,6 +75,18 @@ def render(stats: StoreStats, server: ServerCounters) -> str:
     metric("disk_write_failures_total", "counter", "Page writes the disk did not store (an I/O error "
            "such as a full file system, or LMDB's map full); they stay in memory.",
            [("", stats.disk_write_failures)])
+    remote = stats.remote
+    if remote is not None:
+        metric("remote_available", "gauge", "1 while the remote tier answers, 0 while it backs off "
+               "after a failure.", [("", int(remote.available))])
+        metric("remote_errors_total", "counter", "Remote tier calls that failed (down, slow, refused).",
+               [("", remote.errors)])
+        metric("remote_checksum_failures_total", "counter", "Remote values that failed their check "
+               "(torn, corrupt, foreign) and were deleted.", [("", remote.checksum_failures)])
+        metric("remote_dropped_total", "counter", "Pages the remote write queue had no room for.",
+               [("", remote.dropped)])
+        metric("remote_pages_written_total", "counter", "Pages written to the remote tier.",
+               [("", remote.pages_written)])
     metric("uptime_seconds", "gauge", "Seconds since the page store opened.", [("", round(stats.uptime_s, 3))])
     metric("sessions", "gauge", "Open client sessions.", [("", server.sessions)])
     metric("rpcs_in_flight", "gauge", "RPCs being served.", [("", server.rpcs_in_flight)])
