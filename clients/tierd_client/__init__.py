@@ -31,12 +31,21 @@ from tierd_client.errors import (
 from tierd_client.leases import AsyncLease
 from tierd_client.options import ClientOptions, RetryPolicy
 from tierd_client.sync import Lease, TierClient
-from tierd_client.types import CommitResult, DaemonStats, LeaseKind, LookupResult, NamespaceHandle, PutResult, TierStats
+from tierd_client.types import (
+    CommitResult,
+    DaemonStats,
+    LeaseKind,
+    LookupResult,
+    NamespaceHandle,
+    PutResult,
+    RemoteTierStats,
+    TierStats,
+)
 
 __all__ = [
     "ArenaView", "AsyncLease", "AsyncTierClient", "ClientOptions", "CommitResult", "DaemonStats",
     "DeadlineExceededError", "FailedPreconditionError", "InvalidArgumentError", "Lease",
     "LeaseKind", "LookupResult", "NamespaceHandle", "NotFoundError", "PageSpec",
-    "PermissionDeniedError", "PutResult", "ResourceExhaustedError", "RetryPolicy", "Tier",
+    "PermissionDeniedError", "PutResult", "RemoteTierStats", "ResourceExhaustedError", "RetryPolicy", "Tier",
     "TierClient", "TierStats", "TierdRpcError", "UnauthenticatedError", "UnavailableError",
 ]

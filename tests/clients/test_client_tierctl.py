@@ -20,7 +20,7 @@ from fake_tierd import FakeDaemon, start_fake_daemon
 from grpc_health.v1 import health_pb2
 
 from tierd.tier import Tier
-from tierd_client import DaemonStats, PageSpec, TierClient, TierStats
+from tierd_client import DaemonStats, PageSpec, RemoteTierStats, TierClient, TierStats
 from tierd_client.options import DEFAULT_SOCKET_PATH
 from tierd_client.tierctl import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNREACHABLE, format_stats, main
 
@@ -217,3 +217,18 @@ def test_stats_table_says_when_disk_writes_fail() -> None:
     assert "disk write failures 7" in text
     assert text.splitlines()[-1] == "disk writes are failing: mdb_txn_commit: No space left on device"
     assert failing.to_json_dict()["disk_write_failures"] == 7
+
+
+def test_stats_show_the_remote_tier_when_the_daemon_has_one() -> None:
+    plain = _sample(10.0, 0, 0)
+    assert "remote" not in format_stats(replace(plain, tiers={t: s for t, s in plain.tiers.items()
+                                                               if t is not Tier.REMOTE}))
+    assert plain.to_json_dict()["remote"] is None
+    remote = RemoteTierStats(backend="redis-cluster", available=False, errors=3, checksum_failures=2,
+                             dropped=1, pages_written=40)
+    text = format_stats(replace(plain, remote=remote))
+    assert "remote redis-cluster unavailable (backing off)   errors 3   checksum failures 2" in text
+    assert any(line.startswith("remote ") for line in text.splitlines()[1:5])  # its row in the table
+    assert replace(plain, remote=remote).to_json_dict()["remote"] == {
+        "backend": "redis-cluster", "available": False, "errors": 3, "checksum_failures": 2,
+        "dropped": 1, "pages_written": 40}
