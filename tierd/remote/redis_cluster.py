@@ -182,6 +182,11 @@ class RedisClusterBackend:
     def __init__(self, config: RemoteConfig, password: str | None) -> None:
         if not config.nodes:
             raise ConfigError("remote.nodes is empty: list the cluster's seed nodes as HOST:PORT")
+        try:
+            import redis.cluster  # noqa: F401  (here, not at import: tierd runs without redis-py)
+        except ImportError as e:
+            raise ConfigError(f"remote.nodes is set but redis-py cannot be imported ({e}): install "
+                              f"tierd[remote] (redis[hiredis]) or empty remote.nodes") from e
         self._config = config
         self._password = password
         self._lock = threading.Lock()
@@ -330,6 +335,8 @@ class RedisClusterBackend:
     def _round(self, cluster: RedisCluster, items: list[tuple[int, _Cmd]], deadline: float,
                what: str) -> dict[int, object]:
         """Send ``items`` to their masters in parallel; replies by index."""
+        from redis.exceptions import RedisClusterException, RedisError
+
         groups: dict[str, tuple[Redis, list[tuple[int, _Cmd]]]] = {}
         for i, cmd in items:
             node = self._node_for(cluster, cmd, what)
@@ -353,6 +360,8 @@ class RedisClusterBackend:
             if failed:
                 exc = failed[0].exception()
                 assert exc is not None
+                if not isinstance(exc, RedisError | RedisClusterException | OSError):
+                    raise exc   # a bug, not the store: never hidden as a miss
                 raise RemoteUnavailable(f"redis-cluster {what}: {futures[failed[0]][0]}: "
                                         f"{_describe(exc)}") from exc
             names = ", ".join(sorted(futures[f][0] for f in late))
@@ -432,6 +441,8 @@ class RedisClusterBackend:
             startup_nodes=seeds, username=cfg.username, password=self._password,
             # Retries and redirects are this module's (bounded by each call's deadline).
             retry=Retry(NoBackoff(), 0), require_full_coverage=False,
+            # Refreshes ask the configured seeds, so a DNS name survives the cluster changing IPs.
+            dynamic_startup_nodes=False,
             socket_connect_timeout=cfg.connect_timeout_s,
             # Bounds connection set-up and writes; reads wait at most until the call's deadline.
             socket_timeout=max(cfg.timeout_s, cfg.connect_timeout_s), socket_keepalive=True, **tls)

@@ -1,0 +1,296 @@
+"""A throwaway Redis Cluster of ``redis-server`` processes on loopback, for the remote-tier tests.
+
+``RedisClusterFixture(masters=3).start()`` starts each master in its own temp dir on free ports
+(client port and cluster-bus port both picked, so nothing depends on port + 10000 being free),
+joins them with ``redis-cli --cluster create`` and waits until every node reports
+``cluster_state:ok`` with all 16384 slots assigned. Settings follow the remote tier's advice
+(allkeys-lru, no persistence, reads allowed while part of the cluster is down) with a short
+node timeout so failure detection fits in a test.
+
+Every server gets PR_SET_PDEATHSIG and every fixture is closed at exit, so a crashed or
+interrupted test run leaves no redis-server behind. Import ``redis`` lazily: this module is
+imported by the shared conftest, which must load where redis-py is missing.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from redis.cluster import RedisCluster
+
+HOST = "127.0.0.1"
+SLOTS = 16384
+# Bounded polling: attempts times the pause is the most any wait may take (generous: 2 shared cores).
+POLL_PAUSE_S = 0.05
+READY_ATTEMPTS = 600          # 30 s for a server to answer PING or the cluster to settle
+CLI_TIMEOUT_S = 120.0         # redis-cli --cluster create / reshard
+_PR_SET_PDEATHSIG = 1
+_LIVE: set[RedisClusterFixture] = set()
+
+
+def missing_reason() -> str | None:
+    """Why a cluster cannot be started here (for ``pytest.skip``), or ``None``."""
+    for tool in ("redis-server", "redis-cli"):
+        if shutil.which(tool) is None:
+            return f"{tool} not on PATH (apt-get install redis-server)"
+    try:
+        import redis.cluster  # noqa: F401
+    except ImportError:
+        return "redis-py not installed (pip install 'redis[hiredis]')"
+    return None
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+try:   # loaded here, not in the forked child, where other threads may hold locks
+    _prctl: Any = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):
+    _prctl = None
+
+
+def _die_with_parent() -> None:
+    # Runs in the child before exec: a SIGKILLed test run takes its servers with it.
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _close_all() -> None:
+    for fixture in list(_LIVE):
+        fixture.close()
+
+
+atexit.register(_close_all)
+
+
+class RedisClusterFixture:
+    """``masters`` cluster-mode redis-servers joined into one cluster; see the module docstring."""
+
+    def __init__(self, masters: int = 3, password: str | None = None,
+                 maxmemory: str = "128mb", extra_args: tuple[str, ...] = ()) -> None:
+        self.masters = masters
+        self.password = password
+        self.maxmemory = maxmemory
+        self.extra_args = extra_args
+        self.root = Path(tempfile.mkdtemp(prefix="td-redis-"))
+        ports = free_ports(2 * masters)
+        self.ports = ports[:masters]
+        self.bus_ports = ports[masters:]
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * masters
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> RedisClusterFixture:
+        """Start every server, create the cluster, wait until it is ok; returns self."""
+        _LIVE.add(self)
+        try:
+            for i in range(self.masters):
+                self._spawn(i)
+            for i in range(self.masters):
+                self._wait_ping(i)
+            self._cli("--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes")
+            self.wait_ok()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Kill every server (stopped ones too) and remove the temp dirs; idempotent."""
+        for i in range(self.masters):
+            self._reap(i)
+        shutil.rmtree(self.root, ignore_errors=True)
+        _LIVE.discard(self)
+
+    def __enter__(self) -> RedisClusterFixture:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- addresses and clients ---------------------------------------------------------------
+
+    @property
+    def nodes(self) -> list[str]:
+        """``HOST:PORT`` of every master, in index order."""
+        return [f"{HOST}:{port}" for port in self.ports]
+
+    def client(self, **kwargs: Any) -> RedisCluster:
+        """A redis-py cluster client for the test's own raw reads and writes."""
+        from redis.cluster import ClusterNode, RedisCluster
+
+        kwargs.setdefault("password", self.password)
+        kwargs.setdefault("socket_timeout", 10.0)
+        return RedisCluster(startup_nodes=[ClusterNode(HOST, p) for p in self.ports],
+                            require_full_coverage=False, **kwargs)
+
+    def node_client(self, i: int) -> Redis:
+        """A plain client of master ``i`` (cluster commands, FLUSHALL, INFO)."""
+        from redis import Redis
+
+        return Redis(host=HOST, port=self.ports[i], password=self.password, socket_timeout=10.0)
+
+    def owners(self, via: int = 0) -> list[int]:
+        """For each of the 16384 slots, the index of the master serving it, as master ``via``
+        sees the slot map (-1 where none does)."""
+        owner = [-1] * SLOTS
+        with self.node_client(via) as r:
+            for start, end, primary, *_ in r.execute_command("CLUSTER SLOTS"):
+                index = self.ports.index(int(primary[1]))
+                owner[start:end + 1] = [index] * (end + 1 - start)
+        return owner
+
+    def index_of_slot(self, slot: int) -> int:
+        """Index of the master serving ``slot`` (as master 0 sees the slot map)."""
+        return self.owners()[slot]
+
+    def node_id(self, i: int) -> str:
+        with self.node_client(i) as r:
+            raw = r.execute_command("CLUSTER MYID")
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    def flushall(self) -> None:
+        """FLUSHALL on every master (all of them must be up)."""
+        for i in range(self.masters):
+            with self.node_client(i) as r:
+                r.flushall()
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def kill(self, i: int, sig: int = signal.SIGKILL) -> None:
+        """Send ``sig`` to master ``i``: SIGKILL (reaped here), SIGSTOP (hang) or SIGCONT."""
+        proc = self.procs[i]
+        if proc is None:
+            raise RuntimeError(f"master {i} is not running")
+        proc.send_signal(sig)
+        if sig == signal.SIGKILL:
+            proc.wait()
+            self.procs[i] = None
+
+    def restart(self, i: int, wait: bool = True) -> None:
+        """Start master ``i`` again on its port and dir (its nodes.conf keeps its id and slots,
+        its data is gone); with ``wait``, until the whole cluster is ok again (restarting every
+        master of a cluster: ``wait=False`` for all but the last)."""
+        self._reap(i)
+        self._spawn(i)
+        self._wait_ping(i)
+        if wait:
+            self.wait_ok()
+
+    def reshard(self, num_slots: int, src: int, dst: int) -> None:
+        """Move ``num_slots`` slots (with their keys, by MIGRATE) from master ``src`` to ``dst``:
+        clients see ASK while a slot migrates and MOVED after."""
+        self._cli("--cluster", "reshard", self.nodes[src], "--cluster-from", self.node_id(src),
+                  "--cluster-to", self.node_id(dst), "--cluster-slots", str(num_slots),
+                  "--cluster-yes")
+
+    def wait_ok(self) -> None:
+        """Wait until every running master says ``cluster_state:ok``, sees all masters and has
+        all 16384 slots assigned."""
+        info: dict[str, str] = {}
+        for _ in range(READY_ATTEMPTS):
+            if all(self._cluster_ok(i, info) for i in range(self.masters) if self.procs[i]):
+                return
+            time.sleep(POLL_PAUSE_S)
+        raise TimeoutError(f"cluster on {self.nodes} did not settle: last CLUSTER INFO {info}")
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _spawn(self, i: int) -> None:
+        node_dir = self.root / f"node-{i}"
+        node_dir.mkdir(exist_ok=True)
+        args = ["redis-server", "--port", str(self.ports[i]), "--cluster-port", str(self.bus_ports[i]),
+                "--bind", HOST, "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"),
+                "--daemonize", "no", "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
+                "--cluster-require-full-coverage", "no", "--cluster-allow-reads-when-down", "yes",
+                "--save", "", "--appendonly", "no", "--maxmemory", self.maxmemory,
+                "--maxmemory-policy", "allkeys-lru", *self.extra_args]
+        if self.password is not None:
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        self.procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+
+    def _reap(self, i: int) -> None:
+        proc = self.procs[i]
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()   # SIGKILL ends a SIGSTOPped process too
+            proc.wait()
+            self.procs[i] = None
+
+    def _wait_ping(self, i: int) -> None:
+        from redis.exceptions import RedisError
+
+        with self.node_client(i) as r:
+            for _ in range(READY_ATTEMPTS):
+                proc = self.procs[i]
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"redis-server {self.nodes[i]} exited with {proc.returncode}: "
+                                       f"{self._log_tail(i)}")
+                with contextlib.suppress(RedisError):
+                    if r.ping():
+                        return
+                time.sleep(POLL_PAUSE_S)
+        raise TimeoutError(f"redis-server {self.nodes[i]} did not answer PING: {self._log_tail(i)}")
+
+    def _cluster_ok(self, i: int, info: dict[str, str]) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            with self.node_client(i) as r:
+                raw = r.execute_command("CLUSTER INFO")
+        except RedisError as e:
+            info.update(error=f"{self.nodes[i]}: {e}")
+            return False
+        info.clear()
+        if isinstance(raw, dict):   # redis-py parses CLUSTER INFO into a dict
+            info.update((str(k), str(v)) for k, v in raw.items())
+        else:
+            text = raw.decode() if isinstance(raw, bytes) else str(raw)
+            info.update(line.split(":", 1) for line in text.split() if ":" in line)
+        return (info.get("cluster_state") == "ok"
+                and info.get("cluster_slots_assigned") == str(SLOTS)
+                and info.get("cluster_known_nodes") == str(self.masters))
+
+    def _cli(self, *args: str) -> None:
+        env = dict(os.environ)
+        if self.password is not None:
+            env["REDISCLI_AUTH"] = self.password   # not on the command line (ps) and no warning
+        done = subprocess.run(["redis-cli", *args], env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=CLI_TIMEOUT_S, check=False)
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        # redis-cli --cluster exits 0 on some refusals: its [ERR] lines are the verdict.
+        if done.returncode != 0 or "[ERR]" in output:
+            raise RuntimeError(f"redis-cli {' '.join(args[:2])} failed ({done.returncode}): "
+                               f"{output[-2000:]}")
+
+    def _log_tail(self, i: int) -> str:
+        try:
+            return (self.root / f"node-{i}" / "redis.log").read_text(errors="replace")[-1500:]
+        except OSError:
+            return "(no log)"
