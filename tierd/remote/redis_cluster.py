@@ -169,9 +169,12 @@ def _describe(exc: BaseException) -> str:
 
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, AuthenticationError | NoPermissionError):
+        if isinstance(cause, AuthenticationError):
             return (f"authentication failed ({cause}): check remote.username and the password in "
                     f"remote.password_file")
+        if isinstance(cause, NoPermissionError):
+            return (f"permission denied ({cause}): the ACL user (remote.username) needs keys "
+                    f"~td1:* and GET SET MGET EXISTS DEL ASKING CLUSTER")
         cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}: {exc}"
 
