@@ -174,7 +174,7 @@ def _describe(exc: BaseException) -> str:
                     f"remote.password_file")
         if isinstance(cause, NoPermissionError):
             return (f"permission denied ({cause}): the ACL user (remote.username) needs keys "
-                    f"~td1:* and GET SET MGET EXISTS DEL ASKING CLUSTER")
+                    f"~td1:* and SET MGET EXISTS DEL ASKING CLUSTER")
         cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}: {exc}"
 
