@@ -8,9 +8,10 @@ one master)::
 
 Keeping the last ``TAIL_BYTES`` out of the body lets a 2 MiB page's body sit inside a jemalloc
 size class instead of costing 2.5 MiB. Reads are one ``MGET head body`` per page (atomic on its
-node); writes store every body first and then, in a second round trip, the heads of the bodies
-acknowledged, so a header is never stored ahead of its payload, even across redirects or when
-the writer dies.
+node); writes send each page's body and then its head in one pipeline per master: a master runs a
+connection's commands in order, so a writer that dies mid-stream leaves at most a body without
+its head. (A redirect in the middle of a reshard may land a head before its body; a reader then
+finds the two disagree, which the remote tier's checksum treats as a miss.)
 
 redis-py's ``RedisCluster`` keeps the slot map and one connection pool per master; the commands
 themselves are packed here and pipelined per master on a small thread pool. That keeps every
@@ -234,23 +235,26 @@ class RedisClusterBackend:
 
     def put(self, page_ids: Sequence[bytes], headers: Sequence[bytes],
             payloads: Sequence[memoryview], deadline_s: float) -> list[bool]:
-        """Bodies first, then the heads of the bodies stored; False where the store refused one
-        (out of memory)."""
+        """Each page's body, then its head, in one pipeline per master (one round trip): a master
+        runs a connection's commands in order, so a writer cut off mid-stream leaves at most a
+        body without its head. False where the store refused a part (out of memory); a head
+        stored without its body is deleted again (best effort: a reader would delete it too)."""
         if not len(page_ids) == len(headers) == len(payloads):
             raise ValueError(f"{len(page_ids)} page ids, {len(headers)} headers, {len(payloads)} payloads")
-        bodies, heads = [], []
+        cmds = []
         for page_id, header, payload in zip(page_ids, headers, payloads):
             data = _byte_view(payload)
             cut = max(0, len(data) - TAIL_BYTES)
             bkey, hkey = body_key(page_id), head_key(page_id)
-            bodies.append(_Cmd(bkey, _pack(b"SET", bkey, data[:cut])))
-            heads.append(_Cmd(hkey, _pack(b"SET", hkey, pack_head(header, data[cut:]))))
-        stored = [self._stored(r) for r in self._run(bodies, deadline_s, "put")]
-        todo = [i for i, ok in enumerate(stored) if ok]
-        done = [False] * len(page_ids)
-        if todo:
-            for i, reply in zip(todo, self._run([heads[i] for i in todo], deadline_s, "put")):
-                done[i] = self._stored(reply)
+            cmds.append(_Cmd(bkey, _pack(b"SET", bkey, data[:cut])))
+            cmds.append(_Cmd(hkey, _pack(b"SET", hkey, pack_head(header, data[cut:]))))
+        stored = [self._stored(r) for r in self._run(cmds, deadline_s, "put")]
+        done = [body and head for body, head in zip(stored[0::2], stored[1::2])]
+        orphans = [_Cmd(key, _pack(b"DEL", key)) for key, body, head in
+                   zip(map(head_key, page_ids), stored[0::2], stored[1::2]) if head and not body]
+        if orphans:
+            with contextlib.suppress(RemoteUnavailable):
+                self._run(orphans, deadline_s, "put")
         return done
 
     def delete(self, page_ids: Sequence[bytes], deadline_s: float) -> None:
@@ -346,6 +350,14 @@ class RedisClusterBackend:
             if node.name not in groups:
                 groups[node.name] = (cluster.get_redis_connection(node), [])
             groups[node.name][1].append((i, cmd))
+        if len(groups) == 1:  # one master: no thread hop (its reads are bounded by the deadline)
+            (name, (client, group)), = groups.items()
+            try:
+                replies = _exchange(client, [c for _, c in group], deadline)
+            except (RedisError, RedisClusterException, OSError) as error:  # other exceptions: bugs
+                self._refresh_soon(cluster)
+                raise RemoteUnavailable(f"redis-cluster {what}: {name}: {_describe(error)}") from error
+            return dict(zip((i for i, _ in group), replies))
         futures: dict[Future[list[object]], tuple[str, list[int]]] = {}
         for name, (client, group) in groups.items():
             try:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
+
 from tierd.config import RemoteConfig
 from tierd.keys import PageKey
 from tierd.remote.base import Fetched, RemoteBackend, RemoteUnavailable
@@ -76,9 +78,9 @@ class RemoteTier:
         self._count(hits=found, misses=int(found < len(keys)))
         return found
 
-    def fetch(self, fingerprint: bytes, keys: Sequence[PageKey], page_bytes: int) -> list[bytearray]:
+    def fetch(self, fingerprint: bytes, keys: Sequence[PageKey], page_bytes: int) -> list[memoryview]:
         """The verified pages of the longest prefix of ``keys`` the remote store holds, in order."""
-        pages: list[bytearray] = []
+        pages: list[memoryview] = []
         for chunk in self._chunks(len(keys), page_bytes):
             got = self._fetch_chunk(fingerprint, keys[chunk], page_bytes)
             pages += got
@@ -89,10 +91,10 @@ class RemoteTier:
         return pages
 
     def _fetch_chunk(self, fingerprint: bytes, keys: Sequence[PageKey],
-                     page_bytes: int) -> list[bytearray]:
+                     page_bytes: int) -> list[memoryview]:
         ids = [page_id(fingerprint, key) for key in keys]
-        outs = [bytearray(page_bytes) for _ in keys]
-        views = [memoryview(out) for out in outs]
+        # Uninitialised: every byte is either written by the backend or the page is not returned.
+        views = [np.empty(page_bytes, np.uint8).data for _ in keys]
         fetched = self._call(lambda: self._backend.get_into(ids, views, self._deadline_s()))
         if fetched is None:
             return []
@@ -100,7 +102,7 @@ class RemoteTier:
         if bad:
             self._count(checksum_failures=len(bad))
             self._call(lambda: self._backend.delete(bad, self._deadline_s()))
-        return outs[:good]
+        return views[:good]
 
     def _judge(self, fingerprint: bytes, keys: Sequence[PageKey], views: Sequence[memoryview],
                fetched: Sequence[Fetched | None]) -> tuple[int, list[bytes]]:

@@ -217,7 +217,7 @@ class PageStore:
         if not found:
             return
         try:
-            self._store_pages(parts, ns_id, Tier.DRAM, found, [memoryview(p) for p in pages], None)
+            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None)
         except TierdError as exc:
             log.warning("%d page(s) read from the remote tier found no room in dram: %s",
                         len(found), exc)

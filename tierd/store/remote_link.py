@@ -108,7 +108,7 @@ def open_remote(config: StoreConfig, manager: Manager, runner: PlanRunner,
 
 
 def fill_from_remote(link: RemoteLink, manager: Manager, ns_id: int, keys: Sequence[PageKey],
-                     present: int) -> tuple[list[PageKey], list[bytearray]]:
+                     present: int) -> tuple[list[PageKey], list[memoryview]]:
     """The verified remote pages of the keys after the local cached prefix (``present`` long):
     ``(keys, pages)`` for the caller to put into dram."""
     if present >= len(keys):
