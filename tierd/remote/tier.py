@@ -23,6 +23,7 @@ from tierd.config import RemoteConfig
 from tierd.keys import PageKey
 from tierd.remote.base import Fetched, RemoteBackend, RemoteUnavailable
 from tierd.remote.page_value import Verdict, build_header, page_id, verify
+from tierd.values import TierStats
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,6 +44,12 @@ class RemoteStats:
     checksum_failures: int  # values that failed their check, deleted
     queue_depth: int = 0   # pages waiting for the writer (filled in by the writer's owner)
     dropped: int = 0       # pages the writer's queue had no room for
+
+    def as_tier_stats(self) -> TierStats:
+        """The tier's row of Stats: no capacity or residency (the cluster's business); bytes in
+        are bytes written to it, bytes out bytes read from it."""
+        return TierStats(0, 0, 0, self.hits, self.misses, 0, self.bytes_written, self.bytes_read,
+                         self.queue_depth)
 
 
 class _Counters:

@@ -4,11 +4,12 @@ A thin facade over the parts ``assembly`` composes: the bookkeeping manager, the
 and transfer engine, from one factory keyed by the device), the disk tier, the plan runner,
 promotion, eviction and the maintenance thread; ``lease_checks`` checks lease requests.
 Synchronous and thread-safe; methods may block on copies or disk I/O, so async callers use a
-bounded executor. The ``try_*`` entry points and ``lookup``, ``renew``, ``release``, ``delete``,
-``stats`` never wait (bookkeeping under the manager's lock only, no page bytes, no disk I/O), so
+bounded executor. The ``try_*`` entry points and ``renew``, ``release``, ``delete``, ``stats``
+never wait (bookkeeping under the manager's lock only, no page bytes, no disk or remote I/O), so
 an event loop may call them; a ``try_*`` returns ``None``, having changed nothing, where its
-counterpart would have to wait. ``open``/``close`` are idempotent; ``close`` flushes and shuts
-the parts down in reverse order.
+counterpart would have to wait. ``lookup`` waits only to ask the remote tier (when one is
+configured) about keys after the local prefix; ``try_lookup`` never does. ``open``/``close``
+are idempotent; ``close`` flushes and shuts the parts down in reverse order.
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ from tierd.store.durability import Durability
 from tierd.store.flushing import disk_failure_note, flush_to_disk
 from tierd.store.lease_checks import check_acquire, check_allocate, lease_ttl
 from tierd.store.plans import Plan
-from tierd.store.remote_link import fill_from_remote
+from tierd.store.remote_link import fill_from_remote, remote_lookup
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
 from tierd.tier import MEMORY_TIERS, Tier
-from tierd.values import Lease, LookupResult, TierStats
+from tierd.values import Lease, LookupResult
 
 log = logging.getLogger(__name__)
 
@@ -358,9 +359,7 @@ class PageStore:
         local = parts.manager.lookup(ns_id, keys)
         if parts.remote is None or local.num_hits == len(keys):
             return local
-        fingerprint = parts.manager.namespace(ns_id).fingerprint
-        extra = parts.remote.tier.cached_prefix(fingerprint, keys[local.num_hits:])
-        return LookupResult(local.num_hits + extra, local.tiers + (Tier.REMOTE,) * extra)
+        return remote_lookup(parts.remote, parts.manager.namespace(ns_id), keys, local)
 
     def try_lookup(self, ns_id: int, keys: Sequence[PageKey]) -> LookupResult | None:
         """``lookup`` when it needs no remote call: every key cached locally, or no remote tier;
@@ -488,8 +487,7 @@ class PageStore:
         tiers = parts.manager.tier_stats(self.config.tier_capacity_bytes, disk.queue_depth)
         remote = parts.remote.stats() if parts.remote is not None else None
         if remote is not None:
-            tiers[Tier.REMOTE] = TierStats(0, 0, 0, remote.hits, remote.misses, 0,
-                                           remote.bytes_written, remote.bytes_read, remote.queue_depth)
+            tiers[Tier.REMOTE] = remote.as_tier_stats()
         namespaces, leases, refused, budget = parts.manager.totals()
         return StoreStats(tiers, namespaces, leases, disk.checksum_failures,
                           time.monotonic() - self._started_at_s, self.config.write_policy,

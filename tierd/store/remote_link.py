@@ -20,8 +20,11 @@ from tierd.keys import PageKey
 from tierd.remote.base import RemoteBackend
 from tierd.remote.tier import RemoteStats, RemoteTier
 from tierd.remote.writer import RemoteWriter
+from tierd.spec import Namespace
 from tierd.store.manager import Manager
 from tierd.store.runner import PlanRunner
+from tierd.tier import Tier
+from tierd.values import LookupResult
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,13 @@ def open_remote(config: StoreConfig, manager: Manager, runner: PlanRunner,
     log.info("remote tier on %s (%d seed node(s)), pages written on %s", backend.name,
              len(config.remote.nodes), config.remote.write_on.value)
     return link
+
+
+def remote_lookup(link: RemoteLink, ns: Namespace, keys: Sequence[PageKey],
+                  local: LookupResult) -> LookupResult:
+    """``local`` (a lookup of ``keys`` shorter than them) extended by the remote tier's hits."""
+    extra = link.tier.cached_prefix(ns.fingerprint, keys[local.num_hits:])
+    return LookupResult(local.num_hits + extra, local.tiers + (Tier.REMOTE,) * extra)
 
 
 def fill_from_remote(link: RemoteLink, manager: Manager, ns_id: int, keys: Sequence[PageKey],
