@@ -13,6 +13,7 @@ class MemoryBackend:
     """Header and payload parts per page id, like the Redis backend's two keys."""
 
     name = "memory"
+    failures = 0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -3,8 +3,9 @@
 A backend moves bytes and never decides: it stores a page as a header (``page_value``, built and
 verified by ``tierd.remote.tier``) plus a payload, under a **page id** of 32 bytes (the
 namespace fingerprint, then the page key) that it maps to its own names. Every call is batched
-and takes an absolute ``deadline_s`` (``time.monotonic()``); a backend that cannot answer by then
-(store down, slow, connection refused) raises ``RemoteUnavailable`` and the caller counts misses.
+and takes an absolute ``deadline_s`` (``time.monotonic()``). A page whose part of the store does
+not answer by then (a node down, slow, refusing) is a miss (``False``/``None``) and counts in
+``failures``; a call none of whose pages could be answered raises ``RemoteUnavailable``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ class RemoteBackend(Protocol):
     @property
     def name(self) -> str:
         """For logs and stats, e.g. ``redis-cluster``."""
+
+    @property
+    def failures(self) -> int:
+        """Parts of calls that got no answer so far (their pages were misses), monotonic."""
 
     def exists(self, page_ids: Sequence[bytes], deadline_s: float) -> list[bool]:
         """For each page id, whether its header part is stored."""

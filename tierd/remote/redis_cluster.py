@@ -18,8 +18,9 @@ themselves are packed here and pipelined per master on a small thread pool. That
 call inside its deadline: each master's exchange reads with the time left, the caller stops
 waiting at the deadline, and MOVED / ASK / TRYAGAIN are followed here, round by round, only
 while time is left. redis-py's own retries (one command at a time, with topology refreshes and
-sleeps) are switched off. A call fails as a whole with ``RemoteUnavailable`` when any master it
-needs does not answer.
+sleeps) are switched off. A master that fails (refused, hung past the deadline, CLUSTERDOWN)
+costs only its own pages, as misses, and is skipped for ``retry_after_s``; a call raises
+``RemoteUnavailable`` only when no master it needed answered.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -122,6 +123,11 @@ def _coalesce(chunks: Sequence[bytes]) -> list[bytes]:
     return out
 
 
+class _NodeDown(Exception):
+    """The reply of a command whose master failed in this call or is backing off after a failure
+    (a value, like an error reply: that page is a miss, the call goes on)."""
+
+
 @dataclass(frozen=True)
 class _Cmd:
     """One packed command; ``target`` overrides the slot owner after a MOVED or ASK."""
@@ -199,6 +205,8 @@ class RedisClusterBackend:
         self._refreshing = False
         self._refreshed_at = float("-inf")
         self._closed = False
+        self._down_until_s: dict[str, float] = {}   # master name -> end of its back-off
+        self._failures = 0
         self._executor = ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="tierd-redis")
         # Start connecting now, without waiting: the first call most likely finds the slot map.
         with self._lock:
@@ -208,12 +216,19 @@ class RedisClusterBackend:
     def name(self) -> str:
         return "redis-cluster"
 
+    @property
+    def failures(self) -> int:
+        """Masters that failed a call so far (their pages were misses, the call went on)."""
+        with self._lock:
+            return self._failures
+
     # -- RemoteBackend -----------------------------------------------------------------------
 
     def exists(self, page_ids: Sequence[bytes], deadline_s: float) -> list[bool]:
-        """Pipelined EXISTS of the head keys."""
+        """Pipelined EXISTS of the head keys (False on a master that does not answer)."""
         cmds = [_Cmd(k, _pack(b"EXISTS", k)) for k in map(head_key, page_ids)]
-        return [self._value(r, "exists", int) > 0 for r in self._run(cmds, deadline_s, "exists")]
+        return [not isinstance(r, _NodeDown) and self._value(r, "exists", int) > 0
+                for r in self._run(cmds, deadline_s, "exists")]
 
     def get_into(self, page_ids: Sequence[bytes], views: Sequence[memoryview],
                  deadline_s: float) -> list[Fetched | None]:
@@ -227,6 +242,9 @@ class RedisClusterBackend:
         replies = self._run(cmds, deadline_s, "get")
         out: list[Fetched | None] = []
         for view, reply in zip(views, replies):
+            if isinstance(reply, _NodeDown):
+                out.append(None)
+                continue
             parts = self._value(reply, "get", list)
             if len(parts) != 2:
                 raise RemoteUnavailable(f"redis-cluster get: MGET answered {len(parts)} values, not 2")
@@ -264,7 +282,8 @@ class RedisClusterBackend:
             head = head_key(page_id)
             cmds.append(_Cmd(head, _pack(b"DEL", head, body_key(page_id))))
         for reply in self._run(cmds, deadline_s, "delete"):
-            self._value(reply, "delete", int)
+            if not isinstance(reply, _NodeDown):
+                self._value(reply, "delete", int)
 
     def close(self) -> None:
         """Close every connection and the worker threads; idempotent. Later calls raise."""
@@ -294,7 +313,7 @@ class RedisClusterBackend:
         """A SET's verdict: OOM is this page's failure (the store is full), other errors the call's."""
         from redis.exceptions import OutOfMemoryError
 
-        if isinstance(reply, OutOfMemoryError):
+        if isinstance(reply, OutOfMemoryError | _NodeDown):
             log.debug("redis-cluster put refused: %s", reply)
             return False
         return bool(RedisClusterBackend._value(reply, "put", bytes) == b"OK")
@@ -303,7 +322,8 @@ class RedisClusterBackend:
 
     def _run(self, cmds: list[_Cmd], deadline: float, what: str) -> list[object]:
         """Every command's reply (in order), following MOVED / ASK and retrying TRYAGAIN while
-        time is left; raises ``RemoteUnavailable`` when a master fails or time runs out."""
+        time is left. A command of a master that fails (or backs off) gets a ``_NodeDown`` reply;
+        ``RemoteUnavailable`` when no master could answer or time runs out."""
         from redis.exceptions import AskError, ClusterDownError, MovedError, TryAgainError
 
         if not cmds:
@@ -325,19 +345,45 @@ class RedisClusterBackend:
                 elif isinstance(reply, TryAgainError):   # a page's two keys split by a migration
                     cmds[i] = replace(cmds[i], target=None, asking=False)
                     pause = min(_TRYAGAIN_PAUSE_S[0] * 2 ** attempt, _TRYAGAIN_PAUSE_S[1])
-                elif isinstance(reply, ClusterDownError):
-                    raise RemoteUnavailable(f"redis-cluster {what}: {reply}")
+                elif isinstance(reply, ClusterDownError):   # this master cannot serve the slot
+                    replies[i] = _NodeDown(str(reply))
+                    continue
                 else:
                     replies[i] = reply
                     continue
                 pending.append(i)
             if not pending:
-                return replies
+                return self._answered(replies, what)
             if time.monotonic() + pause >= deadline:
                 break
             time.sleep(pause)
         raise RemoteUnavailable(f"redis-cluster {what}: {len(pending)} commands still redirected "
                                 f"(resharding?) when the call had to end")
+
+    @staticmethod
+    def _answered(replies: list[object], what: str) -> list[object]:
+        """``replies``, unless no master answered any of them: then the call failed."""
+        down = [r for r in replies if isinstance(r, _NodeDown)]
+        if down and len(down) == len(replies):
+            raise RemoteUnavailable(f"redis-cluster {what}: no master answered ({down[0]})")
+        return replies
+
+    def _node_failed(self, cluster: RedisCluster, name: str, error: BaseException, what: str) -> _NodeDown:
+        """Back off from master ``name`` for ``retry_after_s``; the reply its commands get."""
+        with self._lock:
+            was_up = time.monotonic() >= self._down_until_s.get(name, 0.0)
+            self._down_until_s[name] = time.monotonic() + self._config.retry_after_s
+            self._failures += 1
+        message = f"{name}: {_describe(error)}"
+        if was_up:
+            log.warning("redis-cluster %s failed, its pages are misses for %.1f s: %s", what,
+                        self._config.retry_after_s, message)
+        self._refresh_soon(cluster)
+        return _NodeDown(message)
+
+    def _backing_off(self, name: str) -> bool:
+        with self._lock:
+            return time.monotonic() < self._down_until_s.get(name, 0.0)
 
     def _round(self, cluster: RedisCluster, items: list[tuple[int, _Cmd]], deadline: float,
                what: str) -> dict[int, object]:
@@ -350,14 +396,20 @@ class RedisClusterBackend:
             if node.name not in groups:
                 groups[node.name] = (cluster.get_redis_connection(node), [])
             groups[node.name][1].append((i, cmd))
+        answered: dict[int, object] = {}
+        for name in [name for name in groups if self._backing_off(name)]:
+            down = _NodeDown(f"{name} is backing off after a failure")
+            answered.update((i, down) for i, _ in groups.pop(name)[1])
+        if not groups:
+            return answered
         if len(groups) == 1:  # one master: no thread hop (its reads are bounded by the deadline)
             (name, (client, group)), = groups.items()
             try:
-                replies = _exchange(client, [c for _, c in group], deadline)
+                replies: list[object] = _exchange(client, [c for _, c in group], deadline)
             except (RedisError, RedisClusterException, OSError) as error:  # other exceptions: bugs
-                self._refresh_soon(cluster)
-                raise RemoteUnavailable(f"redis-cluster {what}: {name}: {_describe(error)}") from error
-            return dict(zip((i for i, _ in group), replies))
+                replies = [self._node_failed(cluster, name, error, what)] * len(group)
+            answered.update(zip((i for i, _ in group), replies))
+            return answered
         futures: dict[Future[list[object]], tuple[str, list[int]]] = {}
         for name, (client, group) in groups.items():
             try:
@@ -365,25 +417,19 @@ class RedisClusterBackend:
             except RuntimeError:   # shut down by close()
                 raise RemoteUnavailable("redis-cluster: the backend is closed") from None
             futures[future] = (name, [i for i, _ in group])
-        done, late = wait(futures, timeout=max(0.0, deadline + _GRACE_S - time.monotonic()),
-                          return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed or late:
-            for future in late:
+        _, late = wait(futures, timeout=max(0.0, deadline + _GRACE_S - time.monotonic()))
+        for future, (name, indexes) in futures.items():
+            if future in late:
                 future.cancel()
-            self._refresh_soon(cluster)
-            if failed:
-                exc = failed[0].exception()
-                assert exc is not None
+                replies = [self._node_failed(cluster, name, TimeoutError("no answer by the deadline"),
+                                             what)] * len(indexes)
+            elif (exc := future.exception()) is not None:
                 if not isinstance(exc, RedisError | RedisClusterException | OSError):
                     raise exc   # a bug, not the store: never hidden as a miss
-                raise RemoteUnavailable(f"redis-cluster {what}: {futures[failed[0]][0]}: "
-                                        f"{_describe(exc)}") from exc
-            names = ", ".join(sorted(futures[f][0] for f in late))
-            raise RemoteUnavailable(f"redis-cluster {what}: no answer from {names} by the deadline")
-        answered: dict[int, object] = {}
-        for future, (_, indexes) in futures.items():
-            answered.update(zip(indexes, future.result()))
+                replies = [self._node_failed(cluster, name, exc, what)] * len(indexes)
+            else:
+                replies = future.result()
+            answered.update(zip(indexes, replies))
         return answered
 
     def _node_for(self, cluster: RedisCluster, cmd: _Cmd, what: str) -> ClusterNode:

@@ -40,7 +40,7 @@ class RemoteStats:
     bytes_read: int
     bytes_written: int
     pages_written: int
-    errors: int            # backend calls that failed (down, slow, refused)
+    errors: int            # backend calls, or parts of them (a node), that failed: down, slow, refused
     checksum_failures: int  # values that failed their check, deleted
     queue_depth: int = 0   # pages waiting for the writer (filled in by the writer's owner)
     dropped: int = 0       # pages the writer's queue had no room for
@@ -167,8 +167,8 @@ class RemoteTier:
         with self._lock:
             c = self._counts
             return RemoteStats(self._backend.name, self._clock() >= self._down_until_s, c.hits,
-                               c.misses, c.bytes_read, c.bytes_written, c.pages_written, c.errors,
-                               c.checksum_failures)
+                               c.misses, c.bytes_read, c.bytes_written, c.pages_written,
+                               c.errors + self._backend.failures, c.checksum_failures)
 
     def close(self) -> None:
         self._backend.close()
