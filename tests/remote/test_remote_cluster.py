@@ -17,6 +17,7 @@ from store_helpers import SPEC, make_keys, make_pages, small_config
 from tierd.config import MemoryTierConfig, RemoteConfig, StoreConfig
 from tierd.keys import PageKey
 from tierd.remote.page_value import page_id
+from tierd.remote.redis_cluster import ACL_RULES
 from tierd.spec import Namespace
 from tierd.store import PageStore
 from tierd.tier import Tier
@@ -27,9 +28,10 @@ TIMEOUT_S = 0.5
 SLACK_S = 10.0
 
 
-def node_config(tmp_path: Path, name: str, cluster: RedisClusterFixture, **changes: object) -> StoreConfig:
-    remote = RemoteConfig(nodes=tuple(cluster.nodes), timeout_s=TIMEOUT_S, retry_after_s=0.2,
-                          connect_timeout_s=0.5)
+def node_config(tmp_path: Path, name: str, cluster: RedisClusterFixture,
+                remote: RemoteConfig | None = None, **changes: object) -> StoreConfig:
+    remote = remote or RemoteConfig(nodes=tuple(cluster.nodes), timeout_s=TIMEOUT_S,
+                                    retry_after_s=0.2, connect_timeout_s=0.5)
     # Up to three namespaces per node: 8 hbm and 64 dram slots each.
     return small_config(tmp_path / name, shm_prefix=f"tdrc{name}", remote=remote,
                         hbm=MemoryTierConfig(24 * SPEC.page_bytes, region_share=0.34),
@@ -153,3 +155,21 @@ def test_a_reshard_during_the_run_loses_nothing(tmp_path: Path,
         moving.join()
         assert a.stats().remote.pages_written == 120  # type: ignore[union-attr]
         assert b.get(ns_b.ns_id, keys) == pages
+
+
+def test_an_acl_user_with_only_the_documented_rules_works(
+        tmp_path: Path, private_redis_cluster: RedisClusterFixture) -> None:
+    password_file = tmp_path / "password"
+    password_file.write_text("s3cret\n")
+    for i in range(private_redis_cluster.masters):
+        private_redis_cluster.node_client(i).execute_command(
+            "ACL", "SETUSER", "tierd", "on", ">s3cret", "resetkeys", "-@all", *ACL_RULES.split())
+    remote = RemoteConfig(nodes=tuple(private_redis_cluster.nodes), username="tierd",
+                          password_file=password_file, timeout_s=TIMEOUT_S)
+    with PageStore(node_config(tmp_path, "a", private_redis_cluster, remote=remote)) as a, \
+            PageStore(node_config(tmp_path, "b", private_redis_cluster, remote=remote)) as b:
+        ns_a, ns_b = a.register(SPEC), b.register(SPEC)
+        keys, pages = make_keys(ns_a, 6), make_pages(ns_a, 6)
+        publish(a, ns_a, keys, pages)
+        assert b.get(ns_b.ns_id, keys) == pages
+        assert b.stats().remote.errors == 0  # type: ignore[union-attr]

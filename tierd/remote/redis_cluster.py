@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TAIL_BYTES = 64
+# What an ACL user of tierd needs on every node (redis-py reads COMMAND and CLUSTER SLOTS).
+ACL_RULES = "~td1:* +set +mget +exists +del +asking +cluster|slots +command"
 KEY_PREFIX = b"td1:{"
 _HEAD_LEN = struct.Struct("<H")
 MAX_HEADER_BYTES = 0xFFFF
@@ -180,8 +182,8 @@ def _describe(exc: BaseException) -> str:
             return (f"authentication failed ({cause}): check remote.username and the password in "
                     f"remote.password_file")
         if isinstance(cause, NoPermissionError):
-            return (f"permission denied ({cause}): the ACL user (remote.username) needs keys "
-                    f"~td1:* and SET MGET EXISTS DEL ASKING CLUSTER")
+            return (f"permission denied ({cause}): the ACL user (remote.username) needs "
+                    f"{ACL_RULES}")
         cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}: {exc}"
 
