@@ -10,12 +10,13 @@ the worker dies first, the daemon ends them with its session.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 from tierd.tier import Tier
 from tierd_client.convert import now_s
 from tierd_client.errors import NotFoundError, TierdRpcError
-from tierd_client.hf.paged_errors import PageLostError
+from tierd_client.hf.paged_errors import PagedCacheError, PageLostError
 from tierd_client.sync import Lease, TierClient
 from tierd_client.types import NamespaceHandle
 
@@ -43,6 +44,11 @@ class RequestLeases:
     @property
     def num_leases(self) -> int:
         return len(self._held)
+
+    @property
+    def expires_at_s(self) -> float:
+        """When the first lease ends unless renewed (``time.monotonic()``; inf without leases)."""
+        return min((lease.expires_at_s for lease in self._held.values()), default=math.inf)
 
     def _hold(self, lease: Lease) -> None:
         self._held[lease.lease_id] = lease
@@ -103,9 +109,16 @@ class RequestLeases:
         now = now_s()
         for lease_id, lease in list(self._held.items()):
             ttl = self._granted_ttl[lease_id]
-            if lease.expires_at_s - now < ttl / 2:
+            if lease.expires_at_s - now >= ttl / 2:
+                continue
+            try:
                 lease.renew(self._ttl_s)
-                self._granted_ttl[lease_id] = max(0.0, lease.expires_at_s - now_s())
+            except NotFoundError as exc:
+                self._forget(lease)
+                raise PagedCacheError(
+                    f"lease {lease_id} of this request had ended ({exc.details}): its TTL ran out between steps "
+                    "or the daemon restarted, so its pages may be gone; close the request and begin a new one, "
+                    "and give PagedOptions.lease_ttl_s more time or call keep_alive() while idle") from None
 
     def release_all(self) -> None:
         """End every lease (unfilled slots go back, pins go). A lease that had ended already

@@ -158,13 +158,20 @@ class PagedRequest:
 
     @property
     def num_leases(self) -> int:
+        """Leases the request holds now (READ ones pin its cached pages, FILL ones its own slots)."""
         return self._leases.num_leases
+
+    @property
+    def expires_at_s(self) -> float:
+        """When its first lease ends unless a step comes first (each step renews those past half
+        their TTL); ``time.monotonic()`` seconds."""
+        return self._leases.expires_at_s
 
     def extend(self, token_ids: Sequence[int]) -> torch.Tensor:
         """Run the next tokens (a decode step, or a new turn's text); their logits ``[n, vocab]``."""
         token_ids = [int(t) for t in token_ids]
         self._check_usable(token_ids)
-        self._leases.keep_alive()
+        self.keep_alive()
         missing = self._table.pages_for(len(self._tokens) + len(token_ids))
         if missing:
             self._table.append(self._leases.reserve(missing))
@@ -177,6 +184,16 @@ class PagedRequest:
         self.last_logits = logits[-1]
         self._commit_full_pages()
         return logits
+
+    def keep_alive(self) -> None:
+        """Renew the leases past half their TTL (each step does; call it while the request idles)."""
+        if self._closed:
+            raise PagedCacheError("the request is closed: its slots went back; begin a new request")
+        try:
+            self._leases.keep_alive()
+        except PagedCacheError:
+            self._failed = True  # a lease ended: pages it pinned may hold other K/V by now
+            raise
 
     def greedy(self, max_new_tokens: int) -> list[int]:
         """Append ``max_new_tokens`` greedy tokens (each runs one decode step); returns them."""

@@ -71,14 +71,18 @@ def sdpa_logits(model: Any, tokens: list[int]) -> torch.Tensor:
     return logits
 
 
+def cache_kwarg(model: Any) -> str:
+    """The name of forward's cache argument (transformers 5.24 renamed past_key_values to cache;
+    the old name warns)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def sdpa_decode_logits(model: Any, prefix: list[int], steps: list[int]) -> torch.Tensor:
     """transformers' own decode path (sdpa over a ``DynamicCache``): ``prefix`` prefilled, then
     each of ``steps`` run alone; the logits of the steps ``[len(steps), vocab]``."""
     from transformers import DynamicCache
 
-    # transformers 5.24 renamed past_key_values to cache (the old name warns).
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    cache = {name: DynamicCache(config=model.config)}
+    cache = {cache_kwarg(model): DynamicCache(config=model.config)}
     rows = []
     with torch.no_grad():
         model(torch.tensor([prefix]), use_cache=True, **cache)

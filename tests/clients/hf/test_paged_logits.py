@@ -4,7 +4,6 @@ later turns start from the earlier turns' pages. On CPU the kernels' torch refer
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from hf_paged_helpers import (
     CONFIG,
     OPTIONS,
     PAGE_TOKENS,
+    cache_kwarg,
     prompt,
     sdpa_decode_logits,
     sdpa_logits,
@@ -54,7 +54,7 @@ def server(short_tmp: Path) -> Iterator[ServerThread]:
 
 
 def run_paged(model: Any, cache: PagedKVCache, tokens: list[int], explicit: bool) -> torch.Tensor:
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    name = cache_kwarg(model)
     extra = {CACHE_KWARG: cache} if explicit else {}
     with torch.no_grad():
         out = model(torch.tensor([tokens]), use_cache=True, **{name: cache}, **extra)

@@ -163,8 +163,10 @@ def test_a_killed_workers_slots_come_back(server: ServerThread) -> None:
                     break
                 time.sleep(POLL_PAUSE_S)
             assert client.stats().leases == 0, "the daemon kept the dead worker's leases"
+            block_table = held["block_table"]
+            assert isinstance(block_table, list) and block_table
             with client.allocate(ns, region.num_slots) as lease:
-                assert set(held["block_table"]) <= set(lease.slots)  # type: ignore[call-overload]
+                assert set(block_table) <= set(lease.slots)
             # What it had committed before it died stays cached for the next worker.
             assert client.lookup(ns, ns.keys(prompt(LONG_PROMPT, seed=40))) == LONG_PROMPT // PAGE_TOKENS
     finally:
