@@ -16,19 +16,18 @@ attention runs ``tierd_kernels`` over them (no ``DynamicCache`` copy of the K/V)
 
 Modules: ``paged_attention`` (the attention function), ``paged_cache`` (the ``Cache`` writing into
 the arena), ``paged_table`` (block tables), ``paged_leases`` (the request's leases),
-``paged_spec`` (the page spec from the model config), ``paged_worker`` (worker and request),
-``paged_errors``.
+``paged_worker`` (worker and request), ``paged_errors``. The page spec is ``spec_for``'s
+(``tierd_client.hf.model_spec``), the one prefix reuse uses.
 """
 
 from tierd_client.hf.paged_attention import ATTENTION_NAME, paged_attention_forward, register_paged_attention
 from tierd_client.hf.paged_cache import CACHE_KWARG, PagedKVCache
 from tierd_client.hf.paged_errors import PagedCacheError, PagedModelError, PagedWorkerError, PageLostError
-from tierd_client.hf.paged_spec import AttentionDims, attention_dims, paged_spec
 from tierd_client.hf.paged_table import BlockTable
 from tierd_client.hf.paged_worker import PagedOptions, PagedRequest, PagedWorker
 
 __all__ = [
-    "ATTENTION_NAME", "CACHE_KWARG", "AttentionDims", "BlockTable", "PageLostError", "PagedCacheError",
-    "PagedKVCache", "PagedModelError", "PagedOptions", "PagedRequest", "PagedWorker", "PagedWorkerError",
-    "attention_dims", "paged_attention_forward", "paged_spec", "register_paged_attention",
+    "ATTENTION_NAME", "CACHE_KWARG", "BlockTable", "PageLostError", "PagedCacheError", "PagedKVCache",
+    "PagedModelError", "PagedOptions", "PagedRequest", "PagedWorker", "PagedWorkerError",
+    "paged_attention_forward", "register_paged_attention",
 ]

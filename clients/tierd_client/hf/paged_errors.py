@@ -15,13 +15,10 @@ class PagedWorkerError(TierdError):
 
 
 class PagedModelError(PagedWorkerError, InvalidArgument):
-    """The model, its config, dtype or device is not one the paged worker can run.
-
-    Raised when the worker is built: a decoder without full attention in every layer, a config
-    without the fields the page shape comes from, an attention implementation other than the
-    registered paged one, a dtype or head_dim the kernels do not take, a model on another
-    device than the hbm arena, weights without a revision.
-    """
+    """The model is not one the paged worker can run: an attention implementation other than the
+    registered paged one, a dtype, head_dim or page size the kernels do not take, a model on
+    another device than the hbm arena. (A model without a page spec at all raises ``spec_for``'s
+    errors, ``tierd_client.hf.errors``.)"""
 
 
 class PagedCacheError(PagedWorkerError, FailedPrecondition):

@@ -17,7 +17,6 @@ from it. Closing the request (or the worker's death) gives every slot back.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,11 +26,11 @@ import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from tierd.tier import Tier
+from tierd_client.hf.model_spec import cache_argument, spec_for
 from tierd_client.hf.paged_attention import paged_attention_forward
 from tierd_client.hf.paged_cache import CACHE_KWARG, PagedKVCache
 from tierd_client.hf.paged_errors import PagedCacheError, PagedModelError
 from tierd_client.hf.paged_leases import RequestLeases
-from tierd_client.hf.paged_spec import attention_dims, paged_spec
 from tierd_client.hf.paged_table import BlockTable
 from tierd_client.sync import TierClient
 from tierd_kernels import ArenaGeometry, KernelInputError
@@ -40,8 +39,8 @@ from tierd_kernels import ArenaGeometry, KernelInputError
 @dataclass(frozen=True)
 class PagedOptions:
     """How a worker pages: ``page_tokens`` tokens a page (a power of two, 8..256), the weights'
-    ``revision`` (default: the hub commit they were loaded from), the daemon ``tenant``, and the
-    TTL / promotion timeout each lease asks for (``None``: the daemon's defaults)."""
+    ``revision`` (default: the hub commit they were loaded from; ``spec_for``), the daemon
+    ``tenant``, and the TTL / promotion timeout each lease asks for (``None``: the daemon's)."""
 
     page_tokens: int = 16
     revision: str | None = None
@@ -71,8 +70,10 @@ def _check_arena(arena: torch.Tensor, device: torch.device) -> None:
 class PagedWorker:
     """Runs ``model`` (batch 1, inference) with its K/V in ``client``'s daemon's hbm pages.
 
-    Registers the model's namespace (spec from its config, dtype and ``options``) and maps its
-    hbm arena; the client owns both and must outlive the worker's requests.
+    Registers the model's namespace (``spec_for``: from its config, dtype and ``options``) and
+    maps its hbm arena; the client owns both and must outlive the worker's requests. Raises
+    ``PagedModelError`` for a model it cannot page, and ``spec_for``'s errors
+    (``UnsupportedModelError``, ``ModelIdentityError``) for one without a page spec.
     """
 
     def __init__(self, client: TierClient, model: Any, options: PagedOptions | None = None) -> None:
@@ -80,15 +81,15 @@ class PagedWorker:
         self.model = model
         self.options = options or PagedOptions()
         _check_attention(model)
-        self.num_layers = attention_dims(model.config).num_layers
         self.device: torch.device = model.device
-        self.spec = paged_spec(model.config, model.dtype, self.options.page_tokens, self.options.revision)
+        # The spec prefix reuse (tierd_client.hf.prefix) derives too: both page the same layout,
+        # so pages one saves, the other starts from.
+        self.spec = spec_for(model, page_tokens=self.options.page_tokens, revision=self.options.revision)
+        self.num_layers = self.spec.num_layers
         self.ns = client.register(self.spec, self.options.tenant)
         self.arena: torch.Tensor = client.arena(self.ns, Tier.HBM).torch()
         _check_arena(self.arena, self.device)
-        # transformers 5.24 renamed forward's past_key_values to cache (the old name warns).
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
 
     def begin(self, prompt_ids: Sequence[int]) -> PagedRequest:
         """Start a request: pin the longest cached prefix of ``prompt_ids`` (always leaving one

@@ -5,7 +5,6 @@ in-process daemon sized in pages of that model, prompts, and sdpa's logits to co
 from __future__ import annotations
 
 import copy
-import inspect
 import random
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from server_harness import ServerThread, make_server, serving_settings
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tierd.config import DiskConfig, MemoryTierConfig
+from tierd_client.hf.model_spec import cache_argument
 from tierd_client.hf.paged import PagedOptions, register_paged_attention
 
 SEED = 0
@@ -71,18 +71,12 @@ def sdpa_logits(model: Any, tokens: list[int]) -> torch.Tensor:
     return logits
 
 
-def cache_kwarg(model: Any) -> str:
-    """The name of forward's cache argument (transformers 5.24 renamed past_key_values to cache;
-    the old name warns)."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def sdpa_decode_logits(model: Any, prefix: list[int], steps: list[int]) -> torch.Tensor:
     """transformers' own decode path (sdpa over a ``DynamicCache``): ``prefix`` prefilled, then
     each of ``steps`` run alone; the logits of the steps ``[len(steps), vocab]``."""
     from transformers import DynamicCache
 
-    cache = {cache_kwarg(model): DynamicCache(config=model.config)}
+    cache = {cache_argument(model): DynamicCache(config=model.config)}
     rows = []
     with torch.no_grad():
         model(torch.tensor([prefix]), use_cache=True, **cache)

@@ -1,6 +1,6 @@
-"""What the paged worker refuses and how it keeps a request sound: block tables, the spec read
-from the config (another revision pages apart), models and calls it cannot serve, a step that
-failed half-way, a page lost before it was pinned again, and lease renewal between steps."""
+"""What the paged worker refuses and how it keeps a request sound: block tables, the spec (prefix
+reuse's ``spec_for``; another revision pages apart), models and calls it cannot serve, a step
+that failed half-way, a page lost before it was pinned again, and lease renewal between steps."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch
-from hf_paged_helpers import CONFIG, OPTIONS, PAGE_TOKENS, REVISION, cache_kwarg, prompt, start_server, tiny_models
+from hf_paged_helpers import CONFIG, OPTIONS, PAGE_TOKENS, REVISION, prompt, start_server, tiny_models
 from server_harness import ServerThread
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import tierd_client.hf.paged_leases as paged_leases
 from tierd.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tierd_client import TierClient
+from tierd_client.hf.errors import ModelIdentityError
+from tierd_client.hf.model_spec import cache_argument, spec_for
 from tierd_client.hf.paged import (
     BlockTable,
     PagedCacheError,
@@ -28,7 +30,6 @@ from tierd_client.hf.paged import (
     PagedOptions,
     PagedWorker,
     PageLostError,
-    paged_spec,
     register_paged_attention,
 )
 from tierd_client.sync import Lease
@@ -56,19 +57,16 @@ def test_a_block_table_maps_positions_to_slots() -> None:
         table.slot_mapping(20, 5, torch.device("cpu"))
 
 
-def test_the_spec_comes_from_the_config() -> None:
-    config = LlamaConfig(**CONFIG)
-    spec = paged_spec(config, torch.bfloat16, PAGE_TOKENS, REVISION)
-    assert (spec.model, spec.dtype, spec.num_layers, spec.num_kv_heads, spec.head_dim, spec.page_tokens) == (
-        f"llama:local@{REVISION}", "bfloat16", 2, 2, 64, PAGE_TOKENS)
-    config._commit_hash = "0123abcd"  # what from_pretrained sets: the hub commit of the weights
-    assert paged_spec(config, FP32, PAGE_TOKENS).model == "llama:local@0123abcd"
-    with pytest.raises(PagedModelError, match="pass revision="):
-        paged_spec(LlamaConfig(**CONFIG), FP32, PAGE_TOKENS)
-    sliding = LlamaConfig(**CONFIG)
-    sliding.sliding_window = 64
-    with pytest.raises(PagedModelError, match="full-attention decoders only"):
-        paged_spec(sliding, FP32, PAGE_TOKENS, REVISION)
+def test_the_worker_pages_under_the_spec_prefix_reuse_derives(server: ServerThread) -> None:
+    _, paged = tiny_models(FP32)
+    with TierClient(server.address) as client:
+        worker = PagedWorker(client, paged, OPTIONS)
+        assert worker.spec == spec_for(paged, page_tokens=PAGE_TOKENS, revision=REVISION)
+        assert worker.spec.model == f"llama@{REVISION}" and worker.spec.dtype == "float32"
+        with pytest.raises(ModelIdentityError, match="pass revision="):
+            PagedWorker(client, paged, PagedOptions(page_tokens=PAGE_TOKENS))
+        with pytest.raises(PagedModelError, match="page_tokens"):  # the kernels' page sizes: powers of two
+            PagedWorker(client, paged, PagedOptions(page_tokens=12, revision=REVISION))
     assert issubclass(PagedModelError, InvalidArgument)
 
 
@@ -100,11 +98,11 @@ def test_calls_the_paged_attention_cannot_serve_are_refused() -> None:
     _, paged = tiny_models(FP32)
     ids = torch.tensor([prompt(8, seed=60)])
     with torch.no_grad(), pytest.raises(PagedCacheError, match="needs a PagedKVCache"):
-        paged(ids, **{cache_kwarg(paged): DynamicCache(config=paged.config)}, use_cache=True)
+        paged(ids, **{cache_argument(paged): DynamicCache(config=paged.config)}, use_cache=True)
     arena = torch.zeros(4, 2, 2, PAGE_TOKENS, 2, 64)
     cache = PagedKVCache(arena, BlockTable(PAGE_TOKENS, [0, 1]), 2)
     with torch.no_grad(), pytest.raises(PagedCacheError, match="one sequence"):
-        paged(ids.repeat(2, 1), **{cache_kwarg(paged): cache}, tierd_cache=cache, use_cache=True)
+        paged(ids.repeat(2, 1), **{cache_argument(paged): cache}, tierd_cache=cache, use_cache=True)
     with pytest.raises(PagedCacheError, match="hold 2 layers, the model has 3"):
         PagedKVCache(arena, BlockTable(PAGE_TOKENS), 3)
 

@@ -18,7 +18,6 @@ from hf_paged_helpers import (
     CONFIG,
     OPTIONS,
     PAGE_TOKENS,
-    cache_kwarg,
     prompt,
     sdpa_decode_logits,
     sdpa_logits,
@@ -29,6 +28,7 @@ from packaging.version import Version
 from server_harness import ServerThread
 
 from tierd_client import TierClient
+from tierd_client.hf.model_spec import cache_argument
 from tierd_client.hf.paged import CACHE_KWARG, BlockTable, PagedKVCache, PagedWorker
 from tierd_kernels import attention_tolerance
 
@@ -54,7 +54,7 @@ def server(short_tmp: Path) -> Iterator[ServerThread]:
 
 
 def run_paged(model: Any, cache: PagedKVCache, tokens: list[int], explicit: bool) -> torch.Tensor:
-    name = cache_kwarg(model)
+    name = cache_argument(model)
     extra = {CACHE_KWARG: cache} if explicit else {}
     with torch.no_grad():
         out = model(torch.tensor([tokens]), use_cache=True, **{name: cache}, **extra)
