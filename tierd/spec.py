@@ -1,7 +1,8 @@
 """Page spec and namespace: what a page holds and whose it is.
 
-``page_bytes = num_layers * 2 * page_tokens * num_kv_heads * head_dim * itemsize``; a page is laid
-out ``[num_layers][2 (K,V)][page_tokens][num_kv_heads][head_dim]`` (page-first).
+``page_bytes = num_layers * 2 * page_tokens * num_kv_heads * head_dim * itemsize``; with the default
+``layout`` a page is laid out ``[num_layers][2 (K,V)][page_tokens][num_kv_heads][head_dim]``
+(page-first). Another ``layout`` names an engine's own order of the same bytes (e.g. a vLLM block).
 """
 
 from __future__ import annotations
@@ -93,6 +94,20 @@ def check_name(field: str, value: object, max_bytes: int, example: str) -> str:
     return value
 
 
+# tierd's page-first layout. It is left out of the canonical JSON, so the keys, fingerprints and
+# namespace records of specs written before ``layout`` existed stay what they were.
+DEFAULT_LAYOUT = "page_first"
+MAX_LAYOUT_BYTES = 128
+
+
+def check_layout(value: object) -> str:
+    """A layout name: 1..``MAX_LAYOUT_BYTES`` bytes of printable UTF-8 without spaces at its ends."""
+    name = check_name("spec.layout", value, MAX_LAYOUT_BYTES, "vllm-0.32.0/cpu-avx512/float32/b32")
+    if name != name.strip():
+        raise InvalidArgument(f"spec.layout {excerpt(name)} starts or ends with a space: strip it")
+    return name
+
+
 def check_tenant(value: object, field: str = "tenant") -> str:
     """A tenant name: 1..``MAX_TENANT_BYTES`` bytes of printable UTF-8."""
     return check_name(field, value, MAX_TENANT_BYTES, "team-a")
@@ -108,6 +123,8 @@ class PageSpec:
     num_kv_heads: int
     head_dim: int
     page_tokens: int
+    # The order of the bytes inside a page; part of the namespace (see ``DEFAULT_LAYOUT``).
+    layout: str = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -120,6 +137,8 @@ class PageSpec:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DIMENSION:
                 raise InvalidArgument(f"spec.{name} must be an integer in 1..{MAX_DIMENSION}, "
                                       f"got {excerpt(value)}")
+        # "" is the wire's unset field: the default layout, as a peer that predates it means.
+        object.__setattr__(self, "layout", check_layout(self.layout or DEFAULT_LAYOUT))
         if self.page_bytes > MAX_PAGE_BYTES:
             raise InvalidArgument(f"spec describes pages of {self.page_bytes} bytes; the limit is "
                                   f"{MAX_PAGE_BYTES} bytes: use fewer page_tokens")
@@ -146,9 +165,11 @@ class PageSpec:
 
     def canonical_json(self) -> bytes:
         """The spec as canonical JSON (sorted keys, no spaces, UTF-8): the input of fingerprints."""
-        fields = {"model": self.model, "dtype": self.dtype, "num_layers": self.num_layers,
-                  "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim,
-                  "page_tokens": self.page_tokens}
+        fields: dict[str, str | int] = {
+            "model": self.model, "dtype": self.dtype, "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim, "page_tokens": self.page_tokens}
+        if self.layout != DEFAULT_LAYOUT:
+            fields["layout"] = self.layout
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod

@@ -11,7 +11,7 @@ from typing import cast
 
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind, RegionHandle
-from tierd.spec import PageSpec
+from tierd.spec import DEFAULT_LAYOUT, PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd.values import LeaseKind, TierStats
@@ -52,14 +52,16 @@ def spec_to_pb(spec: PageSpec) -> pb.PageSpec:
         raise InvalidArgument(f"spec must be a PageSpec, got {type(spec).__name__}")
     return pb.PageSpec(model=spec.model, dtype=spec.dtype, num_layers=spec.num_layers,
                        num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
-                       page_tokens=spec.page_tokens)
+                       page_tokens=spec.page_tokens,
+                       layout="" if spec.layout == DEFAULT_LAYOUT else spec.layout)
 
 
 def spec_from_pb(message: pb.PageSpec) -> PageSpec:
-    """A checked ``PageSpec`` (``InvalidArgument`` for a field tierd does not accept)."""
+    """A checked ``PageSpec`` (``InvalidArgument`` for a field tierd does not accept); an empty
+    ``layout`` (a peer that predates it, or the default) is ``DEFAULT_LAYOUT``."""
     return PageSpec(model=message.model, dtype=message.dtype, num_layers=message.num_layers,
                     num_kv_heads=message.num_kv_heads, head_dim=message.head_dim,
-                    page_tokens=message.page_tokens)
+                    page_tokens=message.page_tokens, layout=message.layout or DEFAULT_LAYOUT)
 
 
 def handle_to_pb(handle: RegionHandle) -> pb.RegionHandle:

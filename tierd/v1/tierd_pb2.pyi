@@ -50,20 +50,22 @@ WRITE_POLICY_WRITE_BACK: WritePolicy
 WRITE_POLICY_WRITE_THROUGH: WritePolicy
 
 class PageSpec(_message.Message):
-    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens")
+    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens", "layout")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
     NUM_KV_HEADS_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_FIELD_NUMBER: _ClassVar[int]
     model: str
     dtype: str
     num_layers: int
     num_kv_heads: int
     head_dim: int
     page_tokens: int
-    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ...) -> None: ...
+    layout: str
+    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
     __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes")
