@@ -95,8 +95,22 @@ def cache_from_pages(rows: Sequence[torch.Tensor], spec: PageSpec, config: PreTr
                 tensor[row].view(heads, num_pages, tokens, dim).copy_(
                     page_rows[:, index, which].permute(2, 0, 1, 3))
             kv.append(tensor)
-        cache.update(kv[0], kv[1], index)
+        _fill_layer(cache, index, kv[0], kv[1])
     return cache
+
+
+def _fill_layer(cache: DynamicCache, index: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+    """Make ``keys`` / ``values`` layer ``index``'s tensors without copying them again.
+
+    ``update`` would concatenate them to the (empty) layer: one more copy of the whole prefix.
+    An empty update initialises the layer (dtype, device) through the public API; then the
+    layer's ``keys`` / ``values`` (public attributes of a ``DynamicLayer``) take the tensors."""
+    cache.update(keys[:, :, :0], values[:, :, :0], index)
+    layer = cache.layers[index]
+    if type(layer) is not DynamicLayer:
+        raise UnsupportedModelError(f"cache layer {index} is a {type(layer).__name__}; only "
+                                    "full-attention DynamicLayer layers can be restored from pages")
+    layer.keys, layer.values = keys, values
 
 
 def new_cache(config: PreTrainedConfig) -> DynamicCache:
