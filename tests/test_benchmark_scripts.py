@@ -170,3 +170,43 @@ def test_local_benchmark_exits_2_when_redis_is_asked_for_but_missing(
     monkeypatch.setattr(local_bench, "redis_missing", lambda: "no redis-server: apt-get install redis-server")
     assert local_bench.main(["--quick", "--paths", "redis"]) == 2
     assert "apt-get install redis-server" in capsys.readouterr().err
+
+
+# -- benchmarks/ttft.py: time to first token with and without tierd (a real daemon, transformers) --
+
+@pytest.fixture
+def ttft_bench(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    pytest.importorskip("transformers")
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # local_servers, machine_info
+    return _load("ttft")
+
+
+def test_ttft_benchmark_quick_run_restores_from_dram_and_disk(ttft_bench: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "ttft.json"
+    assert ttft_bench.main(["--quick", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert {"cpu", "cores", "kernel"} <= set(report["machine"]) and report["reps"] == 1
+    assert [row["prompt_tokens"] for row in report["rows"]] == ttft_bench.QUICK_LENGTHS
+    for row in report["rows"]:
+        assert row["check"] == "ok", row["check"]
+        pages = (row["prompt_tokens"] - 1) // report["page_tokens"]
+        runs = row["runs"]
+        assert runs["dram"]["tiers"] == [{"dram": pages}] and runs["disk"]["tiers"] == [{"disk": pages}]
+        assert runs["dram"]["restored_tokens"] == [pages * report["page_tokens"]]
+        assert all(len(runs[path]["ttft_ms"]) == 1 for path in ("recompute", "dram", "disk"))
+        assert all(row["ttft_ms"][path] > 0 for path in ("recompute", "dram", "disk"))
+        assert row["ratio"]["dram"] == pytest.approx(row["ttft_ms"]["recompute"] / row["ttft_ms"]["dram"])
+    assert report["goals"] == []  # no 4K prompt in a quick run
+
+
+def test_ttft_benchmark_flags_wrong_tokens_and_tiers_and_judges_the_goals(ttft_bench: ModuleType) -> None:
+    row = ttft_bench.Row(4096)
+    row.paths["recompute"].ttft_ms, row.paths["recompute"].first_tokens = [2000.0], [5]
+    for path, ms, token, tier in (("dram", 100.0, 5, "dram"), ("disk", 500.0, 6, "dram")):
+        m = row.paths[path]
+        m.ttft_ms, m.first_tokens, m.restored_tokens, m.tiers = [ms], [token], [4080], [{tier: 255}]
+    row.verify(16)
+    assert row.check.startswith("FAILED") and "disk: first tokens [6]" in row.check
+    assert "disk: pages came from [{'dram': 255}]" in row.check and "dram:" not in row.check
+    met = {g["goal"].split(": ")[1]: g["met"] for g in ttft_bench.goals([row])}
+    assert met == {"TTFT recompute / tierd dram": True, "TTFT recompute / tierd disk": False}  # 20x, 4x
