@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from tierd.spec import DEFAULT_LAYOUT
 from tierd.tier import Tier
 from tierd_client.hf.model_spec import cache_argument, spec_for
 from tierd_client.hf.paged_attention import paged_attention_forward
@@ -85,6 +86,9 @@ class PagedWorker:
         # The spec prefix reuse (tierd_client.hf.prefix) derives too: both page the same layout,
         # so pages one saves, the other starts from.
         self.spec = spec_for(model, page_tokens=self.options.page_tokens, revision=self.options.revision)
+        if self.spec.layout != DEFAULT_LAYOUT:
+            raise PagedModelError(f"the model's pages are laid out {self.spec.layout!r}; the kernels read "
+                                  f"tierd's {DEFAULT_LAYOUT!r} pages only")
         self.num_layers = self.spec.num_layers
         self.ns = client.register(self.spec, self.options.tenant)
         self.arena: torch.Tensor = client.arena(self.ns, Tier.HBM).torch()

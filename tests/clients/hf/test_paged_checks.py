@@ -5,6 +5,7 @@ that failed half-way, a page lost before it was pinned again, and lease renewal 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from server_harness import ServerThread
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 import tierd_client.hf.paged_leases as paged_leases
+import tierd_client.hf.paged_worker as paged_worker
 from tierd.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from tierd_client import TierClient
 from tierd_client.hf.errors import ModelIdentityError
@@ -82,8 +84,8 @@ def test_another_revision_reuses_nothing(server: ServerThread) -> None:
             assert request.reused_tokens == 48
 
 
-def test_models_the_worker_cannot_run_are_refused(server: ServerThread) -> None:
-    reference, _ = tiny_models(FP32)
+def test_models_the_worker_cannot_run_are_refused(server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference, paged = tiny_models(FP32)
     register_paged_attention()
     small_heads = LlamaForCausalLM(LlamaConfig(**{**CONFIG, "head_dim": 32},
                                                attn_implementation="tierd_paged")).eval()
@@ -92,6 +94,11 @@ def test_models_the_worker_cannot_run_are_refused(server: ServerThread) -> None:
             PagedWorker(client, reference, OPTIONS)  # sdpa
         with pytest.raises(PagedModelError, match="head_dim"):
             PagedWorker(client, small_heads, OPTIONS)
+        # Pages in an engine's own byte order are not the kernels' page-first ones.
+        spec = replace(spec_for(paged, page_tokens=PAGE_TOKENS, revision=REVISION), layout="vllm-0.32.0/cpu/b32")
+        monkeypatch.setattr(paged_worker, "spec_for", lambda *args, **kwargs: spec)
+        with pytest.raises(PagedModelError, match="'page_first' pages only"):
+            PagedWorker(client, paged, OPTIONS)
 
 
 def test_calls_the_paged_attention_cannot_serve_are_refused() -> None:
