@@ -31,7 +31,7 @@ def _redis_cluster_or_skip(**options: typing.Any) -> RedisClusterFixture:
     """A started ``redis_cluster.RedisClusterFixture``, or a skip saying what is missing."""
     import redis_cluster as helpers
 
-    reason = helpers.missing_reason()
+    reason = helpers.missing_reason(tls=bool(options.get("tls", False)))
     if reason is not None:
         pytest.skip(f"Redis Cluster tests need redis-server, redis-cli and redis-py: {reason}")
     return helpers.RedisClusterFixture(**options).start()
@@ -54,9 +54,9 @@ def clean_redis_cluster(redis_cluster: RedisClusterFixture) -> RedisClusterFixtu
 
 @pytest.fixture
 def private_redis_cluster(request: pytest.FixtureRequest) -> Iterator[RedisClusterFixture]:
-    """A fresh cluster of this test alone, for kills, hangs and reshards. Options (a password)
-    by indirect parametrization: ``parametrize("private_redis_cluster", [{"password": "pw"}],
-    indirect=True)``."""
+    """A fresh cluster of this test alone, for kills, hangs and reshards. Options (a password,
+    ``tls``) by indirect parametrization: ``parametrize("private_redis_cluster",
+    [{"password": "pw"}], indirect=True)``."""
     cluster = _redis_cluster_or_skip(**getattr(request, "param", {}))
     yield cluster
     cluster.close()

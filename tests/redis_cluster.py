@@ -10,6 +10,12 @@ node timeout so failure detection fits in a test.
 Every server gets PR_SET_PDEATHSIG and every fixture is closed at exit, so a crashed or
 interrupted test run leaves no redis-server behind. Import ``redis`` lazily: this module is
 imported by the shared conftest, which must load where redis-py is missing.
+
+``tls=True`` serves TLS only (``--port 0``; ``ports`` are then the TLS ports), with TLS on the
+cluster bus and replication too, and requires a client certificate. A throwaway CA, a server
+certificate for 127.0.0.1 (also the nodes' client certificate on the bus) and a client
+certificate are made with the ``openssl`` CLI in the fixture's temp dir: ``ca_file``,
+``client_cert_file`` and ``client_key_file`` are what a client needs; every helper here uses them.
 """
 
 from __future__ import annotations
@@ -37,15 +43,18 @@ SLOTS = 16384
 POLL_PAUSE_S = 0.05
 READY_ATTEMPTS = 600          # 30 s for a server to answer PING or the cluster to settle
 CLI_TIMEOUT_S = 120.0         # redis-cli --cluster create / reshard
+OPENSSL_TIMEOUT_S = 60.0
 _PR_SET_PDEATHSIG = 1
 _LIVE: set[RedisClusterFixture] = set()
 
 
-def missing_reason() -> str | None:
+def missing_reason(tls: bool = False) -> str | None:
     """Why a cluster cannot be started here (for ``pytest.skip``), or ``None``."""
     for tool in ("redis-server", "redis-cli"):
         if shutil.which(tool) is None:
             return f"{tool} not on PATH (apt-get install redis-server)"
+    if tls and shutil.which("openssl") is None:
+        return "openssl not on PATH (apt-get install openssl), needed for the test certificates"
     try:
         import redis.cluster  # noqa: F401
     except ImportError:
@@ -86,17 +95,75 @@ def _close_all() -> None:
 
 atexit.register(_close_all)
 
+# openssl config sections: the CA, the servers' certificate (also their client certificate on
+# the cluster bus, hence clientAuth) and the client's.
+_OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = tierd-test
+[ca]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth, clientAuth
+subjectAltName = IP:127.0.0.1
+authorityKeyIdentifier = keyid
+[client]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = clientAuth
+authorityKeyIdentifier = keyid
+"""
+
+
+def make_certificates(directory: Path) -> None:
+    """``ca.crt``/``ca.key``, ``server.crt``/``server.key`` (IP:127.0.0.1) and
+    ``client.crt``/``client.key`` in ``directory``, valid for two days (EC P-256: fast)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cnf = directory / "openssl.cnf"
+    cnf.write_text(_OPENSSL_CNF)
+
+    def openssl(*args: str) -> None:
+        done = subprocess.run(["openssl", *args], cwd=directory, stdin=subprocess.DEVNULL,
+                              capture_output=True, timeout=OPENSSL_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"openssl {args[0]} failed ({done.returncode}): "
+                               f"{(done.stdout + done.stderr).decode(errors='replace')[-2000:]}")
+
+    key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-config", str(cnf), "-extensions", "ca", "-subj", "/CN=tierd-test-ca")
+    for name in ("server", "client"):
+        openssl("req", "-new", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-config", str(cnf), "-subj", f"/CN=tierd-test-{name}")
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", f"{name}.crt",
+                "-extfile", str(cnf), "-extensions", name)
+
 
 class RedisClusterFixture:
     """``masters`` cluster-mode redis-servers joined into one cluster; see the module docstring."""
 
     def __init__(self, masters: int = 3, password: str | None = None,
-                 maxmemory: str = "128mb", extra_args: tuple[str, ...] = ()) -> None:
+                 maxmemory: str = "128mb", extra_args: tuple[str, ...] = (), tls: bool = False) -> None:
         self.masters = masters
         self.password = password
         self.maxmemory = maxmemory
         self.extra_args = extra_args
+        self.tls = tls
         self.root = Path(tempfile.mkdtemp(prefix="td-redis-"))
+        tls_dir = self.root / "tls"
+        # Where the certificates are (made by start() when ``tls``; nothing there otherwise).
+        self.ca_file = tls_dir / "ca.crt"
+        self.server_cert_file = tls_dir / "server.crt"
+        self.server_key_file = tls_dir / "server.key"
+        self.client_cert_file = tls_dir / "client.crt"
+        self.client_key_file = tls_dir / "client.key"
         ports = free_ports(2 * masters)
         self.ports = ports[:masters]
         self.bus_ports = ports[masters:]
@@ -108,6 +175,8 @@ class RedisClusterFixture:
         """Start every server, create the cluster, wait until it is ok; returns self."""
         _LIVE.add(self)
         try:
+            if self.tls:
+                make_certificates(self.ca_file.parent)
             for i in range(self.masters):
                 self._spawn(i)
             for i in range(self.masters):
@@ -139,12 +208,23 @@ class RedisClusterFixture:
         """``HOST:PORT`` of every master, in index order."""
         return [f"{HOST}:{port}" for port in self.ports]
 
+    @property
+    def tls_kwargs(self) -> dict[str, Any]:
+        """redis-py's TLS arguments for a client of this cluster (with the client certificate);
+        ``{}`` without ``tls``."""
+        if not self.tls:
+            return {}
+        return {"ssl": True, "ssl_ca_certs": str(self.ca_file),
+                "ssl_certfile": str(self.client_cert_file), "ssl_keyfile": str(self.client_key_file)}
+
     def client(self, **kwargs: Any) -> RedisCluster:
         """A redis-py cluster client for the test's own raw reads and writes."""
         from redis.cluster import ClusterNode, RedisCluster
 
         kwargs.setdefault("password", self.password)
         kwargs.setdefault("socket_timeout", 10.0)
+        for name, value in self.tls_kwargs.items():
+            kwargs.setdefault(name, value)
         return RedisCluster(startup_nodes=[ClusterNode(HOST, p) for p in self.ports],
                             require_full_coverage=False, **kwargs)
 
@@ -152,7 +232,8 @@ class RedisClusterFixture:
         """A plain client of master ``i`` (cluster commands, FLUSHALL, INFO)."""
         from redis import Redis
 
-        return Redis(host=HOST, port=self.ports[i], password=self.password, socket_timeout=10.0)
+        return Redis(host=HOST, port=self.ports[i], password=self.password, socket_timeout=10.0,
+                     **self.tls_kwargs)
 
     def owners(self, via: int = 0) -> list[int]:
         """For each of the 16384 slots, the index of the master serving it, as master ``via``
@@ -223,7 +304,8 @@ class RedisClusterFixture:
     def _spawn(self, i: int) -> None:
         node_dir = self.root / f"node-{i}"
         node_dir.mkdir(exist_ok=True)
-        args = ["redis-server", "--port", str(self.ports[i]), "--cluster-port", str(self.bus_ports[i]),
+        port = ["--port", "0", "--tls-port", str(self.ports[i])] if self.tls else ["--port", str(self.ports[i])]
+        args = ["redis-server", *port, "--cluster-port", str(self.bus_ports[i]),
                 "--bind", HOST, "--dir", str(node_dir), "--logfile", str(node_dir / "redis.log"),
                 "--daemonize", "no", "--cluster-enabled", "yes",
                 "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000",
@@ -232,6 +314,11 @@ class RedisClusterFixture:
                 "--maxmemory-policy", "allkeys-lru", *self.extra_args]
         if self.password is not None:
             args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.tls:
+            args += ["--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "yes",
+                     "--tls-cert-file", str(self.server_cert_file),
+                     "--tls-key-file", str(self.server_key_file),
+                     "--tls-ca-cert-file", str(self.ca_file)]
         self.procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
 
@@ -281,7 +368,9 @@ class RedisClusterFixture:
         env = dict(os.environ)
         if self.password is not None:
             env["REDISCLI_AUTH"] = self.password   # not on the command line (ps) and no warning
-        done = subprocess.run(["redis-cli", *args], env=env, stdin=subprocess.DEVNULL,
+        tls = (["--tls", "--cacert", str(self.ca_file), "--cert", str(self.client_cert_file),
+                "--key", str(self.client_key_file)] if self.tls else [])
+        done = subprocess.run(["redis-cli", *tls, *args], env=env, stdin=subprocess.DEVNULL,
                               capture_output=True, timeout=CLI_TIMEOUT_S, check=False)
         output = (done.stdout + done.stderr).decode(errors="replace")
         # redis-cli --cluster exits 0 on some refusals: its [ERR] lines are the verdict.

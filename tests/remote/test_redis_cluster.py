@@ -2,7 +2,8 @@
 every master, torn and truncated values are reported as such and never copied, a killed, hung
 or absent cluster costs misses within the deadline (never a hang) and the same
 backend works again once it is back, a reshard under load loses nothing, a writer killed mid
-stream leaves no header with a wrong payload, and passwords work.
+stream leaves no header with a wrong payload, passwords work, and so does TLS with a client
+certificate (a missing certificate or a plain client fails within the deadline).
 
 Work is bounded by counts; times are asserted only as "not a hang" (deadline plus generous
 slack). Non-destructive tests share one cluster; tests that kill, hang or reshard get their own.
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from redis_cluster import RedisClusterFixture, free_ports
@@ -63,8 +64,10 @@ def deadline(seconds: float = TIMEOUT_S) -> float:
 
 
 @contextmanager
-def backend_of(nodes: Sequence[str], password: str | None = None) -> Iterator[RedisClusterBackend]:
-    config = RemoteConfig(nodes=tuple(nodes), timeout_s=TIMEOUT_S, connect_timeout_s=0.5)
+def backend_of(nodes: Sequence[str], password: str | None = None,
+               **settings: Any) -> Iterator[RedisClusterBackend]:
+    """A backend of ``nodes``; ``settings`` are further RemoteConfig fields (TLS)."""
+    config = RemoteConfig(nodes=tuple(nodes), timeout_s=TIMEOUT_S, connect_timeout_s=0.5, **settings)
     backend = RedisClusterBackend(config, password)
     try:
         yield backend
@@ -484,3 +487,101 @@ def test_unreadable_password_file_is_a_config_error(tmp_path: Path) -> None:
     for path in (tmp_path / "missing", tmp_path):
         with pytest.raises(ConfigError, match="remote.password_file"):
             open_redis_cluster(RemoteConfig(nodes=("127.0.0.1:1",), password_file=path))
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+TLS = [{"tls": True}]
+
+
+def tls_settings(cluster: RedisClusterFixture, client_certificate: bool = True) -> dict[str, Any]:
+    """RemoteConfig's TLS fields for ``cluster``'s throwaway CA (and client certificate)."""
+    settings: dict[str, Any] = {"tls": True, "tls_ca_file": cluster.ca_file}
+    if client_certificate:
+        settings.update(tls_cert_file=cluster.client_cert_file, tls_key_file=cluster.client_key_file)
+    return settings
+
+
+@pytest.mark.parametrize("private_redis_cluster", TLS, indirect=True)
+def test_tls_with_a_client_certificate_round_trips_pages_through_faults_and_a_reshard(
+        private_redis_cluster: RedisClusterFixture) -> None:
+    from redis.crc import key_slot
+
+    cluster = private_redis_cluster
+    RemoteConfig(nodes=tuple(cluster.nodes), **tls_settings(cluster)).validate(0)
+    groups = {512 << 10: [page_id(n, b"tls-a") for n in range(24)],
+              2 << 20: [page_id(n, b"tls-b") for n in range(3)],
+              10: [page_id(n, b"tls-c") for n in range(3)],
+              TAIL_BYTES: [page_id(0, b"tls-d")], TAIL_BYTES + 1: [page_id(0, b"tls-e")]}
+    assert set(masters_of(cluster, groups[512 << 10])) == {0, 1, 2}
+    with backend_of(cluster.nodes, **tls_settings(cluster)) as b:
+        for size, pids in groups.items():
+            put_pages(b, pids, size)
+        for size, pids in groups.items():
+            assert_exact(b, pids, size)
+        every = [p for pids in groups.values() for p in pids]
+        unknown = [page_id(n, b"tls-unknown") for n in range(3)]
+        assert b.exists(every + unknown, deadline()) == [True] * len(every) + [False] * 3
+        b.delete(groups[10], deadline())
+        raw = cluster.client()   # the fixture's own TLS client sees what the backend stored
+        assert raw.get(body_key(groups[2 << 20][0])) == payload_of(groups[2 << 20][0], 2 << 20)[:-TAIL_BYTES]
+        assert sum(raw.exists(head_key(p)) for p in groups[10]) == 0
+        raw.close()
+
+        # A hung master (reads time out on an SSL socket) and a killed one cost only their pages.
+        cluster.flushall()
+        size = 64 << 10
+        by_master = spread_pages(cluster, b"tls-faults", 3)
+        faulted = [p for pids in by_master for p in pids]
+        put_pages(b, faulted, size)
+        cluster.kill(2, signal.SIGSTOP)
+        try:
+            assert_only_its_pages_miss(b, by_master, 2, size)
+        finally:
+            cluster.kill(2, signal.SIGCONT)
+        assert recovered(lambda: assert_exact(b, faulted, size))
+        cluster.kill(1, signal.SIGKILL)
+        assert_only_its_pages_miss(b, by_master, 1, size)
+        cluster.restart(1)
+        assert recovered(lambda: b.exists(by_master[1], deadline()))   # reconnected over TLS
+        put_pages(b, by_master[1], size)
+        assert_exact(b, faulted, size)
+
+        # A reshard (MIGRATE between the nodes over TLS): the backend follows MOVED.
+        owners = cluster.owners()
+        moving = set([s for s in range(16384) if owners[s] == 0][:200])   # redis-cli moves the lowest
+        movers, n = [], 0
+        while len(movers) < 8:
+            pid = page_id(n, b"tls-reshard")
+            if key_slot(head_key(pid)) in moving:
+                movers.append(pid)
+            n += 1
+        put_pages(b, movers, size)
+        cluster.reshard(len(moving), 0, 1)
+        assert_exact(b, movers + faulted, size)
+    after = cluster.owners()
+    assert all(after[s] == 1 for s in moving), "the reshard did not move the slots"
+    with cluster.node_client(1) as r:
+        assert all(r.exists(head_key(p), body_key(p)) == 2 for p in movers)
+
+
+@pytest.mark.parametrize("private_redis_cluster", TLS, indirect=True)
+def test_tls_without_a_client_certificate_or_without_tls_fails_within_the_deadline(
+        private_redis_cluster: RedisClusterFixture) -> None:
+    cluster, pids = private_redis_cluster, [page_id(n, b"tls-refused") for n in range(6)]
+    cases = {"no client certificate": tls_settings(cluster, client_certificate=False),
+             "plain": {}}
+    for case, settings in cases.items():
+        with backend_of(cluster.nodes, **settings) as b:
+            for call in (lambda b=b: b.exists(pids, deadline()),   # twice: a retry fails the same
+                         lambda b=b: b.put(pids, [b"h"] * 6, [memoryview(b"x" * 100)] * 6, deadline())):
+                result, elapsed = timed(call)
+                assert isinstance(result, RemoteUnavailable), (case, result)
+                assert elapsed < TIMEOUT_S + SLACK_S, (case, elapsed)
+                assert cluster.nodes[0] in str(result), (case, result)
+                if case == "no client certificate":
+                    assert "TLS failed" in str(result) and "remote.tls_cert_file" in str(result), result
+    # Nothing was stored by the refused clients.
+    raw = cluster.client()
+    assert sum(raw.exists(head_key(p)) for p in pids) == 0
+    raw.close()

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import ssl
 import struct
 import threading
 import time
@@ -173,7 +174,7 @@ def _exchange(client: Redis, cmds: Sequence[_Cmd], deadline: float) -> list[obje
 
 
 def _describe(exc: BaseException) -> str:
-    """What failed, in one line; an authentication failure says which settings to check."""
+    """What failed, in one line; an authentication or TLS failure says which settings to check."""
     from redis.exceptions import AuthenticationError, NoPermissionError
 
     cause: BaseException | None = exc
@@ -184,6 +185,12 @@ def _describe(exc: BaseException) -> str:
         if isinstance(cause, NoPermissionError):
             return (f"permission denied ({cause}): the ACL user (remote.username) needs "
                     f"{ACL_RULES}")
+        if isinstance(cause, ssl.SSLError):
+            # A missing client certificate may show only as an SSL EOF on the first write (TLS 1.3
+            # checks it after the client's side of the handshake is done): name the settings.
+            return (f"TLS failed ({type(exc).__name__}: {exc}): check remote.tls_ca_file (the CA "
+                    f"of the servers' certificates) and remote.tls_cert_file / remote.tls_key_file "
+                    f"(a client certificate, where the cluster requires one)")
         cause = cause.__cause__ or cause.__context__
     return f"{type(exc).__name__}: {exc}"
 
