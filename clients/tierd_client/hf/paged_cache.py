@@ -111,6 +111,7 @@ class PagedKVCache(Cache):
         self.arena = arena
         self.table = table
         self.paged_layers = [PagedLayer(arena, table, i, start) for i in range(num_layers)]
+        self._seq_lens: tuple[int, torch.Tensor] | None = None
         super().__init__(layers=list(self.paged_layers))
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
@@ -129,8 +130,11 @@ class PagedKVCache(Cache):
         """``(block_tables int32 [1, max_pages], seq_lens int32 [1])`` of layer ``layer_idx``, as the
         kernels take them."""
         device = self.arena.device
-        seq_lens = torch.tensor([self.seq_len(layer_idx)], dtype=torch.int32, device=device)
-        return self.table.tensor(device), seq_lens
+        length = self.seq_len(layer_idx)
+        # Every layer attends at the same length within a step: one seq_lens tensor serves them all.
+        if self._seq_lens is None or self._seq_lens[0] != length:
+            self._seq_lens = (length, torch.tensor([length], dtype=torch.int32, device=device))
+        return self.table.tensor(device), self._seq_lens[1]
 
     def lengths(self) -> list[int]:
         """Tokens written per layer: all equal between steps, unless a step failed half-way."""
