@@ -132,6 +132,10 @@ class RemoteConfig:
     connect_timeout_s: float = 1.0
     timeout_s: float = 0.5
     retry_after_s: float = 2.0
+    # A page found missing is not asked about again for this long (0: always ask), at most
+    # miss_cache_pages of them remembered.
+    miss_cache_s: float = 1.0
+    miss_cache_pages: int = 65536
     # Pages waiting to be written; when full, new ones are dropped (and counted).
     queue_pages: int = 1024
     # One backend call moves at most this many pages / bytes.
@@ -152,12 +156,15 @@ class RemoteConfig:
         positive = {"remote.connect_timeout_s": self.connect_timeout_s,
                     "remote.timeout_s": self.timeout_s, "remote.queue_pages": self.queue_pages,
                     "remote.batch_pages": self.batch_pages, "remote.batch_size": self.batch_bytes,
-                    "remote.writer_threads": self.writer_threads}
+                    "remote.writer_threads": self.writer_threads,
+                    "remote.miss_cache_pages": self.miss_cache_pages}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
-        if self.retry_after_s < 0:
-            raise ConfigError(f"remote.retry_after_s must not be negative, got {self.retry_after_s}")
+        for name, value in (("remote.retry_after_s", self.retry_after_s),
+                            ("remote.miss_cache_s", self.miss_cache_s)):
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
         if not self.tls and any(f is not None for f in (self.tls_ca_file, self.tls_cert_file,
                                                         self.tls_key_file)):
             raise ConfigError("remote.tls_ca_file / tls_cert_file / tls_key_file need remote.tls = true")

@@ -194,3 +194,23 @@ def test_a_delete_after_a_put_of_the_same_page_wins(tier: RemoteTier, source: Di
             writer.offer_delete(1, ks[2:])
         assert writer.wait_idle(30.0)
     assert tier.cached_prefix(FP, ks) == 2
+
+
+def test_a_miss_is_remembered_for_miss_cache_s_unless_this_node_writes_the_page(
+        backend: MemoryBackend, clock: Clock) -> None:
+    tier = RemoteTier(RemoteConfig(miss_cache_s=1.0, miss_cache_pages=2), backend, clock)
+    ks, ps = keys(3), pages(3)
+    assert tier.cached_prefix(FP, ks) == 0 and tier.fetch(FP, ks, PAGE_BYTES) == []
+    assert backend.calls["exists"] == 1 and backend.calls["get_into"] == 0  # the fetch: no trip
+    other = RemoteTier(RemoteConfig(), backend, clock)  # another node writes the page
+    assert other.store(FP, ks[:1], [memoryview(ps[0])]) == 1
+    assert tier.fetch(FP, ks, PAGE_BYTES) == []          # still remembered as missing ...
+    clock.now_s += 1.0
+    assert [bytes(g) for g in tier.fetch(FP, ks, PAGE_BYTES)] == ps[:1]  # ... until it expires
+    tier.store(FP, ks[1:2], [memoryview(ps[1])])          # this node's own write forgets the miss
+    assert [bytes(g) for g in tier.fetch(FP, ks, PAGE_BYTES)] == ps[:2]
+    for salt in range(1, 4):                              # bounded: the oldest misses go first
+        assert tier.cached_prefix(FP, keys(1, salt)) == 0
+    calls = backend.calls["exists"]
+    assert tier.cached_prefix(FP, keys(1, 1)) == 0 and backend.calls["exists"] == calls + 1
+    assert tier.cached_prefix(FP, keys(1, 3)) == 0 and backend.calls["exists"] == calls + 1

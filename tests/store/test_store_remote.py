@@ -114,8 +114,9 @@ def test_a_delete_removes_the_page_from_the_remote_tier(nodes: tuple[PageStore, 
 
 def test_write_on_demote_writes_pages_as_they_leave_dram(tmp_path: Path, backend: MemoryBackend) -> None:
     remote = RemoteConfig(write_on=RemoteWriteOn.DEMOTE)
+    # b asks again at once after a miss (no miss cache): the pages arrive between two lookups.
     with PageStore(node_config(tmp_path, "a", remote=remote), backend) as a, \
-            PageStore(node_config(tmp_path, "b"), backend) as b:
+            PageStore(node_config(tmp_path, "b", remote=RemoteConfig(miss_cache_s=0.0)), backend) as b:
         ns_a, ns_b = a.register(SPEC), b.register(SPEC)
         keys, pages = make_keys(ns_a, 24), make_pages(ns_a, 24)
         a.put(ns_a.ns_id, keys[:4], pages[:4])

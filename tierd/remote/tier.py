@@ -22,6 +22,7 @@ import numpy as np
 from tierd.config import RemoteConfig
 from tierd.keys import PageKey
 from tierd.remote.base import Fetched, RemoteBackend, RemoteUnavailable
+from tierd.remote.miss_cache import MissCache
 from tierd.remote.page_value import Verdict, build_header, page_id, verify
 from tierd.values import TierStats
 
@@ -69,18 +70,23 @@ class RemoteTier:
         self._lock = threading.Lock()
         self._counts = _Counters()
         self._down_until_s = 0.0
+        self._misses = MissCache(config.miss_cache_s, config.miss_cache_pages, clock)
 
     # -- reads ------------------------------------------------------------------------------------
     def cached_prefix(self, fingerprint: bytes, keys: Sequence[PageKey]) -> int:
         """How many leading ``keys`` the remote store holds (0 while it is unavailable)."""
         found = 0
         for chunk in self._chunks(len(keys), 0):
-            present = self._exists([page_id(fingerprint, key) for key in keys[chunk]])
+            ids = [page_id(fingerprint, key) for key in keys[chunk]]
+            if self._misses.missing(ids[0]):
+                break
+            present = self._exists(ids)
             if present is None:
                 return found
             run = present.index(False) if False in present else len(present)
             found += run
             if run < len(present):
+                self._misses.add(ids[run])
                 break
         self._count(hits=found, misses=int(found < len(keys)))
         return found
@@ -100,12 +106,16 @@ class RemoteTier:
     def _fetch_chunk(self, fingerprint: bytes, keys: Sequence[PageKey],
                      page_bytes: int) -> list[memoryview]:
         ids = [page_id(fingerprint, key) for key in keys]
+        if self._misses.missing(ids[0]):
+            return []
         # Uninitialised: every byte is either written by the backend or the page is not returned.
         views = [np.empty(page_bytes, np.uint8).data for _ in keys]
         fetched = self._call(lambda: self._backend.get_into(ids, views, self._deadline_s()))
         if fetched is None:
             return []
         good, bad = self._judge(fingerprint, keys, views, fetched)
+        if good < len(keys):
+            self._misses.add(ids[good])
         if bad:
             self._count(checksum_failures=len(bad))
             self._call(lambda: self._backend.delete(bad, self._deadline_s()))
@@ -143,6 +153,7 @@ class RemoteTier:
         stored = self._call(lambda: self._backend.put(ids, headers, payloads, self._deadline_s()))
         if stored is None:
             return 0
+        self._misses.discard(pid for pid, ok in zip(ids, stored) if ok)
         written = [payload.nbytes for payload, ok in zip(payloads, stored) if ok]
         self._count(pages_written=len(written), bytes_written=sum(written))
         return len(written)
