@@ -17,6 +17,19 @@ SHAPE = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def require_dtype(name: str) -> torch.dtype:
+    """``DTYPES[name]``, or skip the test where this CPU's torch cannot run a matmul in it (fp16
+    on CPU needs torch >= 2.1; then bf16 still covers the 2-byte case)."""
+    import pytest
+
+    dtype = DTYPES[name]
+    try:
+        torch.nn.functional.linear(torch.ones(1, 4, dtype=dtype), torch.ones(4, 4, dtype=dtype))
+    except RuntimeError as exc:
+        pytest.skip(f"torch {torch.__version__} cannot run {name} on this CPU: {exc}")
+    return dtype
+
+
 def tiny_config(layers: int = 2) -> LlamaConfig:
     return LlamaConfig(vocab_size=VOCAB, num_hidden_layers=layers, **SHAPE)
 

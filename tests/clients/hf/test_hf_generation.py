@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 import torch
 from e2e.e2e_daemon import TierdProcess
-from hf_models import DTYPES, PAGE_TOKENS, REVISION, prompt_ids, tiny_model
+from hf_models import DTYPES, PAGE_TOKENS, REVISION, prompt_ids, require_dtype, tiny_model
 
 from tierd.tier import Tier
 from tierd_client import FailedPreconditionError, TierClient
@@ -45,7 +45,7 @@ def _turn(gen: TieredGeneration, model: torch.nn.Module, ids: torch.Tensor, dtyp
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_a_conversation_restores_earlier_turns_and_matches_a_recompute(daemon: TierdProcess, dtype: str) -> None:
-    model = tiny_model(DTYPES[dtype])
+    model = tiny_model(require_dtype(dtype))
     first = prompt_ids(70, seed=11)
     with TierClient(daemon.socket_path) as client, \
             tiered_generation(client, model, page_tokens=PAGE_TOKENS, revision=REVISION) as gen:

@@ -21,6 +21,7 @@ from hf_models import (
     forward,
     prefix_copy,
     prompt_ids,
+    require_dtype,
     tiny_model,
 )
 
@@ -50,7 +51,7 @@ def _logits_after_restore(client: TierClient, model: torch.nn.Module, ids: torch
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
 def test_restored_cache_gives_bit_identical_next_token_logits(daemon: TierdProcess, dtype: str) -> None:
-    model = tiny_model(DTYPES[dtype])
+    model = tiny_model(require_dtype(dtype))
     ids = prompt_ids(PROMPT_TOKENS, seed=1)
     _, original = forward(model, ids)
     with TierClient(daemon.socket_path) as client:
