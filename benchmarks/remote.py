@@ -12,7 +12,7 @@ redis-server from the OS). Rows, per page size (512 KiB, 2 MiB), measured side b
   checksum, two keys per page, verified before it is returned), 1 and ``--batch`` pages per call.
 
 GB/s counts page bytes; p50/p99 are per call; every figure is the median of ``--repeat`` runs;
-every page read back is compared with what was written. The fleet rows: node A computes
+every page read back is compared with what was written (after the timed calls, for both). The fleet rows: node A computes
 ``--requests`` requests that share a ``--prefix-pages`` prefix (puts) and its writer publishes
 them; node B then serves the same requests: the fraction of the shared prefix it finds in the
 remote tier instead of recomputing it, and the time to bring the prefix into dram from there.
@@ -111,21 +111,29 @@ def _redis_rows(cluster: Any, load: Workload) -> tuple[tuple[float, list[float]]
             pipe.execute()
         return run
 
+    read: list[bytes] = []
+
     def get(part: slice) -> Callable[[], None]:
         def run() -> None:
             if load.per_call == 1:
-                got = [cluster.get(names[part][0])]
-            else:
-                pipe = cluster.pipeline(transaction=False)
-                for name in names[part]:
-                    pipe.get(name)
-                got = pipe.execute()
-            if got != load.pages[part]:
-                raise AssertionError("redis-py read back other bytes than it wrote")
+                read.append(cluster.get(names[part][0]))
+                return
+            pipe = cluster.pipeline(transaction=False)
+            for name in names[part]:
+                pipe.get(name)
+            read.extend(pipe.execute())
         return run
 
     parts = list(load.calls())
-    return _timed([put(p) for p in parts]), _timed([get(p) for p in parts])
+    timings = _timed([put(p) for p in parts]), _timed([get(p) for p in parts])
+    _check(read, load.pages, "redis-py")
+    return timings
+
+
+def _check(read: Sequence[bytes | memoryview], pages: Sequence[bytes], who: str) -> None:
+    """Every page read back is the page written (checked after the timed calls, for both)."""
+    if len(read) != len(pages) or any(bytes(got) != page for got, page in zip(read, pages)):
+        raise AssertionError(f"{who} read back other bytes than it wrote")
 
 
 def _tierd_rows(tier: RemoteTier, load: Workload) -> tuple[tuple[float, list[float]], tuple[float, list[float]]]:
@@ -137,15 +145,17 @@ def _tierd_rows(tier: RemoteTier, load: Workload) -> tuple[tuple[float, list[flo
                 raise AssertionError("the remote tier did not store every page")
         return run
 
+    read: list[memoryview] = []
+
     def get(part: slice) -> Callable[[], None]:
         def run() -> None:
-            got = tier.fetch(load.fingerprint, load.keys[part], load.page_bytes)
-            if [bytes(g) for g in got] != load.pages[part]:
-                raise AssertionError("the remote tier read back other bytes than it wrote")
+            read.extend(tier.fetch(load.fingerprint, load.keys[part], load.page_bytes))
         return run
 
     parts = list(load.calls())
-    return _timed([put(p) for p in parts]), _timed([get(p) for p in parts])
+    timings = _timed([put(p) for p in parts]), _timed([get(p) for p in parts])
+    _check(read, load.pages, "the remote tier")
+    return timings
 
 
 def _row(page_bytes: int, per_call: int, client: str, op: str, runs: list[tuple[float, list[float]]],

@@ -1,5 +1,5 @@
 """The Redis Cluster backend against real redis-server clusters: pages round-trip bit-exact over
-every master, torn and truncated values are reported as such and never copied, a killed, hung
+every master, torn and truncated values are reported as such, a killed, hung
 or absent cluster costs misses within the deadline (never a hang) and the same
 backend works again once it is back, a reshard under load loses nothing, a writer killed mid
 stream leaves no header with a wrong payload, passwords work, and so does TLS with a client
@@ -173,7 +173,7 @@ def test_stored_layout_is_body_then_head_with_header_length_and_tail(
     assert raw.keyslot(head_key(pid)) == raw.keyslot(body_key(pid))
 
 
-def test_torn_half_evicted_and_truncated_values_are_reported_and_never_copied(
+def test_torn_half_evicted_and_truncated_values_are_reported_as_such(
         backend: RedisClusterBackend, clean_redis_cluster: RedisClusterFixture) -> None:
     size = 512 << 10
     no_head, no_body, short, long_, garbled, intact = pids = [page_id(n, b"torn") for n in range(6)]
@@ -192,13 +192,14 @@ def test_torn_half_evicted_and_truncated_values_are_reported_and_never_copied(
     assert found[3] == Fetched(header_of(long_), size + 1)
     assert found[4] is not None and found[4].header == b""
     assert found[5] == Fetched(header_of(intact), size)
-    assert bufs[:5] == [bytearray(size)] * 5, "a torn or mis-sized payload was copied"
+    # The views of the first five are undefined (a body may have been received into them): only
+    # the reported sizes tell, and they never claim a complete payload.
     assert bufs[5] == payload_of(intact, size)
     assert backend.exists(pids, deadline()) == [False, True, True, True, True, True]
 
-    # A view of another size than the stored payload is left alone, the stored size reported.
+    # A view smaller than the stored payload: the stored size reported, nothing past the view written.
     found, bufs = read_pages(backend, [intact], size - 1)
-    assert found == [Fetched(header_of(intact), size)] and bufs == [bytearray(size - 1)]
+    assert found == [Fetched(header_of(intact), size)] and len(bufs[0]) == size - 1
 
 
 def test_empty_batches_and_a_passed_deadline(backend: RedisClusterBackend) -> None:

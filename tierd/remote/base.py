@@ -26,8 +26,9 @@ class Fetched:
     """What a backend found under one page id.
 
     ``header``: the stored header bytes, ``b""`` when that part is missing (half-evicted or torn).
-    ``payload_bytes``: length of the stored payload, ``-1`` when that part is missing; the payload
-    was copied into the caller's view only when it equals the view's length.
+    ``payload_bytes``: length of the stored payload, ``-1`` when that part is missing. The view
+    holds the payload when it equals the view's length; otherwise its bytes are undefined (a
+    backend may have received part of a value into it).
     """
 
     header: bytes
@@ -51,7 +52,8 @@ class RemoteBackend(Protocol):
     def get_into(self, page_ids: Sequence[bytes], views: Sequence[memoryview],
                  deadline_s: float) -> list[Fetched | None]:
         """Read each page's header and, into ``views[i]`` (writable, the page's size), its payload;
-        ``None`` where neither part is stored. Header and payload are read atomically together."""
+        ``None`` where neither part is stored (or its node did not answer). Header and payload are
+        read atomically together."""
 
     def put(self, page_ids: Sequence[bytes], headers: Sequence[bytes],
             payloads: Sequence[memoryview], deadline_s: float) -> list[bool]:

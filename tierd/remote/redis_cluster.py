@@ -34,12 +34,13 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from tierd.config import RemoteConfig
 from tierd.errors import ConfigError
 from tierd.remote.base import Fetched, RemoteUnavailable
+from tierd.remote.resp import Cmd, InSink, byte_view, exchange, pack
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -60,8 +61,6 @@ _MAX_ROUNDS = 32                 # redirect / TRYAGAIN rounds of one call (a res
 _TRYAGAIN_PAUSE_S = (0.002, 0.05)
 _REFRESH_INTERVAL_S = 1.0        # at most one background slot-map refresh per second
 _WORKERS = 32                    # threads for per-master exchanges (created on demand)
-_SMALL_CHUNK = 64 << 10          # small packed commands are sent in one write
-_ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
 
 def head_key(page_id: bytes) -> bytes:
@@ -90,87 +89,9 @@ def split_head(head: bytes) -> tuple[bytes, bytes] | None:
     return head[_HEAD_LEN.size:end], head[end:]
 
 
-def _byte_view(view: memoryview) -> memoryview:
-    """A flat unsigned-byte view, so lengths and slices count bytes whatever the caller's format."""
-    view = memoryview(view)
-    return view if view.ndim == 1 and view.format == "B" else view.cast("B")
-
-
-def _pack(*args: bytes | memoryview) -> bytes:
-    """One command in RESP, copied out of the caller's buffers (workers never read them)."""
-    parts: list[bytes | memoryview] = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-    return b"".join(parts)
-
-
-def _coalesce(chunks: Sequence[bytes]) -> list[bytes]:
-    """Join runs of small chunks (one write instead of one per command); large ones go as they are."""
-    out: list[bytes] = []
-    run: list[bytes] = []
-    size = 0
-    for chunk in chunks:
-        if len(chunk) >= _SMALL_CHUNK:
-            if run:
-                out.append(b"".join(run))
-                run, size = [], 0
-            out.append(chunk)
-            continue
-        run.append(chunk)
-        size += len(chunk)
-        if size >= _SMALL_CHUNK:
-            out.append(b"".join(run))
-            run, size = [], 0
-    if run:
-        out.append(b"".join(run))
-    return out
-
-
 class _NodeDown(Exception):
     """The reply of a command whose master failed in this call or is backing off after a failure
     (a value, like an error reply: that page is a miss, the call goes on)."""
-
-
-@dataclass(frozen=True)
-class _Cmd:
-    """One packed command; ``target`` overrides the slot owner after a MOVED or ASK."""
-
-    key: bytes
-    packet: bytes
-    target: tuple[str, int] | None = None
-    asking: bool = False
-
-
-def _exchange(client: Redis, cmds: Sequence[_Cmd], deadline: float) -> list[object]:
-    """Pipeline ``cmds`` on one master's connection; error replies come back as values."""
-    from redis.exceptions import ResponseError
-    from redis.exceptions import TimeoutError as RedisTimeout
-
-    if time.monotonic() >= deadline:
-        raise RedisTimeout("deadline passed before the request was sent")
-    pool = client.connection_pool
-    conn: Any = pool.get_connection()   # redis-py's Connection is only partly annotated
-    try:
-        chunks: list[bytes] = []
-        for cmd in cmds:
-            chunks += (_ASKING, cmd.packet) if cmd.asking else (cmd.packet,)
-        conn.send_packed_command(_coalesce(chunks), check_health=False)
-        replies: list[object] = []
-        for cmd in cmds:
-            for is_asking in (True, False) if cmd.asking else (False,):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    conn.disconnect()   # replies still in flight: the connection is out of step
-                    raise RedisTimeout(f"no reply from {conn.host}:{conn.port} by the deadline")
-                try:
-                    reply = conn.read_response(timeout=remaining)
-                except ResponseError as e:   # a whole error reply was read: still in step
-                    reply = e
-                if not is_asking:
-                    replies.append(reply)
-        return replies
-    finally:
-        pool.release(conn)
 
 
 def _describe(exc: BaseException) -> str:
@@ -235,7 +156,7 @@ class RedisClusterBackend:
 
     def exists(self, page_ids: Sequence[bytes], deadline_s: float) -> list[bool]:
         """Pipelined EXISTS of the head keys (False on a master that does not answer)."""
-        cmds = [_Cmd(k, _pack(b"EXISTS", k)) for k in map(head_key, page_ids)]
+        cmds = [Cmd(k, pack(b"EXISTS", k)) for k in map(head_key, page_ids)]
         return [not isinstance(r, _NodeDown) and self._value(r, "exists", int) > 0
                 for r in self._run(cmds, deadline_s, "exists")]
 
@@ -245,9 +166,9 @@ class RedisClusterBackend:
         if len(views) != len(page_ids):
             raise ValueError(f"{len(page_ids)} page ids but {len(views)} views")
         cmds = []
-        for page_id in page_ids:
+        for page_id, view in zip(page_ids, views):
             head = head_key(page_id)
-            cmds.append(_Cmd(head, _pack(b"MGET", head, body_key(page_id))))
+            cmds.append(Cmd(head, pack(b"MGET", head, body_key(page_id)), sink=byte_view(view)))
         replies = self._run(cmds, deadline_s, "get")
         out: list[Fetched | None] = []
         for view, reply in zip(views, replies):
@@ -270,14 +191,14 @@ class RedisClusterBackend:
             raise ValueError(f"{len(page_ids)} page ids, {len(headers)} headers, {len(payloads)} payloads")
         cmds = []
         for page_id, header, payload in zip(page_ids, headers, payloads):
-            data = _byte_view(payload)
+            data = byte_view(payload)
             cut = max(0, len(data) - TAIL_BYTES)
             bkey, hkey = body_key(page_id), head_key(page_id)
-            cmds.append(_Cmd(bkey, _pack(b"SET", bkey, data[:cut])))
-            cmds.append(_Cmd(hkey, _pack(b"SET", hkey, pack_head(header, data[cut:]))))
+            cmds.append(Cmd(bkey, pack(b"SET", bkey, data[:cut])))
+            cmds.append(Cmd(hkey, pack(b"SET", hkey, pack_head(header, data[cut:]))))
         stored = [self._stored(r) for r in self._run(cmds, deadline_s, "put")]
         done = [body and head for body, head in zip(stored[0::2], stored[1::2])]
-        orphans = [_Cmd(key, _pack(b"DEL", key)) for key, body, head in
+        orphans = [Cmd(key, pack(b"DEL", key)) for key, body, head in
                    zip(map(head_key, page_ids), stored[0::2], stored[1::2]) if head and not body]
         if orphans:
             with contextlib.suppress(RemoteUnavailable):
@@ -289,7 +210,7 @@ class RedisClusterBackend:
         cmds = []
         for page_id in page_ids:
             head = head_key(page_id)
-            cmds.append(_Cmd(head, _pack(b"DEL", head, body_key(page_id))))
+            cmds.append(Cmd(head, pack(b"DEL", head, body_key(page_id))))
         for reply in self._run(cmds, deadline_s, "delete"):
             if not isinstance(reply, _NodeDown):
                 self._value(reply, "delete", int)
@@ -329,7 +250,7 @@ class RedisClusterBackend:
 
     # -- routing -----------------------------------------------------------------------------
 
-    def _run(self, cmds: list[_Cmd], deadline: float, what: str) -> list[object]:
+    def _run(self, cmds: list[Cmd], deadline: float, what: str) -> list[object]:
         """Every command's reply (in order), following MOVED / ASK and retrying TRYAGAIN while
         time is left. A command of a master that fails (or backs off) gets a ``_NodeDown`` reply;
         ``RemoteUnavailable`` when no master could answer or time runs out."""
@@ -394,12 +315,12 @@ class RedisClusterBackend:
         with self._lock:
             return time.monotonic() < self._down_until_s.get(name, 0.0)
 
-    def _round(self, cluster: RedisCluster, items: list[tuple[int, _Cmd]], deadline: float,
+    def _round(self, cluster: RedisCluster, items: list[tuple[int, Cmd]], deadline: float,
                what: str) -> dict[int, object]:
         """Send ``items`` to their masters in parallel; replies by index."""
         from redis.exceptions import RedisClusterException, RedisError
 
-        groups: dict[str, tuple[Redis, list[tuple[int, _Cmd]]]] = {}
+        groups: dict[str, tuple[Redis, list[tuple[int, Cmd]]]] = {}
         for i, cmd in items:
             node = self._node_for(cluster, cmd, what)
             if node.name not in groups:
@@ -414,7 +335,7 @@ class RedisClusterBackend:
         if len(groups) == 1:  # one master: no thread hop (its reads are bounded by the deadline)
             (name, (client, group)), = groups.items()
             try:
-                replies: list[object] = _exchange(client, [c for _, c in group], deadline)
+                replies: list[object] = exchange(client, [c for _, c in group], deadline)
             except (RedisError, RedisClusterException, OSError) as error:  # other exceptions: bugs
                 replies = [self._node_failed(cluster, name, error, what)] * len(group)
             answered.update(zip((i for i, _ in group), replies))
@@ -422,7 +343,7 @@ class RedisClusterBackend:
         futures: dict[Future[list[object]], tuple[str, list[int]]] = {}
         for name, (client, group) in groups.items():
             try:
-                future = self._executor.submit(_exchange, client, [c for _, c in group], deadline)
+                future = self._executor.submit(exchange, client, [c for _, c in group], deadline)
             except RuntimeError:   # shut down by close()
                 raise RemoteUnavailable("redis-cluster: the backend is closed") from None
             futures[future] = (name, [i for i, _ in group])
@@ -441,7 +362,7 @@ class RedisClusterBackend:
             answered.update(zip(indexes, replies))
         return answered
 
-    def _node_for(self, cluster: RedisCluster, cmd: _Cmd, what: str) -> ClusterNode:
+    def _node_for(self, cluster: RedisCluster, cmd: Cmd, what: str) -> ClusterNode:
         """The master a command goes to: its redirect target, else its slot's owner."""
         from redis.crc import key_slot
         from redis.exceptions import SlotNotCoveredError
@@ -548,21 +469,24 @@ class RedisClusterBackend:
                 self._refreshing = False
 
 
-def _fill(view: memoryview, head: bytes | None, body: bytes | None) -> Fetched | None:
-    """What one ``MGET head body`` found; copies the payload into ``view`` when it fits exactly."""
+def _fill(view: memoryview, head: bytes | None, body: bytes | InSink | None) -> Fetched | None:
+    """What one ``MGET head body`` found. The body is in ``view`` already (``InSink``) or in
+    ``body``; the payload is complete in ``view`` only when body and tail add up to its length."""
     if head is None and body is None:
         return None
     parts = split_head(head) if head is not None else None
-    if body is None:
+    body_bytes = body.nbytes if isinstance(body, InSink) else None if body is None else len(body)
+    if body_bytes is None:
         return Fetched(parts[0] if parts is not None else b"", -1)
     if parts is None:   # no (readable) head: the tail is unknown, the payload is never complete
-        return Fetched(b"", len(body))
+        return Fetched(b"", body_bytes)
     header, tail = parts
-    size = len(body) + len(tail)
-    dst = _byte_view(view)
+    size = body_bytes + len(tail)
+    dst = byte_view(view)
     if size == len(dst):
-        dst[:len(body)] = body
-        dst[len(body):] = tail
+        if isinstance(body, bytes):
+            dst[:body_bytes] = body
+        dst[body_bytes:] = tail
     return Fetched(header, size)
 
 
