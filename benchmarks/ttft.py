@@ -340,6 +340,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=None, help="runs per figure (median; default 3, quick 1)")
     parser.add_argument("--page-tokens", type=int, default=16, help="tokens per tierd page (default 16)")
     parser.add_argument("--dtype", choices=list(DTYPES), default="float32", help="model dtype (default float32)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default torch's: one per core); 1 keeps a small forward "
+                             "from stalling on a core that other processes hold")
     parser.add_argument("--warm-disk", action="store_true",
                         help="keep the daemon's files in the OS page cache for the disk runs")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
@@ -348,13 +351,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.lengths = args.lengths or (QUICK_LENGTHS if args.quick else FULL_LENGTHS)
     args.reps = args.reps or (1 if args.quick else 3)
-    if args.reps < 1 or args.page_tokens < 1 or min(args.lengths) < 2:
-        parser.error("--reps and --page-tokens must be positive and every length at least 2")
+    if args.reps < 1 or args.page_tokens < 1 or min(args.lengths) < 2 or (args.threads or 1) < 1:
+        parser.error("--reps, --page-tokens and --threads must be positive and every length at least 2")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     quiet = args.json == "-"
     rows, spec = run_all(args, lambda text: None if quiet else print(text, file=sys.stderr))
     report: dict[str, Any] = {
