@@ -312,7 +312,7 @@ def _fmt(value: float | None, spec: str = ".0f") -> str:
 def print_table(report: dict[str, Any], rows: list[Row]) -> None:
     """The markdown table (and the lines that say what it measured)."""
     print(f"machine: {report['machine']['description']}, torch {torch.__version__} "
-          f"({report['torch_threads']} threads)")
+          f"({report['torch_threads']} thread{'s' if report['torch_threads'] > 1 else ''})")
     print(f"model: {report['model']}, {report['dtype']}; pages of {report['page_tokens']} tokens "
           f"({report['page_bytes'] // 1024} KiB); disk: {report['disk']}; median of {report['reps']}")
     print("\n| prompt tokens | recompute TTFT ms | tierd dram TTFT ms | ratio | tierd disk TTFT ms | ratio "
