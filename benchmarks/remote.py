@@ -12,10 +12,12 @@ redis-server from the OS). Rows, per page size (512 KiB, 2 MiB), measured side b
   checksum, two keys per page, verified before it is returned), 1 and ``--batch`` pages per call.
 
 GB/s counts page bytes; p50/p99 are per call; every figure is the median of ``--repeat`` runs;
-every page read back is compared with what was written (after the timed calls, for both). The fleet rows: node A computes
-``--requests`` requests that share a ``--prefix-pages`` prefix (puts) and its writer publishes
-them; node B then serves the same requests: the fraction of the shared prefix it finds in the
-remote tier instead of recomputing it, and the time to bring the prefix into dram from there.
+every page read back is compared with what was written (after the timed calls, for both).
+
+The fleet rows: node A computes ``--requests`` requests that share a ``--prefix-pages`` prefix
+(puts) and its writer publishes them; node B then serves the same requests: the fraction of the
+shared prefix it finds in the remote tier instead of recomputing it, and the time to bring the
+prefix into dram from there.
 """
 
 from __future__ import annotations
