@@ -2,7 +2,8 @@
 
 ``prefix``: save a ``DynamicCache``'s full pages and restore the longest cached prefix, and the
 ``tiered_generation`` helper around ``generate``. ``paged``: an attention implementation and a
-cache class whose K/V live in tierd's ``hbm`` pages, attended with ``tierd_kernels``.
+cache class whose K/V live in tierd's ``hbm`` pages, attended with ``tierd_kernels``, and the
+``PagedWorker`` that runs a model with them. ``demo`` (``make demo``): both over four chat turns.
 
 ::
 
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
     )
     from tierd_client.hf.generation import TieredGeneration, tiered_generation
     from tierd_client.hf.model_spec import cache_argument, spec_for
+    from tierd_client.hf.paged import (
+        ATTENTION_NAME,
+        CACHE_KWARG,
+        BlockTable,
+        PagedCacheError,
+        PagedKVCache,
+        PagedModelError,
+        PagedOptions,
+        PagedRequest,
+        PagedWorker,
+        PagedWorkerError,
+        PageLostError,
+        paged_attention_forward,
+        register_paged_attention,
+    )
     from tierd_client.hf.prefix import RestoreInfo, SaveInfo, restore_prefix, save_prefix
 
 # Public name -> the submodule that defines it.
@@ -39,12 +55,19 @@ _EXPORTS = {
     "TieredGeneration": "generation", "tiered_generation": "generation",
     "cache_argument": "model_spec", "spec_for": "model_spec",
     "RestoreInfo": "prefix", "SaveInfo": "prefix", "restore_prefix": "prefix", "save_prefix": "prefix",
+    **{name: "paged" for name in (
+        "ATTENTION_NAME", "CACHE_KWARG", "BlockTable", "PageLostError", "PagedCacheError", "PagedKVCache",
+        "PagedModelError", "PagedOptions", "PagedRequest", "PagedWorker", "PagedWorkerError",
+        "paged_attention_forward", "register_paged_attention")},
 }
 
 __all__ = [
-    "CacheMismatchError", "HfPagingError", "ModelIdentityError", "RestoreInfo", "SaveInfo",
+    "ATTENTION_NAME", "CACHE_KWARG", "BlockTable", "CacheMismatchError", "HfPagingError",
+    "ModelIdentityError", "PageLostError", "PagedCacheError", "PagedKVCache", "PagedModelError",
+    "PagedOptions", "PagedRequest", "PagedWorker", "PagedWorkerError", "RestoreInfo", "SaveInfo",
     "TieredGeneration", "UnsupportedGenerationError", "UnsupportedModelError", "cache_argument",
-    "restore_prefix", "save_prefix", "spec_for", "tiered_generation",
+    "paged_attention_forward", "register_paged_attention", "restore_prefix", "save_prefix", "spec_for",
+    "tiered_generation",
 ]
 
 
