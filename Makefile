@@ -65,6 +65,12 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/tiers.py --quick
 
+# Four chat turns of a random-weight Llama over tierd, both transformers parts (tierd_client.hf.demo):
+# on the daemon `make run` serves (or $TIERD_SOCKET's) when it answers, else on a private one.
+.PHONY: demo
+demo: $(STAMP)
+	$(PY) -m tierd_client.hf.demo
+
 # Needs a CUDA GPU and the `cuda` extra (CuPy); exits 2 with a message without one.
 bench-kernels: $(STAMP)
 	$(PY) benchmarks/kernels.py --quick
