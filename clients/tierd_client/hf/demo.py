@@ -23,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -173,7 +174,8 @@ class Chat:
 
 
 def tiers_text(pages_by_tier: Mapping[Tier, int]) -> str:
-    return ", ".join(f"{tier.label}: {n} pages" for tier, n in sorted(pages_by_tier.items())) or "-"
+    return ", ".join(f"{tier.label}: {n} page{'s' if n > 1 else ''}"
+                     for tier, n in sorted(pages_by_tier.items())) or "-"
 
 
 def turn_line(turn: int, prompt: int, verb: str, from_tierd: int, tiers: str, ttft_ms: float,
@@ -235,6 +237,13 @@ def part2(client: TierClient, paged: LlamaForCausalLM, chat: Chat, size: DemoSiz
         history = prompt + reply
 
 
+def shown(socket: str) -> str:
+    """``socket`` as one would type it here: relative when under the current dir (``make run``'s
+    ``var/tierd.sock`` in the checkout)."""
+    path = Path(socket)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else socket
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tierd_client.hf.demo", description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--socket", default=None, help="the daemon to use (default: tierctl's, if it serves, "
@@ -273,11 +282,11 @@ def _run(args: argparse.Namespace, out: Callable[[str], None]) -> int:
         baseline(chat.system[:PAGE_TOKENS // 2])  # the first generate of a process is slow: untimed
         with demo_daemon(args.socket, args.own_daemon) as daemon:
             whose = "private, for this run" if daemon.private else "already running"
-            out(f"tierd: {daemon.socket} ({whose})")
+            out(f"tierd: {shown(daemon.socket)} ({whose})")
             with TierClient(daemon.socket) as client:
                 replies = part1(client, model, chat, size, baseline, out)
                 part2(client, paged, chat, size, baseline, replies, out)
-            out(f"$ tierctl --socket {daemon.socket} stats")
+            out(f"$ tierctl --socket {shown(daemon.socket)} stats")
             table = io.StringIO()
             status = tierctl.main(["--socket", daemon.socket, "stats"], out=table)
             for line in table.getvalue().rstrip("\n").split("\n"):

@@ -76,7 +76,7 @@ def check_turns(turns: list[Turn], tier: str, warm: bool = False) -> None:
         assert turn.from_tierd == (cap if warm else min(said // PAGE_TOKENS, cap)) * PAGE_TOKENS, turn
         assert turn.computed == turn.prompt - turn.from_tierd >= 1
         pages = turn.from_tierd // PAGE_TOKENS
-        assert turn.tiers == (f"{tier}: {pages} pages" if pages else "-"), turn
+        assert turn.tiers == (f"{tier}: {pages} page{'s' if pages > 1 else ''}" if pages else "-"), turn
         assert turn.same_first_token and turn.ttft_ms > 0 and turn.recompute_ms > 0
         assert turn.reply_tokens == QUICK_REPLY_TOKENS
         # Part 1 saves the pages its cache holds (the last reply token never ran); part 2 ran it.
