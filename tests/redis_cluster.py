@@ -44,6 +44,7 @@ POLL_PAUSE_S = 0.05
 READY_ATTEMPTS = 600          # 30 s for a server to answer PING or the cluster to settle
 CLI_TIMEOUT_S = 120.0         # redis-cli --cluster create / reshard
 OPENSSL_TIMEOUT_S = 60.0
+SPAWN_ATTEMPTS = 3            # fresh ports each time a server dies while starting
 _PR_SET_PDEATHSIG = 1
 _LIVE: set[RedisClusterFixture] = set()
 
@@ -177,16 +178,32 @@ class RedisClusterFixture:
         try:
             if self.tls:
                 make_certificates(self.ca_file.parent)
-            for i in range(self.masters):
-                self._spawn(i)
-            for i in range(self.masters):
-                self._wait_ping(i)
+            self._spawn_all()
             self._cli("--cluster", "create", *self.nodes, "--cluster-replicas", "0", "--cluster-yes")
             self.wait_ok()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _spawn_all(self) -> None:
+        """Every server answering PING. A port picked free can be taken by another process before
+        the server binds it (tests run beside other suites): then all start again on new ports."""
+        for attempt in range(SPAWN_ATTEMPTS):
+            try:
+                for i in range(self.masters):
+                    self._spawn(i)
+                for i in range(self.masters):
+                    self._wait_ping(i)
+                return
+            except RuntimeError:
+                for i in range(self.masters):
+                    self._reap(i)
+                    shutil.rmtree(self.root / f"node-{i}", ignore_errors=True)
+                if attempt == SPAWN_ATTEMPTS - 1:
+                    raise
+                ports = free_ports(2 * self.masters)
+                self.ports, self.bus_ports = ports[:self.masters], ports[self.masters:]
 
     def close(self) -> None:
         """Kill every server (stopped ones too) and remove the temp dirs; idempotent."""

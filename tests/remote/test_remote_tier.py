@@ -214,3 +214,31 @@ def test_a_miss_is_remembered_for_miss_cache_s_unless_this_node_writes_the_page(
     calls = backend.calls["exists"]
     assert tier.cached_prefix(FP, keys(1, 1)) == 0 and backend.calls["exists"] == calls + 1
     assert tier.cached_prefix(FP, keys(1, 3)) == 0 and backend.calls["exists"] == calls + 1
+
+
+class FlakyBackend(MemoryBackend):
+    """Down for its first ``failures_left`` calls, then up."""
+
+    def __init__(self, failures_left: int) -> None:
+        super().__init__()
+        self.failures_left = failures_left
+
+    def _enter(self, call: str) -> None:
+        self.down = self.failures_left > 0
+        self.failures_left -= 1
+        super()._enter(call)
+
+
+@pytest.mark.parametrize(("failures", "written"), [(1, 3), (2, 0)])
+def test_a_batch_the_store_was_down_for_is_tried_once_more(source: DictSource, failures: int,
+                                                           written: int) -> None:
+    backend = FlakyBackend(failures)
+    tier = RemoteTier(RemoteConfig(retry_after_s=0.01), backend)
+    ks, ps = keys(3), pages(3)
+    for key, page in zip(ks, ps):
+        source.pages[(1, key)] = page
+    for writer in writer_for(tier, source, writer_threads=1, retry_after_s=0.01):
+        writer.offer(1, ks)
+        assert writer.wait_idle(30.0)
+        assert writer.dropped == 3 - written
+    assert len(backend.headers) == written

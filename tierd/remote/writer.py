@@ -4,7 +4,8 @@ Callers ``offer`` pages and never wait. A page already queued is not queued twic
 offer of it (put or delete) is what happens. A full queue drops the page (counted in
 ``dropped``; the remote tier is a cache, the local disk stays the durability tier).
 ``writer_threads`` threads drain it in batches; each page goes to the thread its key hashes to,
-so a delete and a later put of one page keep their order. A batch first asks which pages the
+so a delete and a later put of one page keep their order. A batch the store could not be reached
+for goes back to its queue and is tried once more after ``retry_after_s``. A batch first asks which pages the
 remote store lacks, then reads only those from the local store (``PageSource``: the page may
 have moved tier or gone meanwhile) and writes them.
 """
@@ -17,6 +18,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from tierd.config import RemoteConfig
@@ -44,6 +46,14 @@ class OpKind(enum.Enum):
 PageRef = tuple[int, PageKey]  # (ns_id, key)
 
 
+@dataclass(frozen=True)
+class _Batch:
+    kind: OpKind
+    ns_id: int
+    keys: list[PageKey]
+    retried: frozenset[PageKey]  # taken before, put back once when the store was unreachable
+
+
 class RemoteWriter:
     """Owns the queue, its lock and the writer threads. ``start``/``close`` are idempotent."""
 
@@ -55,6 +65,7 @@ class RemoteWriter:
         self._changed = threading.Condition(self._lock)
         self._shards: list[deque[PageRef]] = [deque() for _ in range(config.writer_threads)]
         self._queued: dict[PageRef, OpKind] = {}
+        self._retries: set[PageRef] = set()  # queued pages put back once (a subset of _queued)
         self._busy = 0
         self._dropped = 0
         self._closing = False
@@ -80,6 +91,7 @@ class RemoteWriter:
         with self._lock:
             self._dropped += len(self._queued)
             self._queued.clear()
+            self._retries.clear()
             for shard in self._shards:
                 shard.clear()
 
@@ -100,6 +112,7 @@ class RemoteWriter:
                 ref = (ns_id, key)
                 if ref in self._queued:
                     self._queued[ref] = kind
+                    self._retries.discard(ref)  # a new offer: a fresh attempt
                     continue
                 if len(self._queued) >= self._config.queue_pages:
                     self._dropped += 1
@@ -135,16 +148,36 @@ class RemoteWriter:
             batch = self._take(shard)
             if batch is None:
                 return
+            unwritten: list[PageKey] = []
             try:
-                self._write(batch)
+                unwritten = self._write(batch)
             except Exception:  # thread boundary: the batch is lost, the writer goes on
-                log.exception("remote writer failed on a batch of %d page(s)", len(batch[2]))
+                log.exception("remote writer failed on a batch of %d page(s)", len(batch.keys))
             finally:
                 with self._lock:
                     self._busy -= 1
+                    if unwritten:
+                        self._requeue_locked(shard, batch, unwritten)
                     self._changed.notify_all()
+            if unwritten:  # the store is unreachable: wait before trying again
+                with self._lock:
+                    self._changed.wait_for(lambda: self._closing, self._config.retry_after_s)
 
-    def _take(self, shard: deque[PageRef]) -> tuple[OpKind, int, list[PageKey]] | None:
+    def _requeue_locked(self, shard: deque[PageRef], batch: _Batch, keys: list[PageKey]) -> None:
+        """Put pages the store could not be reached for at the tail of ``shard``, once: a page
+        that fails again is dropped (counted), and one offered again meanwhile keeps that offer."""
+        for key in keys:
+            ref = (batch.ns_id, key)
+            if ref in self._queued:
+                continue
+            if key in batch.retried:
+                self._dropped += 1
+                continue
+            self._queued[ref] = batch.kind
+            self._retries.add(ref)
+            shard.append(ref)
+
+    def _take(self, shard: deque[PageRef]) -> _Batch | None:
         """The next run of pages of one kind and namespace (at most ``batch_pages``); None: closing."""
         with self._lock:
             while not shard and not self._closing:
@@ -158,27 +191,36 @@ class RemoteWriter:
                    and self._queued[shard[0]] is kind):
                 keys.append(shard[0][1])
                 del self._queued[shard.popleft()]
+            retried = frozenset(key for key in keys if (ns_id, key) in self._retries)
+            self._retries.difference_update((ns_id, key) for key in retried)
             self._busy += 1
-            return kind, ns_id, keys
+            return _Batch(kind, ns_id, keys, retried)
 
-    def _write(self, batch: tuple[OpKind, int, list[PageKey]]) -> None:
-        kind, ns_id, keys = batch
+    def _write(self, batch: _Batch) -> list[PageKey]:
+        """Write (or delete) a batch; the pages left undone because the store was unreachable."""
+        kind, ns_id, keys = batch.kind, batch.ns_id, batch.keys
         described = self._source.describe(ns_id)
         if described is None:
-            return
+            return []
         fingerprint, page_bytes = described
         if kind is OpKind.DELETE:
-            self._tier.delete(fingerprint, keys)
-            return
+            return [] if self._tier.delete(fingerprint, keys) else keys
         per_call = max(1, self._config.batch_bytes // page_bytes)
         for start in range(0, len(keys), per_call):
-            self._put(ns_id, fingerprint, page_bytes, keys[start:start + per_call])
+            if not self._put(ns_id, fingerprint, page_bytes, keys[start:start + per_call]):
+                return keys[start:]
+        return []
 
-    def _put(self, ns_id: int, fingerprint: bytes, page_bytes: int, keys: list[PageKey]) -> None:
+    def _put(self, ns_id: int, fingerprint: bytes, page_bytes: int, keys: list[PageKey]) -> bool:
+        """Write the pages the store lacks; False when it could not be reached (none written).
+        Pages on a node that failed alone are misses for readers, not retried."""
         missing = self._tier.missing(fingerprint, keys)
-        if not missing:  # None (the store is unreachable: the pages are not written) or none
-            return
+        if missing is None:
+            return False
+        if not missing:
+            return True
         outs = {key: bytearray(page_bytes) for key in missing}
         found = [key for key in missing if self._source.read_page(ns_id, key, memoryview(outs[key]))]
-        if found:
-            self._tier.store(fingerprint, found, [memoryview(outs[key]) for key in found])
+        if found and not self._tier.store(fingerprint, found, [memoryview(outs[key]) for key in found]):
+            return self._tier.available
+        return True
