@@ -4,7 +4,8 @@ Engine A computes and saves; engine B, a new process with the same prompts, repo
 blocks as external cached tokens and answers exactly (tokens and logprobs) what an engine without
 any connector answers. A control run that overwrites the loaded blocks with noise answers
 otherwise (the loaded KV is used); after a tierd restart the pages come from disk; with tierd
-stopped B answers correctly with no hit. fp32 and bf16, and chunked prefill.
+stopped B answers correctly with no hit. fp32 and bf16, chunked prefill, and vLLM's multiprocess
+layout (the OpenAI server's).
 """
 
 from __future__ import annotations
@@ -94,3 +95,14 @@ def test_with_tierd_stopped_engine_b_answers_without_hits(engines: Engines, tier
 
 def test_bf16_engine_b_reuses_engine_a_blocks_exactly(engines: Engines, tierd: EngineTierd) -> None:
     check_reuse(*saved_then_reused(engines, tierd, "bfloat16"))
+
+
+def test_multiprocess_engines_share_blocks_exactly(engines: Engines, tierd: EngineTierd) -> None:
+    # The OpenAI server's layout: the scheduler-side connector in the engine core process, the
+    # worker-side one in the worker; fresh prompts (seed 1), so A finds nothing and saves them.
+    first = engines.run("a-mp", dtype="float32", socket=tierd.socket_path, seed=1, multiprocessing=True)
+    second = engines.run("b-mp", dtype="float32", socket=tierd.socket_path, seed=1, multiprocessing=True)
+    assert cached(first) == [0, 0, 0, 0]
+    assert cached(second) == expected_cached()
+    assert outputs(second) == outputs(first)
+    assert "vLLM recomputes, tierd is tried again" not in first["log"] + second["log"]  # no trouble

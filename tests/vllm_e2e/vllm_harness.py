@@ -81,17 +81,20 @@ class Engines:
     runs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, name: str, *, dtype: str, socket: Path | None, corrupt: bool = False,
-            max_num_batched_tokens: int = 1024, max_num_seqs: int = 8) -> dict[str, Any]:
+            max_num_batched_tokens: int = 1024, max_num_seqs: int = 8, seed: int = 0,
+            multiprocessing: bool = False) -> dict[str, Any]:
+        """``multiprocessing``: vLLM's default process layout (engine core and worker in
+        processes of their own, as the OpenAI server runs), else everything in one process."""
         if name in self.runs:
             return self.runs[name]
-        request = {"model": str(self.model_dir), "dtype": dtype, "prompts": prompts(),
+        request = {"model": str(self.model_dir), "dtype": dtype, "prompts": prompts(seed),
                    "socket": None if socket is None else str(socket), "corrupt": corrupt,
                    "max_num_batched_tokens": max_num_batched_tokens, "max_num_seqs": max_num_seqs}
         request_path = self.work_dir / f"{name}.request.json"
         result_path = self.work_dir / f"{name}.result.json"
         log_path = self.work_dir / f"{name}.log"
         request_path.write_text(json.dumps(request))
-        env = {**os.environ, **ENGINE_ENV}
+        env = {**os.environ, **ENGINE_ENV, "VLLM_ENABLE_V1_MULTIPROCESSING": "1" if multiprocessing else "0"}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         with open(log_path, "wb") as log:
             done = subprocess.run([sys.executable, str(HERE / "engine_run.py"), str(request_path),

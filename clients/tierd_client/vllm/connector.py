@@ -51,6 +51,8 @@ class TierdConnector(KVConnectorBase_V1):  # type: ignore[misc, unused-ignore]
                  spec.layout)
         self._scheduler = SchedulerSide(link, spec.page_tokens) if side == "scheduler" else None
         self._worker = WorkerSide(link) if side == "worker" else None
+        if self._scheduler is not None:
+            link.connect()  # the worker side connects once vLLM hands it the caches
 
     _cache_hit_source = CacheHitSource.HOST
 

@@ -20,7 +20,7 @@ import grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd_client.arena import ArenaView
-from tierd_client.errors import InvalidArgumentError, TierdRpcError
+from tierd_client.errors import InvalidArgumentError, TierdRpcError, UnavailableError
 from tierd_client.options import ClientOptions, RetryPolicy
 from tierd_client.sync import TierClient
 from tierd_client.types import NamespaceHandle
@@ -60,12 +60,20 @@ class TierdLink:
     def _open(self) -> tuple[TierClient, NamespaceHandle]:
         if self._client is None or self._ns is None:
             self._client = TierClient(self.settings.socket, self._options())
+            # Health first, with a deadline of its own: it waits out a slow connection set-up
+            # (an engine host whose cores vLLM keeps busy) that the short RPC deadline would not.
+            if not self._client.health(timeout_s=self.settings.connect_timeout_s):
+                raise UnavailableError(f"tierd at {self.settings.socket} is not serving yet")
             self._ns = self._client.register(self.spec, self.settings.tenant)
             if self._logged_down:
                 log.info("tierd at %s is back (%s side): namespace %d", self.settings.socket,
                          self._role, self._ns.ns_id)
                 self._logged_down = False
         return self._client, self._ns
+
+    def connect(self) -> bool:
+        """Open the connection now (at engine start, after vLLM forked) rather than in a step."""
+        return self.call("connect", lambda _client, _ns: True) is not None
 
     def call(self, what: str, fn: Callable[[TierClient, NamespaceHandle], T]) -> T | None:
         """``fn(client, ns)``, or ``None`` when tierd is down (or was within ``retry_after_s``)

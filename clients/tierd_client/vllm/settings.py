@@ -3,7 +3,8 @@
 Every key is optional::
 
     {"socket": "/run/tierd/tierd.sock", "tenant": "", "tier": "dram", "model_id": "",
-     "local": true, "acquire_timeout_s": 2.0, "rpc_timeout_s": 2.0, "retry_after_s": 2.0,
+     "local": true, "connect_timeout_s": 10.0, "acquire_timeout_s": 2.0, "rpc_timeout_s": 2.0,
+     "retry_after_s": 2.0,
      "lease_ttl_s": 60.0, "page_tokens": 32}
 """
 
@@ -27,8 +28,9 @@ class ConnectorSettings:
     ``$TIERD_SOCKET``, else ``/run/tierd/tierd.sock``). ``tier``: the region pages are read from
     and written to (``dram`` for a CPU engine). ``model_id``: the model's name in the namespace
     (default: vLLM's model name and revision). ``local``: use the mapped regions when the daemon
-    is on this machine (else every page goes over gRPC). Timeouts in seconds: ``acquire_timeout_s``
-    bounds a lookup that brings pages up from disk, ``rpc_timeout_s`` any other call,
+    is on this machine (else every page goes over gRPC). Timeouts in seconds: ``connect_timeout_s``
+    bounds opening a connection (a busy engine host may take seconds; a daemon that is down is
+    refused at once), ``acquire_timeout_s`` a lookup that brings pages up from disk, ``rpc_timeout_s`` any other call,
     ``retry_after_s`` how long tierd is left alone after it failed, ``lease_ttl_s`` how long a
     pin of hit pages outlives a scheduler that forgot it."""
 
@@ -37,6 +39,7 @@ class ConnectorSettings:
     tier: str = "dram"
     model_id: str = ""
     local: bool = True
+    connect_timeout_s: float = 10.0
     acquire_timeout_s: float = 2.0
     rpc_timeout_s: float = 2.0
     retry_after_s: float = 2.0
@@ -49,7 +52,7 @@ class ConnectorSettings:
         if self.tier not in TIERS:
             raise TierdConnectorConfigError(
                 f"kv_connector_extra_config.tier is {self.tier!r}: set one of {', '.join(TIERS)}")
-        for name in ("acquire_timeout_s", "rpc_timeout_s", "retry_after_s", "lease_ttl_s"):
+        for name in ("connect_timeout_s", "acquire_timeout_s", "rpc_timeout_s", "retry_after_s", "lease_ttl_s"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise TierdConnectorConfigError(

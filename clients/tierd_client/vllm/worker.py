@@ -47,6 +47,7 @@ class WorkerSide:
         tensors = [kv_caches[name] for name in names]
         check_kv_caches(self.spec, names, [tuple(t.shape) for t in tensors], [str(t.dtype) for t in tensors])
         self.layers = tensors
+        self.link.connect()
 
     # -- loads ---------------------------------------------------------------------------------
     def load(self, plan: StepPlan) -> None:
