@@ -77,15 +77,18 @@ class TierdLink:
 
     def call(self, what: str, fn: Callable[[TierClient, NamespaceHandle], T]) -> T | None:
         """``fn(client, ns)``, or ``None`` when tierd is down (or was within ``retry_after_s``)
-        or the call failed; ``what`` names the call in the log."""
+        or the call failed or was refused; ``what`` names the call in the log."""
         with self._lock:
             if self._clock() < self._down_until:
                 return None
             try:
                 client, ns = self._open()
                 return fn(client, ns)
-            except InvalidArgumentError:
-                raise  # a bug of the connector, not trouble of the daemon: let it show
+            except InvalidArgumentError as exc:
+                # A request this daemon refuses (a limit of its config): never vLLM's failure.
+                self.failures += 1
+                log.error("tierd refused %s (%s side): %s", what, self._role, exc)
+                return None
             except (TierdRpcError, OSError) as exc:
                 self._fail(what, exc)
                 return None
@@ -123,6 +126,12 @@ class TierdLink:
         except TierdRpcError as exc:
             log.debug("no mapped %s region (%s): byte path", self.tier.label, exc)
             return None
+
+    def max_pages(self, ns: NamespaceHandle) -> int:
+        """Pages one lease may take: half the namespace's region of ``tier`` (a step's saves or
+        hits beyond that go in parts, or not at all), at least 1."""
+        region = ns.region(self.tier)
+        return max(1, (region.num_slots if region is not None else 1) // 2)
 
     @property
     def is_up(self) -> bool:

@@ -91,6 +91,8 @@ class SchedulerSide:
 
     def _lookup(self, client: TierClient, ns: NamespaceHandle, prompt: list[int],
                 max_blocks: int) -> _Hit | None:
+        # A pin takes at most half the region: a longer hit is cut (vLLM computes the rest).
+        max_blocks = min(max_blocks, self.link.max_pages(ns))
         keys = ns.keys(prompt[:max_blocks * self.block_size])
         result = client.lookup_result(ns, keys)
         found = result.num_hits

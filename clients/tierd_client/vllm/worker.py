@@ -92,14 +92,18 @@ class WorkerSide:
             blocks_to_pages(self.layers, block_ids, pages_view(pages, self.spec), range(len(keys)))
             client.put(ns, keys, pages.numpy(), tier=self.link.tier)
             return len(keys)
-        lease = client.allocate(ns, len(keys), ttl_s=self.link.settings.lease_ttl_s, tier=self.link.tier)
-        try:
-            blocks_to_pages(self.layers, block_ids, pages_view(arena.bytes(), self.spec), lease.slots)
-            client.commit(lease, keys, release=True)
-        except BaseException:
-            with contextlib.suppress(TierdRpcError, OSError):
-                lease.release()
-            raise
+        view = pages_view(arena.bytes(), self.spec)
+        part = self.link.max_pages(ns)
+        for start in range(0, len(keys), part):
+            part_keys, part_ids = keys[start:start + part], block_ids[start:start + part]
+            lease = client.allocate(ns, len(part_keys), ttl_s=self.link.settings.lease_ttl_s, tier=self.link.tier)
+            try:
+                blocks_to_pages(self.layers, part_ids, view, lease.slots)
+                client.commit(lease, part_keys, release=True)
+            except BaseException:
+                with contextlib.suppress(TierdRpcError, OSError):
+                    lease.release()
+                raise
         return len(keys)
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from server_harness import ServerThread
+from server_harness import ServerThread, make_server
 from vllm_fakes import (
     BLOCK,
     SPEC,
@@ -21,6 +21,7 @@ from vllm_fakes import (
     step,
 )
 
+from tierd.config import MemoryTierConfig
 from tierd_client import TierClient
 from tierd_client.vllm.plan import BlockLoad, StepPlan
 from tierd_client.vllm.scheduler import LEASE_STEPS
@@ -198,3 +199,25 @@ def test_a_block_is_one_page_of_the_spec() -> None:
     assert SPEC.page_tokens == BLOCK
     assert SPEC.page_bytes == SPEC.num_layers * SPEC.num_kv_heads * BLOCK * 2 * SPEC.head_dim * 4
     assert SPEC.layout == "vllm-0.32.0/cpu_attn-vec/float32/b4"
+
+
+def test_a_small_region_takes_saves_in_parts_and_cuts_long_hits(short_tmp: Path) -> None:
+    # 16 dram slots of 1 KiB, half of them the namespace's: a lease may take 4 pages.
+    server = make_server(short_tmp, dram=MemoryTierConfig(16 * SPEC.page_bytes))
+    a, b = make_engine(socket_of(server), seed=8), make_engine(socket_of(server), seed=None)
+    try:
+        prompt = list(range(700, 741))  # 41 tokens: 10 full blocks
+        save_prompt(a, prompt, list(range(11)))
+        assert a.worker.blocks_saved == 10 and a.worker.link.failures == 0
+        request = FakeRequest("b", prompt)
+        assert b.scheduler.num_new_matched_tokens(request, 0) == (4 * BLOCK, False)
+        b.scheduler.update_state_after_alloc(request, FakeBlocks(list(range(20, 31))), 4 * BLOCK)
+        plan = b.scheduler.build_plan(step([new_req("b", prompt, list(range(20, 31)), 16)], {"b": 25}))
+        b.worker.load(plan)
+        assert b.worker.load_errors() == set()
+        for got, want in zip(blocks_of(b, [20, 21, 22, 23]), blocks_of(a, [0, 1, 2, 3])):
+            assert torch.equal(got, want)
+    finally:
+        a.close()
+        b.close()
+        server.stop()
