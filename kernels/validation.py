@@ -142,7 +142,9 @@ def check_store_inputs(arena: object, layer: object, k: object, v: object,
     for name, tensor in (("k", k), ("v", v)):
         tensor = _check_tensor(name, tensor, dtype=geometry.dtype, dims=3, device=device)
         _check_shape(name, tensor, expected, "[num_tokens, num_kv_heads, head_dim]")
-        if tensor.stride(2) != 1 or tensor.stride(1) != geometry.head_dim:
+        # One kv head: its stride is never used (torch leaves any value on a size-1 axis).
+        head_stride_ok = tensor.shape[1] == 1 or tensor.stride(1) == geometry.head_dim
+        if tensor.stride(2) != 1 or not head_stride_ok:
             raise KernelInputError(f"{name}'s [num_kv_heads, head_dim] block must be contiguous (strides "
                                    f"(*, {geometry.head_dim}, 1)); got strides {tensor.stride()}")
     return geometry, layer

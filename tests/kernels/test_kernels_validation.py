@@ -107,6 +107,20 @@ def test_store_kv_inputs_are_checked(batch: PagedBatch) -> None:
         tk.store_kv(batch.arena, 0, k, k, torch.tensor([0, 1, 40]))
 
 
+def test_store_kv_takes_one_kv_head_whatever_its_stride() -> None:
+    """A ``[n, 1, d]`` view (e.g. of ``[n, d]``) has an arbitrary stride on its size-1 axis."""
+    one_head = make_batch([5], dtype=torch.float32, head_dim=64, num_kv_heads=1, page_tokens=16)
+    k = torch.randn((3, 64)).unsqueeze(1).as_strided((3, 1, 64), (64, 512, 1))
+    v = torch.randn((3, 64)).unsqueeze(1)
+    slots = torch.tensor([0, 1, 2])
+    expected = one_head.arena.clone()
+    tk.reference.store_kv_reference(expected, 1, k.contiguous(), v.contiguous(), slots)
+    tk.store_kv(one_head.arena, 1, k, v, slots)
+    assert torch.equal(one_head.arena, expected)
+    assert not torch.equal(one_head.arena, make_batch([5], dtype=torch.float32, head_dim=64, num_kv_heads=1,
+                                                      page_tokens=16).arena)  # it did store
+
+
 def test_page_copy_inputs_are_checked(batch: PagedBatch) -> None:
     staging = torch.zeros((2, *batch.arena.shape[1:]), dtype=torch.float16)
     with pytest.raises(tk.KernelInputError, match="slots must be int32 or int64"):
