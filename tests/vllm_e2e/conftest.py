@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-if importlib.util.find_spec("vllm") is None:
+def _vllm_installed() -> bool:
+    """A real vLLM, not the ``tests/clients/vllm`` folder, which pytest's path makes look like a
+    namespace package named ``vllm`` (one has no origin)."""
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
+
+
+if not _vllm_installed():
     collect_ignore_glob = ["test_*.py"]  # the main suite's venv has no vLLM: `make test-vllm`
 else:
     from build_model import build
