@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _vllm_installed() -> bool:
     """A real vLLM, not the ``tests/clients/vllm`` folder, which pytest's path makes look like a
     namespace package named ``vllm`` (one has no origin)."""
