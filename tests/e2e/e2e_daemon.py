@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,3 +167,24 @@ class TierdProcess:
 def short_work_dir() -> Path:
     """A directory under /tmp: unix socket paths must stay under 108 bytes."""
     return Path(tempfile.mkdtemp(prefix="tierd-e2e-", dir="/tmp"))
+
+
+@contextmanager
+def daemon_starter() -> Iterator[Callable[..., TierdProcess]]:
+    """``start(**options)`` -> a serving daemon (``TierdProcess`` options); every daemon it
+    started is ended, checked for leftovers and removed when the ``with`` ends."""
+    daemons: list[TierdProcess] = []
+
+    def start(**options: object) -> TierdProcess:
+        daemon = TierdProcess(short_work_dir(), **options)  # type: ignore[arg-type]
+        daemons.append(daemon)
+        daemon.start()
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+            daemon.cleanup()
+            shutil.rmtree(daemon.work_dir, ignore_errors=True)

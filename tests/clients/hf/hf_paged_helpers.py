@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from tierd.config import DiskConfig, MemoryTierConfig
 from tierd_client.hf.model_spec import cache_argument
 from tierd_client.hf.paged import PagedOptions, register_paged_attention
+from tierd_kernels import attention_tolerance
 
 SEED = 0
 PAGE_TOKENS = 16
@@ -83,3 +84,9 @@ def sdpa_decode_logits(model: Any, prefix: list[int], steps: list[int]) -> torch
         for token in steps:
             rows.append(model(torch.tensor([[token]]), use_cache=True, **cache).logits[0, -1])
     return torch.stack(rows)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype = torch.float32) -> None:
+    """Within the kernels' attention tolerance of ``dtype``."""
+    tol = attention_tolerance(dtype)
+    torch.testing.assert_close(actual, expected, atol=tol.atol, rtol=tol.rtol)

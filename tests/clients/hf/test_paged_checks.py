@@ -4,9 +4,7 @@ that failed half-way, a page lost before it was pinned again, and lease renewal 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +12,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch
-from hf_paged_helpers import CONFIG, OPTIONS, PAGE_TOKENS, REVISION, prompt, start_server, tiny_models
+from hf_paged_helpers import CONFIG, OPTIONS, PAGE_TOKENS, REVISION, prompt, tiny_models
 from server_harness import ServerThread
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
@@ -39,11 +37,6 @@ from tierd_client.sync import Lease
 FP32 = torch.float32
 
 
-@pytest.fixture()
-def server(short_tmp: Path) -> Iterator[ServerThread]:
-    srv = start_server(short_tmp)
-    yield srv
-    srv.stop()
 
 
 def test_a_block_table_maps_positions_to_slots() -> None:

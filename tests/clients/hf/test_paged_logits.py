@@ -4,8 +4,6 @@ later turns start from the earlier turns' pages. On CPU the kernels' torch refer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,10 +16,10 @@ from hf_paged_helpers import (
     CONFIG,
     OPTIONS,
     PAGE_TOKENS,
+    assert_close,
     prompt,
     sdpa_decode_logits,
     sdpa_logits,
-    start_server,
     tiny_models,
 )
 from packaging.version import Version
@@ -30,7 +28,6 @@ from server_harness import ServerThread
 from tierd_client import TierClient
 from tierd_client.hf.model_spec import cache_argument
 from tierd_client.hf.paged import CACHE_KWARG, BlockTable, PagedKVCache, PagedWorker
-from tierd_kernels import attention_tolerance
 
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.bfloat16, id="bf16")]
 PROMPT_TOKENS = 45     # 2 full pages and a partial one
@@ -41,16 +38,7 @@ TABLE = [9, 2, 7, 4, 11]  # out of order, not from 0: a wrong slot reads NaN
 UPDATE_GETS_KWARGS = Version(transformers.__version__) >= Version("5.24")
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
-    tol = attention_tolerance(dtype)
-    torch.testing.assert_close(actual, expected, atol=tol.atol, rtol=tol.rtol)
 
-
-@pytest.fixture()
-def server(short_tmp: Path) -> Iterator[ServerThread]:
-    srv = start_server(short_tmp)
-    yield srv
-    srv.stop()
 
 
 def run_paged(model: Any, cache: PagedKVCache, tokens: list[int], explicit: bool) -> torch.Tensor:

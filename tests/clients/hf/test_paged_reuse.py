@@ -11,7 +11,6 @@ import selectors
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,12 @@ import pytest
 pytest.importorskip("transformers")
 
 import torch
-from hf_paged_helpers import OPTIONS, PAGE_TOKENS, prompt, sdpa_logits, start_server, tiny_models
+from hf_paged_helpers import OPTIONS, PAGE_TOKENS, assert_close, prompt, sdpa_logits, tiny_models
 from server_harness import ServerThread
 
 from tierd.tier import Tier
 from tierd_client import ResourceExhaustedError, TierClient
 from tierd_client.hf.paged import PagedWorker
-from tierd_kernels import attention_tolerance
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "paged_worker_proc.py"
@@ -37,16 +35,7 @@ WORKER_START_GUARD_S = 300.0
 FP32 = torch.float32
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
-    tol = attention_tolerance(FP32)
-    torch.testing.assert_close(actual, expected, atol=tol.atol, rtol=tol.rtol)
 
-
-@pytest.fixture()
-def server(short_tmp: Path) -> Iterator[ServerThread]:
-    srv = start_server(short_tmp)
-    yield srv
-    srv.stop()
 
 
 def hbm_hits(client: TierClient) -> int:
