@@ -135,21 +135,29 @@ def backend(clean_redis_cluster: RedisClusterFixture) -> Iterator[RedisClusterBa
 
 # -- data path ---------------------------------------------------------------------------------
 
-def test_pages_round_trip_bit_exact_over_every_master(
-        backend: RedisClusterBackend, clean_redis_cluster: RedisClusterFixture) -> None:
-    groups = {512 << 10: [page_id(n, b"a") for n in range(64)],
-              2 << 20: [page_id(n, b"b") for n in range(3)],
-              10: [page_id(n, b"c") for n in range(3)],
-              TAIL_BYTES: [page_id(0, b"d")], TAIL_BYTES + 1: [page_id(0, b"e")]}
-    assert set(masters_of(clean_redis_cluster, groups[512 << 10])) == {0, 1, 2}
+def assert_round_trips_every_size(backend: RedisClusterBackend, cluster: RedisClusterFixture,
+                                  salt: bytes, num_large: int) -> dict[int, list[bytes]]:
+    """Pages of every size class (large ones on every master, tiny, exactly the tail, one past it)
+    round-trip bit-exact and exist; unknown ones do not. Returns the pages by size."""
+    groups = {512 << 10: [page_id(n, salt + b"a") for n in range(num_large)],
+              2 << 20: [page_id(n, salt + b"b") for n in range(3)],
+              10: [page_id(n, salt + b"c") for n in range(3)],
+              TAIL_BYTES: [page_id(0, salt + b"d")], TAIL_BYTES + 1: [page_id(0, salt + b"e")]}
+    assert set(masters_of(cluster, groups[512 << 10])) == {0, 1, 2}
     for size, pids in groups.items():
         put_pages(backend, pids, size)
     for size, pids in groups.items():
         assert_exact(backend, pids, size)
-
     every = [p for pids in groups.values() for p in pids]
-    unknown = [page_id(n, b"unknown") for n in range(3)]
+    unknown = [page_id(n, salt + b"unknown") for n in range(3)]
     assert backend.exists(every + unknown, deadline()) == [True] * len(every) + [False] * 3
+    return groups
+
+
+def test_pages_round_trip_bit_exact_over_every_master(
+        backend: RedisClusterBackend, clean_redis_cluster: RedisClusterFixture) -> None:
+    groups = assert_round_trips_every_size(backend, clean_redis_cluster, b"", 64)
+    unknown = [page_id(n, b"unknown") for n in range(3)]
     found, bufs = read_pages(backend, unknown, 100)
     assert found == [None] * 3 and bufs == [bytearray(100)] * 3
 
@@ -510,19 +518,8 @@ def test_tls_with_a_client_certificate_round_trips_pages_through_faults_and_a_re
 
     cluster = private_redis_cluster
     RemoteConfig(nodes=tuple(cluster.nodes), **tls_settings(cluster)).validate(0)
-    groups = {512 << 10: [page_id(n, b"tls-a") for n in range(24)],
-              2 << 20: [page_id(n, b"tls-b") for n in range(3)],
-              10: [page_id(n, b"tls-c") for n in range(3)],
-              TAIL_BYTES: [page_id(0, b"tls-d")], TAIL_BYTES + 1: [page_id(0, b"tls-e")]}
-    assert set(masters_of(cluster, groups[512 << 10])) == {0, 1, 2}
     with backend_of(cluster.nodes, **tls_settings(cluster)) as b:
-        for size, pids in groups.items():
-            put_pages(b, pids, size)
-        for size, pids in groups.items():
-            assert_exact(b, pids, size)
-        every = [p for pids in groups.values() for p in pids]
-        unknown = [page_id(n, b"tls-unknown") for n in range(3)]
-        assert b.exists(every + unknown, deadline()) == [True] * len(every) + [False] * 3
+        groups = assert_round_trips_every_size(b, cluster, b"tls-", 24)
         b.delete(groups[10], deadline())
         raw = cluster.client()   # the fixture's own TLS client sees what the backend stored
         assert raw.get(body_key(groups[2 << 20][0])) == payload_of(groups[2 << 20][0], 2 << 20)[:-TAIL_BYTES]
