@@ -105,6 +105,20 @@ class DiskConfig:
     fsync: bool = True
 
 
+def require_positive(values: dict[str, float]) -> None:
+    """``ConfigError`` naming the first setting (by its config name) that is not above 0."""
+    for name, value in values.items():
+        if value <= 0:
+            raise ConfigError(f"{name} must be positive, got {value}")
+
+
+def require_non_negative(values: dict[str, float]) -> None:
+    """``ConfigError`` naming the first setting (by its config name) that is below 0."""
+    for name, value in values.items():
+        if value < 0:
+            raise ConfigError(f"{name} must not be negative, got {value}")
+
+
 class RemoteWriteOn(enum.Enum):
     """When pages are queued for the remote tier."""
 
@@ -158,13 +172,9 @@ class RemoteConfig:
                     "remote.batch_pages": self.batch_pages, "remote.batch_size": self.batch_bytes,
                     "remote.writer_threads": self.writer_threads,
                     "remote.miss_cache_pages": self.miss_cache_pages}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        for name, value in (("remote.retry_after_s", self.retry_after_s),
-                            ("remote.miss_cache_s", self.miss_cache_s)):
-            if value < 0:
-                raise ConfigError(f"{name} must not be negative, got {value}")
+        require_positive(positive)
+        require_non_negative({"remote.retry_after_s": self.retry_after_s,
+                              "remote.miss_cache_s": self.miss_cache_s})
         if not self.tls and any(f is not None for f in (self.tls_ca_file, self.tls_cert_file,
                                                         self.tls_key_file)):
             raise ConfigError("remote.tls_ca_file / tls_cert_file / tls_key_file need remote.tls = true")
@@ -261,15 +271,10 @@ class StoreConfig:
                     "disk.writer_batch_bytes": self.disk.writer_batch_bytes,
                     "disk.writer_queue_pages": self.disk.writer_queue_pages,
                     "disk.reader_threads": self.disk.reader_threads}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"{name} must be positive, got {value}")
-        non_negative = {"disk.map_headroom": self.disk.map_headroom,
-                        "disk.map_min_extra_bytes": self.disk.map_min_extra_bytes,
-                        "disk.writer_linger_s": self.disk.writer_linger_s}
-        for name, value in non_negative.items():
-            if value < 0:
-                raise ConfigError(f"{name} must not be negative, got {value}")
+        require_positive(positive)
+        require_non_negative({"disk.map_headroom": self.disk.map_headroom,
+                              "disk.map_min_extra_bytes": self.disk.map_min_extra_bytes,
+                              "disk.writer_linger_s": self.disk.writer_linger_s})
         if not 0 <= self.device.fake_min_delay_s <= self.device.fake_max_delay_s:
             raise ConfigError(f"device fake delays need 0 <= min <= max, got "
                               f"{self.device.fake_min_delay_s} and {self.device.fake_max_delay_s}")
