@@ -27,7 +27,9 @@ class Evictor:
             if missing <= 0:
                 return True
             if time.monotonic() >= deadline_s or self.demote(ns_id, tier, missing, deadline_s) == 0:
-                return False
+                # Maintenance demotes on its own thread: when it took the victims first, this
+                # demotion found none, yet the slots may be free now.
+                return self._manager.free_slots(ns_id, tier) >= num_pages
 
     def enforce_watermarks(self, deadline_s: float) -> None:
         """Bring every region back under its high watermark (to the low one), then the disk."""
