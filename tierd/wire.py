@@ -102,16 +102,18 @@ def lease_kind_from_pb(value: int) -> LeaseKind:
 def lease_window_from_pb(message: pb.Lease) -> LeaseWindow | None:
     """The window of a READ lease of a windowed namespace; ``None`` when the lease has none (its
     keys are the request's leading ones). ``InvalidArgument`` unless ``page_indices`` gives one
-    ascending index below ``prefix_pages`` per key."""
+    ascending index per key, the last ``prefix_pages - 1`` (a window always holds the page just
+    before the continuation)."""
     indices = tuple(message.page_indices)
-    if not indices and not message.prefix_pages:
+    prefix = message.prefix_pages
+    if not indices and not prefix:
         return None
     ascending = all(a < b for a, b in zip(indices, indices[1:]))
-    if len(indices) != len(message.keys) or not ascending or indices[-1:] >= (message.prefix_pages,):
+    if len(indices) != len(message.keys) or not ascending or indices[-1:] != (prefix - 1,):
         raise InvalidArgument(f"Lease.page_indices must be {len(message.keys)} ascending indices "
-                              f"below Lease.prefix_pages {message.prefix_pages}, got "
-                              f"{len(indices)} ({list(indices[:8])}...)")
-    return LeaseWindow(message.prefix_pages, indices)
+                              f"ending at Lease.prefix_pages - 1 = {prefix - 1}, got "
+                              f"{len(indices)}: {list(indices[:8])}")
+    return LeaseWindow(prefix, indices)
 
 
 def write_policy_to_pb(name: str) -> pb.WritePolicy:
