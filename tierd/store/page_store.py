@@ -423,8 +423,8 @@ class PageStore:
         return outs, parts.runner.run(plan, [memoryview(out) for out in outs])
 
     def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
-        """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once
-        with the number of pages that will move."""
+        """Start moving the cached prefix of ``keys`` (its window, in a windowed namespace) up
+        into ``target_tier``; returns at once with the number of pages that will move."""
         parts = self._ready(ns_id)
         keys = check_keys(keys)
         if target_tier not in MEMORY_TIERS:
@@ -438,10 +438,10 @@ class PageStore:
     def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
                 timeout_s: float | None = None, ttl_s: float | None = None,
                 owner: str | None = None, release: Sequence[int] = ()) -> Lease:
-        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first).
-
-        ``release``: leases the caller is done with, ended (unknown ones skipped) once the request
-        is checked, under the same lock hold that pins the pages present."""
+        """Lease the longest cached prefix of ``keys`` (its window: ``Lease.window``), resident
+        in ``target_tier`` (moved up first). ``release``: leases the caller is done with, ended
+        (unknown ones skipped) once the request is checked, under the lock hold that pins the
+        pages present."""
         parts = self._ready(ns_id)
         keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
