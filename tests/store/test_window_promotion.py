@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,3 +225,34 @@ def test_a_windowed_namespace_survives_a_restart(tmp_path: Path) -> None:
     with PageStore(config) as store:
         assert [n.spec for n in store.namespaces()] == [spec]
         assert store.register(spec) == ns
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_window_page_failing_its_checksum_leases_the_window_before_it(tmp_path: Path,
+                                                                       device: str) -> None:
+    # 16-token pages, 16 sinks and a 32-token window: of 10 pages, 0, 8 and 9; of 9, 0, 7 and 8.
+    spec = PageSpec("windowed@r1", "float16", num_layers=2, num_kv_heads=2, head_dim=64,
+                    page_tokens=16, window_tokens=32, sink_tokens=16)
+    config = window_config(tmp_path, spec, device, hbm_pages=8, dram_pages=16)
+    rng = np.random.default_rng(3)
+    pages = [rng.integers(0, 256, spec.page_bytes, dtype=np.uint8).tobytes() for _ in range(10)]
+    with PageStore(config) as store:
+        ns = store.register(spec)
+        keys = chain_keys(ns.fingerprint, range(10 * 16), 16)
+        store.put(ns.ns_id, keys, pages)
+    data_file = next(config.data_dir.rglob("data.mdb"))
+    raw = bytearray(data_file.read_bytes())
+    at = raw.find(pages[9][:64])
+    assert at >= 0
+    raw[at + spec.page_bytes // 2] ^= 0xFF  # page 9 no longer matches its checksum
+    data_file.write_bytes(bytes(raw))
+    with PageStore(config) as store:
+        assert store.register(spec) == ns
+        lease = store.acquire(ns.ns_id, keys, Tier.HBM, timeout_s=WAIT_S)
+        # Page 9 was dropped: the prefix is 9 pages, and its window was moved up in a second round.
+        assert lease.prefix_pages == 9 and lease.page_indices == (0, 7, 8)
+        assert store.read_slots(lease.lease_id) == [pages[i] for i in (0, 7, 8)]
+        assert store.stats().checksum_failures == 1
+        assert [held.lease_id for held in store.inspect().leases] == [lease.lease_id]
+        assert pinned_slots(store, ns, Tier.HBM) == set(lease.slots)
+        assert store.lookup(ns.ns_id, keys).num_hits == 9
