@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from window_reference import reference_pages
 
-from tierd.attention_window import attended_pages, longest_servable_prefix
+from tierd.attention_window import attended_pages, last_attending_prefix, longest_servable_prefix
 
 
 def reference_servable(present: int, ready: set[int], page_tokens: int, window_tokens: int,
@@ -51,3 +51,19 @@ def test_longest_servable_prefix_matches_a_search_of_every_prefix(
     ready = data.draw(st.sets(st.integers(0, max(0, present - 1)), max_size=present))
     got = longest_servable_prefix(present, ready.__contains__, page_tokens, window_tokens, sink_tokens)
     assert got == reference_servable(present, ready, page_tokens, window_tokens, sink_tokens)
+
+
+@settings(max_examples=300, deadline=None)
+@given(page=st.integers(0, 30), page_tokens=st.integers(1, 8), window_tokens=st.integers(0, 60),
+       sink_tokens=st.integers(0, 20))
+def test_last_attending_prefix_matches_the_attended_pages(page: int, page_tokens: int,
+                                                          window_tokens: int, sink_tokens: int) -> None:
+    sink_tokens = sink_tokens if window_tokens else 0
+    horizon = page + 2 + window_tokens // page_tokens + 2  # beyond it no window reaches back
+    attending = [m for m in range(page + 1, horizon + 1)
+                 if page in reference_pages(m, page_tokens, window_tokens, sink_tokens)]
+    got = last_attending_prefix(page, page_tokens, window_tokens, sink_tokens)
+    if got is None:
+        assert attending == list(range(page + 1, horizon + 1))  # every longer prefix attends
+    else:
+        assert attending == list(range(page + 1, got + 1))

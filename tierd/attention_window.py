@@ -43,3 +43,14 @@ def longest_servable_prefix(present_pages: int, ready: Callable[[int], bool], pa
         if not missing:
             return prefix
         prefix = missing[0]
+
+
+def last_attending_prefix(page: int, page_tokens: int, window_tokens: int,
+                          sink_tokens: int = 0) -> int | None:
+    """The longest prefix (in pages) whose continuation still attends to ``page``; ``None`` when
+    every longer prefix does (a sink page, or full attention). A page all of whose cached
+    continuations are longer than this can never again be inside a window (for eviction)."""
+    if window_tokens <= 0 or page * page_tokens < sink_tokens:
+        return None
+    # Prefix m attends to the page while m * page_tokens - window_tokens <= its last token.
+    return page + 1 + (window_tokens - 1) // page_tokens
