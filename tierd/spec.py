@@ -108,6 +108,24 @@ def check_layout(value: object) -> str:
     return name
 
 
+# A sliding attention window and its sinks are at most 16 Mi tokens, above any published model's
+# window: a larger number is a unit mistake (bytes given as tokens, ...).
+MAX_WINDOW_TOKENS = 1 << 24
+
+
+def check_window(window_tokens: object, sink_tokens: object) -> None:
+    """``InvalidArgument`` unless both are integers in 0..``MAX_WINDOW_TOKENS`` and sinks come
+    with a window (0 window tokens is full attention, which has no sinks)."""
+    for name, value in (("window_tokens", window_tokens), ("sink_tokens", sink_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WINDOW_TOKENS:
+            raise InvalidArgument(f"spec.{name} must be an integer in 0..{MAX_WINDOW_TOKENS} tokens "
+                                  f"(0: full attention), got {excerpt(value)}")
+    if sink_tokens and not window_tokens:
+        raise InvalidArgument(f"spec.sink_tokens is {sink_tokens} but spec.window_tokens is 0 (full "
+                              "attention keeps every token anyway): set window_tokens to the "
+                              "model's sliding window, or sink_tokens to 0")
+
+
 def check_tenant(value: object, field: str = "tenant") -> str:
     """A tenant name: 1..``MAX_TENANT_BYTES`` bytes of printable UTF-8."""
     return check_name(field, value, MAX_TENANT_BYTES, "team-a")
@@ -125,6 +143,11 @@ class PageSpec:
     page_tokens: int
     # The order of the bytes inside a page; part of the namespace (see ``DEFAULT_LAYOUT``).
     layout: str = DEFAULT_LAYOUT
+    # Sliding-window attention: a continuation attends to the last ``window_tokens`` tokens and
+    # the first ``sink_tokens`` (StreamingLLM); 0 is full attention. Both are part of the
+    # namespace; the defaults are left out of the canonical JSON (keys of older specs stay).
+    window_tokens: int = 0
+    sink_tokens: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -139,9 +162,15 @@ class PageSpec:
                                       f"got {excerpt(value)}")
         # "" is the wire's unset field: the default layout, as a peer that predates it means.
         object.__setattr__(self, "layout", check_layout(self.layout or DEFAULT_LAYOUT))
+        check_window(self.window_tokens, self.sink_tokens)
         if self.page_bytes > MAX_PAGE_BYTES:
             raise InvalidArgument(f"spec describes pages of {self.page_bytes} bytes; the limit is "
                                   f"{MAX_PAGE_BYTES} bytes: use fewer page_tokens")
+
+    @property
+    def windowed(self) -> bool:
+        """True when a continuation attends to a sliding window (plus sinks), not every token."""
+        return self.window_tokens > 0
 
     @property
     def itemsize(self) -> int:
@@ -170,6 +199,10 @@ class PageSpec:
             "num_kv_heads": self.num_kv_heads, "head_dim": self.head_dim, "page_tokens": self.page_tokens}
         if self.layout != DEFAULT_LAYOUT:
             fields["layout"] = self.layout
+        if self.window_tokens:
+            fields["window_tokens"] = self.window_tokens
+        if self.sink_tokens:
+            fields["sink_tokens"] = self.sink_tokens
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod

@@ -18,10 +18,21 @@ class LeaseKind(enum.Enum):
 
 
 @dataclass(frozen=True)
+class LeaseWindow:
+    """What a READ lease of a windowed namespace covers: of a cached prefix of ``prefix_pages``
+    pages of the request's keys, the pages a continuation attends to; the lease's ``keys[i]``
+    is the request's key ``page_indices[i]`` (sorted, each below ``prefix_pages``)."""
+
+    prefix_pages: int
+    page_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Lease:
     """What a client is handed: ``slots[i]`` holds ``keys[i]`` (READ) or is free to fill (FILL).
 
-    ``expires_at_s`` is on the store process's ``time.monotonic`` clock.
+    ``expires_at_s`` is on the store process's ``time.monotonic`` clock. ``window`` is set on
+    READ leases of windowed namespaces only; without it the keys are the request's leading ones.
     """
 
     lease_id: int
@@ -32,10 +43,22 @@ class Lease:
     slots: tuple[int, ...]
     expires_at_s: float
     owner: str | None = None
+    window: LeaseWindow | None = None
 
     @property
     def num_pages(self) -> int:
         return len(self.slots)
+
+    @property
+    def page_indices(self) -> tuple[int, ...]:
+        """The index in the request's keys of each leased page (READ leases)."""
+        return self.window.page_indices if self.window is not None else tuple(range(len(self.keys)))
+
+    @property
+    def prefix_pages(self) -> int:
+        """Length of the cached prefix the lease serves (READ leases): a continuation starts
+        after ``prefix_pages`` pages of the request's keys."""
+        return self.window.prefix_pages if self.window is not None else len(self.keys)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from tierd.handles import HandleKind, RegionHandle
 from tierd.spec import DEFAULT_LAYOUT, PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
-from tierd.values import LeaseKind, TierStats
+from tierd.values import LeaseKind, LeaseWindow, TierStats
 
 # Wire tier values are the tier index + 1; 0 means "unspecified".
 _TIER_OFFSET = 1
@@ -53,15 +53,18 @@ def spec_to_pb(spec: PageSpec) -> pb.PageSpec:
     return pb.PageSpec(model=spec.model, dtype=spec.dtype, num_layers=spec.num_layers,
                        num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
                        page_tokens=spec.page_tokens,
-                       layout="" if spec.layout == DEFAULT_LAYOUT else spec.layout)
+                       layout="" if spec.layout == DEFAULT_LAYOUT else spec.layout,
+                       window_tokens=spec.window_tokens, sink_tokens=spec.sink_tokens)
 
 
 def spec_from_pb(message: pb.PageSpec) -> PageSpec:
     """A checked ``PageSpec`` (``InvalidArgument`` for a field tierd does not accept); an empty
-    ``layout`` (a peer that predates it, or the default) is ``DEFAULT_LAYOUT``."""
+    ``layout`` (a peer that predates it, or the default) is ``DEFAULT_LAYOUT``; unset window
+    fields are full attention."""
     return PageSpec(model=message.model, dtype=message.dtype, num_layers=message.num_layers,
                     num_kv_heads=message.num_kv_heads, head_dim=message.head_dim,
-                    page_tokens=message.page_tokens, layout=message.layout or DEFAULT_LAYOUT)
+                    page_tokens=message.page_tokens, layout=message.layout or DEFAULT_LAYOUT,
+                    window_tokens=message.window_tokens, sink_tokens=message.sink_tokens)
 
 
 def handle_to_pb(handle: RegionHandle) -> pb.RegionHandle:
@@ -94,6 +97,23 @@ def lease_kind_from_pb(value: int) -> LeaseKind:
     if kind is None:
         raise InvalidArgument(f"Lease.kind {value} is not a lease kind tierd knows")
     return kind
+
+
+def lease_window_from_pb(message: pb.Lease) -> LeaseWindow | None:
+    """The window of a READ lease of a windowed namespace; ``None`` when the lease has none (its
+    keys are the request's leading ones). ``InvalidArgument`` unless ``page_indices`` gives one
+    ascending index per key, the last ``prefix_pages - 1`` (a window always holds the page just
+    before the continuation)."""
+    indices = tuple(message.page_indices)
+    prefix = message.prefix_pages
+    if not indices and not prefix:
+        return None
+    ascending = all(a < b for a, b in zip(indices, indices[1:]))
+    if len(indices) != len(message.keys) or not ascending or indices[-1:] != (prefix - 1,):
+        raise InvalidArgument(f"Lease.page_indices must be {len(message.keys)} ascending indices "
+                              f"ending at Lease.prefix_pages - 1 = {prefix - 1}, got "
+                              f"{len(indices)}: {list(indices[:8])}")
+    return LeaseWindow(prefix, indices)
 
 
 def write_policy_to_pb(name: str) -> pb.WritePolicy:

@@ -95,7 +95,8 @@ def lease_from_wire(msg: pb.Lease, sent_at_s: float) -> LeaseState:
     kind = _answered(wire.lease_kind_from_pb, msg.kind)
     return LeaseState(lease_id=msg.lease_id, ns_id=msg.ns_id, tier=tier_from_wire(msg.tier),
                       kind=kind, keys=tuple(bytes(k) for k in msg.keys),
-                      slots=tuple(msg.slots), expires_at_s=sent_at_s + msg.expires_in_s)
+                      slots=tuple(msg.slots), expires_at_s=sent_at_s + msg.expires_in_s,
+                      window=_answered(wire.lease_window_from_pb, msg))
 
 
 def lookup_from_wire(msg: pb.LookupResponse) -> LookupResult:

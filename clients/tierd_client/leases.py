@@ -104,6 +104,18 @@ class _LeaseBase:
         return self._state.slots
 
     @property
+    def page_indices(self) -> tuple[int, ...]:
+        """READ leases: ``keys[i]`` is requested key ``page_indices[i]``. ``0, 1, ...`` unless
+        the namespace has a window: then only the pages a continuation attends to."""
+        return self._state.page_indices
+
+    @property
+    def prefix_pages(self) -> int:
+        """READ leases: how many leading requested keys are served (a continuation starts after
+        them); ``len(keys)`` unless the namespace has a window."""
+        return self._state.prefix_pages
+
+    @property
     def num_pages(self) -> int:
         """Pages (READ) or slots (FILL) the lease covers."""
         return len(self._state.slots)

@@ -12,10 +12,10 @@ from tierd.handles import RegionHandle
 from tierd.keys import chain_keys
 from tierd.spec import PageSpec
 from tierd.tier import Tier
-from tierd.values import LeaseKind, LookupResult, TierStats
+from tierd.values import LeaseKind, LeaseWindow, LookupResult, TierStats
 
-__all__ = ["CommitResult", "DaemonStats", "LeaseKind", "LeaseState", "LookupResult", "NamespaceHandle",
-           "PutResult", "ServerLimits", "TierStats"]
+__all__ = ["CommitResult", "DaemonStats", "LeaseKind", "LeaseState", "LeaseWindow", "LookupResult",
+           "NamespaceHandle", "PutResult", "ServerLimits", "TierStats"]
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class CommitResult:
 class LeaseState:
     """A lease as the daemon granted it. ``keys[i]`` lives in ``slots[i]`` (READ leases);
     FILL leases have slots and no keys. ``expires_at_s`` is on this process's ``time.monotonic``.
+    ``window``: set on READ leases of a windowed namespace, which cover only the pages a
+    continuation attends to (``page_indices`` says which of the requested keys).
     """
 
     lease_id: int
@@ -101,6 +103,19 @@ class LeaseState:
     keys: tuple[bytes, ...]
     slots: tuple[int, ...]
     expires_at_s: float
+    window: LeaseWindow | None = None
+
+    @property
+    def page_indices(self) -> tuple[int, ...]:
+        """The index in the requested keys of each leased page: ``keys[i]`` is requested key
+        ``page_indices[i]`` (``0, 1, ...`` without a window)."""
+        return self.window.page_indices if self.window is not None else tuple(range(len(self.keys)))
+
+    @property
+    def prefix_pages(self) -> int:
+        """How many leading requested keys the lease serves: a continuation starts after them
+        (``len(keys)`` without a window)."""
+        return self.window.prefix_pages if self.window is not None else len(self.keys)
 
 
 @dataclass(frozen=True)

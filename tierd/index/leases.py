@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from tierd.errors import NotFound
 from tierd.keys import PageKey
 from tierd.tier import Tier
-from tierd.values import Lease, LeaseKind
+from tierd.values import Lease, LeaseKind, LeaseWindow
 
 LEASE_ID_BITS = 63
 
@@ -31,10 +31,11 @@ class LeaseRecord:
     expires_at_s: float
     owner: str | None
     open_slots: set[int] = field(default_factory=set)
+    window: LeaseWindow | None = None  # READ leases of windowed namespaces
 
     def snapshot(self) -> Lease:
         return Lease(self.lease_id, self.ns_id, self.tier, self.kind, self.keys, self.slots,
-                     self.expires_at_s, self.owner)
+                     self.expires_at_s, self.owner, self.window)
 
 
 class LeaseTable:
@@ -47,12 +48,13 @@ class LeaseTable:
         return len(self._leases)
 
     def add(self, ns_id: int, tier: Tier, kind: LeaseKind, keys: tuple[PageKey, ...],
-            slots: tuple[int, ...], expires_at_s: float, owner: str | None) -> LeaseRecord:
+            slots: tuple[int, ...], expires_at_s: float, owner: str | None,
+            window: LeaseWindow | None = None) -> LeaseRecord:
         lease_id = secrets.randbits(LEASE_ID_BITS)
         while lease_id == 0 or lease_id in self._leases:
             lease_id = secrets.randbits(LEASE_ID_BITS)
         record = LeaseRecord(lease_id, ns_id, tier, kind, keys, slots, expires_at_s, owner,
-                             set(slots) if kind is LeaseKind.FILL else set())
+                             set(slots) if kind is LeaseKind.FILL else set(), window)
         self._leases[lease_id] = record
         return record
 

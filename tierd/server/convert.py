@@ -91,9 +91,13 @@ def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle], limits: pb.Se
 def lease_to_pb(lease: Lease, now_s: float | None = None) -> pb.Lease:
     """``expires_in_s`` is relative: the store's ``expires_at_s`` is this process's monotonic clock."""
     now_s = time.monotonic() if now_s is None else now_s
-    return pb.Lease(lease_id=lease.lease_id, ns_id=lease.ns_id, tier=wire.tier_to_pb(lease.tier),
-                    kind=wire.lease_kind_to_pb(lease.kind), keys=list(lease.keys), slots=list(lease.slots),
-                    expires_in_s=max(0.0, lease.expires_at_s - now_s))
+    message = pb.Lease(lease_id=lease.lease_id, ns_id=lease.ns_id, tier=wire.tier_to_pb(lease.tier),
+                       kind=wire.lease_kind_to_pb(lease.kind), keys=list(lease.keys),
+                       slots=list(lease.slots), expires_in_s=max(0.0, lease.expires_at_s - now_s))
+    if lease.window is not None:  # windowed namespaces only: other leases stay as they were
+        message.page_indices.extend(lease.window.page_indices)
+        message.prefix_pages = lease.window.prefix_pages
+    return message
 
 
 def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse:

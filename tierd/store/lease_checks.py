@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from tierd.config import StoreConfig
 from tierd.errors import InvalidArgument, ResourceExhausted
 from tierd.keys import PageKey, check_keys
+from tierd.store import windows
 from tierd.store.manager import Manager
 from tierd.tier import MEMORY_TIERS, Tier
 
@@ -47,7 +48,9 @@ def check_acquire(config: StoreConfig, manager: Manager, ns_id: int, keys: Seque
     if len(set(keys)) != len(keys):
         raise InvalidArgument("acquire keys repeat: a chain names each page once; pass each key once")
     num_slots = manager.num_slots(ns_id, target_tier)
-    if len(keys) > num_slots:
-        raise ResourceExhausted(f"cannot lease {len(keys)} pages: namespace {ns_id} has "
+    # A windowed namespace leases only the pages a continuation attends to: a long prefix fits.
+    most = windows.max_attended(manager.namespace(ns_id).spec, len(keys))
+    if most > num_slots:
+        raise ResourceExhausted(f"cannot lease {most} pages: namespace {ns_id} has "
                                 f"{num_slots} {target_tier.label} slots; acquire fewer at a time")
     return keys, ttl

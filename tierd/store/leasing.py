@@ -7,14 +7,13 @@ held. The manager looks the lease and its book up; these only check, pin and bin
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Mapping, Sequence
 
 from tierd.errors import FailedPrecondition, InvalidArgument, NotFound
 from tierd.index.leases import LeaseRecord, LeaseTable
 from tierd.keys import PageKey
-from tierd.store import lookups
+from tierd.store import lookups, windows
 from tierd.store.completion import place
 from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
@@ -94,18 +93,20 @@ def slot_moves(book: NamespaceBook, record: LeaseRecord, slots: Sequence[int] | 
 
 def read_lease(leases: LeaseTable, book: NamespaceBook, counters: Counters, hold: Hold,
                keys: Sequence[PageKey], present: int, ttl_s: float, owner: str | None) -> Lease:
-    """A READ lease over the leading keys the hold pins (``book`` is the hold's namespace's);
-    the hold's other pins go."""
-    leased = list(itertools.takewhile(lambda key: key in hold.pins, keys[:present]))
+    """A READ lease over the longest prefix of ``keys`` whose pages to lease the hold pins: its
+    leading keys, or in a windowed namespace the pages a continuation of it attends to (then
+    the lease says which). ``book`` is the hold's namespace's; the hold's other pins go."""
+    window, leased = windows.servable_window(book.ns.spec, keys, present, hold.pins)
     slots = [hold.pins[key] for key in leased]
     hold.release(book, keep=set(leased))
     res = book.mem[hold.tier]
     for key in leased:
         res.touch(key)
     counters[hold.tier].hits += len(leased)
-    counters[hold.tier].misses += int(len(leased) < len(keys))
-    record = leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased),
-                        tuple(slots), time.monotonic() + ttl_s, owner)
+    counters[hold.tier].misses += int(window.prefix_pages < len(keys))
+    record = leases.add(hold.ns_id, hold.tier, LeaseKind.READ, tuple(leased), tuple(slots),
+                        time.monotonic() + ttl_s, owner,
+                        window if book.ns.spec.windowed else None)
     return record.snapshot()
 
 

@@ -23,7 +23,7 @@ from tierd.index.leases import LeaseTable
 from tierd.index.residency import MemoryResidency, PageDirectory
 from tierd.keys import PageKey
 from tierd.spec import Namespace, PageSpec
-from tierd.store import inspection, leasing, lookups
+from tierd.store import inspection, leasing, lookups, windows
 from tierd.store.completion import COMPLETERS, Durable, drop
 from tierd.store.counters import Counters
 from tierd.store.disk_book import DiskBook
@@ -241,23 +241,27 @@ class Manager:
 
     def begin_acquire(self, ns_id: int, keys: Sequence[PageKey], target: Tier,
                       release: Sequence[int] = ()) -> tuple[Hold, int, list[PageKey]]:
-        """``(hold, present, todo)``: the length of the cached prefix, the keys of it that must
-        move into ``target``; those already there are pinned into ``hold`` now, after the
-        ``release`` leases ended (unknown ones are skipped)."""
+        """``(hold, present, todo)``: the length of the cached prefix, the keys of it (of its
+        attended pages, in a windowed namespace) that must move into ``target``; those already
+        there are pinned into ``hold`` now, after the ``release`` leases ended (unknown ones are
+        skipped)."""
         with self._lock:
             book = self._book_locked(ns_id)
             leasing.end_leases(self._leases, self._books, release)
             hold = Hold(ns_id, target)
             present = lookups.cached_prefix(book, self._disk, keys)
-            return hold, present, hold.pin_present(book.residency(target), keys[:present])
+            wanted = windows.attended_keys(book.ns.spec, keys, present)
+            return hold, present, hold.pin_present(book.residency(target), wanted)
 
     def to_move(self, ns_id: int, keys: Sequence[PageKey], target: Tier) -> list[PageKey]:
-        """The keys of the cached prefix of ``keys`` not in ``target`` yet (nothing is pinned)."""
+        """The keys of the cached prefix of ``keys`` (of its attended pages, in a windowed
+        namespace) not in ``target`` yet (nothing is pinned)."""
         with self._lock:
             book = self._book_locked(ns_id)
             dst = book.residency(target)
             present = lookups.cached_prefix(book, self._disk, keys)
-            return [key for key in keys[:present] if key not in dst.slots]
+            wanted = windows.attended_keys(book.ns.spec, keys, present)
+            return [key for key in wanted if key not in dst.slots]
 
     def hold_arrived(self, hold: Hold, key: PageKey) -> bool:
         """Pin ``key`` (just moved into the hold's tier) for the acquirer; False when it is gone
@@ -267,8 +271,9 @@ class Manager:
 
     def finish_acquire(self, hold: Hold, keys: Sequence[PageKey], present: int, pending: int,
                        ttl_s: float, owner: str | None, wait_s: float) -> Lease:
-        """A READ lease over the leading keys that arrived (a page that could not be moved ends
-        it); ``DeadlineExceeded`` when ``pending`` moves had not finished in ``wait_s``."""
+        """A READ lease over the longest prefix whose pages to lease arrived (a page that could
+        not be moved ends it); ``DeadlineExceeded`` when ``pending`` moves had not finished in
+        ``wait_s``."""
         with self._lock:
             book = self._book_locked(hold.ns_id)
             if pending:
@@ -280,18 +285,19 @@ class Manager:
 
     def try_acquire(self, ns_id: int, keys: Sequence[PageKey], target: Tier, ttl_s: float,
                     owner: str | None, release: Sequence[int] = ()) -> Lease | None:
-        """``begin_acquire`` and ``finish_acquire`` under one lock hold when every page of the
-        cached prefix is in ``target`` already (nothing has to move); ``None``, with nothing
+        """``begin_acquire`` and ``finish_acquire`` under one lock hold when every page to lease
+        of the cached prefix is in ``target`` already (nothing has to move); ``None``, with nothing
         changed, otherwise. The ``release`` leases end first (unknown ones are skipped)."""
         with self._lock:
             book = self._book_locked(ns_id)
             res = book.residency(target)
             present = lookups.cached_prefix(book, self._disk, keys)
-            if any(key not in res.slots for key in keys[:present]):
+            wanted = windows.attended_keys(book.ns.spec, keys, present)
+            if any(key not in res.slots for key in wanted):
                 return None
             leasing.end_leases(self._leases, self._books, release)
             hold = Hold(ns_id, target)
-            hold.pin_present(res, keys[:present])
+            hold.pin_present(res, wanted)
             return leasing.read_lease(self._leases, book, self._counters, hold, keys, present,
                                       ttl_s, owner)
 

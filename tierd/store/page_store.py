@@ -14,7 +14,6 @@ are idempotent; ``close`` flushes and shuts the parts down in reverse order.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, namespace_fingerprint
 from tierd.remote.base import RemoteBackend
 from tierd.spec import Namespace, PageSpec
+from tierd.store.acquiring import acquire_rounds
 from tierd.store.admission import check_register, check_room_for_namespace
 from tierd.store.assembly import Parts, assemble, take_down
 from tierd.store.completion import place
@@ -423,8 +423,8 @@ class PageStore:
         return outs, parts.runner.run(plan, [memoryview(out) for out in outs])
 
     def prefetch(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier) -> int:
-        """Start moving the cached prefix of ``keys`` up into ``target_tier``; returns at once
-        with the number of pages that will move."""
+        """Start moving the cached prefix of ``keys`` (its window, in a windowed namespace) up
+        into ``target_tier``; returns at once with the number of pages that will move."""
         parts = self._ready(ns_id)
         keys = check_keys(keys)
         if target_tier not in MEMORY_TIERS:
@@ -438,19 +438,17 @@ class PageStore:
     def acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
                 timeout_s: float | None = None, ttl_s: float | None = None,
                 owner: str | None = None, release: Sequence[int] = ()) -> Lease:
-        """Lease the longest cached prefix of ``keys``, resident in ``target_tier`` (moved up first).
-
-        ``release``: leases the caller is done with, ended (unknown ones skipped) once the request
-        is checked, under the same lock hold that pins the pages present."""
+        """Lease the longest cached prefix of ``keys`` (its window: ``Lease.window``), resident
+        in ``target_tier`` (moved up first). ``release``: leases the caller is done with, ended
+        (unknown ones skipped) once the request is checked, under the lock hold that pins the
+        pages present."""
         parts = self._ready(ns_id)
         keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + wait_s
         self._fill_from_remote(parts, ns_id, keys)
-        hold, present, todo = parts.manager.begin_acquire(ns_id, keys, target_tier, release)
-        futures = parts.promoter.schedule(ns_id, todo, target_tier, deadline_s, hold)
-        _, pending = cf.wait(futures, timeout=max(0.0, deadline_s - time.monotonic()))
-        return parts.manager.finish_acquire(hold, keys, present, len(pending), ttl, owner, wait_s)
+        return acquire_rounds(parts.manager, parts.promoter, ns_id, keys, target_tier, deadline_s,
+                              ttl, owner, wait_s, release)
 
     def try_acquire(self, ns_id: int, keys: Sequence[PageKey], target_tier: Tier = Tier.HBM,
                     ttl_s: float | None = None, owner: str | None = None,

@@ -50,7 +50,7 @@ WRITE_POLICY_WRITE_BACK: WritePolicy
 WRITE_POLICY_WRITE_THROUGH: WritePolicy
 
 class PageSpec(_message.Message):
-    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens", "layout")
+    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens", "layout", "window_tokens", "sink_tokens")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,8 @@ class PageSpec(_message.Message):
     HEAD_DIM_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SINK_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model: str
     dtype: str
     num_layers: int
@@ -65,7 +67,9 @@ class PageSpec(_message.Message):
     head_dim: int
     page_tokens: int
     layout: str
-    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ...) -> None: ...
+    window_tokens: int
+    sink_tokens: int
+    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ..., window_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
     __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes")
@@ -96,7 +100,7 @@ class RegionHandle(_message.Message):
     def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ..., index_bytes: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
-    __slots__ = ("lease_id", "ns_id", "tier", "kind", "keys", "slots", "expires_in_s")
+    __slots__ = ("lease_id", "ns_id", "tier", "kind", "keys", "slots", "expires_in_s", "page_indices", "prefix_pages")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     NS_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +108,8 @@ class Lease(_message.Message):
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    PAGE_INDICES_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_PAGES_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     ns_id: int
     tier: Tier
@@ -111,7 +117,9 @@ class Lease(_message.Message):
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     slots: _containers.RepeatedScalarFieldContainer[int]
     expires_in_s: float
-    def __init__(self, lease_id: _Optional[int] = ..., ns_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., expires_in_s: _Optional[float] = ...) -> None: ...
+    page_indices: _containers.RepeatedScalarFieldContainer[int]
+    prefix_pages: int
+    def __init__(self, lease_id: _Optional[int] = ..., ns_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[LeaseKind, str]] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., expires_in_s: _Optional[float] = ..., page_indices: _Optional[_Iterable[int]] = ..., prefix_pages: _Optional[int] = ...) -> None: ...
 
 class ServerLimits(_message.Message):
     __slots__ = ("max_message_bytes", "chunk_bytes", "max_put_bytes", "max_keys_per_request", "max_get_bytes")
