@@ -13,7 +13,7 @@ import pytest
 from store_helpers import SPEC, make_keys, small_config
 
 from tierd.config import StoreConfig
-from tierd.spec import Namespace, PageSpec
+from tierd.spec import PageSpec
 from tierd.store import PageStore
 from tierd.tier import Tier
 from tierd.tiers.fp8_pages import Fp8PageCodec
