@@ -19,6 +19,7 @@ it shows the noise floor of the dtype itself (a different order of the same sums
     python benchmarks/fp8_error.py            # the default model, seconds to a minute on 2 cores
     python benchmarks/fp8_error.py --quick    # a tiny model, a short prompt, 8 steps
     python benchmarks/fp8_error.py --json out.json
+    python benchmarks/fp8_error.py --init-range 0.1   # peakier logits, as a trained model has
 """
 
 from __future__ import annotations
@@ -56,11 +57,11 @@ class ModelShape:
     heads: int
     kv_heads: int
 
-    def config(self) -> LlamaConfig:
+    def config(self, init_range: float) -> LlamaConfig:
         return LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden,
                            intermediate_size=self.intermediate, num_hidden_layers=self.layers,
                            num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-                           max_position_embeddings=4096)
+                           max_position_embeddings=4096, initializer_range=init_range)
 
     def describe(self) -> str:
         return (f"Llama-shaped, random weights (seed {SEED}): {self.layers} layers, hidden {self.hidden}, "
@@ -100,9 +101,9 @@ class Outcome:
     restored_from: dict[str, int] | None = None
 
 
-def build_model(shape: ModelShape, dtype: torch.dtype) -> LlamaForCausalLM:
+def build_model(shape: ModelShape, dtype: torch.dtype, init_range: float) -> LlamaForCausalLM:
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(shape.config())
+    model = LlamaForCausalLM(shape.config(init_range))
     torch.nn.Module.to(model, dtype)  # in place; transformers' typed wrappers refuse these
     torch.nn.Module.eval(model)
     return model
@@ -161,7 +162,7 @@ def restored(client: TierClient, ns: NamespaceHandle, model: LlamaForCausalLM, i
 
 def run_all(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, Any]]:
     shape = QUICK if args.quick else FULL
-    models = {name: build_model(shape, DTYPES[name]) for name in args.dtypes}
+    models = {name: build_model(shape, DTYPES[name], args.init_range) for name in args.dtypes}
     prompt = args.pages * args.page_tokens + 1  # every page restorable, one token left to compute
     ids = torch.randint(0, shape.vocab, (1, prompt), generator=torch.Generator().manual_seed(SEED))
     rows: list[Comparison] = []
@@ -191,8 +192,8 @@ def run_all(args: argparse.Namespace) -> tuple[list[Comparison], dict[str, Any]]
         finally:
             server.stop()
     report = {"benchmark": "fp8_error", "machine": machine(), "torch_threads": torch.get_num_threads(),
-              "model": shape.describe(), "prompt_tokens": prompt, "page_tokens": args.page_tokens,
-              "pages": args.pages, "steps": args.steps,
+              "model": shape.describe(), "init_range": args.init_range, "prompt_tokens": prompt,
+              "page_tokens": args.page_tokens, "pages": args.pages, "steps": args.steps,
               "disk": {"pages": disk.pages, "used_bytes": disk.used_bytes,
                        "quantized_pages": disk.quantized_pages,
                        "quantized_bytes_saved": disk.quantized_bytes_saved},
@@ -213,7 +214,8 @@ def problems(rows: list[Comparison], pages: int, page_tokens: int) -> list[str]:
 def print_table(report: dict[str, Any], rows: list[Comparison]) -> None:
     print(f"machine: {report['machine']['description']}, torch {torch.__version__} "
           f"({report['torch_threads']} threads)")
-    print(f"model: {report['model']}; prompt {report['prompt_tokens']} tokens, {report['pages']} pages of "
+    print(f"model: {report['model']}, weights ~ N(0, {report['init_range']}); "
+          f"prompt {report['prompt_tokens']} tokens, {report['pages']} pages of "
           f"{report['page_tokens']} restored from the disk tier; greedy {report['steps']} steps")
     disk = report["disk"]
     print(f"disk: {disk['pages']} pages, {disk['quantized_pages']} of them fp8, "
@@ -236,6 +238,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--page-tokens", type=int, default=16, help="tokens per page (default 16)")
     parser.add_argument("--steps", type=int, default=None, help="greedy steps (default 64, quick 8)")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=list(DTYPES))
+    parser.add_argument("--init-range", type=float, default=0.02,
+                        help="std of the random weights (transformers' default 0.02 gives nearly flat "
+                             "logits, where greedy decoding flips on any noise; 0.1 gives peakier ones)")
     parser.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
                         help="write the numbers to FILE; without FILE print JSON instead of the table")
     parser.add_argument("--tmp-dir", type=Path, default=None, help="where the daemon's files go")

@@ -99,35 +99,38 @@ class Fp8PageCodec:
 
     def encode(self, page: memoryview, out: memoryview) -> None:
         """Quantize one exact page (``spec.page_bytes``) into ``out`` (``stored_bytes``)."""
-        x = self._page_array(page).astype(np.float32)
+        x = self._page_array(page).astype(np.float32)  # the one float32 copy: worked in place
         values, scales = self._split(out, writable=True)
         if self.kivi:
             keys, vals = x[:, 0], x[:, 1]  # [layers][tokens][heads][dim]
-            k_scale = _scales(np.abs(keys).max(axis=1))           # [layers][heads][dim]
-            v_scale = _scales(np.abs(vals).max(axis=3))           # [layers][tokens][heads]
-            values[:, 0] = _quantize(keys / _divisor(k_scale)[:, None, :, :])
-            values[:, 1] = _quantize(vals / _divisor(v_scale)[:, :, :, None])
+            k_scale = _scales(_amax(keys, (1,)))           # [layers][heads][dim]
+            v_scale = _scales(_amax(vals, (3,)))           # [layers][tokens][heads]
+            np.divide(keys, _divisor(k_scale)[:, None, :, :], out=keys)
+            np.divide(vals, _divisor(v_scale)[:, :, :, None], out=vals)
             scales[0][...], scales[1][...] = k_scale, v_scale
         else:
-            scale = _scales(np.abs(x).max(axis=(2, 4)))           # [layers][2][heads]
-            values[...] = _quantize(x / _divisor(scale)[:, :, None, :, None])
+            scale = _scales(_amax(x, (2, 4)))              # [layers][2][heads]
+            np.divide(x, _divisor(scale)[:, :, None, :, None], out=x)
             scales[0][...] = scale
+        # A clip keeps a 448.00003 (float32 rounding) from becoming e4m3's NaN (it has no inf);
+        # the cast rounds to nearest even.
+        np.clip(x, -E4M3_MAX, E4M3_MAX, out=x)
+        values[...] = x
 
     def decode(self, stored: memoryview, out: memoryview) -> None:
         """Restore one stored page (``stored_bytes``) into ``out`` (``spec.page_bytes``, the
         namespace's dtype)."""
         values, scales = self._split(stored, writable=False)
-        x = _DECODE_TABLE[values.view(np.uint8)]
+        x = np.take(_DECODE_TABLE, values.view(np.uint8))
         if self.kivi:
             x[:, 0] *= scales[0][:, None, :, :]
             x[:, 1] *= scales[1][:, :, :, None]
         else:
             x *= scales[0][:, :, None, :, None]
-        dst = self._page_array(out)
         limit = _MAX_FINITE[self.spec.dtype]
         # A scale rounded up can put amax a hair past the dtype's largest value: not to inf.
         np.clip(x, -limit, limit, out=x)
-        dst[...] = x.astype(dst.dtype)
+        self._page_array(out)[...] = x
 
     def _page_array(self, buf: memoryview) -> npt.NDArray[np.generic]:
         if buf.nbytes != self.spec.page_bytes:
@@ -154,6 +157,11 @@ class Fp8PageCodec:
         return values, scales
 
 
+def _amax(x: F32Array, axes: tuple[int, ...]) -> F32Array:
+    """Largest magnitude over ``axes``: two reductions, without an ``abs`` copy of ``x``."""
+    return np.maximum(x.max(axis=axes), -x.min(axis=axes))
+
+
 def _scales(amax: F32Array) -> F32Array:
     """The scale of each group from its largest magnitude (0 for a group of zeros)."""
     return (amax / np.float32(E4M3_MAX)).astype(np.float32)
@@ -162,12 +170,6 @@ def _scales(amax: F32Array) -> F32Array:
 def _divisor(scale: F32Array) -> F32Array:
     """``scale`` with zeros replaced by 1: a group of zeros divides to zeros, not NaN."""
     return np.where(scale > 0, scale, np.float32(1.0))
-
-
-def _quantize(y: F32Array) -> npt.NDArray[np.generic]:
-    """Round ``y`` (within +-448 up to float32 rounding) to nearest-even e4m3; ``clip`` keeps a
-    448.00003 from becoming e4m3's NaN (it has no inf)."""
-    return np.clip(y, -E4M3_MAX, E4M3_MAX).astype(FP8)
 
 
 def codec_for(spec: PageSpec) -> Fp8PageCodec | None:
