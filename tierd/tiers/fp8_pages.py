@@ -159,7 +159,8 @@ class Fp8PageCodec:
 
 def _amax(x: F32Array, axes: tuple[int, ...]) -> F32Array:
     """Largest magnitude over ``axes``: two reductions, without an ``abs`` copy of ``x``."""
-    return np.maximum(x.max(axis=axes), -x.min(axis=axes))
+    amax: F32Array = np.maximum(x.max(axis=axes), -x.min(axis=axes))
+    return amax
 
 
 def _scales(amax: F32Array) -> F32Array:
