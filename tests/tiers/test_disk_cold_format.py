@@ -246,3 +246,19 @@ def test_the_encoding_field_sits_where_the_reserved_field_was() -> None:
     header = encode_header(5, key_of(1), b"f" * 16, 4, 7, b"abcd", ENCODINGS[FP8.cold])
     assert struct.unpack_from("<I", header, 12) == (1,)
     assert struct.unpack_from("<I", encode_header(5, key_of(1), b"f" * 16, 4, 7, b"abcd"), 12) == (0,)
+
+
+def test_a_namespace_id_saved_again_with_an_exact_spec_reads_exact(config: StoreConfig) -> None:
+    """An id re-used for another spec (a second daemon on this data dir): the latest record
+    decides; the old fp8 pages then fail their check instead of being served as exact."""
+    tier = open_tier(config)
+    try:
+        write(tier, 2, [kv_page(FP8, 0)])
+        tier.save_namespace(Namespace(ns_id=2, tenant="t", spec=EXACT, fingerprint=bytes([2]) * 16))
+        out = bytearray(EXACT.page_bytes)
+        assert tier.read_into(2, key_of(0), memoryview(out)) is ReadStatus.CORRUPT
+        page = kv_page(EXACT, 1)
+        write(tier, 2, [page])
+        assert tier.read_into(2, key_of(0), memoryview(out)) is ReadStatus.OK and bytes(out) == page.tobytes()
+    finally:
+        tier.close()

@@ -83,8 +83,11 @@ class ColdForms:
         return self.get(int.from_bytes(bytes(dkey[:NS_ID_BYTES]), "big"))
 
     def add(self, ns_id: int, spec: PageSpec) -> None:
-        """Record ``spec``'s form for ``ns_id`` (nothing for an exact spec)."""
+        """Record ``spec``'s form for ``ns_id``; an exact spec removes any (a namespace record
+        saved again under an id an earlier daemon gave another spec)."""
         form = stored_form(spec)
-        if form is not None:
-            with self._lock:
+        with self._lock:
+            if form is None:
+                self._by_ns.pop(ns_id, None)
+            else:
                 self._by_ns[ns_id] = form
