@@ -8,14 +8,16 @@ tier encodes on its writer thread and decodes on the reader threads; neither kee
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from tierd.errors import InvalidArgument
 from tierd.spec import PageSpec
+from tierd.tiers.disk_ops import PageEncoder, PutPage
 from tierd.tiers.fp8_pages import Fp8PageCodec, codec_for
-from tierd.tiers.page_format import ENCODINGS, NS_ID_BYTES
+from tierd.tiers.page_format import ENCODINGS, NS_ID_BYTES, encode_header, split_disk_key
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,17 @@ class ColdForms:
                 self._by_ns.pop(ns_id, None)
             else:
                 self._by_ns[ns_id] = form
+
+
+def quantized_put(form: StoredForm, dkey: bytes, page: memoryview, seq: int,
+                  on_done: Callable[[bool], None] | None, fingerprint: bytes) -> PutPage:
+    """The writer op storing ``page`` (exact, pinned by the caller until ``on_done``) under disk
+    key ``dkey`` in ``form``: the writer thread encodes it, then seals the header over the stored
+    bytes (the checksum covers what is on disk)."""
+    ns_id, key = split_disk_key(dkey)
+    if page.nbytes != form.page_bytes:
+        raise InvalidArgument(f"a page of namespace {ns_id} is {form.page_bytes} bytes, "
+                              f"got {page.nbytes}")
+    seal = functools.partial(encode_header, ns_id, key, fingerprint, form.payload_bytes, seq,
+                             encoding=form.encoding)
+    return PutPage(dkey, ns_id, page, seq, on_done, b"", PageEncoder(form.payload_bytes, form.encode, seal))

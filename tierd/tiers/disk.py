@@ -14,7 +14,6 @@ read-only transactions over zero-copy views of the map, and never take a lock th
 from __future__ import annotations
 
 import enum
-import functools
 import logging
 import mmap
 import os
@@ -31,7 +30,7 @@ from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
 from tierd.spec import Namespace
-from tierd.tiers.cold_pages import ColdForms, StoredForm
+from tierd.tiers.cold_pages import ColdForms, StoredForm, quantized_put
 from tierd.tiers.data_dir_lock import DataDirLock
 from tierd.tiers.disk_format import (
     FormatState,
@@ -48,7 +47,6 @@ from tierd.tiers.disk_writer import (
     DeletePages,
     DiskWriter,
     DropIfUnchanged,
-    PageEncoder,
     PutMeta,
     PutPage,
     WriterStats,
@@ -368,7 +366,7 @@ class DiskTier:
                                          f"tier at {self._path}: save_namespace() it first")
             form = session.forms.get(write.ns_id)
             if form is not None:
-                ops.append(_quantized_put(form, dkey, write, view, fingerprint))
+                ops.append(quantized_put(form, dkey, view, write.seq, write.on_done, fingerprint))
                 continue
             header = encode_header(write.ns_id, dkey[NS_ID_BYTES:], fingerprint, view.nbytes,
                                    seq, view)
@@ -491,19 +489,6 @@ class DiskTier:
                          failed_commits=writer.failed_commits, write_error=writer.write_error,
                          map_size_bytes=(session.map_size_bytes if session is not None
                                          else self._map_size_bytes))
-
-
-def _quantized_put(form: StoredForm, dkey: bytes, write: PageWrite, page: memoryview,
-                   fingerprint: bytes) -> PutPage:
-    """The op storing ``page`` in ``form``: the writer thread encodes it, then seals the header
-    over the stored bytes (the checksum covers what is on disk)."""
-    if page.nbytes != form.page_bytes:
-        raise InvalidArgument(f"a page of namespace {write.ns_id} is {form.page_bytes} bytes, "
-                              f"got {page.nbytes}")
-    seal = functools.partial(encode_header, write.ns_id, dkey[NS_ID_BYTES:], fingerprint,
-                             form.payload_bytes, write.seq, encoding=form.encoding)
-    encoder = PageEncoder(form.payload_bytes, form.encode, seal)
-    return PutPage(dkey, write.ns_id, page, write.seq, write.on_done, b"", encoder)
 
 
 def _copy_out(payload: memoryview, out: memoryview, form: StoredForm | None) -> None:
