@@ -5,6 +5,7 @@ reopen, and any value whose header or bytes disagree with its namespace is a mis
 from __future__ import annotations
 
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -262,3 +263,17 @@ def test_a_namespace_id_saved_again_with_an_exact_spec_reads_exact(config: Store
         assert tier.read_into(2, key_of(0), memoryview(out)) is ReadStatus.OK and bytes(out) == page.tobytes()
     finally:
         tier.close()
+
+
+def test_pages_are_encoded_on_the_writer_thread(tier: DiskTier, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never on the submitter's thread (the store's movers, the event loop's executor)."""
+    threads: list[str] = []
+    encode = Fp8PageCodec.encode
+
+    def recording(self: Fp8PageCodec, page: memoryview, out: memoryview) -> None:
+        threads.append(threading.current_thread().name)
+        encode(self, page, out)
+
+    monkeypatch.setattr(Fp8PageCodec, "encode", recording)
+    assert write(tier, 2, [kv_page(FP8, seed) for seed in range(3)]) == [True] * 3
+    assert threads == ["tierd-disk-writer"] * 3
