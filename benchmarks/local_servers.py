@@ -108,10 +108,11 @@ def tierd_command() -> list[str]:
     return [str(entry)] if entry.exists() else [sys.executable, "-m", "tierd"]
 
 
-def tierd_config(work_dir: Path, tier_bytes: int) -> str:
+def tierd_config(work_dir: Path, tier_bytes: int, region_share: float = 1.0) -> str:
     """One namespace gets every byte (region_share 1.0) of hbm and dram, both ``tier_bytes``,
     prefaulted at register time so no timed loop writes fresh shm pages. device = cpu: the
-    zero-copy put writes the hbm arena from the host, which a CUDA hbm would not allow."""
+    zero-copy put writes the hbm arena from the host, which a CUDA hbm would not allow. A lower
+    ``region_share`` leaves room for more namespaces (each takes that share of what is left)."""
     return f"""
 device = "cpu"
 data_dir = "{work_dir / 'data'}"
@@ -120,10 +121,10 @@ log_level = "warning"
 socket = "{work_dir / 'tierd.sock'}"
 [hbm]
 capacity = {tier_bytes}
-region_share = 1.0
+region_share = {region_share}
 [dram]
 capacity = {tier_bytes}
-region_share = 1.0
+region_share = {region_share}
 [disk]
 capacity = {tier_bytes + (256 << 20)}
 fsync = false
@@ -135,10 +136,10 @@ flush_timeout_s = 30.0
 """
 
 
-def start_tierd(work_dir: Path, tier_bytes: int) -> Server:
+def start_tierd(work_dir: Path, tier_bytes: int, region_share: float = 1.0) -> Server:
     work_dir.mkdir(parents=True, exist_ok=True)
     config = work_dir / "tierd.toml"
-    config.write_text(tierd_config(work_dir, tier_bytes))
+    config.write_text(tierd_config(work_dir, tier_bytes, region_share))
     log_path = work_dir / "tierd.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIERD_")}
     version = subprocess.run([*tierd_command(), "--version"], capture_output=True, text=True,

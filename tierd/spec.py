@@ -3,6 +3,8 @@
 ``page_bytes = num_layers * 2 * page_tokens * num_kv_heads * head_dim * itemsize``; with the default
 ``layout`` a page is laid out ``[num_layers][2 (K,V)][page_tokens][num_kv_heads][head_dim]``
 (page-first). Another ``layout`` names an engine's own order of the same bytes (e.g. a vLLM block).
+``cold_format`` says how the disk tier stores the pages: exactly (the default) or quantized to fp8
+(lossy, opt-in; see ``ColdFormat``).
 """
 
 from __future__ import annotations
@@ -124,6 +126,46 @@ def check_window(window_tokens: object, sink_tokens: object) -> None:
         raise InvalidArgument(f"spec.sink_tokens is {sink_tokens} but spec.window_tokens is 0 (full "
                               "attention keeps every token anyway): set window_tokens to the "
                               "model's sliding window, or sink_tokens to 0")
+class ColdFormat(enum.Enum):
+    """How the disk tier stores a namespace's pages (dram and hbm always hold the exact bytes).
+
+    The quantized formats are fp8 e4m3 with float32 scales (``tierd.tiers.fp8_pages``); pages are
+    restored to the namespace's dtype when read. Lossy: never the default."""
+
+    EXACT = ""
+    FP8_E4M3 = "fp8_e4m3"            # one scale per (layer, K or V, kv head)
+    FP8_E4M3_KIVI = "fp8_e4m3_kivi"  # K per (layer, kv head, channel), V per (layer, token, kv head)
+
+    @classmethod
+    def parse(cls, name: object) -> ColdFormat:
+        """``""`` (exact), ``"fp8_e4m3"`` or ``"fp8_e4m3_kivi"``; ``InvalidArgument`` otherwise."""
+        if not isinstance(name, str):
+            raise InvalidArgument(f"spec.cold_format must be a string, got {type(name).__name__}")
+        for form in cls:
+            if form.value == name:
+                return form
+        raise InvalidArgument(f"spec.cold_format {excerpt(name)} is not supported: use "
+                              f"{COLD_FORMAT_CHOICES}")
+
+
+COLD_FORMAT_CHOICES = "'' (exact, the default), 'fp8_e4m3' or 'fp8_e4m3_kivi'"
+# The dtypes a cold format quantizes (fp8 of an 8-bit dtype would save nothing).
+QUANTIZABLE_DTYPES = frozenset({DType.FLOAT16.label, DType.BFLOAT16.label, DType.FLOAT32.label})
+
+
+def _check_cold_format(value: object, dtype: str, layout: str) -> str:
+    """``value`` if it names a cold format this spec's dtype and layout support."""
+    form = ColdFormat.parse(value)
+    if form is ColdFormat.EXACT:
+        return ""
+    if dtype not in QUANTIZABLE_DTYPES:
+        raise InvalidArgument(f"spec.cold_format {form.value!r} quantizes float16, bfloat16 or "
+                              f"float32 pages, not {dtype}: use cold_format '' for this dtype")
+    if layout != DEFAULT_LAYOUT:
+        raise InvalidArgument(f"spec.cold_format {form.value!r} needs tierd's page-first layout "
+                              f"(its scales follow layers, K/V, tokens and heads), not "
+                              f"{excerpt(layout)}: use cold_format '' for an engine's layout")
+    return str(form.value)
 
 
 def check_tenant(value: object, field: str = "tenant") -> str:
@@ -148,6 +190,8 @@ class PageSpec:
     # namespace; the defaults are left out of the canonical JSON (keys of older specs stay).
     window_tokens: int = 0
     sink_tokens: int = 0
+    # How the disk tier stores the pages (a ``ColdFormat`` value); part of the namespace.
+    cold_format: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -163,6 +207,8 @@ class PageSpec:
         # "" is the wire's unset field: the default layout, as a peer that predates it means.
         object.__setattr__(self, "layout", check_layout(self.layout or DEFAULT_LAYOUT))
         check_window(self.window_tokens, self.sink_tokens)
+        object.__setattr__(self, "cold_format",
+                           _check_cold_format(self.cold_format, canonical, self.layout))
         if self.page_bytes > MAX_PAGE_BYTES:
             raise InvalidArgument(f"spec describes pages of {self.page_bytes} bytes; the limit is "
                                   f"{MAX_PAGE_BYTES} bytes: use fewer page_tokens")
@@ -175,6 +221,11 @@ class PageSpec:
     @property
     def itemsize(self) -> int:
         return DType.parse(self.dtype).itemsize
+
+    @property
+    def cold(self) -> ColdFormat:
+        """The cold format as an enum."""
+        return ColdFormat(self.cold_format)
 
     @property
     def page_bytes(self) -> int:
@@ -203,6 +254,9 @@ class PageSpec:
             fields["window_tokens"] = self.window_tokens
         if self.sink_tokens:
             fields["sink_tokens"] = self.sink_tokens
+        # Left out when exact, like the layout: the fingerprints of exact specs stay what they were.
+        if self.cold_format:
+            fields["cold_format"] = self.cold_format
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod

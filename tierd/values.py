@@ -82,3 +82,7 @@ class TierStats:
     bytes_in: int
     bytes_out: int
     queue_depth: int
+    # disk only: pages stored in a cold format (fp8), and the bytes they would take more if
+    # stored exactly (payloads; headers are the same either way). 0 in other tiers.
+    quantized_pages: int = 0
+    quantized_bytes_saved: int = 0

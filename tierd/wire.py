@@ -54,17 +54,19 @@ def spec_to_pb(spec: PageSpec) -> pb.PageSpec:
                        num_kv_heads=spec.num_kv_heads, head_dim=spec.head_dim,
                        page_tokens=spec.page_tokens,
                        layout="" if spec.layout == DEFAULT_LAYOUT else spec.layout,
-                       window_tokens=spec.window_tokens, sink_tokens=spec.sink_tokens)
+                       window_tokens=spec.window_tokens, sink_tokens=spec.sink_tokens,
+                       cold_format=spec.cold_format)
 
 
 def spec_from_pb(message: pb.PageSpec) -> PageSpec:
     """A checked ``PageSpec`` (``InvalidArgument`` for a field tierd does not accept); an empty
     ``layout`` (a peer that predates it, or the default) is ``DEFAULT_LAYOUT``; unset window
-    fields are full attention."""
+    fields are full attention; an empty ``cold_format`` is exact."""
     return PageSpec(model=message.model, dtype=message.dtype, num_layers=message.num_layers,
                     num_kv_heads=message.num_kv_heads, head_dim=message.head_dim,
                     page_tokens=message.page_tokens, layout=message.layout or DEFAULT_LAYOUT,
-                    window_tokens=message.window_tokens, sink_tokens=message.sink_tokens)
+                    window_tokens=message.window_tokens, sink_tokens=message.sink_tokens,
+                    cold_format=message.cold_format)
 
 
 def handle_to_pb(handle: RegionHandle) -> pb.RegionHandle:
@@ -130,12 +132,16 @@ def tier_stats_to_pb(tier: Tier, stats: TierStats) -> pb.TierStats:
     return pb.TierStats(tier=tier_to_pb(tier), capacity_bytes=stats.capacity_bytes,
                         used_bytes=stats.used_bytes, pages=stats.pages, hits=stats.hits,
                         misses=stats.misses, evictions=stats.evictions, bytes_in=stats.bytes_in,
-                        bytes_out=stats.bytes_out, queue_depth=stats.queue_depth)
+                        bytes_out=stats.bytes_out, queue_depth=stats.queue_depth,
+                        quantized_pages=stats.quantized_pages,
+                        quantized_bytes_saved=stats.quantized_bytes_saved)
 
 
 def tier_stats_from_pb(message: pb.TierStats) -> tuple[Tier, TierStats]:
     stats = TierStats(capacity_bytes=message.capacity_bytes, used_bytes=message.used_bytes,
                       pages=message.pages, hits=message.hits, misses=message.misses,
                       evictions=message.evictions, bytes_in=message.bytes_in,
-                      bytes_out=message.bytes_out, queue_depth=message.queue_depth)
+                      bytes_out=message.bytes_out, queue_depth=message.queue_depth,
+                      quantized_pages=message.quantized_pages,
+                      quantized_bytes_saved=message.quantized_bytes_saved)
     return tier_from_pb(message.tier, "TierStats.tier"), stats

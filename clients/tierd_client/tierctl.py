@@ -156,6 +156,10 @@ def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
     if stats.disk_write_error:
         lines.append(f"disk writes are failing: {stats.disk_write_error}")
+    disk = stats.tiers.get(Tier.DISK)
+    if disk is not None and disk.quantized_pages:
+        lines.append(f"disk pages stored as fp8 {disk.quantized_pages}   bytes saved "
+                     f"{format_size(disk.quantized_bytes_saved)}")
     remote = stats.remote
     if remote is not None:
         state = "available" if remote.available else "unavailable (backing off)"

@@ -157,7 +157,9 @@ class DaemonStats:
             tier.label: {"capacity_bytes": s.capacity_bytes, "used_bytes": s.used_bytes,
                          "pages": s.pages, "hits": s.hits, "misses": s.misses,
                          "evictions": s.evictions, "bytes_in": s.bytes_in,
-                         "bytes_out": s.bytes_out, "queue_depth": s.queue_depth}
+                         "bytes_out": s.bytes_out, "queue_depth": s.queue_depth,
+                         "quantized_pages": s.quantized_pages,
+                         "quantized_bytes_saved": s.quantized_bytes_saved}
             for tier, s in sorted(self.tiers.items())
         }
         return {"tiers": tiers, "namespaces": self.namespaces, "leases": self.leases,

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from tierd.store.types import StoreStats
+from tierd.tier import Tier
 from tierd.values import TierStats
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,12 @@ def render(stats: StoreStats, server: ServerCounters) -> str:
     metric("disk_write_failures_total", "counter", "Page writes the disk did not store (an I/O error "
            "such as a full file system, or LMDB's map full); they stay in memory.",
            [("", stats.disk_write_failures)])
+    disk = stats.tiers.get(Tier.DISK)
+    if disk is not None:
+        metric("disk_quantized_pages", "gauge", "Disk pages stored in a cold format (fp8: lossy, opted "
+               "into per namespace).", [("", disk.quantized_pages)])
+        metric("disk_quantized_saved_bytes", "gauge", "Bytes the quantized disk pages take less than "
+               "exact pages would.", [("", disk.quantized_bytes_saved)])
     remote = stats.remote
     if remote is not None:
         metric("remote_available", "gauge", "1 while the remote tier answers, 0 while it backs off "

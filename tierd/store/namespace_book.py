@@ -13,6 +13,7 @@ from tierd.keys import PageKey
 from tierd.spec import Namespace
 from tierd.store.plans import Move, Place
 from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.cold_pages import stored_payload_bytes
 from tierd.tiers.page_format import HEADER_BYTES, disk_key
 
 
@@ -24,7 +25,8 @@ class NamespaceBook:
         self.mem: dict[Tier, MemoryResidency] = {}
         self.prefix = disk_key(ns.ns_id, bytes(16))[:-16]
         self.page_bytes = ns.page_bytes
-        self.stored_bytes = HEADER_BYTES + ns.page_bytes
+        # What one page takes of the disk budget: a cold format (fp8) stores fewer bytes.
+        self.stored_bytes = HEADER_BYTES + stored_payload_bytes(ns.spec)
         # Slots removed from the index (or released) while pinned: the last unpin frees them.
         self.orphans: dict[Tier, set[int]] = {}
 

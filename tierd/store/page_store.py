@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
@@ -483,6 +484,9 @@ class PageStore:
         parts = self._require()
         disk = parts.disk.stats()
         tiers = parts.manager.tier_stats(self.config.tier_capacity_bytes, disk.queue_depth)
+        # What is stored quantized (a cold format) only the disk tier itself knows.
+        tiers[Tier.DISK] = replace(tiers[Tier.DISK], quantized_pages=disk.quantized_pages,
+                                   quantized_bytes_saved=disk.quantized_bytes_saved)
         remote = parts.remote.stats() if parts.remote is not None else None
         if remote is not None:
             tiers[Tier.REMOTE] = remote.as_tier_stats()

@@ -30,6 +30,7 @@ from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
 from tierd.spec import Namespace
+from tierd.tiers.cold_pages import ColdForms, StoredForm, quantized_put
 from tierd.tiers.data_dir_lock import DataDirLock
 from tierd.tiers.disk_format import (
     FormatState,
@@ -40,10 +41,20 @@ from tierd.tiers.disk_format import (
     record_format,
 )
 from tierd.tiers.disk_reads import ReadCounters, ReaderGate
-from tierd.tiers.disk_writer import Barrier, DeletePages, DiskWriter, DropIfUnchanged, PutMeta, PutPage, WriterStats
+from tierd.tiers.disk_scan import DiskEntry, measure, scan_chunk
+from tierd.tiers.disk_writer import (
+    Barrier,
+    DeletePages,
+    DiskWriter,
+    DropIfUnchanged,
+    PutMeta,
+    PutPage,
+    WriterStats,
+)
 from tierd.tiers.lmdb_file import DATA_FILE_NAME, OpenedEnvironment, check_data_file, open_environment
 from tierd.tiers.namespace_records import encode_namespace, namespace_key, read_namespaces
 from tierd.tiers.page_format import (
+    EXACT_ENCODING,
     FORMAT_VERSION,
     HEADER_BYTES,
     MAX_SEQ,
@@ -80,16 +91,6 @@ class ReadStatus(enum.Enum):
 
 
 @dataclass(frozen=True)
-class DiskEntry:
-    """One stored page as ``scan`` sees it; ``stored_bytes`` includes the header."""
-
-    ns_id: int
-    key: bytes
-    seq: int
-    stored_bytes: int
-
-
-@dataclass(frozen=True)
 class PageWrite:
     """One page for ``submit_writes``: ``payload`` stays unchanged until ``on_done`` fires."""
 
@@ -116,6 +117,8 @@ class DiskStats:
     write_failures: int = 0  # page writes not stored: an I/O error (disk full) or the map full
     failed_commits: int = 0
     write_error: str = ""    # why the latest commit failed, while commits fail ("" once they work)
+    quantized_pages: int = 0        # stored in a cold format (fp8)
+    quantized_bytes_saved: int = 0  # payload bytes those take less than exact pages would
 
 
 def map_size_bytes(disk: DiskConfig) -> int:
@@ -134,6 +137,7 @@ class _Session:
     writer: DiskWriter
     gate: ReaderGate
     fingerprints: NamespaceFingerprints  # of every namespace with a record: the checksums need them
+    forms: ColdForms  # the namespaces whose pages are stored quantized
     pid: int
     map_size_bytes: int  # LMDB's, which is larger than configured if the file already was
     opened: OpenedEnvironment  # env, and whether its pages are written in place
@@ -208,16 +212,20 @@ class DiskTier:
             fingerprints = {ns.ns_id: check_fingerprint(ns.fingerprint) for ns in namespaces}
         except (FailedPrecondition, InvalidArgument) as exc:
             raise ConfigError(str(exc)) from exc
-        stored_pages, stored_bytes = _measure(env, pages_db)
+        forms = ColdForms.of_specs({ns.ns_id: ns.spec for ns in namespaces})
+        stored = measure(env, pages_db, forms)
+        stored_pages, stored_bytes = stored.pages, stored.stored_bytes
         state = format_state(env, meta_db, bool(namespaces or stored_pages), self._path)
         initial = WriterStats(stored_pages=stored_pages, stored_bytes=stored_bytes,
                               bytes_written=self._writer_totals.bytes_written,
                               map_full_events=self._writer_totals.map_full_events,
                               commits=self._writer_totals.commits,
                               failed_pages=self._writer_totals.failed_pages,
-                              failed_commits=self._writer_totals.failed_commits)
+                              failed_commits=self._writer_totals.failed_commits,
+                              quantized_pages=stored.quantized_pages,
+                              quantized_bytes_saved=stored.quantized_bytes_saved)
         writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
-                            self._notify_map_full, self._closed_message)
+                            self._notify_map_full, self._closed_message, forms)
         writer.start()
         try:
             if state is FormatState.NEW:
@@ -234,7 +242,8 @@ class DiskTier:
             raise
         return _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
                         gate=ReaderGate(self._closed_message),
-                        fingerprints=NamespaceFingerprints(fingerprints), pid=os.getpid(),
+                        fingerprints=NamespaceFingerprints(fingerprints), forms=forms,
+                        pid=os.getpid(),
                         map_size_bytes=env.info()["map_size"], opened=opened)
 
     def _open_env(self) -> OpenedEnvironment:
@@ -319,6 +328,7 @@ class DiskTier:
             raise ResourceExhausted(f"the disk tier at {self._path} could not commit namespace "
                                     f"{ns.ns_id} (map full or I/O error, see the log): free disk "
                                     f"pages or raise disk.capacity_bytes")
+        session.forms.add(ns.ns_id, ns.spec)
         session.fingerprints.add(ns.ns_id, fingerprint)
 
     # ---- writes ----------------------------------------------------------------------------
@@ -354,6 +364,10 @@ class DiskTier:
             if fingerprint is None:
                 raise FailedPrecondition(f"namespace {write.ns_id} has no record in the disk "
                                          f"tier at {self._path}: save_namespace() it first")
+            form = session.forms.get(write.ns_id)
+            if form is not None:
+                ops.append(quantized_put(form, dkey, view, write.seq, write.on_done, fingerprint))
+                continue
             header = encode_header(write.ns_id, dkey[NS_ID_BYTES:], fingerprint, view.nbytes,
                                    seq, view)
             ops.append(PutPage(dkey, write.ns_id, view, seq, write.on_done, header))
@@ -383,33 +397,40 @@ class DiskTier:
     def read_into(self, ns_id: int, key: bytes, dst: memoryview) -> ReadStatus:
         """Copy the payload of one page into ``dst`` (exactly its size), checksum verified
         (over its key and namespace fingerprint too: a page of a namespace without a record
-        cannot verify and is dropped)."""
+        cannot verify and is dropped). A page stored in a cold format is checked as stored,
+        then decoded into ``dst`` in the namespace's dtype."""
         dkey = disk_key(ns_id, key)
         out = byte_view(dst, what="dst", writable=True)
         session = self._require()
         fingerprint = session.fingerprints.get(ns_id)
+        form = session.forms.get(ns_id)
+        if form is not None and form.page_bytes != out.nbytes:
+            raise InvalidArgument(f"dst holds {out.nbytes} bytes but pages of namespace {ns_id} "
+                                  f"are {form.page_bytes} bytes: pass a buffer of exactly the "
+                                  f"page size")
+        encoding = EXACT_ENCODING if form is None else form.encoding
         with session.gate.reading(), session.env.begin(db=session.pages_db, buffers=True) as txn:
             value = txn.get(dkey)
             if value is None:
                 return ReadStatus.MISSING
             header = decode_header(value)
-            if (header is not None and header.payload_bytes != out.nbytes
+            if (form is None and header is not None and header.encoding == encoding
+                    and header.payload_bytes != out.nbytes
                     and len(value) == header.header_bytes + header.payload_bytes):
                 raise InvalidArgument(f"dst holds {out.nbytes} bytes but page {key.hex()} of "
                                       f"namespace {ns_id} holds {header.payload_bytes} bytes: "
                                       f"pass a buffer of exactly the page size")
-            if header is None or fingerprint is None \
-                    or verify(value, ns_id, dkey[NS_ID_BYTES:], fingerprint, out.nbytes) is None:
+            expected_bytes = out.nbytes if form is None else form.payload_bytes
+            if header is None or fingerprint is None or verify(
+                    value, ns_id, dkey[NS_ID_BYTES:], fingerprint, expected_bytes, encoding) is None:
                 seen = (bytes(value[:HEADER_BYTES]), len(value))
             else:
-                # numpy's copy releases the GIL, so reads on other threads overlap it.
-                np.copyto(np.frombuffer(out, np.uint8),
-                          np.frombuffer(value, np.uint8, offset=header.header_bytes))
+                _copy_out(value[header.header_bytes:], out, form)
                 seen = None
         if seen is not None:
             self._drop_corrupt(session, dkey, *seen)
             return ReadStatus.CORRUPT
-        self._reads.add_read(out.nbytes)
+        self._reads.add_read(expected_bytes)
         return ReadStatus.OK
 
     def contains(self, ns_id: int, key: bytes) -> bool:
@@ -429,7 +450,9 @@ class DiskTier:
         while True:
             session = self._require()
             with session.gate.reading():
-                entries, bad, last_key, num_seen = _scan_chunk(session, after)
+                entries, bad, last_key, num_seen = scan_chunk(session.env, session.pages_db,
+                                                              after, SCAN_CHUNK_ENTRIES,
+                                                              session.forms)
             for dkey, seen_header, seen_bytes in bad:
                 self._drop_corrupt(session, dkey, seen_header, seen_bytes)
             yield from entries
@@ -461,52 +484,17 @@ class DiskTier:
                          map_full_events=writer.map_full_events,
                          queue_depth=session.writer.queue_depth if session is not None else 0,
                          commits=writer.commits, write_failures=writer.failed_pages,
+                         quantized_pages=writer.quantized_pages,
+                         quantized_bytes_saved=max(writer.quantized_bytes_saved, 0),
                          failed_commits=writer.failed_commits, write_error=writer.write_error,
                          map_size_bytes=(session.map_size_bytes if session is not None
                                          else self._map_size_bytes))
 
 
-def _measure(env: lmdb.Environment, pages_db: lmdb._Database) -> tuple[int, int]:
-    """``(pages, bytes)`` stored; value sizes come from leaf nodes, payloads are not read."""
-    num_pages = num_bytes = 0
-    with env.begin(db=pages_db, buffers=True) as txn:
-        for value in txn.cursor().iternext(keys=False, values=True):
-            num_pages += 1
-            num_bytes += len(value)
-    return num_pages, num_bytes
-
-
-def _scan_chunk(session: _Session, after: bytes | None
-                ) -> tuple[list[DiskEntry], list[tuple[bytes, bytes, int]], bytes | None, int]:
-    """Up to ``SCAN_CHUNK_ENTRIES`` entries after key ``after``: (good, bad, last key, seen)."""
-    entries: list[DiskEntry] = []
-    bad: list[tuple[bytes, bytes, int]] = []
-    last_key: bytes | None = None
-    with session.env.begin(db=session.pages_db, buffers=True) as txn:
-        cursor = txn.cursor()
-        positioned = cursor.first() if after is None else cursor.set_range(after)
-        if positioned and after is not None and cursor.key() == after:
-            positioned = cursor.next()
-        while positioned and len(entries) + len(bad) < SCAN_CHUNK_ENTRIES:
-            last_key = bytes(cursor.key())
-            value = cursor.value()
-            entry = _entry_from_header(last_key, value)
-            if entry is None:
-                bad.append((last_key, bytes(value[:HEADER_BYTES]), len(value)))
-            else:
-                entries.append(entry)
-            positioned = cursor.next()
-    return entries, bad, last_key, len(entries) + len(bad)
-
-
-def _entry_from_header(dkey: bytes, value: memoryview) -> DiskEntry | None:
-    """The entry if its header is readable and agrees with its key and size (payload untouched)."""
-    try:
-        ns_id, key = split_disk_key(dkey)
-    except InvalidArgument:
-        return None
-    header = decode_header(value[:HEADER_BYTES])
-    if header is None or header.ns_id != ns_id or len(value) != header.header_bytes + \
-            header.payload_bytes:
-        return None
-    return DiskEntry(ns_id=ns_id, key=key, seq=header.seq, stored_bytes=len(value))
+def _copy_out(payload: memoryview, out: memoryview, form: StoredForm | None) -> None:
+    """A verified stored payload into ``out``: copied (exact), or decoded from its cold form."""
+    if form is not None:
+        form.decode(payload, out)
+        return
+    # numpy's copy releases the GIL, so reads on other threads overlap it.
+    np.copyto(np.frombuffer(out, np.uint8), np.frombuffer(payload, np.uint8))

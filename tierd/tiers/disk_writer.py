@@ -4,6 +4,9 @@ Every write to the environment (pages, deletes, namespace records) runs on this 
 write transaction belongs to the OS thread that began it, and LMDB admits one writer at a time.
 The thread takes a *group* of ops, applies them in one transaction, commits (fsync'd when the
 environment syncs) and only then calls each op's ``on_done``, in submission order.
+
+A page of a namespace with a cold format is quantized here, on this thread (``PageEncoder``): the
+event loop and the submitter never spend the time, and the checksum covers the stored bytes.
 """
 
 from __future__ import annotations
@@ -21,12 +24,27 @@ import numpy as np
 
 from tierd.config import DiskConfig
 from tierd.errors import Unavailable
+from tierd.tiers.cold_pages import ColdForms
+from tierd.tiers.disk_ops import (
+    Barrier,
+    DeletePages,
+    DropIfUnchanged,
+    OnDone,
+    PageEncoder,
+    PutMeta,
+    PutPage,
+    WriteOp,
+    op_cost,
+    pages_in,
+)
 from tierd.tiers.page_format import HEADER_BYTES
 from tierd.tiers.write_failures import WriteFailureLog, describe
 
 log = logging.getLogger(__name__)
 
-OnDone = Callable[[bool], None]
+# The ops live in ``disk_ops``; importers of this module use them by these names too.
+__all__ = ["Barrier", "DeletePages", "DiskWriter", "DropIfUnchanged", "OnDone", "OpQueue",
+           "PageEncoder", "PutMeta", "PutPage", "WriteOp", "WriterStats"]
 
 # LMDB reuses pages freed by transaction N only from transaction N + 2 on, and an aborted
 # transaction does not advance the id: after deletes, a full map stays full until something
@@ -43,74 +61,14 @@ RETRY_BACKOFF_MAX_S = 1.0
 
 
 @dataclass(frozen=True)
-class PutPage:
-    """Store ``payload`` (flat bytes, pinned by the caller until ``on_done``) under ``dkey``."""
-
-    dkey: bytes
-    ns_id: int
-    payload: memoryview
-    seq: int
-    on_done: OnDone | None
-    header: bytes  # encode_header(...), computed by the submitter (it knows key and fingerprint)
-
-
-@dataclass(frozen=True)
-class DeletePages:
-    """Remove ``dkeys`` (absent ones are ignored)."""
-
-    dkeys: tuple[bytes, ...]
-    on_done: OnDone | None
-
-
-@dataclass(frozen=True)
-class DropIfUnchanged:
-    """Remove a value found corrupt, unless it was rewritten since (size or header differ)."""
-
-    dkey: bytes
-    seen_header: bytes
-    seen_bytes: int
-    on_done: OnDone | None = None
-
-
-@dataclass(frozen=True)
-class PutMeta:
-    """Store one record of the ``meta`` database."""
-
-    key: bytes
-    value: bytes
-    on_done: OnDone | None
-
-
-@dataclass(frozen=True)
-class Barrier:
-    """Completes once every op queued before it was committed (or failed)."""
-
-    on_done: OnDone
-
-
-WriteOp = PutPage | DeletePages | DropIfUnchanged | PutMeta | Barrier
-
-
-def _pages_in(ops: list[WriteOp]) -> int:
-    return sum(1 for op in ops if isinstance(op, PutPage))
-
-
-def _op_cost(op: WriteOp) -> tuple[int, int]:
-    """``(pages, bytes)`` an op adds to a group (the group-commit limits count these)."""
-    if isinstance(op, PutPage):
-        return 1, HEADER_BYTES + op.payload.nbytes
-    if isinstance(op, DeletePages):
-        return len(op.dkeys), 0
-    return 0, 0
-
-
-@dataclass(frozen=True)
 class WriterStats:
     """Counters of one writer, published after every group (stored_* include headers).
 
     ``failed_pages``: page writes that reached the writer and were not stored (an I/O error such
     as a full file system, or LMDB's map full); ``failed_commits``: transactions that failed;
-    ``write_error``: why the latest one failed, while they fail ("" once pages commit again)."""
+    ``write_error``: why the latest one failed, while they fail ("" once pages commit again).
+    ``quantized_pages``: stored pages in a cold format; ``quantized_bytes_saved``: the bytes they
+    take less than exact pages would (payloads)."""
 
     stored_pages: int = 0
     stored_bytes: int = 0
@@ -120,6 +78,8 @@ class WriterStats:
     failed_pages: int = 0
     failed_commits: int = 0
     write_error: str = ""
+    quantized_pages: int = 0
+    quantized_bytes_saved: int = 0
 
 
 @dataclass
@@ -130,6 +90,8 @@ class _Delta:
     stored_bytes: int = 0
     written_bytes: int = 0
     written_pages: int = 0
+    quantized_pages: int = 0
+    quantized_bytes_saved: int = 0
 
 
 class OpQueue:
@@ -210,7 +172,7 @@ class OpQueue:
             urgent = False
             while True:
                 while self._ops:
-                    op_pages, op_bytes = _op_cost(self._ops[0])
+                    op_pages, op_bytes = op_cost(self._ops[0])
                     if group and (pages + op_pages > max_pages or num_bytes + op_bytes > max_bytes):
                         return self._handed_out(group)
                     op = self._ops.popleft()
@@ -233,8 +195,9 @@ class DiskWriter:
 
     def __init__(self, env: lmdb.Environment, pages_db: lmdb._Database, meta_db: lmdb._Database,
                  disk: DiskConfig, initial: WriterStats, on_map_full: Callable[[], None],
-                 closed_message: str) -> None:
+                 closed_message: str, forms: ColdForms | None = None) -> None:
         self._env = env
+        self._forms = forms or ColdForms()  # which namespaces' stored pages are quantized
         self._pages_db = pages_db
         self._meta_db = meta_db
         self._disk = disk
@@ -313,7 +276,7 @@ class DiskWriter:
             try:
                 results = self._commit_group(group)
             except Exception as exc:  # not an I/O error: a bug, reported with its traceback
-                self._failed(f"{type(exc).__name__}: {exc}", _pages_in(group), bug=exc)
+                self._failed(f"{type(exc).__name__}: {exc}", pages_in(group), bug=exc)
                 results = [False] * len(group)
             self._notify(group, results)
             if self._refused_by_disk:
@@ -350,9 +313,9 @@ class DiskWriter:
     def _disk_failed(self, group: list[WriteOp], exc: BaseException) -> list[bool]:
         """The disk refused the group's commit: its pages are not stored; its other ops (deletes
         free space, namespace records are waited on) get one transaction of their own."""
-        needed_bytes = sum(_op_cost(op)[1] for op in group)
+        needed_bytes = sum(op_cost(op)[1] for op in group)
         self._refused_by_disk = True
-        self._failed(describe(exc, self._env_path, needed_bytes), _pages_in(group))
+        self._failed(describe(exc, self._env_path, needed_bytes), pages_in(group))
         others: list[WriteOp] = [op for op in group if not isinstance(op, PutPage)]
         if not others or len(others) == len(group):
             return [False] * len(group)
@@ -381,7 +344,7 @@ class DiskWriter:
                 if self._tick():
                     failure = self._commit_alone(op)
             if failure is not None:
-                self._failed(failure[0], _pages_in([op]), bug=failure[1])
+                self._failed(failure[0], pages_in([op]), bug=failure[1])
             results.append(failure is None)
         return results
 
@@ -398,7 +361,7 @@ class DiskWriter:
             return "one op dirtied more pages than an LMDB transaction holds", None
         except DISK_ERRORS as exc:
             self._refused_by_disk = True
-            return describe(exc, self._env_path, _op_cost(op)[1]), None
+            return describe(exc, self._env_path, op_cost(op)[1]), None
         except Exception as exc:  # not an I/O error: a bug, reported with its traceback
             return f"{type(op).__name__}: {type(exc).__name__}: {exc}", exc
         self._count(delta)
@@ -431,7 +394,11 @@ class DiskWriter:
             value = self._encode(op)
             old = txn.get(op.dkey, db=self._pages_db)
             old_bytes = 0 if old is None else len(old)  # before put: the view dies with the page
+            if old is not None:
+                self._uncount_quantized(op.dkey, old_bytes, delta)
             txn.put(op.dkey, value, db=self._pages_db)
+            if op.encoder is not None:
+                self._count_quantized(op.dkey, len(value), delta, 1)
             delta.pages += old is None
             delta.stored_bytes += len(value) - old_bytes
             delta.written_bytes += len(value)
@@ -452,15 +419,32 @@ class DiskWriter:
         if old is not None:
             delta.pages -= 1
             delta.stored_bytes -= len(old)
+            self._uncount_quantized(dkey, len(old), delta)
             txn.delete(dkey, db=self._pages_db)
 
+    def _count_quantized(self, dkey: bytes, value_bytes: int, delta: _Delta, sign: int) -> None:
+        """Add (``sign`` 1) or take away (-1) one quantized value of ``value_bytes`` (header
+        included) under ``dkey``; nothing for a namespace stored exactly."""
+        form = self._forms.of_disk_key(dkey)
+        if form is not None:
+            delta.quantized_pages += sign
+            delta.quantized_bytes_saved += sign * form.saved_bytes(value_bytes - HEADER_BYTES)
+
+    def _uncount_quantized(self, dkey: bytes, value_bytes: int, delta: _Delta) -> None:
+        # Every stored page of a quantized namespace is quantized (written by an encoder).
+        self._count_quantized(dkey, value_bytes, delta, -1)
+
     def _encode(self, op: PutPage) -> memoryview:
-        """Header + payload in the writer's scratch buffer (LMDB copies it at ``put``)."""
-        payload_bytes = op.payload.nbytes
-        value_bytes = HEADER_BYTES + payload_bytes
+        """Header + payload in the writer's scratch buffer (LMDB copies it at ``put``); a page
+        with an encoder is quantized into it, then sealed."""
+        value_bytes = HEADER_BYTES + op.stored_payload_bytes
         if len(self._scratch) < value_bytes:
             self._scratch = bytearray(value_bytes)
         value = memoryview(self._scratch)[:value_bytes]
+        if op.encoder is not None:
+            op.encoder.encode(op.payload, value[HEADER_BYTES:])
+            value[:HEADER_BYTES] = op.encoder.seal(value[HEADER_BYTES:])
+            return value
         value[:HEADER_BYTES] = op.header
         # numpy's copy releases the GIL: submitters hash the next pages meanwhile.
         np.copyto(np.frombuffer(value, np.uint8, offset=HEADER_BYTES),
@@ -475,7 +459,10 @@ class DiskWriter:
         self._counts = replace(c, stored_pages=c.stored_pages + delta.pages,
                                stored_bytes=c.stored_bytes + delta.stored_bytes,
                                bytes_written=c.bytes_written + delta.written_bytes,
-                               commits=c.commits + 1, write_error=self._failures.error)
+                               commits=c.commits + 1, write_error=self._failures.error,
+                               quantized_pages=c.quantized_pages + delta.quantized_pages,
+                               quantized_bytes_saved=(c.quantized_bytes_saved
+                                                      + delta.quantized_bytes_saved))
 
     def _notify(self, group: list[WriteOp], results: list[bool]) -> None:
         for op, stored in zip(group, results):

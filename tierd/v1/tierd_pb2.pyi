@@ -50,7 +50,7 @@ WRITE_POLICY_WRITE_BACK: WritePolicy
 WRITE_POLICY_WRITE_THROUGH: WritePolicy
 
 class PageSpec(_message.Message):
-    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens", "layout", "window_tokens", "sink_tokens")
+    __slots__ = ("model", "dtype", "num_layers", "num_kv_heads", "head_dim", "page_tokens", "layout", "window_tokens", "sink_tokens", "cold_format")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class PageSpec(_message.Message):
     LAYOUT_FIELD_NUMBER: _ClassVar[int]
     WINDOW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SINK_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COLD_FORMAT_FIELD_NUMBER: _ClassVar[int]
     model: str
     dtype: str
     num_layers: int
@@ -69,7 +70,8 @@ class PageSpec(_message.Message):
     layout: str
     window_tokens: int
     sink_tokens: int
-    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ..., window_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ...) -> None: ...
+    cold_format: str
+    def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ..., window_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., cold_format: _Optional[str] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
     __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes")
@@ -380,7 +382,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("tier", "capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in", "bytes_out", "queue_depth")
+    __slots__ = ("tier", "capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in", "bytes_out", "queue_depth", "quantized_pages", "quantized_bytes_saved")
     TIER_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -391,6 +393,8 @@ class TierStats(_message.Message):
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZED_PAGES_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZED_BYTES_SAVED_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     capacity_bytes: int
     used_bytes: int
@@ -401,7 +405,9 @@ class TierStats(_message.Message):
     bytes_in: int
     bytes_out: int
     queue_depth: int
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pages: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., queue_depth: _Optional[int] = ...) -> None: ...
+    quantized_pages: int
+    quantized_bytes_saved: int
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pages: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., queue_depth: _Optional[int] = ..., quantized_pages: _Optional[int] = ..., quantized_bytes_saved: _Optional[int] = ...) -> None: ...
 
 class ServerStats(_message.Message):
     __slots__ = ("sessions", "rpcs_in_flight", "rpcs_rejected", "version", "device")

@@ -109,10 +109,12 @@ class TieredGeneration:
 @contextmanager
 def tiered_generation(client: TierClient, model: PreTrainedModel, *,
                       page_tokens: int = DEFAULT_PAGE_TOKENS, revision: str | None = None,
-                      tenant: str = "", save: bool = True) -> Iterator[TieredGeneration]:
-    """Register ``spec_for(model, page_tokens=..., revision=...)`` (for ``tenant``) and yield a
-    ``TieredGeneration`` over it. ``save=False`` only restores."""
-    ns = client.register(spec_for(model, page_tokens=page_tokens, revision=revision), tenant)
+                      tenant: str = "", save: bool = True,
+                      cold_format: str = "") -> Iterator[TieredGeneration]:
+    """Register ``spec_for(model, page_tokens=..., revision=..., cold_format=...)`` (for
+    ``tenant``) and yield a ``TieredGeneration`` over it. ``save=False`` only restores."""
+    spec = spec_for(model, page_tokens=page_tokens, revision=revision, cold_format=cold_format)
+    ns = client.register(spec, tenant)
     gen = TieredGeneration(client, model, ns, save=save)
     try:
         yield gen

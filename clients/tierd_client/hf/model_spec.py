@@ -146,19 +146,22 @@ def model_name(model_or_config: PreTrainedModel | PreTrainedConfig, name: str | 
 
 def spec_for(model_or_config: PreTrainedModel | PreTrainedConfig, *,
              page_tokens: int = DEFAULT_PAGE_TOKENS, revision: str | None = None,
-             dtype: torch.dtype | str | None = None, name: str | None = None) -> PageSpec:
+             dtype: torch.dtype | str | None = None, name: str | None = None,
+             cold_format: str = "") -> PageSpec:
     """The ``PageSpec`` of a decoder's KV pages of ``page_tokens`` tokens, from its config.
 
     ``revision``: the weights' revision, required unless the config came from the hub (its
     ``_commit_hash``); ``dtype``: the KV dtype when only a config is given (default: the model's);
-    ``name``: overrides ``config._name_or_path``.
+    ``name``: overrides ``config._name_or_path``; ``cold_format``: how tierd's disk tier stores
+    the pages (``""`` exact; ``"fp8_e4m3"`` or ``"fp8_e4m3_kivi"``: lossy fp8, half the bytes of
+    a 16-bit model; another namespace than the exact one, see ``tierd.spec.ColdFormat``).
     """
     shape = kv_shape(model_or_config)
     try:
         return PageSpec(model=model_name(model_or_config, name, revision),
                         dtype=model_dtype(model_or_config, dtype), num_layers=shape.num_layers,
                         num_kv_heads=shape.num_kv_heads, head_dim=shape.head_dim,
-                        page_tokens=page_tokens)
+                        page_tokens=page_tokens, cold_format=cold_format)
     except ModelIdentityError:
         raise
     except InvalidArgument as exc:
