@@ -31,16 +31,17 @@ _TIER_BITS = {Tier.HBM: _HBM, Tier.DRAM: _DRAM, Tier.DISK: _DISK}
 class _Link:
     """One page's place in its chain; ``children`` is None, one key, or a set (a shared prefix).
 
-    Counts: children resident in hbm, in dram, and cached in any tier. Slots keep it at 80 bytes.
+    Counts: children resident in hbm, in dram, on disk, and cached in any tier (slots, no dict).
     """
 
-    __slots__ = ("parent", "children", "in_hbm", "in_dram", "cached", "state")
+    __slots__ = ("parent", "children", "in_hbm", "in_dram", "on_disk", "cached", "state")
 
     def __init__(self) -> None:
         self.parent: PageKey | None = None
         self.children: PageKey | set[PageKey] | None = None
         self.in_hbm = 0
         self.in_dram = 0
+        self.on_disk = 0
         self.cached = 0
         self.state = 0
 
@@ -69,8 +70,7 @@ class ChainIndex:
         return None if link is None else link.parent
 
     def children_in(self, key: PageKey, tier: Tier) -> int:
-        """Children of ``key`` resident in ``tier`` (hbm, dram); for disk, cached in any tier:
-        a drop from disk is final, so the disk keeps a page while any child is cached."""
+        """Children of ``key`` resident in ``tier``."""
         link = self._links.get(key)
         if link is None:
             return 0
@@ -78,7 +78,12 @@ class ChainIndex:
             return link.in_hbm
         if tier is Tier.DRAM:
             return link.in_dram
-        return link.cached
+        return link.on_disk
+
+    def cached_children(self, key: PageKey) -> int:
+        """Children of ``key`` cached in any tier."""
+        link = self._links.get(key)
+        return 0 if link is None else link.cached
 
     def is_broken(self, key: PageKey) -> bool:
         link = self._links.get(key)
@@ -146,6 +151,8 @@ class ChainIndex:
             plink.in_hbm += delta
         if bits & _DRAM:
             plink.in_dram += delta
+        if bits & _DISK:
+            plink.on_disk += delta
         if bits & _CACHED and newly_cached:
             plink.cached += delta
 
@@ -224,6 +231,9 @@ class TierChains:
     def children(self, key: PageKey) -> int:
         return self._chains.children_in(key, self._tier)
 
+    def children_here(self, key: PageKey) -> int:
+        return self._chains.children_in(key, self._tier)
+
     def parent(self, key: PageKey) -> PageKey | None:
         return self._chains.parent_of(key)
 
@@ -251,6 +261,12 @@ class DiskChains:
         return self._by_namespace.get(int.from_bytes(dkey[:-KEY_BYTES], "big"))
 
     def children(self, dkey: bytes) -> int:
+        """Children cached in any tier: a drop from disk is final, so the disk keeps a page
+        while any child of it is cached."""
+        chains = self.chains_of(dkey)
+        return 0 if chains is None else chains.cached_children(dkey[-KEY_BYTES:])
+
+    def children_here(self, dkey: bytes) -> int:
         chains = self.chains_of(dkey)
         return 0 if chains is None else chains.children_in(dkey[-KEY_BYTES:], Tier.DISK)
 

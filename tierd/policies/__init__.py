@@ -25,6 +25,9 @@ class NoChains(Generic[K]):
     def children(self, key: K) -> int:
         return 0
 
+    def children_here(self, key: K) -> int:
+        return 0
+
     def parent(self, key: K) -> K | None:
         return None
 

@@ -45,7 +45,11 @@ class ChainView(Protocol[K]):
     """What a chain-aware order reads of the chains of its tier's pages (``tierd.index.chains``)."""
 
     def children(self, key: K) -> int:
-        """Children that keep ``key`` from being a leaf in this tier."""
+        """Children that keep ``key`` from being a leaf in this tier (for the disk: cached in
+        any tier, as a drop from disk is final)."""
+
+    def children_here(self, key: K) -> int:
+        """Children resident in this tier (the fallback's leaves have none)."""
 
     def parent(self, key: K) -> K | None: ...
 

@@ -4,14 +4,15 @@ A lookup stops at the first missing page, so evicting a page in the middle of a 
 strands every later page of it. Victims, in order:
 
 1. first victims (pages of broken chains, unreachable anyway), leaves first, LRU among them;
-2. leaves (no child in this tier: ``ChainView.children``), LRU among them;
-3. only when every leaf is skipped (pinned or in flight) other pages, LRU, so the store never
-   wedges.
+2. leaves (``ChainView.children`` is 0: no child in this tier; for the disk, in any tier), LRU;
+3. tier-local leaves (no child in this tier: differs from 2 on disk only), LRU;
+4. only when every such leaf is skipped (pinned, in flight, being read) other pages, LRU, so the
+   store never wedges.
 
 Taking a page may make its parent a leaf: the parent is then offered next (it was used before
 its child, so it is older than every leaf not offered yet), which peels a chain from its end.
 Recency is the residency's dict order, as for LRU (``LruOrder``). The walk is linear in the
-pages it passes over, not in the victims it finds: fine for regions, bounded by the tier's pages.
+pages it passes over, not in the victims it finds: bounded by the tier's pages.
 """
 
 from __future__ import annotations
@@ -38,43 +39,51 @@ class PrefixAwareOrder(LruOrder[K]):
 
 
 class _Walk(Generic[K]):
-    """One walk over the pages: what was taken so far, and how many children each parent lost."""
+    """One walk over the pages: what was taken so far, and how many children each parent lost
+    (from its ``children`` count, and from its ``children_here`` count)."""
 
     def __init__(self, entries: dict[K, object], view: ChainView[K], skip: Skip[K] | None) -> None:
         self._entries = entries
         self._view = view
         self._skip: Skip[K] = skip if skip is not None else _never
         self._taken: set[K] = set()
-        self._lost: dict[K, int] = {}  # children taken, by parent
+        self._lost: dict[K, int] = {}
+        self._lost_here: dict[K, int] = {}
 
     def victims(self) -> Iterator[K]:
-        view = self._view
+        view, leaf = self._view, self._is_leaf
         if view.any_first_victims():
-            yield from self._pass(lambda key: view.first_victim(key) and self._is_leaf(key))
-        yield from self._pass(self._is_leaf)
-        yield from self._pass(_always)
+            yield from self._pass(lambda key: view.first_victim(key) and leaf(key), leaf)
+        yield from self._pass(leaf, leaf)
+        yield from self._pass(self._is_local_leaf, self._is_local_leaf)
+        yield from self._pass(_always, self._is_local_leaf)
 
     def _is_leaf(self, key: K) -> bool:
         return self._view.children(key) <= self._lost.get(key, 0)
 
-    def _pass(self, wanted: Callable[[K], bool]) -> Iterator[K]:
+    def _is_local_leaf(self, key: K) -> bool:
+        return self._view.children_here(key) <= self._lost_here.get(key, 0)
+
+    def _pass(self, wanted: Callable[[K], bool], peels: Callable[[K], bool]) -> Iterator[K]:
         taken, skip = self._taken, self._skip
         for key in self._entries:
             if key not in taken and not skip(key) and wanted(key):
-                yield from self._peel(key)
+                yield from self._peel(key, peels)
 
-    def _peel(self, key: K) -> Iterator[K]:
-        """``key``, then each ancestor that taking it made a leaf (and that may go)."""
+    def _peel(self, key: K, peels: Callable[[K], bool]) -> Iterator[K]:
+        """``key``, then each ancestor that taking it made a leaf (``peels``) and that may go."""
         view, taken = self._view, self._taken
         while True:
             taken.add(key)
             yield key
-            parent = view.parent(key) if view.frees_parent(key) else None
+            parent = view.parent(key)
             if parent is None:
                 return
-            self._lost[parent] = self._lost.get(parent, 0) + 1
+            self._lost_here[parent] = self._lost_here.get(parent, 0) + 1
+            if view.frees_parent(key):
+                self._lost[parent] = self._lost.get(parent, 0) + 1
             if (parent in taken or parent not in self._entries or self._skip(parent)
-                    or not self._is_leaf(parent)):
+                    or not peels(parent)):
                 return
             key = parent
 

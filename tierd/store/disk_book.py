@@ -46,7 +46,7 @@ class DiskBook:
         self.delete_after_write: set[bytes] = set()
         self.deferred_deletes: list[tuple[int, PageKey]] = []
         self.evictions = 0
-        self.evictions_with_children = 0  # of pages with a child cached in any tier
+        self.evictions_with_children = 0  # of pages with a child on disk
         self.writes_refused = 0
         self._refused_logged_at_s = -REFUSED_WRITES_LOG_INTERVAL_S
         self._refused_since_log = 0
@@ -68,7 +68,7 @@ class DiskBook:
         chains = self.residency.chains
         for dkey in self.residency.victims(num_bytes, exclude=self.reading.keys()):
             freed += self.residency.pages[dkey]
-            self.evictions_with_children += chains.children(dkey) > 0
+            self.evictions_with_children += chains.children_here(dkey) > 0
             self.drop(dkey)
             self.evictions += 1
         return freed
@@ -138,6 +138,20 @@ class DiskBook:
         self.residency.begin_write(dkey, book.stored_bytes)
         book.mem[tier].pin(slot)
         return Move(key, Place(tier, slot), ON_DISK, next(self._seq))
+
+    def eviction_writes(self, book: NamespaceBook, tier: Tier,
+                        dirty: list[tuple[PageKey, int]]) -> list[Move]:
+        """``persist_move`` of each dirty victim, in order; under ``book.keep_chains`` a page
+        whose child's write was refused is not written either (it stays while its child does)."""
+        moves: list[Move] = []
+        staying: set[PageKey] = set()
+        for key, slot in dirty:
+            move = None if key in staying else self.persist_move(book, tier, key, slot)
+            if move is not None:
+                moves.append(move)
+            elif book.keep_chains and (parent := book.chains.parent_of(key)) is not None:
+                staying.add(parent)
+        return moves
 
     def flush_moves(self, book: NamespaceBook) -> tuple[list[Move], list[bytes], int]:
         """Every page ``book`` holds in memory that is not on disk: ``(moves, queued, refused)``,

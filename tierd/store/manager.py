@@ -391,8 +391,7 @@ class Manager:
             if self._dram_exits is not None and (drops or dirty):
                 self._dram_exits(ns_id, [key for key, _ in drops] + [key for key, _ in dirty])
             dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)
-            moves = [m for key, slot in dirty
-                     if (m := disk.persist_move(book, Tier.DRAM, key, slot)) is not None]
+            moves = disk.eviction_writes(book, Tier.DRAM, dirty)
             in_flight = len(disk.residency.pending) if not dropped and not moves else 0
             return dropped, self._persist_plan_locked(book, moves, evict=True), in_flight
 
