@@ -105,11 +105,8 @@ class ChainIndex:
         if link.parent is not None:
             return
         link.parent = parent
-        plink = self._links.get(parent)
-        if plink is None:
-            plink = self._links[parent] = _Link()
-        _add_child(plink, key)
-        self._count(plink, link.state, +1)
+        if link.state & _CACHED:
+            self._count(self._parent_link(key, parent), link.state, +1)
         self._recheck([key])
         self._forget_if_unused(key)
 
@@ -123,7 +120,8 @@ class ChainIndex:
             was_cached = bool(link.state & _CACHED)
             link.state |= bit
             if link.parent is not None:
-                self._count(self._links[link.parent], bit, +1, newly_cached=not was_cached)
+                self._count(self._parent_link(key, link.parent), bit, +1,
+                            newly_cached=not was_cached)
             if not was_cached:
                 # Cached again: its own chain may be whole now, and its children's too.
                 self._recheck([key, *link.child_keys()])
@@ -137,13 +135,25 @@ class ChainIndex:
             return
         link.state &= ~bit
         gone = not link.state & _CACHED
-        if link.parent is not None:
-            self._count(self._links[link.parent], bit, -1, newly_cached=gone)
+        plink = None if link.parent is None else self._links.get(link.parent)
+        if plink is not None:
+            self._count(plink, bit, -1, newly_cached=gone)
         if gone:
             self._recheck(list(link.child_keys()))
             self._forget_if_unused(key)
+            if link.parent is not None:
+                self._forget_if_unused(link.parent)
 
     # -- internals ------------------------------------------------------------------------------------
+    def _parent_link(self, key: PageKey, parent: PageKey) -> _Link:
+        """The link of ``parent`` (of ``key``), made (cached nowhere) if it was forgotten or
+        never cached, with ``key`` among its children."""
+        plink = self._links.get(parent)
+        if plink is None:
+            plink = self._links[parent] = _Link()
+        _add_child(plink, key)
+        return plink
+
     @staticmethod
     def _count(plink: _Link, bits: int, delta: int, newly_cached: bool = True) -> None:
         """Count a child's tiers ``bits`` in (+1) or out (-1) of its parent's counts."""
@@ -180,21 +190,17 @@ class ChainIndex:
                 todo.extend(link.child_keys())
 
     def _forget_if_unused(self, key: PageKey) -> None:
-        """Drop links of pages cached nowhere that have no children, up the chain."""
-        while True:
-            link = self._links.get(key)
-            if link is None or link.state & _CACHED or link.children is not None:
-                return
-            del self._links[key]
-            if link.state & _BROKEN:
-                self.num_broken -= 1
-            parent = link.parent
-            if parent is None:
-                return
-            plink = self._links.get(parent)
-            if plink is not None:
-                _remove_child(plink, key)
-            key = parent
+        """Drop the link of a page cached nowhere with no cached child: nothing reads it (a
+        child cached nowhere that outlives it reads a missing parent as a broken chain)."""
+        link = self._links.get(key)
+        if link is None or link.state & _CACHED or link.cached:
+            return
+        del self._links[key]
+        if link.state & _BROKEN:
+            self.num_broken -= 1
+        plink = None if link.parent is None else self._links.get(link.parent)
+        if plink is not None:
+            _remove_child(plink, key)
 
 
 def _add_child(plink: _Link, key: PageKey) -> None:
