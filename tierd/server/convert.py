@@ -17,7 +17,7 @@ from dataclasses import replace
 from tierd import wire
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind, RegionHandle
-from tierd.keys import PageKey, check_keys, check_parent
+from tierd.keys import PageKey, check_key, check_keys
 from tierd.remote.tier import RemoteStats
 from tierd.server.metrics import ServerCounters
 from tierd.spec import Namespace, PageSpec, check_registrable, check_tenant
@@ -58,9 +58,10 @@ def parent_from_pb(message: object, field: str = "parent_key") -> PageKey | None
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
     try:
-        return check_parent(getattr(message, field))
+        return check_key(getattr(message, field))
     except InvalidArgument as exc:
-        raise InvalidArgument(f"{type(message).__name__}.{exc}") from None
+        raise InvalidArgument(f"{type(message).__name__}.{field}: {exc} (the key of the page just "
+                              "before keys[0]; leave it unset when keys[0] starts a chain)") from None
 
 
 def seconds_from_pb(message: object, field: str, allow_zero: bool = False) -> float | None:
