@@ -176,8 +176,7 @@ class PageStore:
         """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped.
         ``keys`` are a chain: ``keys[i-1]`` comes before ``keys[i]``, ``parent`` before ``keys[0]``."""
         parts = self._ready(ns_id)
-        keys = check_keys(keys)
-        parent = check_parent(parent)
+        keys, parent = check_keys(keys), check_parent(parent)
         if tier not in MEMORY_TIERS:
             raise InvalidArgument(f"put targets a memory tier (hbm or dram), not {tier.label}; pages reach disk by "
                                   "write policy, eviction or flush")
@@ -222,7 +221,9 @@ class PageStore:
         if not found:
             return
         try:
-            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None)
+            # The remote's pages continue the local prefix: its last page is their parent.
+            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None,
+                              keys[present - 1] if present else None)
         except TierdError as exc:
             log.warning("%d page(s) read from the remote tier found no room in dram: %s",
                         len(found), exc)
@@ -295,9 +296,7 @@ class PageStore:
         ``wait_durable``) covers every key, cached before or not. ``release``: end the lease once
         they are bound (its open slots go back)."""
         parts = self._require()
-        keys = check_keys(keys)
-        parent = check_parent(parent)
-        slots = list(slots)
+        keys, parent, slots = check_keys(keys), check_parent(parent), list(slots)
         if len(keys) != len(slots):
             raise InvalidArgument(f"got {len(keys)} keys but {len(slots)} slots; give one slot per key")
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
