@@ -7,10 +7,11 @@ named that was not cached) is unreachable by lookups while it takes space.
 
 ``ChainIndex`` is one namespace's; the manager owns it (in the namespace's book) and calls it under
 its lock only. The residency tables tell it which tier a page entered or left; the eviction
-orders and the manager's eviction decisions read it. A link exists while its page is cached in
-some tier or while it has children (so a child knows its chain is broken); deleted pages with no
-children are forgotten. Disk pages found at start-up have no parent (the disk record has no room
-for one): they are roots.
+orders and the manager's eviction decisions read it (``TierChains`` and ``DiskChains`` are the
+views the orders get). A link exists while its page is cached in some tier or has a cached child;
+a child cached nowhere that outlives its parent's link reads the missing parent as a broken chain.
+Disk pages found at start-up have no parent (the disk record has no room for one): they are roots
+until a put names them as a parent.
 """
 
 from __future__ import annotations

@@ -54,7 +54,8 @@ class ChainView(Protocol[K]):
     def parent(self, key: K) -> K | None: ...
 
     def first_victim(self, key: K) -> bool:
-        """Pages that go before every other (broken chains)."""
+        """Pages that go before every other: broken chains (a view may add other pages no lookup
+        can use, such as pages outside every attention window)."""
 
     def any_first_victims(self) -> bool: ...
 
