@@ -54,6 +54,14 @@ def test_lru_among_leaves_then_each_parent_right_after_its_last_child() -> None:
     assert victims(res, 3) == [4, 3, 5]
 
 
+def test_a_parent_used_after_another_leaf_waits_for_its_turn() -> None:
+    res = region()
+    put(res, 1, 2)
+    put(res, 9)
+    res.touch(k(1))  # a lookup of a shorter prefix: 1 is now used after 9
+    assert victims(res) == [2, 9, 1]
+
+
 def test_broken_chains_go_first_leaves_first() -> None:
     res = region()
     put(res, 1)

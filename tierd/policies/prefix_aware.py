@@ -9,10 +9,11 @@ strands every later page of it. Victims, in order:
 4. only when every such leaf is skipped (pinned, in flight, being read) other pages, LRU, so the
    store never wedges.
 
-Taking a page may make its parent a leaf: the parent is then offered next (it was used before
-its child, so it is older than every leaf not offered yet), which peels a chain from its end.
-Recency is the residency's dict order, as for LRU (``LruOrder``). The walk is linear in the
-pages it passes over, not in the victims it finds: bounded by the tier's pages.
+Victims are chosen as if each left before the next is chosen: taking a page may make its parent a
+leaf, which is then offered at once when it is older than the page (the walk passed it already:
+a lookup touches a parent before its child, so a chain peels from its end), else when the walk
+reaches it. Recency is the residency's dict order, as for LRU (``LruOrder``). The walk is linear
+in the pages it passes over, not in the victims it finds: bounded by the tier's pages.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class _Walk(Generic[K]):
         self._view = view
         self._skip: Skip[K] = skip if skip is not None else _never
         self._taken: set[K] = set()
+        self._passed: set[K] = set()  # by the current pass: older than where it is
         self._lost: dict[K, int] = {}
         self._lost_here: dict[K, int] = {}
 
@@ -66,12 +68,15 @@ class _Walk(Generic[K]):
 
     def _pass(self, wanted: Callable[[K], bool], peels: Callable[[K], bool]) -> Iterator[K]:
         taken, skip = self._taken, self._skip
+        passed = self._passed = set()
         for key in self._entries:
+            passed.add(key)
             if key not in taken and not skip(key) and wanted(key):
                 yield from self._peel(key, peels)
 
     def _peel(self, key: K, peels: Callable[[K], bool]) -> Iterator[K]:
-        """``key``, then each ancestor that taking it made a leaf (``peels``) and that may go."""
+        """``key``, then each older ancestor that taking it made a leaf (``peels``) and that may
+        go (a younger one waits for the walk to reach it)."""
         view, taken = self._view, self._taken
         while True:
             taken.add(key)
@@ -82,7 +87,7 @@ class _Walk(Generic[K]):
             self._lost_here[parent] = self._lost_here.get(parent, 0) + 1
             if view.frees_parent(key):
                 self._lost[parent] = self._lost.get(parent, 0) + 1
-            if (parent in taken or parent not in self._entries or self._skip(parent)
+            if (parent in taken or parent not in self._passed or self._skip(parent)
                     or not peels(parent)):
                 return
             key = parent
