@@ -195,18 +195,16 @@ class PageStore:
         parts.maintenance.wake()
         return PutResult(stored, skipped, ticket)
 
-    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
-                     views: Sequence[memoryview], ticket: int | None,
-                     parent: PageKey | None = None) -> tuple[int, int]:
+    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey], views: Sequence[memoryview],
+                     ticket: int | None, parent: PageKey | None = None) -> tuple[int, int]:
         """Copy pages (a chain after ``parent``) into ``tier`` in batches; ``(stored, skipped)``."""
         stored = skipped = 0
         # A batch never needs more free slots than the region has.
         batch = min(self.config.put_batch_pages, parts.manager.num_slots(ns_id, tier))
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         for start in range(0, len(keys), batch):
-            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch],
-                                        list(views[start:start + batch]), ticket, deadline_s,
-                                        keys[start - 1] if start else parent)
+            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch], list(views[start:start + batch]),
+                                        ticket, deadline_s, keys[start - 1] if start else parent)
             stored += done
             skipped += dup
         return stored, skipped
@@ -233,8 +231,7 @@ class PageStore:
                    parent: PageKey | None) -> tuple[int, int]:
         by_key = dict(zip(keys, views))
         while True:
-            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket,
-                                                                      parent)
+            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket, parent)
             parts.runner.start_all([persist])
             if not needed:
                 break
@@ -291,10 +288,9 @@ class PageStore:
 
     def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
                release: bool = False, parent: PageKey | None = None) -> CommitResult:
-        """Bind filled slots of a FILL lease to keys (a chain after ``parent``, as for ``put``).
-        Under write_through the pages are queued for disk and the result's ticket (for
-        ``wait_durable``) covers every key, cached before or not. ``release``: end the lease once
-        they are bound (its open slots go back)."""
+        """Bind filled slots of a FILL lease to keys (a chain after ``parent``, as in ``put``). Under write_through
+        the pages are queued for disk and the result's ticket (for ``wait_durable``) covers every key, cached
+        before or not. ``release``: end the lease once they are bound (its open slots go back)."""
         parts = self._require()
         keys, parent, slots = check_keys(keys), check_parent(parent), list(slots)
         if len(keys) != len(slots):
