@@ -110,3 +110,18 @@ def _model_broken(index: ChainIndex, where: dict[int, set[Tier]], i: int) -> boo
         if not where[i]:
             return True
     return False
+
+
+def test_a_shared_prefix_counts_each_continuation() -> None:
+    index = ChainIndex()
+    chain(index, Tier.DRAM, 1)
+    for child in (2, 3, 4):
+        chain(index, Tier.DRAM, child, parent=1)
+    assert index.children_in(k(1), Tier.DRAM) == 3 and index.cached_children(k(1)) == 3
+    index.left(k(1), Tier.DRAM)
+    assert all(index.is_broken(k(i)) for i in (2, 3, 4))
+    for child in (2, 3):
+        index.left(k(child), Tier.DRAM)
+    assert index.cached_children(k(1)) == 1 and index.is_broken(k(4))
+    index.left(k(4), Tier.DRAM)
+    assert len(index) == 0 and index.num_broken == 0
