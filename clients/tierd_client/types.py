@@ -134,7 +134,7 @@ class DaemonStats:
     disk_write_failures: int = 0  # page writes the disk did not store (e.g. disk full)
     disk_write_error: str = ""    # why the latest failed, while disk writes fail
     remote: RemoteTierStats | None = None  # set when the daemon has a remote tier
-    # Evictions of a page that had a cached child in the tier it left (disk: in any tier).
+    # Evictions of a page that had a child resident in the tier it left (under every policy).
     evictions_with_children: int = 0
     eviction_policy: str = ""     # "lru" or "prefix_aware" ("" from a daemon that does not say)
 

@@ -75,9 +75,9 @@ def render(stats: StoreStats, server: ServerCounters) -> str:
     metric("disk_write_failures_total", "counter", "Page writes the disk did not store (an I/O error "
            "such as a full file system, or LMDB's map full); they stay in memory.",
            [("", stats.disk_write_failures)])
-    metric("evictions_with_children_total", "counter", "Evictions of a page that had a cached child "
-           "in the tier it left (for disk: in any tier); 0 under prefix_aware unless leaves were "
-           "pinned.", [("", stats.evictions_with_children)])
+    metric("evictions_with_children_total", "counter", "Evictions of a page that had a child resident "
+           "in the tier it left; 0 under prefix_aware unless every leaf was leased or in flight.",
+           [("", stats.evictions_with_children)])
     remote = stats.remote
     if remote is not None:
         metric("remote_available", "gauge", "1 while the remote tier answers, 0 while it backs off "

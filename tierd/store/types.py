@@ -65,8 +65,8 @@ class StoreStats:
     disk_write_error: str = ""
     remote: RemoteStats | None = None  # the remote tier's own counters, when one is configured
     eviction_policy: EvictionPolicy = EvictionPolicy.LRU
-    # Evictions of a page that was no leaf in the tier it left (a child resident there; for the
-    # disk, cached anywhere), over every tier: what prefix-aware eviction avoids.
+    # Evictions of a page that had a child resident in the tier it left, over every tier: what
+    # prefix-aware eviction avoids.
     evictions_with_children: int = 0
 
 
