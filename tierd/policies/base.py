@@ -3,9 +3,10 @@
 An order knows the pages of one tier (of one namespace, or of the whole disk) and which of them
 to give up first. It never decides whether a page may go: ``candidates`` leaves out the pages the
 caller's ``skip`` names (pinned and in-flight ones), so an order that peels chains (a parent may
-go once its children went) never counts a child that stays. It is made over the residency's dict of the tier's pages
-(``make_order(policy, entries)``), whose insertion order is the order pages were cached in; the
-residency changes that dict first and then tells the order. Not thread-safe: the manager calls it
+go once its children went) never counts a child that stays. It is made over the residency's dict
+of the tier's pages (``make_order(policy, entries, chains)``), whose insertion order is the order
+pages were cached in; the residency changes that dict first and then tells the order. A
+chain-aware order reads the chains through a ``ChainView``. Not thread-safe: the manager calls it
 under its lock.
 """
 
