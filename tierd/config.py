@@ -29,6 +29,8 @@ class EvictionPolicy(enum.Enum):
     """How victims are chosen inside one tier (``tierd.policies``)."""
 
     LRU = "lru"
+    # Leaves of cached chains first (broken chains before them), LRU among them (tierd.policies.prefix_aware).
+    PREFIX_AWARE = "prefix_aware"
 
 
 class DeviceType(enum.Enum):

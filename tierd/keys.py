@@ -84,6 +84,17 @@ def check_key(key: object) -> PageKey:
     return key
 
 
+def check_parent(parent: object) -> PageKey | None:
+    """``None``, or the 16-byte key of the page before a put's or commit's first page."""
+    if parent is None:
+        return None
+    try:
+        return check_key(parent)
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"parent: {exc} (the key of the page just before keys[0], or none "
+                              "when keys[0] starts a chain)") from None
+
+
 def check_keys(keys: Iterable[object]) -> list[PageKey]:
     """Every key checked; the first bad one raises ``InvalidArgument`` naming its position."""
     out: list[PageKey] = []

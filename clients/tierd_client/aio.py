@@ -175,13 +175,15 @@ class AsyncTierClient(ClientBase):
     # -- byte path -------------------------------------------------------------------------
     async def put(self, ns: NamespaceHandle, keys: Sequence[bytes], pages: object,
                   tier: Tier = Tier.DRAM, wait_durable: bool = False,
-                  durable_timeout_s: float | None = None) -> PutResult:
+                  durable_timeout_s: float | None = None, *,
+                  parent: bytes | None = None) -> PutResult:
         """Store ``pages`` (one per key, ``ns.page_bytes`` each: bytes-like, numpy or torch).
 
         ``wait_durable``: answer only once the pages are on disk (or ``durable_timeout_s`` passed).
+        ``parent``: the key of the page before ``keys[0]`` (``TierClient.put``).
         """
         return await self._run(local_steps.put_steps(self._local, ns, keys, pages, tier, wait_durable,
-                                                     durable_timeout_s))
+                                                     durable_timeout_s, parent))
 
     async def get(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
         """The pages of the longest cached prefix of ``keys``, in order (``page_bytes`` each);
@@ -224,15 +226,16 @@ class AsyncTierClient(ClientBase):
 
     async def commit(self, lease: AsyncLease, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
                      wait_durable: bool = False, durable_timeout_s: float | None = None,
-                     release: bool = False) -> CommitResult:
+                     release: bool = False, parent: bytes | None = None) -> CommitResult:
         """Bind filled ``slots`` (default: the lease's first ``len(keys)``) to ``keys``.
 
         ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
         ``durable_timeout_s`` passed. ``release``: the daemon then ends the lease (its other
-        slots go back) and ``lease`` counts as released.
+        slots go back) and ``lease`` counts as released. ``parent``: the key before ``keys[0]``.
         """
         result = await self._run(requests.commit_steps(lease.state, keys, slots, wait_durable,
-                                                       durable_timeout_s, release, self.options))
+                                                       durable_timeout_s, release, self.options,
+                                                       parent=parent))
         if release:
             lease._mark_released()
         return result

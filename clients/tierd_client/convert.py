@@ -114,6 +114,8 @@ def stats_from_wire(msg: pb.StatsResponse) -> DaemonStats:
                        device=server.device, disk_writes_refused=msg.disk_writes_refused,
                        disk_write_failures=msg.disk_write_failures,
                        disk_write_error=msg.disk_write_error,
+                       evictions_with_children=msg.evictions_with_children,
+                       eviction_policy=msg.eviction_policy,
                        remote=_remote_from_wire(msg.remote) if msg.HasField("remote") else None)
 
 

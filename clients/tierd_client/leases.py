@@ -155,12 +155,14 @@ class AsyncLease(_LeaseBase):
 
     async def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
                      wait_durable: bool = False, durable_timeout_s: float | None = None,
-                     release: bool = False) -> CommitResult:
+                     release: bool = False, parent: bytes | None = None) -> CommitResult:
         """Bind filled slots (default: the first ``len(keys)`` of this FILL lease) to ``keys``;
         ``wait_durable``: answer once they are on disk (write_through daemons); ``release``: the
-        daemon ends the lease once they are bound (its other slots go back), saving a Release."""
+        daemon ends the lease once they are bound (its other slots go back), saving a Release;
+        ``parent``: the key of the page before ``keys[0]``."""
         return await self._client.commit(self, keys, slots, wait_durable=wait_durable,
-                                         durable_timeout_s=durable_timeout_s, release=release)
+                                         durable_timeout_s=durable_timeout_s, release=release,
+                                         parent=parent)
 
     async def renew(self, ttl_s: float | None = None) -> None:
         """Extend the lease by ``ttl_s`` (default: the daemon's lease TTL) from now."""
@@ -210,12 +212,14 @@ class Lease(_LeaseBase):
 
     def commit(self, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
                wait_durable: bool = False, durable_timeout_s: float | None = None,
-               release: bool = False) -> CommitResult:
+               release: bool = False, parent: bytes | None = None) -> CommitResult:
         """Bind filled slots (default: the first ``len(keys)``) to ``keys``; ``wait_durable``:
         answer once they are on disk (write_through daemons); ``release``: the daemon ends the
-        lease once they are bound (its other slots go back), saving a Release RPC."""
+        lease once they are bound (its other slots go back), saving a Release RPC; ``parent``:
+        the key of the page before ``keys[0]``."""
         return self._client.commit(self, keys, slots, wait_durable=wait_durable,
-                                   durable_timeout_s=durable_timeout_s, release=release)
+                                   durable_timeout_s=durable_timeout_s, release=release,
+                                   parent=parent)
 
     def renew(self, ttl_s: float | None = None) -> None:
         """Extend the lease by ``ttl_s`` (default: the daemon's lease TTL) from now."""

@@ -24,7 +24,7 @@ from tierd_client.arena import ArenaView
 from tierd_client.errors import InvalidArgumentError, NotFoundError, TierdRpcError
 from tierd_client.local_path import TOUCH_BATCH_KEYS, LocalReader, Pooled, SlotPool
 from tierd_client.options import ClientOptions
-from tierd_client.pages import checked_key_list, checked_keys_and_pages
+from tierd_client.pages import checked_key_list, checked_keys_and_pages, checked_parent
 from tierd_client.requests import Call, Steps
 from tierd_client.types import LeaseState, NamespaceHandle, PutResult
 
@@ -137,14 +137,17 @@ def can_put_locally(local: LocalPath, ns: NamespaceHandle, tier: Tier) -> bool:
 
 
 def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], pages: object, tier: Tier,
-              wait_durable: bool, durable_timeout_s: float | None) -> Steps[PutResult]:
+              wait_durable: bool, durable_timeout_s: float | None,
+              parent: bytes | None = None) -> Steps[PutResult]:
     """``requests.put_steps``, but into pooled FILL slots of the mapped region when it can: one
-    copy and one Commit per call (plus an Allocate per ``put_slots`` pages)."""
+    copy and one Commit per call (plus an Allocate per ``put_slots`` pages). ``parent``: the key
+    before ``keys[0]``; each Commit names the key before its own first."""
     ns = local.reader.current(requests.require_ns(ns))
     if not can_put_locally(local, ns, tier):
         return (yield from requests.put_steps(ns, keys, pages, tier, wait_durable, durable_timeout_s,
-                                              local.options))
+                                              local.options, parent))
     checked, views = checked_keys_and_pages(keys, pages, ns.page_bytes)
+    parent = checked_parent(parent)
     stored = skipped = done = 0
     tickets: list[int] = []
     durable = wait_durable
@@ -159,7 +162,8 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
             call_keys = checked[done:done + len(slots)]
             result = yield from requests.commit_steps(
                 pooled.lease.state, call_keys, slots, wait_durable, durable_timeout_s, last,
-                local.options, owner=pooled.lease.session_id)
+                local.options, owner=pooled.lease.session_id,
+                parent=checked[done - 1] if done else parent)
             if not last:
                 extra = local.pool.checkin(ns.ns_id, tier, pooled)
                 if extra is not None:
@@ -175,7 +179,8 @@ def put_steps(local: LocalPath, ns: NamespaceHandle, keys: Sequence[bytes], page
             raise
         log.debug("local put of namespace %d fell back to the byte path: %s", ns.ns_id, exc)
         rest = yield from requests.put_steps(ns, checked[done:], views[done:], tier, wait_durable,
-                                             durable_timeout_s, local.options)
+                                             durable_timeout_s, local.options,
+                                             checked[done - 1] if done else parent)
         stored, skipped = stored + rest.num_stored, skipped + rest.num_skipped
         tickets.extend(rest.durable_tickets)
         durable = durable and rest.durable

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from tierd import buffers
 from tierd.errors import InvalidArgument
-from tierd.keys import check_keys
+from tierd.keys import check_keys, check_parent
 from tierd_client.errors import InvalidArgumentError
 
 
@@ -34,6 +34,14 @@ def checked_keys_and_pages(keys: Sequence[object], pages: object,
         raise InvalidArgumentError(
             f"got {len(checked)} keys and {len(views)} pages; put needs one page per key")
     return checked, views
+
+
+def checked_parent(parent: object) -> bytes | None:
+    """``tierd.keys.check_parent`` with the client's error class: ``None`` or 16 bytes."""
+    try:
+        return check_parent(parent)
+    except InvalidArgument as exc:
+        raise InvalidArgumentError(str(exc)) from None
 
 
 def checked_key_list(keys: Sequence[object]) -> list[bytes]:

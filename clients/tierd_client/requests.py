@@ -24,7 +24,7 @@ from tierd_client import convert
 from tierd_client.errors import InvalidArgumentError, NotFoundError, TierdRpcError
 from tierd_client.leases import ReleaseQueue
 from tierd_client.options import ClientOptions
-from tierd_client.pages import checked_key_list, checked_keys_and_pages
+from tierd_client.pages import checked_key_list, checked_keys_and_pages, checked_parent
 from tierd_client.transfer import TransferPlan, put_messages
 from tierd_client.types import CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult
 
@@ -51,10 +51,11 @@ class PutBatch:
     chunk_bytes: int
     wait_durable: bool
     durable_timeout_s: float | None
+    parent: bytes | None = None  # the key before keys[0]
 
     def messages(self) -> AsyncIterator[pb.PutPagesRequest]:
         return put_messages(self.ns_id, self.tier, self.keys, self.pages, self.chunk_bytes,
-                            self.wait_durable, self.durable_timeout_s)
+                            self.wait_durable, self.durable_timeout_s, self.parent)
 
 
 @dataclass(frozen=True)
@@ -186,9 +187,11 @@ def delete_steps(ns: NamespaceHandle, keys: Sequence[bytes], options: ClientOpti
 # -- byte path -----------------------------------------------------------------------------
 def put_steps(ns: NamespaceHandle, keys: Sequence[bytes], pages: object, tier: Tier,
               wait_durable: bool, durable_timeout_s: float | None,
-              options: ClientOptions) -> Steps[PutResult]:
+              options: ClientOptions, parent: bytes | None = None) -> Steps[PutResult]:
+    """``parent``: the key of the page before ``keys[0]`` (each batch names the one before it)."""
     ns = require_ns(ns)
     checked, views = checked_keys_and_pages(keys, pages, ns.page_bytes)
+    parent = checked_parent(parent)
     plan = plan_for(ns, options)
     deadline_s = durable_deadline_s(options, durable_timeout_s)
     stored = skipped = 0
@@ -196,7 +199,8 @@ def put_steps(ns: NamespaceHandle, keys: Sequence[bytes], pages: object, tier: T
     durable = wait_durable
     for batch in plan.put_batches(len(checked), ns.page_bytes):
         put = PutBatch(ns.ns_id, tier, checked[batch.start:batch.stop], views[batch.start:batch.stop],
-                       plan.chunk_bytes, wait_durable, durable_timeout_s)
+                       plan.chunk_bytes, wait_durable, durable_timeout_s,
+                       checked[batch.start - 1] if batch.start else parent)
         response: pb.PutPagesResponse = yield Call("PutPages", put, timeout_s=deadline_s)
         stored += response.num_stored
         skipped += response.num_skipped
@@ -329,9 +333,12 @@ def lease_steps(call: Call) -> Steps[tuple[LeaseState, str]]:
 
 def commit_steps(lease: LeaseState, keys: Sequence[bytes], slots: Sequence[int] | None,
                  wait_durable: bool, durable_timeout_s: float | None, release: bool,
-                 options: ClientOptions, owner: str = "") -> Steps[CommitResult]:
-    """``owner``: the session the lease was granted in (the commit is not sent in another)."""
+                 options: ClientOptions, owner: str = "",
+                 parent: bytes | None = None) -> Steps[CommitResult]:
+    """``owner``: the session the lease was granted in (the commit is not sent in another);
+    ``parent``: the key of the page before ``keys[0]``."""
     checked = checked_key_list(keys)
+    parent = checked_parent(parent)
     if slots is None:
         if len(checked) > len(lease.slots):
             raise InvalidArgumentError(f"{len(checked)} keys for a lease of {len(lease.slots)} slots")
@@ -343,6 +350,8 @@ def commit_steps(lease: LeaseState, keys: Sequence[bytes], slots: Sequence[int] 
                                wait_durable=wait_durable, release_lease=release)
     if durable_timeout_s is not None:
         request.durable_timeout_s = durable_timeout_s
+    if parent is not None:
+        request.parent_key = parent
     deadline_s = durable_deadline_s(options, durable_timeout_s)
     response, _session = yield Call("Commit", request, timeout_s=deadline_s, session=True, owner=owner)
     ticket = response.durable_ticket if response.HasField("durable_ticket") else None

@@ -177,12 +177,16 @@ class TierClient(ClientBase):
     # -- byte path -------------------------------------------------------------------------
     def put(self, ns: NamespaceHandle, keys: Sequence[bytes], pages: object,
             tier: Tier = Tier.DRAM, wait_durable: bool = False,
-            durable_timeout_s: float | None = None) -> PutResult:
+            durable_timeout_s: float | None = None, *, parent: bytes | None = None) -> PutResult:
         """Store one page per key (``ns.page_bytes`` each; bytes-like, numpy or torch) in
         ``tier``. On the daemon's machine the pages are copied into leased slots of the mapped
-        region and committed with one RPC (see ``ClientOptions.put_slots``)."""
+        region and committed with one RPC (see ``ClientOptions.put_slots``).
+
+        ``keys`` are a chain; ``parent`` is the key of the page before ``keys[0]`` (16 bytes),
+        ``None`` when ``keys[0]`` starts one: prefix-aware eviction keeps a chain's earlier pages
+        while later ones are cached."""
         return self._run(local_steps.put_steps(self._local, ns, keys, pages, tier, wait_durable,
-                                               durable_timeout_s))
+                                               durable_timeout_s, parent))
 
     def get(self, ns: NamespaceHandle, keys: Sequence[bytes]) -> list[bytes]:
         """The pages of the longest cached prefix of ``keys``, in order. On the daemon's machine
@@ -224,15 +228,16 @@ class TierClient(ClientBase):
 
     def commit(self, lease: Lease, keys: Sequence[bytes], slots: Sequence[int] | None = None, *,
                wait_durable: bool = False, durable_timeout_s: float | None = None,
-               release: bool = False) -> CommitResult:
+               release: bool = False, parent: bytes | None = None) -> CommitResult:
         """Bind filled ``slots`` (default: the lease's first ``len(keys)``) to ``keys``.
 
         ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
         ``durable_timeout_s`` passed. ``release``: the daemon then ends the lease (its other
-        slots go back) and ``lease`` counts as released.
+        slots go back) and ``lease`` counts as released. ``parent``: as for ``put``.
         """
         result = self._run(requests.commit_steps(lease.state, keys, slots, wait_durable,
-                                                 durable_timeout_s, release, self.options))
+                                                 durable_timeout_s, release, self.options,
+                                                 parent=parent))
         if release:
             lease._mark_released()
         return result

@@ -154,6 +154,8 @@ def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str
     lines.append(f"write policy {stats.write_policy}   device {stats.device or '?'}   "
                  f"uptime {stats.uptime_s:.0f} s   rpcs in flight {stats.rpcs_in_flight}   "
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
+    lines.append(f"eviction policy {stats.eviction_policy or '?'}   evictions with cached children "
+                 f"{stats.evictions_with_children}")
     if stats.disk_write_error:
         lines.append(f"disk writes are failing: {stats.disk_write_error}")
     disk = stats.tiers.get(Tier.DISK)

@@ -106,13 +106,16 @@ def _data_messages(pages: Sequence[memoryview], chunk_bytes: int) -> Iterator[by
 
 
 def iter_put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
-                      chunk_bytes: int, wait_durable: bool,
-                      durable_timeout_s: float | None) -> Iterator[pb.PutPagesRequest]:
+                      chunk_bytes: int, wait_durable: bool, durable_timeout_s: float | None,
+                      parent: bytes | None = None) -> Iterator[pb.PutPagesRequest]:
     """The messages of one PutPages call (pages of one size): the header with the keys (and the
-    first data when the keys are few), then the rest of the data."""
+    first data when the keys are few), then the rest of the data. ``parent``: the key before
+    ``keys[0]``."""
     header = pb.PutPagesHeader(ns_id=ns_id, tier=tier_to_wire(tier), wait_durable=wait_durable)
     if durable_timeout_s is not None:
         header.durable_timeout_s = durable_timeout_s
+    if parent is not None:
+        header.parent_key = parent
     data = _data_messages(pages, chunk_bytes)
     first = next(data, b"") if len(keys) * KEY_WIRE_BYTES <= MAX_KEY_BYTES_WITH_DATA else b""
     yield pb.PutPagesRequest(header=header, keys=list(keys), data=first)
@@ -121,11 +124,11 @@ def iter_put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequ
 
 
 async def put_messages(ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
-                       chunk_bytes: int, wait_durable: bool,
-                       durable_timeout_s: float | None) -> AsyncIterator[pb.PutPagesRequest]:
+                       chunk_bytes: int, wait_durable: bool, durable_timeout_s: float | None,
+                       parent: bytes | None = None) -> AsyncIterator[pb.PutPagesRequest]:
     """``iter_put_messages`` for the async stub."""
     for message in iter_put_messages(ns_id, tier, keys, pages, chunk_bytes, wait_durable,
-                                     durable_timeout_s):
+                                     durable_timeout_s, parent):
         yield message
 
 

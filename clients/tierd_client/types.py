@@ -149,6 +149,9 @@ class DaemonStats:
     disk_write_failures: int = 0  # page writes the disk did not store (e.g. disk full)
     disk_write_error: str = ""    # why the latest failed, while disk writes fail
     remote: RemoteTierStats | None = None  # set when the daemon has a remote tier
+    # Evictions of a page that had a child resident in the tier it left (under every policy).
+    evictions_with_children: int = 0
+    eviction_policy: str = ""     # "lru" or "prefix_aware" ("" from a daemon that does not say)
 
     def to_json_dict(self) -> dict[str, object]:
         """The ``tierctl stats --json`` object: ``tiers`` keyed ``hbm``/``dram``/``disk`` (and
@@ -167,6 +170,8 @@ class DaemonStats:
                 "write_policy": self.write_policy, "disk_writes_refused": self.disk_writes_refused,
                 "disk_write_failures": self.disk_write_failures,
                 "disk_write_error": self.disk_write_error,
+                "eviction_policy": self.eviction_policy,
+                "evictions_with_children": self.evictions_with_children,
                 "server": {"sessions": self.sessions, "rpcs_in_flight": self.rpcs_in_flight,
                            "rpcs_rejected": self.rpcs_rejected, "version": self.version,
                            "device": self.device},

@@ -232,3 +232,11 @@ def test_stats_show_the_remote_tier_when_the_daemon_has_one() -> None:
     assert replace(plain, remote=remote).to_json_dict()["remote"] == {
         "backend": "redis-cluster", "available": False, "errors": 3, "checksum_failures": 2,
         "dropped": 1, "pages_written": 40}
+
+
+def test_stats_show_the_eviction_policy_and_evictions_with_children() -> None:
+    stats = replace(_sample(5.0, 0, 0), eviction_policy="prefix_aware", evictions_with_children=3)
+    assert "eviction policy prefix_aware   evictions with cached children 3" in format_stats(stats)
+    data = stats.to_json_dict()
+    assert (data["eviction_policy"], data["evictions_with_children"]) == ("prefix_aware", 3)
+    assert "eviction policy ?" in format_stats(_sample(5.0, 0, 0))  # a daemon that does not say

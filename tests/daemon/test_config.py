@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tierd.config import WritePolicy
+from tierd.config import EvictionPolicy, WritePolicy
 from tierd.daemon.cli import build_parser, overrides_from
 from tierd.daemon.config import DeviceChoice, DeviceKind, LogLevel, ServerSettings, check_config, load_config
 from tierd.errors import ConfigError
@@ -124,13 +124,24 @@ def test_every_flag_lands_in_its_setting(tmp_path: Path) -> None:
     config = load_config(None, env={}, overrides=flags(
         "--socket", str(tmp_path / "s.sock"), "--data-dir", str(tmp_path / "d"), "--device", "cpu",
         "--hbm", "512MiB", "--dram", "2GiB", "--disk", "10GB", "--tcp", "[::1]:7070",
-        "--log-level", "debug", "--write-policy", "write_through"))
+        "--log-level", "debug", "--write-policy", "write_through", "--eviction-policy", "prefix_aware"))
     assert config.server.socket == tmp_path / "s.sock" and config.server.tcp == "[::1]:7070"
     assert config.store.data_dir == tmp_path / "d" and config.device.kind is DeviceKind.CPU
     assert config.store.hbm.capacity_bytes == 512 * MiB
     assert config.store.disk.capacity_bytes == 10 * 1000**3
     assert config.log_level is LogLevel.DEBUG
     assert config.store.write_policy is WritePolicy.WRITE_THROUGH
+    assert config.store.eviction_policy is EvictionPolicy.PREFIX_AWARE
+
+
+def test_the_eviction_policy_comes_from_toml_or_environment(tmp_path: Path) -> None:
+    path = tmp_path / "tierd.toml"
+    path.write_text('[store]\neviction_policy = "prefix_aware"\n')
+    assert load_config(path, env={}).store.eviction_policy is EvictionPolicy.PREFIX_AWARE
+    env = {"TIERD_EVICTION_POLICY": "lru"}
+    assert load_config(path, env=env).store.eviction_policy is EvictionPolicy.LRU
+    with pytest.raises(ConfigError, match="lru, prefix_aware"):
+        load_config(None, env={"TIERD_STORE__EVICTION_POLICY": "mru"})
 
 
 def test_tierd_config_env_names_the_file(tmp_path: Path) -> None:

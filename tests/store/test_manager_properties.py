@@ -4,7 +4,8 @@ Random interleavings of plans (store, read, hop, demotions, flush, lease slots),
 succeed or fail move by move, leases (allocate, commit, acquire, release) and deletes. After every
 step: no slot is held twice and none leaks; nothing in an open plan was evicted (its sources stay
 pinned, its destinations pending); a failed move leaves its source where it was and frees its
-destination; a move that arrived is published where the plan said.
+destination; a move that arrived is published where the plan said. Puts and commits name
+parents (any key, so chains may even loop); every machine runs under both eviction policies.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from store_helpers import SPEC, small_config
 
-from tierd.config import WritePolicy
+from tierd.config import EvictionPolicy, WritePolicy
 from tierd.errors import FailedPrecondition, InvalidArgument, NotFound
 from tierd.keys import chain_keys, namespace_fingerprint
 from tierd.spec import Namespace
@@ -33,6 +34,7 @@ HBM_SLOTS, DRAM_SLOTS = 4, 6
 NS = Namespace(1, "default", SPEC, namespace_fingerprint(SPEC, b"default"))
 KEYS = chain_keys(NS.fingerprint, list(range(NUM_KEYS * SPEC.page_tokens)), SPEC.page_tokens)
 key_indices = st.lists(st.integers(0, NUM_KEYS - 1), min_size=1, max_size=6, unique=True)
+parents = st.none() | st.integers(0, NUM_KEYS - 1).map(lambda i: KEYS[i])
 
 
 @dataclass
@@ -49,11 +51,13 @@ def held_slots(index: IndexSnapshot, tier: Tier) -> list[int]:
 
 class ManagerMachine(RuleBasedStateMachine):
     write_policy = WritePolicy.WRITE_BACK
+    eviction_policy = EvictionPolicy.LRU
 
     def __init__(self) -> None:
         super().__init__()
         config = small_config(Path("/nonexistent"), hbm_pages=HBM_SLOTS, dram_pages=DRAM_SLOTS,
-                              disk_pages=10, write_policy=self.write_policy)
+                              disk_pages=10, write_policy=self.write_policy,
+                              eviction_policy=self.eviction_policy)
         self.manager = Manager(config)
         self.manager.add_namespace(NS)
         self.manager.add_region(NS.ns_id, Tier.HBM, HBM_SLOTS)
@@ -66,11 +70,11 @@ class ManagerMachine(RuleBasedStateMachine):
             self.open[plan.plan_id] = OpenPlan(plan)
 
     # -- plans ------------------------------------------------------------------------------------
-    @rule(idx=key_indices, tier=st.sampled_from(MEMORY_TIERS))
-    def store(self, idx: list[int], tier: Tier) -> None:
+    @rule(idx=key_indices, tier=st.sampled_from(MEMORY_TIERS), parent=parents)
+    def store(self, idx: list[int], tier: Tier, parent: bytes | None) -> None:
         ticket = self.manager.durability.new_ticket(NS.ns_id)
         plan, _skipped, needed, persist = self.manager.plan_store(NS.ns_id, tier, [KEYS[i] for i in idx],
-                                                                  ticket)
+                                                                  ticket, parent)
         assert (plan is None) or needed == 0
         self._opened(plan)
         self._opened(persist)
@@ -147,8 +151,8 @@ class ManagerMachine(RuleBasedStateMachine):
             self.leases[lease.lease_id] = lease
 
     @precondition(lambda self: any(le.kind is LeaseKind.FILL for le in self.leases.values()))
-    @rule(pick=st.integers(0, 1000), idx=key_indices, write_first=st.booleans())
-    def commit(self, pick: int, idx: list[int], write_first: bool) -> None:
+    @rule(pick=st.integers(0, 1000), idx=key_indices, write_first=st.booleans(), parent=parents)
+    def commit(self, pick: int, idx: list[int], write_first: bool, parent: bytes | None) -> None:
         # Lease ids are random: pick by the order leases were made, so examples replay.
         fills = [lid for lid, le in self.leases.items() if le.kind is LeaseKind.FILL]
         lease = self.leases[fills[pick % len(fills)]]
@@ -157,7 +161,8 @@ class ManagerMachine(RuleBasedStateMachine):
         try:
             if write_first:
                 self._opened(self.manager.plan_lease_slots(lease.lease_id, slots[:len(keys)], write=True))
-            _bound, persist = self.manager.commit(lease.lease_id, keys, slots[:len(keys)], None)
+            _bound, persist = self.manager.commit(lease.lease_id, keys, slots[:len(keys)], None,
+                                                  parent=parent)
         except InvalidArgument:
             return  # slots committed before: refused, nothing changed
         self._opened(persist)
@@ -254,9 +259,21 @@ class WriteThroughManagerMachine(ManagerMachine):
     write_policy = WritePolicy.WRITE_THROUGH
 
 
+class PrefixAwareManagerMachine(ManagerMachine):
+    eviction_policy = EvictionPolicy.PREFIX_AWARE
+
+
+class PrefixAwareWriteThroughManagerMachine(WriteThroughManagerMachine):
+    eviction_policy = EvictionPolicy.PREFIX_AWARE
+
+
 SETTINGS = settings(max_examples=150, stateful_step_count=50, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 TestManagerProperties = ManagerMachine.TestCase
 TestManagerProperties.settings = SETTINGS
 TestWriteThroughManagerProperties = WriteThroughManagerMachine.TestCase
 TestWriteThroughManagerProperties.settings = SETTINGS
+TestPrefixAwareManagerProperties = PrefixAwareManagerMachine.TestCase
+TestPrefixAwareManagerProperties.settings = SETTINGS
+TestPrefixAwareWriteThroughManagerProperties = PrefixAwareWriteThroughManagerMachine.TestCase
+TestPrefixAwareWriteThroughManagerProperties.settings = SETTINGS

@@ -32,6 +32,7 @@ FLAG_KEYS = {
     "socket": "server.socket", "tcp": "server.tcp", "data_dir": "data_dir", "device": "device",
     "hbm": "hbm.capacity", "dram": "dram.capacity", "disk": "disk.capacity",
     "log_level": "log_level", "write_policy": "store.write_policy",
+    "eviction_policy": "store.eviction_policy",
 }
 
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disk", metavar="SIZE", help="disk capacity, e.g. 1TiB")
     parser.add_argument("--log-level", metavar="debug|info|warning|error")
     parser.add_argument("--write-policy", metavar="write_back|write_through")
+    parser.add_argument("--eviction-policy", metavar="lru|prefix_aware")
     parser.add_argument("--version", action="version", version=f"tierd {tierd.__version__}")
     for action in parser._actions:
         if action.dest in FLAG_KEYS:

@@ -47,7 +47,7 @@ ENV_ALIASES = {
     "TIERD_SOCKET": "server.socket", "TIERD_TCP": "server.tcp", "TIERD_DATA_DIR": "data_dir",
     "TIERD_DEVICE": "device", "TIERD_HBM": "hbm.capacity", "TIERD_DRAM": "dram.capacity",
     "TIERD_DISK": "disk.capacity", "TIERD_LOG_LEVEL": "log_level",
-    "TIERD_WRITE_POLICY": "store.write_policy",
+    "TIERD_WRITE_POLICY": "store.write_policy", "TIERD_EVICTION_POLICY": "store.eviction_policy",
 }
 MAX_PORT = 65535
 REGION_SOCKET_SUFFIX = "-regions"

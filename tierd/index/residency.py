@@ -8,8 +8,9 @@ Pure bookkeeping: nothing here touches page bytes. Primitives, per memory tier o
   slot is never freed (``remove`` of a pinned page leaves freeing it to the last unpin's owner);
 - ``victims(n)`` the first unpinned pages of the eviction order, ``touch`` marks a page used.
 
-The eviction order is a policy object (``tierd.policies``). Not thread-safe: the manager calls
-everything here with its lock held.
+The eviction order is a policy object (``tierd.policies``). Every page published or removed is
+told to the namespace's chains (``tierd.index.chains``), which the orders and the manager read.
+Not thread-safe: the manager calls everything here with its lock held.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from typing import Protocol
 
 from tierd.config import EvictionPolicy
 from tierd.errors import InvalidArgument
+from tierd.index.chains import ChainIndex, DiskChains, TierChains
 from tierd.index.slots import SlotAllocator
 from tierd.keys import PageKey
 from tierd.policies import EvictionOrder, make_order
+from tierd.tier import Tier
 
 
 class PageDirectory(Protocol):
@@ -36,15 +39,20 @@ class PageDirectory(Protocol):
 class MemoryResidency:
     """One namespace's pages in one memory tier (``hbm`` or ``dram``).
 
-    ``directory``, if given, hears of every page published and unpublished here.
+    ``directory``, if given, hears of every page published and unpublished here; ``chains`` (the
+    namespace's, else one of its own) of every page entering and leaving ``tier``.
     """
 
     def __init__(self, num_slots: int, policy: EvictionPolicy = EvictionPolicy.LRU,
-                 directory: PageDirectory | None = None) -> None:
+                 directory: PageDirectory | None = None, chains: ChainIndex | None = None,
+                 tier: Tier = Tier.DRAM) -> None:
         self.allocator = SlotAllocator(num_slots)
         self.directory = directory
+        self.chains = chains if chains is not None else ChainIndex()
+        self.tier = tier
         self.slots: dict[PageKey, int] = {}      # published pages, first cached first
-        self.order: EvictionOrder[PageKey] = make_order(policy, self.slots)
+        self.order: EvictionOrder[PageKey] = make_order(policy, self.slots,
+                                                        TierChains(self.chains, tier))
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
         self.cancelled: set[PageKey] = set()     # pending pages deleted meanwhile: never published
         self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)
@@ -82,8 +90,10 @@ class MemoryResidency:
     def begin_store(self, key: PageKey, slot: int) -> None:
         self.pending[key] = slot
 
-    def complete_store(self, key: PageKey, success: bool) -> int | None:
+    def complete_store(self, key: PageKey, success: bool,
+                       parent: PageKey | None = None) -> int | None:
         """Publish a pending page (``success``) or give its slot back. Returns the published slot.
+        ``parent``: the page before it, as its put named it.
 
         When the key was published meanwhile by someone else, or deleted, the slot is freed.
         """
@@ -91,10 +101,7 @@ class MemoryResidency:
         cancelled = key in self.cancelled
         self.cancelled.discard(key)
         if success and not cancelled and key not in self.slots:
-            self.slots[key] = slot
-            self.order.insert(key)
-            if self.directory is not None:
-                self.directory.published(key, slot)
+            self._published(key, slot, parent)
             return slot
         self.allocator.free([slot])
         return None
@@ -106,15 +113,19 @@ class MemoryResidency:
             return True
         return False
 
-    def publish(self, key: PageKey, slot: int) -> bool:
+    def publish(self, key: PageKey, slot: int, parent: PageKey | None = None) -> bool:
         """Bind an already reserved slot (a filled lease slot) to ``key``; False if ``key`` is cached."""
         if key in self.slots or key in self.pending:
             return False
+        self._published(key, slot, parent)
+        return True
+
+    def _published(self, key: PageKey, slot: int, parent: PageKey | None) -> None:
         self.slots[key] = slot
         self.order.insert(key)
+        self.chains.entered(key, self.tier, parent)
         if self.directory is not None:
             self.directory.published(key, slot)
-        return True
 
     def pin(self, slot: int) -> None:
         self.pins[slot] = self.pins.get(slot, 0) + 1
@@ -137,12 +148,10 @@ class MemoryResidency:
         if num_pages <= 0:
             return out
         pins, slots = self.pins, self.slots
-        for key in self.order.candidates():
-            slot = slots[key]
-            if slot not in pins:
-                out.append((key, slot))
-                if len(out) == num_pages:
-                    break
+        for key in self.order.candidates(lambda key: slots[key] in pins):
+            out.append((key, slots[key]))
+            if len(out) == num_pages:
+                break
         return out
 
     def remove(self, key: PageKey) -> int | None:
@@ -151,6 +160,7 @@ class MemoryResidency:
         if slot is None:
             return None
         self.order.remove(key)
+        self.chains.left(key, self.tier)
         if self.directory is not None:
             self.directory.unpublished(key)
         if slot not in self.pins:
@@ -163,6 +173,7 @@ class MemoryResidency:
             return False
         del self.slots[key]
         self.order.remove(key)
+        self.chains.left(key, self.tier)
         if self.directory is not None:
             self.directory.unpublished(key)
         self.allocator.free([slot])
@@ -173,12 +184,15 @@ class DiskResidency:
     """Every namespace's pages on disk, keyed by the LMDB key, in eviction order.
 
     ``used_bytes`` counts stored pages plus writes in flight, so the budget is enforced before
-    LMDB's map can fill.
+    LMDB's map can fill. ``chains`` (the manager's, by namespace) hears of every page stored and
+    removed.
     """
 
-    def __init__(self, policy: EvictionPolicy = EvictionPolicy.LRU) -> None:
+    def __init__(self, policy: EvictionPolicy = EvictionPolicy.LRU,
+                 chains: DiskChains | None = None) -> None:
         self.pages: dict[bytes, int] = {}     # disk key -> stored bytes (header + payload)
-        self.order: EvictionOrder[bytes] = make_order(policy, self.pages)
+        self.chains = chains if chains is not None else DiskChains({})
+        self.order: EvictionOrder[bytes] = make_order(policy, self.pages, self.chains)
         self.pending: dict[bytes, int] = {}   # writes queued, not yet committed
         self.used_bytes = 0
 
@@ -197,6 +211,7 @@ class DiskResidency:
         if dkey not in self.pages:
             self.pages[dkey] = stored_bytes
             self.order.insert(dkey)
+            self.chains.entered(dkey)
             self.used_bytes += stored_bytes
 
     def begin_write(self, dkey: bytes, stored_bytes: int) -> bool:
@@ -212,6 +227,7 @@ class DiskResidency:
         if success:
             self.pages[dkey] = stored_bytes
             self.order.insert(dkey)
+            self.chains.entered(dkey)
         else:
             self.used_bytes -= stored_bytes
 
@@ -220,6 +236,7 @@ class DiskResidency:
         if stored_bytes is None:
             return False
         self.order.remove(dkey)
+        self.chains.left(dkey)
         self.used_bytes -= stored_bytes
         return True
 
@@ -227,11 +244,9 @@ class DiskResidency:
         """Stored pages, first victims first, whose sizes add up to at least ``num_bytes``."""
         out: list[bytes] = []
         freed = 0
-        for dkey in self.order.candidates():
+        for dkey in self.order.candidates(lambda dkey: dkey in exclude):
             if freed >= num_bytes:
                 break
-            if dkey in exclude:
-                continue
             out.append(dkey)
             freed += self.pages[dkey]
         return out

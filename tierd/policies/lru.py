@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterator
 from typing import Generic, TypeVar
 
+from tierd.policies.base import Skip
+
 K = TypeVar("K", bound=Hashable)
 
 _ABSENT = object()
@@ -37,5 +39,7 @@ class LruOrder(Generic[K]):
     def remove(self, key: K) -> None:
         """Nothing to do: the residency removed ``key`` from its dict."""
 
-    def candidates(self) -> Iterator[K]:
-        return iter(self._entries)
+    def candidates(self, skip: Skip[K] | None = None) -> Iterator[K]:
+        if skip is None:
+            return iter(self._entries)
+        return (key for key in self._entries if not skip(key))

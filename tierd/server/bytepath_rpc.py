@@ -43,6 +43,7 @@ class BytePath:
         """Collect a PutPages stream and store its pages; its header and the store's result."""
         header: pb.PutPagesHeader | None = None
         tier = Tier.DRAM
+        parent: PageKey | None = None
         assembler: PutAssembler | None = None
         async for message in messages:
             request = message.request
@@ -53,6 +54,7 @@ class BytePath:
                 header = request.header
                 tier = convert.tier_from_pb(header.tier, Tier.DRAM, "header.tier", MEMORY_TIERS)
                 convert.seconds_from_pb(header, "durable_timeout_s", allow_zero=True)
+                parent = convert.parent_from_pb(header)
                 ns = self._store.namespace(header.ns_id)  # a dict read: fine on the loop
                 caller.check_namespace(ns)
                 assembler = PutAssembler(ns.page_bytes, self._settings.max_keys_per_request,
@@ -63,7 +65,7 @@ class BytePath:
         if header is None or assembler is None:
             raise InvalidArgument("PutPages got no messages: send the header first")
         keys, pages = assembler.finish()
-        return header, await self._run(self._store.put, header.ns_id, keys, pages, tier)
+        return header, await self._run(self._store.put, header.ns_id, keys, pages, tier, parent)
 
     async def get(self, request: pb.GetPagesRequest, caller: Caller) -> list[bytes]:
         """The serialized messages answering a GetPages call, in order."""

@@ -17,7 +17,7 @@ from dataclasses import replace
 from tierd import wire
 from tierd.errors import InvalidArgument
 from tierd.handles import HandleKind, RegionHandle
-from tierd.keys import PageKey, check_keys
+from tierd.keys import PageKey, check_key, check_keys
 from tierd.remote.tier import RemoteStats
 from tierd.server.metrics import ServerCounters
 from tierd.spec import Namespace, PageSpec, check_registrable, check_tenant
@@ -51,6 +51,17 @@ def keys_from_pb(keys: Sequence[bytes], max_keys: int, field: str = "keys") -> l
         return check_keys(keys)
     except InvalidArgument as exc:
         raise InvalidArgument(f"{field}: {exc}") from None
+
+
+def parent_from_pb(message: object, field: str = "parent_key") -> PageKey | None:
+    """An ``optional bytes`` parent key: ``None`` when absent, else a checked 16-byte key."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    try:
+        return check_key(getattr(message, field))
+    except InvalidArgument as exc:
+        raise InvalidArgument(f"{type(message).__name__}.{field}: {exc} (the key of the page just "
+                              "before keys[0]; leave it unset when keys[0] starts a chain)") from None
 
 
 def seconds_from_pb(message: object, field: str, allow_zero: bool = False) -> float | None:
@@ -111,7 +122,9 @@ def stats_to_pb(stats: StoreStats, counters: ServerCounters) -> pb.StatsResponse
                             server=server, disk_writes_refused=stats.disk_writes_refused,
                             disk_write_failures=stats.disk_write_failures,
                             disk_write_error=stats.disk_write_error,
-                            remote=_remote_to_pb(stats.remote))
+                            remote=_remote_to_pb(stats.remote),
+                            evictions_with_children=stats.evictions_with_children,
+                            eviction_policy=stats.eviction_policy.value)
 
 
 def _remote_to_pb(remote: RemoteStats | None) -> pb.RemoteStats | None:

@@ -82,6 +82,9 @@ def render(stats: StoreStats, server: ServerCounters) -> str:
                "into per namespace).", [("", disk.quantized_pages)])
         metric("disk_quantized_saved_bytes", "gauge", "Bytes the quantized disk pages take less than "
                "exact pages would.", [("", disk.quantized_bytes_saved)])
+    metric("evictions_with_children_total", "counter", "Evictions of a page that had a child resident "
+           "in the tier it left; 0 under prefix_aware unless every leaf was leased or in flight.",
+           [("", stats.evictions_with_children)])
     remote = stats.remote
     if remote is not None:
         metric("remote_available", "gauge", "1 while the remote tier answers, 0 while it backs off "

@@ -320,12 +320,15 @@ class TierdServicer(pb_grpc.TierdServicer):
             raise InvalidArgument(f"Commit got {len(keys)} keys but {len(request.slots)} slots; "
                                   "give one slot per key")
         durable_timeout_s = convert.seconds_from_pb(request, "durable_timeout_s", allow_zero=True)
+        parent = convert.parent_from_pb(request)
         slots, release = list(request.slots), request.release_lease
         result = None
         if len(keys) <= INLINE_MAX_KEYS:  # write_back: binds slots, queues nothing
-            result = self._store.try_commit(request.lease_id, keys, slots, release=release)
+            result = self._store.try_commit(request.lease_id, keys, slots, release=release,
+                                            parent=parent)
         if result is None:
-            result = await self._call(self._store.commit, request.lease_id, keys, slots, release=release)
+            result = await self._call(self._store.commit, request.lease_id, keys, slots,
+                                      release=release, parent=parent)
         if release:
             self._leases.forget(request.lease_id)
         response = pb.CommitResponse(num_committed=result.committed)

@@ -28,8 +28,10 @@ def place(where: Place | None) -> Place:
 
 def drop(book: NamespaceBook, counters: Counters, tier: Tier, key: bytes, slot: int) -> int:
     """Evict ``key`` from ``slot`` if it is still there and unpinned; 1 when it went."""
+    had_children = book.chains.children_in(key, tier) > 0
     if book.mem[tier].drop_unpinned(key, slot):
         counters[tier].evictions += 1
+        counters.evictions_with_children += had_children
         return 1
     return 0
 
@@ -47,7 +49,7 @@ def _store(book: NamespaceBook, disk: DiskBook, counters: Counters, plan: Plan,
     persists: list[Move] = []
     for move, ok in zip(plan.moves, outcomes):
         dst = place(move.dst)
-        published = book.mem[dst.tier].complete_store(move.key, ok)
+        published = book.mem[dst.tier].complete_store(move.key, ok, move.parent)
         if published is not None:
             counters[dst.tier].bytes_in += book.page_bytes
             disk.committed(book, dst.tier, move.key, published, plan.durability_ticket, persists)

@@ -16,6 +16,9 @@ ALL_TIERS: tuple[Tier, ...] = LOCAL_TIERS  # the remote tier counts its own (tie
 class Counters:
     def __init__(self) -> None:
         self.tiers: dict[Tier, TierCounters] = {tier: TierCounters() for tier in ALL_TIERS}
+        # Memory evictions of pages with a child resident in the tier they left (the disk book
+        # counts its own): what prefix-aware eviction avoids, counted under every policy.
+        self.evictions_with_children = 0
 
     def __getitem__(self, tier: Tier) -> TierCounters:
         return self.tiers[tier]

@@ -11,6 +11,7 @@ import logging
 import time
 
 from tierd.config import StoreConfig, WritePolicy
+from tierd.index.chains import DiskChains
 from tierd.index.residency import DiskResidency
 from tierd.keys import PageKey
 from tierd.store.durability import DurabilityTracker
@@ -30,12 +31,13 @@ class DiskBook:
     """Pages on disk, writes in flight and who waits for them, the budget in force, and what must
     not be evicted right now."""
 
-    def __init__(self, config: StoreConfig, durability: DurabilityTracker) -> None:
+    def __init__(self, config: StoreConfig, durability: DurabilityTracker,
+                 chains: DiskChains | None = None) -> None:
         self._config = config
         self._write_through = config.write_policy is WritePolicy.WRITE_THROUGH
         self.durability = durability
         self._seq = itertools.count(1)  # written into page headers: recency on warm restart
-        self.residency = DiskResidency(config.eviction_policy)
+        self.residency = DiskResidency(config.eviction_policy, chains)
         # The configured capacity, lowered when LMDB's map filled before the budget did.
         self.budget_bytes = config.disk.capacity_bytes
         # Disk keys being read: never victims meanwhile (count of readers).
@@ -44,6 +46,7 @@ class DiskBook:
         self.delete_after_write: set[bytes] = set()
         self.deferred_deletes: list[tuple[int, PageKey]] = []
         self.evictions = 0
+        self.evictions_with_children = 0  # of pages with a child on disk
         self.writes_refused = 0
         self._refused_logged_at_s = -REFUSED_WRITES_LOG_INTERVAL_S
         self._refused_since_log = 0
@@ -62,8 +65,10 @@ class DiskBook:
     def evict(self, num_bytes: int) -> int:
         """Drop stored pages worth at least ``num_bytes`` (never ones being read); bytes freed."""
         freed = 0
+        chains = self.residency.chains
         for dkey in self.residency.victims(num_bytes, exclude=self.reading.keys()):
             freed += self.residency.pages[dkey]
+            self.evictions_with_children += chains.children_here(dkey) > 0
             self.drop(dkey)
             self.evictions += 1
         return freed
@@ -133,6 +138,20 @@ class DiskBook:
         self.residency.begin_write(dkey, book.stored_bytes)
         book.mem[tier].pin(slot)
         return Move(key, Place(tier, slot), ON_DISK, next(self._seq))
+
+    def eviction_writes(self, book: NamespaceBook, tier: Tier,
+                        dirty: list[tuple[PageKey, int]]) -> list[Move]:
+        """``persist_move`` of each dirty victim, in order; under ``book.keep_chains`` a page
+        whose child's write was refused is not written either (it stays while its child does)."""
+        moves: list[Move] = []
+        staying: set[PageKey] = set()
+        for key, slot in dirty:
+            move = None if key in staying else self.persist_move(book, tier, key, slot)
+            if move is not None:
+                moves.append(move)
+            elif book.keep_chains and (parent := book.chains.parent_of(key)) is not None:
+                staying.add(parent)
+        return moves
 
     def flush_moves(self, book: NamespaceBook) -> tuple[list[Move], list[bytes], int]:
         """Every page ``book`` holds in memory that is not on disk: ``(moves, queued, refused)``,

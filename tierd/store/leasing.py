@@ -36,10 +36,11 @@ def new_fill_lease(leases: LeaseTable, book: NamespaceBook, tier: Tier, num_page
 
 
 def bind_fill(book: NamespaceBook, disk: DiskBook, counters: Counters, record: LeaseRecord,
-              keys: Sequence[PageKey], slots: Sequence[int],
-              ticket: int | None) -> tuple[int, list[Move]]:
-    """Bind filled open slots of a FILL lease to ``keys``; a key cached meanwhile keeps its page
-    (the slot goes back). ``(bound, persists)``: the disk writes write_through wants."""
+              keys: Sequence[PageKey], slots: Sequence[int], ticket: int | None,
+              parent: PageKey | None = None) -> tuple[int, list[Move]]:
+    """Bind filled open slots of a FILL lease to ``keys`` (a chain after ``parent``); a key
+    cached meanwhile keeps its page (the slot goes back). ``(bound, persists)``: the disk writes
+    write_through wants."""
     if record.kind is not LeaseKind.FILL:
         raise FailedPrecondition(f"lease {record.lease_id} is a read lease; commit takes a lease "
                                  "from Allocate")
@@ -48,19 +49,21 @@ def bind_fill(book: NamespaceBook, disk: DiskBook, counters: Counters, record: L
         raise InvalidArgument(f"slots {bad or list(slots)} are not open slots of lease "
                               f"{record.lease_id} (open: {sorted(record.open_slots)}) or repeat")
     persists: list[Move] = []
-    bound = sum(_bind(book, disk, counters, record, key, slot, ticket, persists)
-                for key, slot in zip(keys, slots))
+    parents = [parent, *keys[:-1]]
+    bound = sum(_bind(book, disk, counters, record, key, slot, ticket, persists, key_parent)
+                for key, slot, key_parent in zip(keys, slots, parents))
     return bound, persists
 
 
 def _bind(book: NamespaceBook, disk: DiskBook, counters: Counters, record: LeaseRecord,
-          key: PageKey, slot: int, ticket: int | None, persists: list[Move]) -> bool:
+          key: PageKey, slot: int, ticket: int | None, persists: list[Move],
+          parent: PageKey | None) -> bool:
     record.open_slots.discard(slot)
     res = book.mem[record.tier]
-    if not res.publish(key, slot):
+    if not res.publish(key, slot, parent):
         book.orphan_or_free(record.tier, slot)
         found = lookups.fastest_tier(book, disk, key)
-        lookups.skip_cached(book, disk, found, key, ticket, persists)
+        lookups.skip_cached(book, disk, found, key, ticket, persists, parent)
         return False
     counters[record.tier].bytes_in += book.page_bytes
     disk.committed(book, record.tier, key, slot, ticket, persists)

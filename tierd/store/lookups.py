@@ -65,13 +65,14 @@ def touch_prefix(book: NamespaceBook, disk: DiskBook, keys: Sequence[PageKey]) -
 
 
 def skip_cached(book: NamespaceBook, disk: DiskBook, found: Tier | None, key: PageKey,
-                ticket: int | None, persists: list[Move]) -> None:
-    """A page a store finds cached (``found``) or being put (``None``): touch it; under
-    write_through make sure it is on its way to disk (an earlier write may have failed) and
-    that ``ticket`` waits for it."""
+                ticket: int | None, persists: list[Move], parent: PageKey | None = None) -> None:
+    """A page a store finds cached (``found``) or being put (``None``): touch it, learn its
+    ``parent`` if its chain did not know it; under write_through make sure it is on its way to
+    disk (an earlier write may have failed) and that ``ticket`` waits for it."""
     if found is None:
         disk.watch(book, key, ticket)
         return
+    book.chains.name_parent(key, parent)
     touch(book, disk, found, key)
     if found is not Tier.DISK:
         disk.committed(book, found, key, book.mem[found].slots[key], ticket, persists)

@@ -17,8 +17,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tierd.config import StoreConfig
+from tierd.config import EvictionPolicy, StoreConfig
 from tierd.errors import DeadlineExceeded, InvalidArgument, NotFound
+from tierd.index.chains import ChainIndex, DiskChains
 from tierd.index.leases import LeaseTable
 from tierd.index.residency import MemoryResidency, PageDirectory
 from tierd.keys import PageKey
@@ -44,7 +45,8 @@ class Manager:
         self._lock = threading.Lock()
         self._books: dict[int, NamespaceBook] = {}
         self.durability = DurabilityTracker()
-        self._disk = DiskBook(config, self.durability)
+        self._chains: dict[int, ChainIndex] = {}  # each book's, by namespace id, for the disk
+        self._disk = DiskBook(config, self.durability, DiskChains(self._chains))
         self._leases = LeaseTable()
         self._counters = Counters()
         self._plan_ids = itertools.count(1)
@@ -62,7 +64,9 @@ class Manager:
         with self._lock:
             if ns.ns_id in self._books:
                 raise InvalidArgument(f"namespace {ns.ns_id} is registered already")
-            self._books[ns.ns_id] = NamespaceBook(ns)
+            chains = self._chains[ns.ns_id] = ChainIndex()
+            keep_chains = self.config.eviction_policy is EvictionPolicy.PREFIX_AWARE
+            self._books[ns.ns_id] = NamespaceBook(ns, chains, keep_chains)
 
     def add_region(self, ns_id: int, tier: Tier, num_slots: int,
                    directory: PageDirectory | None = None) -> None:
@@ -72,7 +76,8 @@ class Manager:
             book = self._book_locked(ns_id)
             if tier in book.mem:
                 raise InvalidArgument(f"namespace {ns_id} has a {tier.label} region already")
-            book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy, directory)
+            book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy, directory,
+                                             book.chains, tier)
 
     def find_namespace(self, tenant: str, spec: PageSpec) -> Namespace | None:
         with self._lock:
@@ -174,9 +179,10 @@ class Manager:
             return self._open_locked(PlanKind.READ, ns_id, moves)
 
     # -- stores from callers' buffers ----------------------------------------------------------------
-    def plan_store(self, ns_id: int, tier: Tier, keys: Sequence[PageKey],
-                   ticket: int | None) -> tuple[Plan | None, int, int, Plan | None]:
-        """Reserve ``tier`` slots for the keys not cached yet (all or none).
+    def plan_store(self, ns_id: int, tier: Tier, keys: Sequence[PageKey], ticket: int | None,
+                   parent: PageKey | None = None) -> tuple[Plan | None, int, int, Plan | None]:
+        """Reserve ``tier`` slots for the keys not cached yet (all or none); ``keys`` are a chain
+        (``keys[i-1]`` the parent of ``keys[i]``) after ``parent``.
 
         Returns ``(plan, skipped, needed, persist)``: ``plan`` is None when nothing is new or
         ``needed`` slots must be free first (then plan again); cached keys are touched and, under
@@ -185,24 +191,25 @@ class Manager:
         with self._lock:
             book = self._book_locked(ns_id)
             res = book.residency(tier)
-            todo: dict[PageKey, None] = {}
+            todo: dict[PageKey, PageKey | None] = {}  # key -> its parent
             persists: list[Move] = []
             skipped = 0
             for key in keys:
                 found = lookups.fastest_tier(book, self._disk, key)
                 if found is not None or key in res.pending or key in todo:
                     skipped += 1
-                    lookups.skip_cached(book, self._disk, found, key, ticket, persists)
+                    lookups.skip_cached(book, self._disk, found, key, ticket, persists, parent)
                 else:
-                    todo[key] = None
+                    todo[key] = parent
+                parent = key
             persist = self._persist_plan_locked(book, persists)
             slots = res.reserve(len(todo)) if todo else []
             if slots is None:
                 return None, skipped, len(todo), persist
             moves = []
-            for key, slot in zip(todo, slots):
+            for (key, key_parent), slot in zip(todo.items(), slots):
                 res.begin_store(key, slot)
-                moves.append(Move(key, None, Place(tier, slot)))
+                moves.append(Move(key, None, Place(tier, slot), parent=key_parent))
             plan = self._open_locked(PlanKind.STORE, ns_id, moves, ticket=ticket) if moves else None
             return plan, skipped, 0, persist
 
@@ -315,15 +322,16 @@ class Manager:
                                           ttl_s, owner)
 
     def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
-               ticket: int | None, release: bool = False) -> tuple[int, Plan | None]:
-        """Bind filled slots of a FILL lease to keys; a key cached meanwhile keeps its page (the
-        slot goes back) and counts as skipped. ``release``: then end the lease (its open slots go
-        back). Returns ``(bound, persist)``."""
+               ticket: int | None, release: bool = False,
+               parent: PageKey | None = None) -> tuple[int, Plan | None]:
+        """Bind filled slots of a FILL lease to keys (a chain after ``parent``); a key cached
+        meanwhile keeps its page (the slot goes back) and counts as skipped. ``release``: then
+        end the lease (its open slots go back). Returns ``(bound, persist)``."""
         with self._lock:
             record = self._leases.get(lease_id)
             book = self._books[record.ns_id]
             bound, persists = leasing.bind_fill(book, self._disk, self._counters, record, keys,
-                                                slots, ticket)
+                                                slots, ticket, parent)
             if release:
                 leasing.end_lease(book, self._leases.pop(lease_id))
             return bound, self._persist_plan_locked(book, persists)
@@ -389,8 +397,7 @@ class Manager:
             if self._dram_exits is not None and (drops or dirty):
                 self._dram_exits(ns_id, [key for key, _ in drops] + [key for key, _ in dirty])
             dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)
-            moves = [m for key, slot in dirty
-                     if (m := disk.persist_move(book, Tier.DRAM, key, slot)) is not None]
+            moves = disk.eviction_writes(book, Tier.DRAM, dirty)
             in_flight = len(disk.residency.pending) if not dropped and not moves else 0
             return dropped, self._persist_plan_locked(book, moves, evict=True), in_flight
 
@@ -479,11 +486,13 @@ class Manager:
             return inspection.tier_stats(list(self._books.values()), self._disk, self._counters,
                                          capacity_bytes, disk_queue_depth)
 
-    def totals(self) -> tuple[int, int, int, int]:
-        """``(namespaces, leases, disk_writes_refused, disk_budget_bytes)``."""
+    def totals(self) -> tuple[int, int, int, int, int]:
+        """``(namespaces, leases, disk_writes_refused, disk_budget_bytes,
+        evictions_with_children)``, the last over every tier."""
         with self._lock:
             return (len(self._books), len(self._leases), self._disk.writes_refused,
-                    self._disk.budget_bytes)
+                    self._disk.budget_bytes,
+                    self._counters.evictions_with_children + self._disk.evictions_with_children)
 
     def inspect(self) -> IndexSnapshot:
         """A copy of the whole index, taken under the lock."""

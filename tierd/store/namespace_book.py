@@ -1,4 +1,4 @@
-"""One namespace's bookkeeping: its residency per memory tier and its disk key prefix.
+"""One namespace's bookkeeping: its residency per memory tier, its chains and its disk key prefix.
 
 Owned by the manager and used under its lock only.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Container
 
 from tierd.errors import FailedPrecondition
+from tierd.index.chains import ChainIndex
 from tierd.index.residency import MemoryResidency
 from tierd.keys import PageKey
 from tierd.spec import Namespace
@@ -18,10 +19,17 @@ from tierd.tiers.page_format import HEADER_BYTES, disk_key
 
 
 class NamespaceBook:
-    """A namespace and its residency tables (for the memory tiers it has a region in)."""
+    """A namespace, its residency tables (for the memory tiers it has a region in) and its chains.
 
-    def __init__(self, ns: Namespace) -> None:
+    ``keep_chains`` (prefix-aware eviction): a demotion never drops a page before the victims
+    below it in its chain that stay (no room below, a write queued) or leave later (a copy).
+    """
+
+    def __init__(self, ns: Namespace, chains: ChainIndex | None = None,
+                 keep_chains: bool = False) -> None:
         self.ns = ns
+        self.chains = chains if chains is not None else ChainIndex()
+        self.keep_chains = keep_chains
         self.mem: dict[Tier, MemoryResidency] = {}
         self.prefix = disk_key(ns.ns_id, bytes(16))[:-16]
         self.page_bytes = ns.page_bytes
@@ -98,20 +106,26 @@ class NamespaceBook:
         drops: list[tuple[PageKey, int]] = []
         moves: list[Move] = []
         short = 0
+        held = _Held(self.chains, self.keep_chains)
         for key, slot in hbm.victims(num_pages):
+            if held.stays(key):
+                continue
             if key in dram.slots or key in dram.pending:
-                drops.append((key, slot))
+                if held.drop_now(key):
+                    drops.append((key, slot))
                 continue
             got = dram.reserve(1)
             if got is None:
-                if self.dkey(key) in on_disk:
+                if self.dkey(key) in on_disk and held.drop_now(key):
                     drops.append((key, slot))
-                else:
+                elif self.dkey(key) not in on_disk:
                     short += 1
+                    held.stay(key)
                 continue
             hbm.pin(slot)
             dram.begin_store(key, got[0])
             moves.append(Move(key, Place(Tier.HBM, slot), Place(Tier.DRAM, got[0])))
+            held.later(key)
         return drops, moves, short
 
     def choose_dram_demotions(self, num_pages: int, on_disk: Container[bytes], queued: Container[bytes],
@@ -122,10 +136,53 @@ class NamespaceBook:
         hbm = self.mem.get(Tier.HBM)
         drops: list[tuple[PageKey, int]] = []
         dirty: list[tuple[PageKey, int]] = []
+        held = _Held(self.chains, self.keep_chains)
         for key, slot in self.mem[Tier.DRAM].victims(num_pages):
             dkey = self.dkey(key)
+            if held.stays(key):
+                continue
             if dkey in on_disk or (hbm is not None and key in hbm.slots) or not keep_dirty:
-                drops.append((key, slot))
+                if held.drop_now(key):
+                    drops.append((key, slot))
             elif dkey not in queued:
                 dirty.append((key, slot))
+                held.later(key)
+            else:
+                held.stay(key)
         return drops, dirty
+
+
+class _Held:
+    """Within one demotion, under ``keep_chains``: parents of victims that stay in the tier stay
+    too, and parents of victims that leave once a copy or write lands leave no sooner (a copy or
+    write of their own, later in the same plan, is fine: a plan completes in order)."""
+
+    def __init__(self, chains: ChainIndex, keep_chains: bool) -> None:
+        self._chains = chains
+        self._on = keep_chains
+        self._staying: set[PageKey] = set()   # a child stays
+        self._waiting: set[PageKey] = set()   # a child leaves later
+
+    def stays(self, key: PageKey) -> bool:
+        """True (and so does its parent) when a child of ``key`` stays."""
+        if key in self._staying:
+            self.stay(key)
+            return True
+        return False
+
+    def drop_now(self, key: PageKey) -> bool:
+        """Whether ``key`` may be dropped at once; if not it stays (and so does its parent)."""
+        if key in self._waiting:
+            self.stay(key)
+            return False
+        return True
+
+    def stay(self, key: PageKey) -> None:
+        parent = self._chains.parent_of(key) if self._on else None
+        if parent is not None:
+            self._staying.add(parent)
+
+    def later(self, key: PageKey) -> None:
+        parent = self._chains.parent_of(key) if self._on else None
+        if parent is not None:
+            self._waiting.add(parent)

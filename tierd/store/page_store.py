@@ -25,7 +25,7 @@ from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
 from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unavailable
 from tierd.handles import RegionHandle
-from tierd.keys import PageKey, check_keys, namespace_fingerprint
+from tierd.keys import PageKey, check_keys, check_parent, namespace_fingerprint
 from tierd.remote.base import RemoteBackend
 from tierd.spec import Namespace, PageSpec
 from tierd.store.acquiring import acquire_rounds
@@ -173,10 +173,11 @@ class PageStore:
 
     # -- writing -------------------------------------------------------------------------------------
     def put(self, ns_id: int, keys: Sequence[PageKey], pages: Sequence[object],
-            tier: Tier = Tier.DRAM) -> PutResult:
-        """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped."""
+            tier: Tier = Tier.DRAM, parent: PageKey | None = None) -> PutResult:
+        """Cache ``pages[i]`` under ``keys[i]`` in ``tier``; pages already cached are skipped.
+        ``keys`` are a chain: ``keys[i-1]`` comes before ``keys[i]``, ``parent`` before ``keys[0]``."""
         parts = self._ready(ns_id)
-        keys = check_keys(keys)
+        keys, parent = check_keys(keys), check_parent(parent)
         if tier not in MEMORY_TIERS:
             raise InvalidArgument(f"put targets a memory tier (hbm or dram), not {tier.label}; pages reach disk by "
                                   "write policy, eviction or flush")
@@ -186,7 +187,7 @@ class PageStore:
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
         ticket = parts.manager.durability.new_ticket(ns_id) if through else None
         try:
-            stored, skipped = self._store_pages(parts, ns_id, tier, keys, views, ticket)
+            stored, skipped = self._store_pages(parts, ns_id, tier, keys, views, ticket, parent)
         finally:
             if ticket is not None:
                 parts.manager.durability.seal(ticket)
@@ -195,16 +196,16 @@ class PageStore:
         parts.maintenance.wake()
         return PutResult(stored, skipped, ticket)
 
-    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
-                     views: Sequence[memoryview], ticket: int | None) -> tuple[int, int]:
-        """Copy pages into ``tier`` in batches; ``(stored, skipped)``."""
+    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey], views: Sequence[memoryview],
+                     ticket: int | None, parent: PageKey | None = None) -> tuple[int, int]:
+        """Copy pages (a chain after ``parent``) into ``tier`` in batches; ``(stored, skipped)``."""
         stored = skipped = 0
         # A batch never needs more free slots than the region has.
         batch = min(self.config.put_batch_pages, parts.manager.num_slots(ns_id, tier))
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         for start in range(0, len(keys), batch):
-            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch],
-                                        list(views[start:start + batch]), ticket, deadline_s)
+            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch], list(views[start:start + batch]),
+                                        ticket, deadline_s, keys[start - 1] if start else parent)
             stored += done
             skipped += dup
         return stored, skipped
@@ -219,16 +220,19 @@ class PageStore:
         if not found:
             return
         try:
-            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None)
+            # The remote's pages continue the local prefix: its last page is their parent.
+            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None,
+                              keys[present - 1] if present else None)
         except TierdError as exc:
             log.warning("%d page(s) read from the remote tier found no room in dram: %s",
                         len(found), exc)
 
     def _put_batch(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
-                   views: list[memoryview], ticket: int | None, deadline_s: float) -> tuple[int, int]:
+                   views: list[memoryview], ticket: int | None, deadline_s: float,
+                   parent: PageKey | None) -> tuple[int, int]:
         by_key = dict(zip(keys, views))
         while True:
-            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket)
+            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket, parent)
             parts.runner.start_all([persist])
             if not needed:
                 break
@@ -284,19 +288,18 @@ class PageStore:
             raise Unavailable("the pages could not be copied into the lease's slots (see the log)")
 
     def commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
-               release: bool = False) -> CommitResult:
-        """Bind filled slots of a FILL lease to keys. Under write_through the pages are queued for
-        disk and the result's ticket (for ``wait_durable``) covers every key, cached before or not.
-        ``release``: end the lease once they are bound (its open slots go back)."""
+               release: bool = False, parent: PageKey | None = None) -> CommitResult:
+        """Bind filled slots of a FILL lease to keys (a chain after ``parent``, as in ``put``). Under write_through
+        the pages are queued for disk and the result's ticket (for ``wait_durable``) covers every key, cached
+        before or not. ``release``: end the lease once they are bound (its open slots go back)."""
         parts = self._require()
-        keys = check_keys(keys)
-        slots = list(slots)
+        keys, parent, slots = check_keys(keys), check_parent(parent), list(slots)
         if len(keys) != len(slots):
             raise InvalidArgument(f"got {len(keys)} keys but {len(slots)} slots; give one slot per key")
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
         ns_id = parts.manager.lease_namespace(lease_id).ns_id
         ticket = parts.manager.durability.new_ticket(ns_id) if through else None
-        bound, persist = parts.manager.commit(lease_id, keys, slots, ticket, release)
+        bound, persist = parts.manager.commit(lease_id, keys, slots, ticket, release, parent)
         if ticket is not None:
             parts.manager.durability.seal(ticket)
         if parts.remote is not None and bound:
@@ -306,13 +309,13 @@ class PageStore:
         return CommitResult(bound, ticket)
 
     def try_commit(self, lease_id: int, keys: Sequence[PageKey], slots: Sequence[int],
-                   release: bool = False) -> CommitResult | None:
+                   release: bool = False, parent: PageKey | None = None) -> CommitResult | None:
         """``commit`` under write_back, where it only binds slots; ``None`` (nothing changed)
         under write_through, whose commit checksums the pages and may wait for room in the disk
         writer's queue."""
         if self.config.write_policy is WritePolicy.WRITE_THROUGH:
             return None
-        return self.commit(lease_id, keys, slots, release)
+        return self.commit(lease_id, keys, slots, release, parent)
 
     def wait_durable(self, ticket: int, timeout_s: float | None = None) -> bool:
         """True once every page of the put or commit that returned ``ticket`` is on disk."""
@@ -490,11 +493,12 @@ class PageStore:
         remote = parts.remote.stats() if parts.remote is not None else None
         if remote is not None:
             tiers[Tier.REMOTE] = remote.as_tier_stats()
-        namespaces, leases, refused, budget = parts.manager.totals()
+        namespaces, leases, refused, budget, with_children = parts.manager.totals()
         return StoreStats(tiers, namespaces, leases, disk.checksum_failures,
                           time.monotonic() - self._started_at_s, self.config.write_policy,
                           refused, budget, disk.map_full_events, parts.media.engine.name,
-                          disk.write_failures, disk.write_error, remote)
+                          disk.write_failures, disk.write_error, remote,
+                          self.config.eviction_policy, with_children)
 
     def wait_remote_writes(self, timeout_s: float) -> bool:
         """True once the remote writer has nothing queued or in flight (at once without a

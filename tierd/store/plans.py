@@ -60,12 +60,14 @@ ON_DISK = Place(Tier.DISK)
 
 @dataclass(frozen=True)
 class Move:
-    """One page: from ``src`` to ``dst`` (``None``: a caller's buffer). ``seq`` orders disk writes."""
+    """One page: from ``src`` to ``dst`` (``None``: a caller's buffer). ``seq`` orders disk writes;
+    ``parent`` (STORE only) is the page before it, as its put named it."""
 
     key: PageKey
     src: Place | None
     dst: Place | None
     seq: int = 0
+    parent: PageKey | None = None
 
 
 @dataclass(frozen=True)

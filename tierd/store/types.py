@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tierd.config import WritePolicy
+from tierd.config import EvictionPolicy, WritePolicy
 from tierd.keys import PageKey
 from tierd.remote.tier import RemoteStats
 from tierd.tier import Tier
@@ -64,6 +64,10 @@ class StoreStats:
     disk_write_failures: int = 0
     disk_write_error: str = ""
     remote: RemoteStats | None = None  # the remote tier's own counters, when one is configured
+    eviction_policy: EvictionPolicy = EvictionPolicy.LRU
+    # Evictions of a page that had a child resident in the tier it left, over every tier: what
+    # prefix-aware eviction avoids.
+    evictions_with_children: int = 0
 
 
 @dataclass

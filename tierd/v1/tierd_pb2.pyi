@@ -236,20 +236,22 @@ class AllocateResponse(_message.Message):
     def __init__(self, lease: _Optional[_Union[Lease, _Mapping]] = ...) -> None: ...
 
 class CommitRequest(_message.Message):
-    __slots__ = ("lease_id", "keys", "slots", "wait_durable", "durable_timeout_s", "release_lease")
+    __slots__ = ("lease_id", "keys", "slots", "wait_durable", "durable_timeout_s", "release_lease", "parent_key")
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SLOTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_DURABLE_FIELD_NUMBER: _ClassVar[int]
     DURABLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     RELEASE_LEASE_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
     lease_id: int
     keys: _containers.RepeatedScalarFieldContainer[bytes]
     slots: _containers.RepeatedScalarFieldContainer[int]
     wait_durable: bool
     durable_timeout_s: float
     release_lease: bool
-    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ..., release_lease: _Optional[bool] = ...) -> None: ...
+    parent_key: bytes
+    def __init__(self, lease_id: _Optional[int] = ..., keys: _Optional[_Iterable[bytes]] = ..., slots: _Optional[_Iterable[int]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ..., release_lease: _Optional[bool] = ..., parent_key: _Optional[bytes] = ...) -> None: ...
 
 class CommitResponse(_message.Message):
     __slots__ = ("num_committed", "durable_ticket", "durable")
@@ -296,16 +298,18 @@ class PutPagesRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[PutPagesHeader, _Mapping]] = ..., keys: _Optional[_Iterable[bytes]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PutPagesHeader(_message.Message):
-    __slots__ = ("ns_id", "tier", "wait_durable", "durable_timeout_s")
+    __slots__ = ("ns_id", "tier", "wait_durable", "durable_timeout_s", "parent_key")
     NS_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     WAIT_DURABLE_FIELD_NUMBER: _ClassVar[int]
     DURABLE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_FIELD_NUMBER: _ClassVar[int]
     ns_id: int
     tier: Tier
     wait_durable: bool
     durable_timeout_s: float
-    def __init__(self, ns_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ...) -> None: ...
+    parent_key: bytes
+    def __init__(self, ns_id: _Optional[int] = ..., tier: _Optional[_Union[Tier, str]] = ..., wait_durable: _Optional[bool] = ..., durable_timeout_s: _Optional[float] = ..., parent_key: _Optional[bytes] = ...) -> None: ...
 
 class PutPagesResponse(_message.Message):
     __slots__ = ("num_stored", "num_skipped", "durable_ticket", "durable")
@@ -440,7 +444,7 @@ class RemoteStats(_message.Message):
     def __init__(self, backend: _Optional[str] = ..., available: _Optional[bool] = ..., errors: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., dropped: _Optional[int] = ..., pages_written: _Optional[int] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused", "disk_write_failures", "disk_write_error", "remote")
+    __slots__ = ("tiers", "namespaces", "leases", "checksum_failures", "uptime_s", "write_policy", "server", "disk_writes_refused", "disk_write_failures", "disk_write_error", "remote", "evictions_with_children", "eviction_policy")
     TIERS_FIELD_NUMBER: _ClassVar[int]
     NAMESPACES_FIELD_NUMBER: _ClassVar[int]
     LEASES_FIELD_NUMBER: _ClassVar[int]
@@ -452,6 +456,8 @@ class StatsResponse(_message.Message):
     DISK_WRITE_FAILURES_FIELD_NUMBER: _ClassVar[int]
     DISK_WRITE_ERROR_FIELD_NUMBER: _ClassVar[int]
     REMOTE_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_WITH_CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    EVICTION_POLICY_FIELD_NUMBER: _ClassVar[int]
     tiers: _containers.RepeatedCompositeFieldContainer[TierStats]
     namespaces: int
     leases: int
@@ -463,7 +469,9 @@ class StatsResponse(_message.Message):
     disk_write_failures: int
     disk_write_error: str
     remote: RemoteStats
-    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ..., disk_write_failures: _Optional[int] = ..., disk_write_error: _Optional[str] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ...) -> None: ...
+    evictions_with_children: int
+    eviction_policy: str
+    def __init__(self, tiers: _Optional[_Iterable[_Union[TierStats, _Mapping]]] = ..., namespaces: _Optional[int] = ..., leases: _Optional[int] = ..., checksum_failures: _Optional[int] = ..., uptime_s: _Optional[float] = ..., write_policy: _Optional[_Union[WritePolicy, str]] = ..., server: _Optional[_Union[ServerStats, _Mapping]] = ..., disk_writes_refused: _Optional[int] = ..., disk_write_failures: _Optional[int] = ..., disk_write_error: _Optional[str] = ..., remote: _Optional[_Union[RemoteStats, _Mapping]] = ..., evictions_with_children: _Optional[int] = ..., eviction_policy: _Optional[str] = ...) -> None: ...
 
 class SessionRequest(_message.Message):
     __slots__ = ("client_name", "client_pid")

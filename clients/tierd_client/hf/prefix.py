@@ -151,7 +151,9 @@ def save_prefix(client: TierClient, ns: NamespaceHandle, cache: DynamicCache, to
         start = client.lookup(ns, keys) if first_page is None else min(first_page, full)
         for first in range(start, full, chunk):
             count = min(chunk, full - first)
-            result = client.put(ns, keys[first:first + count], pages_of(layers, row, first, count, ns.spec))
+            # Each put continues the row's chain: prefix-aware eviction then keeps its start.
+            result = client.put(ns, keys[first:first + count], pages_of(layers, row, first, count, ns.spec),
+                                parent=keys[first - 1] if first else None)
             offered += count
             stored += result.num_stored
             skipped += result.num_skipped
