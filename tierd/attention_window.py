@@ -11,6 +11,7 @@ is full attention: every page.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 
 def attended_pages(num_pages: int, page_tokens: int, window_tokens: int,
@@ -54,3 +55,21 @@ def last_attending_prefix(page: int, page_tokens: int, window_tokens: int,
         return None
     # Prefix m attends to the page while m * page_tokens - window_tokens <= its last token.
     return page + 1 + (window_tokens - 1) // page_tokens
+
+
+@dataclass(frozen=True)
+class WindowRule:
+    """A window as eviction sees it, in pages: a page all of whose cached continuations run at
+    least ``reach_pages`` pages past it is inside no window again (``last_attending_prefix``:
+    prefix ``p + 1 + (window_tokens - 1) // page_tokens`` is the last to attend to page ``p``),
+    unless it is one of its chain's first ``sink_pages`` pages (they hold sink tokens)."""
+
+    reach_pages: int
+    sink_pages: int
+
+    @classmethod
+    def of(cls, page_tokens: int, window_tokens: int, sink_tokens: int = 0) -> WindowRule | None:
+        """The rule of a windowed namespace; ``None`` for full attention (every page is attended)."""
+        if window_tokens <= 0:
+            return None
+        return cls((window_tokens - 1) // page_tokens + 1, -(-sink_tokens // page_tokens))

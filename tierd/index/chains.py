@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Iterator, Mapping
 
+from tierd.attention_window import WindowRule
 from tierd.keys import KEY_BYTES, PageKey
 from tierd.tier import Tier
 
@@ -33,9 +34,11 @@ class _Link:
     """One page's place in its chain; ``children`` is None, one key, or a set (a shared prefix).
 
     Counts: children resident in hbm, in dram, on disk, and cached in any tier (slots, no dict).
+    ``reach`` (windowed namespaces): pages from this one to the nearest end of a cached chain
+    through it (0: no cached child), capped at the window's ``reach_pages``.
     """
 
-    __slots__ = ("parent", "children", "in_hbm", "in_dram", "on_disk", "cached", "state")
+    __slots__ = ("parent", "children", "in_hbm", "in_dram", "on_disk", "cached", "state", "reach")
 
     def __init__(self) -> None:
         self.parent: PageKey | None = None
@@ -45,6 +48,7 @@ class _Link:
         self.on_disk = 0
         self.cached = 0
         self.state = 0
+        self.reach = 0
 
     def child_keys(self) -> Iterator[PageKey]:
         children = self.children
@@ -56,11 +60,14 @@ class _Link:
 
 
 class ChainIndex:
-    """One namespace's chains: parents, cached-children counts, broken pages."""
+    """One namespace's chains: parents, cached-children counts, broken pages, and (``window``:
+    a sliding-window namespace) the pages outside every window its cached chains can still need."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: WindowRule | None = None) -> None:
         self._links: dict[PageKey, _Link] = {}
+        self._window = window
         self.num_broken = 0  # links whose chain is broken (cached pages, and a few uncached ones)
+        self.num_far = 0     # links whose reach is the window's (a hint: sink pages count too)
 
     def __len__(self) -> int:
         return len(self._links)
@@ -94,6 +101,15 @@ class ChainIndex:
         link = self._links.get(key)
         return link is not None and bool(link.state & _MEMORY)
 
+    def outside_windows(self, key: PageKey) -> bool:
+        """A cached page of a windowed namespace that no continuation of a cached chain through
+        it attends to: every such chain runs ``reach_pages`` or more past it, and it is not a
+        sink page. Chains that grow later start from their ends, so it stays outside."""
+        window, link = self._window, self._links.get(key)
+        if window is None or link is None or link.reach < window.reach_pages or not link.state & _CACHED:
+            return False
+        return not self._within_sinks(link, window.sink_pages)
+
     # -- changes --------------------------------------------------------------------------------------
     def name_parent(self, key: PageKey, parent: PageKey | None) -> None:
         """A put or commit says ``parent`` comes before ``key``. The first parent named is kept
@@ -108,6 +124,7 @@ class ChainIndex:
         link.parent = parent
         if link.state & _CACHED:
             self._count(self._parent_link(key, parent), link.state, +1)
+            self._update_reach(parent)
         self._recheck([key])
         self._forget_if_unused(key)
 
@@ -126,6 +143,8 @@ class ChainIndex:
             if not was_cached:
                 # Cached again: its own chain may be whole now, and its children's too.
                 self._recheck([key, *link.child_keys()])
+                if link.parent is not None:
+                    self._update_reach(link.parent)
         self.name_parent(key, parent)
 
     def left(self, key: PageKey, tier: Tier) -> None:
@@ -139,6 +158,8 @@ class ChainIndex:
         plink = None if link.parent is None else self._links.get(link.parent)
         if plink is not None:
             self._count(plink, bit, -1, newly_cached=gone)
+            if gone and link.parent is not None:
+                self._update_reach(link.parent)
         if gone:
             self._recheck(list(link.child_keys()))
             self._forget_if_unused(key)
@@ -190,6 +211,47 @@ class ChainIndex:
                 self.num_broken += 1 if broken else -1
                 todo.extend(link.child_keys())
 
+    def _update_reach(self, key: PageKey) -> None:
+        """The cached children of ``key`` changed: recompute reach up its chain while it
+        changes. Each level adds one page and the value is capped, so a change dies out within
+        ``reach_pages + 1`` levels (the bound also ends a cycle of named parents)."""
+        window = self._window
+        if window is None:
+            return
+        cap = window.reach_pages
+        for _ in range(cap + 2):
+            link = self._links.get(key)
+            if link is None:
+                return
+            reach = self._reach_below(link, cap)
+            if reach == link.reach:
+                return
+            self.num_far += (reach >= cap) - (link.reach >= cap)
+            link.reach = reach
+            if link.parent is None or not link.state & _CACHED:
+                return  # a page cached nowhere is no continuation of its parent
+            key = link.parent
+
+    def _reach_below(self, link: _Link, cap: int) -> int:
+        reach: int | None = None
+        for child in link.child_keys():
+            clink = self._links.get(child)
+            if clink is not None and clink.state & _CACHED:
+                reach = clink.reach + 1 if reach is None else min(reach, clink.reach + 1)
+        return 0 if reach is None else min(reach, cap)
+
+    def _within_sinks(self, link: _Link, sink_pages: int) -> bool:
+        """Whether ``link`` is among the first ``sink_pages`` pages of its chain (a page whose
+        parent is not known counts as a chain's first, so a sink is never taken for another)."""
+        for _ in range(sink_pages):
+            if link.parent is None:
+                return True
+            parent = self._links.get(link.parent)
+            if parent is None:
+                return True
+            link = parent
+        return False
+
     def _forget_if_unused(self, key: PageKey) -> None:
         """Drop the link of a page cached nowhere with no cached child: nothing reads it (a
         child cached nowhere that outlives it reads a missing parent as a broken chain)."""
@@ -199,6 +261,8 @@ class ChainIndex:
         del self._links[key]
         if link.state & _BROKEN:
             self.num_broken -= 1
+        if self._window is not None and link.reach >= self._window.reach_pages:
+            self.num_far -= 1
         plink = None if link.parent is None else self._links.get(link.parent)
         if plink is not None:
             _remove_child(plink, key)
@@ -229,11 +293,13 @@ def _remove_child(plink: _Link, key: PageKey) -> None:
 
 
 class TierChains:
-    """What an eviction order of one memory tier of a namespace reads of its chains."""
+    """What an eviction order of one memory tier of a namespace reads of its chains. ``final``:
+    a page leaving this tier leaves the cache (dram without a disk tier)."""
 
-    def __init__(self, chains: ChainIndex, tier: Tier) -> None:
+    def __init__(self, chains: ChainIndex, tier: Tier, final: bool = False) -> None:
         self._chains = chains
         self._tier = tier
+        self._final = final
 
     def children(self, key: PageKey) -> int:
         return self._chains.children_in(key, self._tier)
@@ -250,6 +316,14 @@ class TierChains:
 
     def any_first_victims(self) -> bool:
         return self._chains.num_broken > 0
+
+    def outside_windows(self, key: PageKey) -> bool:
+        """Pages no window needs go down first (they stay cached below, so chains stay whole),
+        unless leaving this tier would drop them."""
+        return not self._final and self._chains.outside_windows(key)
+
+    def any_outside_windows(self) -> bool:
+        return not self._final and self._chains.num_far > 0
 
     def frees_parent(self, key: PageKey) -> bool:
         """Taking ``key`` out of a memory tier always takes a child of its parent out of it."""
@@ -288,6 +362,13 @@ class DiskChains:
 
     def any_first_victims(self) -> bool:
         return any(chains.num_broken for chains in self._by_namespace.values())
+
+    def outside_windows(self, dkey: bytes) -> bool:
+        """Never on disk: a drop from disk is final, and a lookup stops at the first missing page."""
+        return False
+
+    def any_outside_windows(self) -> bool:
+        return False
 
     def frees_parent(self, dkey: bytes) -> bool:
         """A page dropped from disk stops being a cached child only when memory lacks it too."""

@@ -40,19 +40,20 @@ class MemoryResidency:
     """One namespace's pages in one memory tier (``hbm`` or ``dram``).
 
     ``directory``, if given, hears of every page published and unpublished here; ``chains`` (the
-    namespace's, else one of its own) of every page entering and leaving ``tier``.
+    namespace's, else one of its own) of every page entering and leaving ``tier``; ``final``: a
+    page leaving ``tier`` leaves the cache (dram without a disk tier).
     """
 
     def __init__(self, num_slots: int, policy: EvictionPolicy = EvictionPolicy.LRU,
                  directory: PageDirectory | None = None, chains: ChainIndex | None = None,
-                 tier: Tier = Tier.DRAM) -> None:
+                 tier: Tier = Tier.DRAM, final: bool = False) -> None:
         self.allocator = SlotAllocator(num_slots)
         self.directory = directory
         self.chains = chains if chains is not None else ChainIndex()
         self.tier = tier
         self.slots: dict[PageKey, int] = {}      # published pages, first cached first
         self.order: EvictionOrder[PageKey] = make_order(policy, self.slots,
-                                                        TierChains(self.chains, tier))
+                                                        TierChains(self.chains, tier, final))
         self.pending: dict[PageKey, int] = {}    # being written: not visible, not evictable
         self.cancelled: set[PageKey] = set()     # pending pages deleted meanwhile: never published
         self.pins: dict[int, int] = {}           # slot -> pin count (leases, copies in flight)

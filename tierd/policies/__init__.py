@@ -37,6 +37,12 @@ class NoChains(Generic[K]):
     def any_first_victims(self) -> bool:
         return False
 
+    def outside_windows(self, key: K) -> bool:
+        return False
+
+    def any_outside_windows(self) -> bool:
+        return False
+
     def frees_parent(self, key: K) -> bool:
         return False
 

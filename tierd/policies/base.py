@@ -60,5 +60,12 @@ class ChainView(Protocol[K]):
 
     def any_first_victims(self) -> bool: ...
 
+    def outside_windows(self, key: K) -> bool:
+        """Pages of a sliding-window namespace that no continuation of their cached chains
+        attends to: they go down before every other page of a memory tier, children or not
+        (they stay cached below, so chains stay whole); never on disk, where a drop is final."""
+
+    def any_outside_windows(self) -> bool: ...
+
     def frees_parent(self, key: K) -> bool:
         """Whether taking ``key`` out of this tier takes a child from its parent's count."""

@@ -3,6 +3,8 @@
 A lookup stops at the first missing page, so evicting a page in the middle of a cached chain
 strands every later page of it. Victims, in order:
 
+0. in a memory tier, pages of a sliding-window namespace outside every window their cached
+   chains can still need (``ChainView.outside_windows``), LRU: they go down, chains stay whole;
 1. first victims (pages of broken chains, unreachable anyway), leaves first, LRU among them;
 2. leaves (``ChainView.children`` is 0: no child in this tier; for the disk, in any tier), LRU;
 3. tier-local leaves (no child in this tier: differs from 2 on disk only), LRU;
@@ -54,6 +56,10 @@ class _Walk(Generic[K]):
 
     def victims(self) -> Iterator[K]:
         view, leaf = self._view, self._is_leaf
+        if view.any_outside_windows():
+            # Never peels: a parent of such a page is outside too (then it comes in its turn) or
+            # inside a window (a sink page, or the page before a short branch), and then stays.
+            yield from self._pass(view.outside_windows, _never)
         if view.any_first_victims():
             yield from self._pass(lambda key: view.first_victim(key) and leaf(key), leaf)
         yield from self._pass(leaf, leaf)

@@ -28,7 +28,8 @@ def place(where: Place | None) -> Place:
 
 def drop(book: NamespaceBook, counters: Counters, tier: Tier, key: bytes, slot: int) -> int:
     """Evict ``key`` from ``slot`` if it is still there and unpinned; 1 when it went."""
-    had_children = book.chains.children_in(key, tier) > 0
+    # A page outside every window goes down with its children left in place, by design.
+    had_children = book.chains.children_in(key, tier) > 0 and not book.chains.outside_windows(key)
     if book.mem[tier].drop_unpinned(key, slot):
         counters[tier].evictions += 1
         counters.evictions_with_children += had_children

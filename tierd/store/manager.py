@@ -64,7 +64,7 @@ class Manager:
         with self._lock:
             if ns.ns_id in self._books:
                 raise InvalidArgument(f"namespace {ns.ns_id} is registered already")
-            chains = self._chains[ns.ns_id] = ChainIndex()
+            chains = self._chains[ns.ns_id] = ChainIndex(windows.eviction_rule(ns.spec))
             keep_chains = self.config.eviction_policy is EvictionPolicy.PREFIX_AWARE
             self._books[ns.ns_id] = NamespaceBook(ns, chains, keep_chains)
 
@@ -76,8 +76,9 @@ class Manager:
             book = self._book_locked(ns_id)
             if tier in book.mem:
                 raise InvalidArgument(f"namespace {ns_id} has a {tier.label} region already")
+            final = tier is Tier.DRAM and self.config.disk.capacity_bytes == 0
             book.mem[tier] = MemoryResidency(num_slots, self.config.eviction_policy, directory,
-                                             book.chains, tier)
+                                             book.chains, tier, final)
 
     def find_namespace(self, tenant: str, spec: PageSpec) -> Namespace | None:
         with self._lock:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Container, Sequence
 
-from tierd.attention_window import attended_pages, longest_servable_prefix
+from tierd.attention_window import WindowRule, attended_pages, longest_servable_prefix
 from tierd.keys import PageKey
 from tierd.spec import PageSpec
 from tierd.values import LeaseWindow
+
+
+def eviction_rule(spec: PageSpec) -> WindowRule | None:
+    """What eviction needs of the namespace's window (``None``: full attention)."""
+    return WindowRule.of(spec.page_tokens, spec.window_tokens, spec.sink_tokens)
 
 
 def attended_keys(spec: PageSpec, keys: Sequence[PageKey], present: int) -> list[PageKey]:
