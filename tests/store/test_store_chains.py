@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from store_helpers import SPEC, make_keys, make_pages, small_config
 
-from tierd.config import EvictionPolicy, StoreConfig
+from tierd.config import EvictionPolicy, MemoryTierConfig, StoreConfig
 from tierd.errors import InvalidArgument
 from tierd.store import PageStore
 from tierd.tier import Tier
@@ -73,3 +73,26 @@ def test_after_a_restart_disk_pages_are_roots_a_put_may_continue(tmp_path: Path,
         store.put(ns.ns_id, chain[4:], make_pages(ns, 4, seed=1), parent=chain[3])
         assert store.lookup(ns.ns_id, chain).num_hits == 8
         assert store.stats().evictions_with_children == 0
+
+
+def test_background_eviction_waits_for_a_leased_leaf_and_a_put_breaks_a_chain_only_to_fit(
+        tmp_path: Path, device: str) -> None:
+    # dram above its high watermark, but the chain's only leaf is leased: maintenance finds no
+    # victim that keeps the chain whole, and takes none; a put that needs a slot takes the oldest.
+    dram = MemoryTierConfig(DRAM_PAGES * SPEC.page_bytes, region_share=1.0, high_watermark=0.25,
+                            low_watermark=0.25)
+    config = small_config(tmp_path / "data", hbm_pages=0, dram_pages=DRAM_PAGES, device=device,
+                          dram=dram, eviction_policy=EvictionPolicy.PREFIX_AWARE)
+    with PageStore(config) as store:
+        ns = store.register(SPEC)
+        chain = make_keys(ns, 8)
+        store.put(ns.ns_id, chain, make_pages(ns, 8))
+        lease = store.acquire(ns.ns_id, chain[7:], Tier.DRAM)  # pins the leaf only
+        assert lease.keys == (chain[7],)
+        for _ in range(3):
+            store.run_maintenance()
+        assert store.lookup(ns.ns_id, chain).tiers == (Tier.DRAM,) * 8
+        assert store.stats().evictions_with_children == 0
+        store.put(ns.ns_id, make_keys(ns, 9, start_token=100_000), make_pages(ns, 9, seed=1))
+        assert store.stats().evictions_with_children >= 1  # 16 slots, 17 pages: one had to go
+        store.release(lease.lease_id)

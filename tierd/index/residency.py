@@ -143,13 +143,14 @@ class MemoryResidency:
     def is_pinned(self, slot: int) -> bool:
         return slot in self.pins
 
-    def victims(self, num_pages: int) -> list[tuple[PageKey, int]]:
-        """Up to ``num_pages`` unpinned pages, first victims first (not removed: pin to claim)."""
+    def victims(self, num_pages: int, fallback: bool = True) -> list[tuple[PageKey, int]]:
+        """Up to ``num_pages`` unpinned pages, first victims first (not removed: pin to claim);
+        ``fallback``: see ``EvictionOrder.candidates``."""
         out: list[tuple[PageKey, int]] = []
         if num_pages <= 0:
             return out
         pins, slots = self.pins, self.slots
-        for key in self.order.candidates(lambda key: slots[key] in pins):
+        for key in self.order.candidates(lambda key: slots[key] in pins, fallback):
             out.append((key, slots[key]))
             if len(out) == num_pages:
                 break

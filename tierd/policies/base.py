@@ -37,9 +37,11 @@ class EvictionOrder(Protocol[K]):
     def remove(self, key: K) -> None:
         """``key`` left the tier; ignored when the order does not hold it."""
 
-    def candidates(self, skip: Skip[K] | None = None) -> Iterator[K]:
+    def candidates(self, skip: Skip[K] | None = None, fallback: bool = True) -> Iterator[K]:
         """Every key held that ``skip`` does not name, the first to evict first; each key the
-        caller asks past counts as taken. Do not change the order while iterating."""
+        caller asks past counts as taken. ``fallback=False``: only keys an order that keeps
+        chains whole may give up now (background eviction waits rather than strand a chain).
+        Do not change the order while iterating."""
 
 
 class ChainView(Protocol[K]):

@@ -39,7 +39,7 @@ class LruOrder(Generic[K]):
     def remove(self, key: K) -> None:
         """Nothing to do: the residency removed ``key`` from its dict."""
 
-    def candidates(self, skip: Skip[K] | None = None) -> Iterator[K]:
+    def candidates(self, skip: Skip[K] | None = None, fallback: bool = True) -> Iterator[K]:
         if skip is None:
             return iter(self._entries)
         return (key for key in self._entries if not skip(key))

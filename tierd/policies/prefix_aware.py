@@ -9,7 +9,8 @@ strands every later page of it. Victims, in order:
 2. leaves (``ChainView.children`` is 0: no child in this tier; for the disk, in any tier), LRU;
 3. tier-local leaves (no child in this tier: differs from 2 on disk only), LRU;
 4. only when every such leaf is skipped (pinned, in flight, being read) other pages, LRU, so the
-   store never wedges.
+   store never wedges; not for ``fallback=False`` (background eviction, and a put's first try:
+   a leaf whose write is in flight can go once it lands, which is worth waiting for).
 
 Victims are chosen as if each left before the next is chosen: taking a page may make its parent a
 leaf, which is then offered at once when it is older than the page (the walk passed it already:
@@ -37,8 +38,8 @@ class PrefixAwareOrder(LruOrder[K]):
         super().__init__(entries)
         self._view = view
 
-    def candidates(self, skip: Skip[K] | None = None) -> Iterator[K]:
-        return _Walk(self._entries, self._view, skip).victims()
+    def candidates(self, skip: Skip[K] | None = None, fallback: bool = True) -> Iterator[K]:
+        return _Walk(self._entries, self._view, skip).victims(fallback)
 
 
 class _Walk(Generic[K]):
@@ -54,7 +55,7 @@ class _Walk(Generic[K]):
         self._lost: dict[K, int] = {}
         self._lost_here: dict[K, int] = {}
 
-    def victims(self) -> Iterator[K]:
+    def victims(self, fallback: bool) -> Iterator[K]:
         view, leaf = self._view, self._is_leaf
         if view.any_outside_windows():
             # Never peels: a parent of such a page is outside too (then it comes in its turn) or
@@ -64,7 +65,8 @@ class _Walk(Generic[K]):
             yield from self._pass(lambda key: view.first_victim(key) and leaf(key), leaf)
         yield from self._pass(leaf, leaf)
         yield from self._pass(self._is_local_leaf, self._is_local_leaf)
-        yield from self._pass(_always, self._is_local_leaf)
+        if fallback:
+            yield from self._pass(_always, self._is_local_leaf)
 
     def _is_leaf(self, key: K) -> bool:
         return self._view.children(key) <= self._lost.get(key, 0)

@@ -26,7 +26,11 @@ class Evictor:
             missing = num_pages - self._manager.free_slots(ns_id, tier)
             if missing <= 0:
                 return True
-            if time.monotonic() >= deadline_s or self.demote(ns_id, tier, missing, deadline_s) == 0:
+            # Victims that keep chains whole first (waiting for writes in flight); a chain is
+            # broken only when nothing else can go.
+            if (time.monotonic() >= deadline_s
+                    or (self.demote(ns_id, tier, missing, deadline_s, fallback=False) == 0
+                        and self.demote(ns_id, tier, missing, deadline_s) == 0)):
                 # Maintenance demotes on its own thread: when it took the victims first, this
                 # demotion found none, yet the slots may be free now.
                 return self._manager.free_slots(ns_id, tier) >= num_pages
@@ -34,20 +38,22 @@ class Evictor:
     def enforce_watermarks(self, deadline_s: float) -> None:
         """Bring every region back under its high watermark (to the low one), then the disk."""
         for ns_id, tier, excess in self._manager.watermark_excess():
-            self.demote(ns_id, tier, excess, deadline_s)
+            self.demote(ns_id, tier, excess, deadline_s, fallback=False)  # no chain breaks for it
         self._manager.evict_disk_to_watermark()
         self._runner.drain_deletes()
 
-    def demote(self, ns_id: int, tier: Tier, num_pages: int, deadline_s: float) -> int:
-        """Move up to ``num_pages`` victims of ``tier`` down; returns how many left ``tier``."""
+    def demote(self, ns_id: int, tier: Tier, num_pages: int, deadline_s: float,
+               fallback: bool = True) -> int:
+        """Move up to ``num_pages`` victims of ``tier`` down; returns how many left ``tier``.
+        ``fallback``: see ``EvictionOrder.candidates``."""
         if tier is Tier.HBM:
-            return self._demote_hbm(ns_id, num_pages, deadline_s, retry=True)
-        return self._demote_dram(ns_id, num_pages, deadline_s)
+            return self._demote_hbm(ns_id, num_pages, deadline_s, fallback, retry=True)
+        return self._demote_dram(ns_id, num_pages, deadline_s, fallback)
 
-    def _demote_dram(self, ns_id: int, num_pages: int, deadline_s: float) -> int:
+    def _demote_dram(self, ns_id: int, num_pages: int, deadline_s: float, fallback: bool) -> int:
         while True:
             seen = self._runner.disk_progress()
-            dropped, plan, in_flight = self._manager.plan_dram_demotion(ns_id, num_pages)
+            dropped, plan, in_flight = self._manager.plan_dram_demotion(ns_id, num_pages, fallback)
             if plan is not None or dropped or not in_flight:
                 break
             # Nothing can go now, but disk writes are in flight: one that commits cleans its page
@@ -62,12 +68,13 @@ class Evictor:
         run.wait(max(0.0, deadline_s - time.monotonic()))
         return dropped + (run.succeeded if run.done else 0)
 
-    def _demote_hbm(self, ns_id: int, num_pages: int, deadline_s: float, retry: bool) -> int:
-        dropped, plan, short = self._manager.plan_hbm_demotion(ns_id, num_pages)
+    def _demote_hbm(self, ns_id: int, num_pages: int, deadline_s: float, fallback: bool,
+                    retry: bool) -> int:
+        dropped, plan, short = self._manager.plan_hbm_demotion(ns_id, num_pages, fallback)
         if plan is None and short and dropped == 0:
             # dram is full of dirty pages: push some to disk, then try again once.
-            if retry and self._demote_dram(ns_id, short, deadline_s) > 0:
-                return self._demote_hbm(ns_id, num_pages, deadline_s, retry=False)
+            if retry and self._demote_dram(ns_id, short, deadline_s, fallback) > 0:
+                return self._demote_hbm(ns_id, num_pages, deadline_s, fallback, retry=False)
             return 0
         if plan is None:
             return dropped

@@ -375,17 +375,20 @@ class Manager:
             return leasing.end_leases(self._leases, self._books, self._leases.expired(now_s))
 
     # -- eviction decisions ---------------------------------------------------------------------------
-    def plan_hbm_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
+    def plan_hbm_demotion(self, ns_id: int, num_pages: int,
+                          fallback: bool = True) -> tuple[int, Plan | None, int]:
         """``(dropped, plan, short)``: victims already held below are dropped at once, the others
-        copied to dram by the DEMOTE ``plan``; ``short`` found no free dram slot."""
+        copied to dram by the DEMOTE ``plan``; ``short`` found no free dram slot. ``fallback``:
+        see ``EvictionOrder.candidates``."""
         with self._lock:
             book = self._book_locked(ns_id)
-            drops, moves, short = book.choose_hbm_demotions(num_pages, self._disk.residency.pages)
+            drops, moves, short = book.choose_hbm_demotions(num_pages, self._disk.residency.pages, fallback)
             dropped = sum(drop(book, self._counters, Tier.HBM, key, slot) for key, slot in drops)
             plan = self._open_locked(PlanKind.DEMOTE, ns_id, moves) if moves else None
             return dropped, plan, short
 
-    def plan_dram_demotion(self, ns_id: int, num_pages: int) -> tuple[int, Plan | None, int]:
+    def plan_dram_demotion(self, ns_id: int, num_pages: int,
+                           fallback: bool = True) -> tuple[int, Plan | None, int]:
         """``(dropped, plan, in_flight)``: clean victims are dropped at once, dirty ones written
         by the evicting PERSIST ``plan`` (dropped once on disk). When neither is possible,
         ``in_flight`` counts the disk writes queued: each that commits may clean a victim (its own
@@ -394,7 +397,7 @@ class Manager:
             book = self._book_locked(ns_id)
             disk = self._disk
             drops, dirty = book.choose_dram_demotions(
-                num_pages, disk.residency.pages, disk.residency.pending, disk.capacity_bytes > 0)
+                num_pages, disk.residency.pages, disk.residency.pending, disk.capacity_bytes > 0, fallback)
             if self._dram_exits is not None and (drops or dirty):
                 self._dram_exits(ns_id, [key for key, _ in drops] + [key for key, _ in dirty])
             dropped = sum(drop(book, self._counters, Tier.DRAM, key, slot) for key, slot in drops)

@@ -97,8 +97,8 @@ class NamespaceBook:
             self.orphans.setdefault(tier, set()).add(slot)
         return True
 
-    def choose_hbm_demotions(self, num_pages: int,
-                             on_disk: Container[bytes]) -> tuple[list[tuple[PageKey, int]], list[Move], int]:
+    def choose_hbm_demotions(self, num_pages: int, on_disk: Container[bytes], fallback: bool = True
+                             ) -> tuple[list[tuple[PageKey, int]], list[Move], int]:
         """Victims of hbm, split into ``(drops, moves, short)``: pages dram or the disk holds
         already (drop them), pages to copy into a free dram slot (pinned and reserved here), and
         how many found no dram slot."""
@@ -107,7 +107,7 @@ class NamespaceBook:
         moves: list[Move] = []
         short = 0
         held = _Held(self.chains, self.keep_chains)
-        for key, slot in hbm.victims(num_pages):
+        for key, slot in hbm.victims(num_pages, fallback):
             if held.stays(key):
                 continue
             if key in dram.slots or key in dram.pending:
@@ -129,7 +129,8 @@ class NamespaceBook:
         return drops, moves, short
 
     def choose_dram_demotions(self, num_pages: int, on_disk: Container[bytes], queued: Container[bytes],
-                              keep_dirty: bool) -> tuple[list[tuple[PageKey, int]], list[tuple[PageKey, int]]]:
+                              keep_dirty: bool, fallback: bool = True
+                              ) -> tuple[list[tuple[PageKey, int]], list[tuple[PageKey, int]]]:
         """Victims of dram, split into ``(drops, dirty)``: clean pages (on disk, or in hbm; every
         page when ``keep_dirty`` is False, i.e. there is no disk) and pages to write first. Pages
         whose write is queued already are neither: they can go once it commits."""
@@ -137,7 +138,7 @@ class NamespaceBook:
         drops: list[tuple[PageKey, int]] = []
         dirty: list[tuple[PageKey, int]] = []
         held = _Held(self.chains, self.keep_chains)
-        for key, slot in self.mem[Tier.DRAM].victims(num_pages):
+        for key, slot in self.mem[Tier.DRAM].victims(num_pages, fallback):
             dkey = self.dkey(key)
             if held.stays(key):
                 continue
