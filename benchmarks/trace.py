@@ -48,7 +48,6 @@ from tierd.spec import PageSpec
 from tierd.store import PageStore
 from tierd.tier import Tier
 
-DRAM_SHARE = 0.25   # of each capacity; the rest is disk
 PAGE_POOL = 32      # distinct page payloads (the bytes do not matter to a policy, their size does)
 DISK_RECORD_BYTES = 64
 QUICK_SHAPE = trace_gen.TraceShape(chats=16, rag_jobs=16, one_offs=10, system_prompts=3, docs=12,
@@ -137,14 +136,16 @@ def prompt_tokens(request: trace_gen.TraceRequest, page_tokens: int) -> int:
     return len(request.tokens) if request.tokens is not None else len(request.keys or ()) * page_tokens
 
 
-def store_config(data_dir: Path, spec: PageSpec, capacity_pages: int, policy: EvictionPolicy) -> StoreConfig:
-    dram_pages = max(2, round(capacity_pages * DRAM_SHARE))
-    disk_pages = max(2, capacity_pages - dram_pages)
+def store_config(data_dir: Path, spec: PageSpec, capacity_pages: int, policy: EvictionPolicy,
+                 dram_share: float) -> StoreConfig:
+    """dram holds ``dram_share`` of the capacity, disk the rest (none: dram alone)."""
+    dram_pages = max(2, round(capacity_pages * dram_share))
+    disk_pages = capacity_pages - dram_pages
     return StoreConfig(
         data_dir=data_dir,
         hbm=MemoryTierConfig(0),
         dram=MemoryTierConfig(dram_pages * spec.page_bytes, region_share=1.0),
-        disk=DiskConfig(disk_pages * (spec.page_bytes + DISK_RECORD_BYTES), fsync=False),
+        disk=DiskConfig(max(0, disk_pages) * (spec.page_bytes + DISK_RECORD_BYTES), fsync=False),
         eviction_policy=policy,
         prefault=False,
         # Eviction to the watermarks runs after every request (run_maintenance), not on a timer,
@@ -160,7 +161,7 @@ def replay(trace: Sequence[trace_gen.TraceRequest], variant: Variant, capacity: 
     outcome = Outcome(variant.name, capacity)
     data_dir = Path(tempfile.mkdtemp(dir=work_dir))
     try:
-        with PageStore(store_config(data_dir, spec, capacity_pages, variant.policy)) as store:
+        with PageStore(store_config(data_dir, spec, capacity_pages, variant.policy, args.dram_share)) as store:
             ns = store.register(spec)
             for request in trace:
                 keys = request_keys(request, ns.fingerprint, spec.page_tokens)
@@ -262,6 +263,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="cache sizes as fractions of the trace's distinct page bytes")
     parser.add_argument("--policies", nargs="+", default=[v.name for v in VARIANTS],
                         choices=[v.name for v in VARIANTS])
+    parser.add_argument("--dram-share", type=float, default=0.25,
+                        help="the part of each capacity in dram; the rest is disk (1: dram alone)")
     parser.add_argument("--page-tokens", type=int, default=16)
     parser.add_argument("--window-tokens", type=int, default=512)
     parser.add_argument("--sink-tokens", type=int, default=32)
@@ -270,6 +273,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not all(0.0 < c <= 1.0 for c in args.capacities):
         parser.error("--capacities are fractions in (0, 1]")
+    if not 0.0 < args.dram_share <= 1.0:
+        parser.error("--dram-share is a fraction in (0, 1]")
     return args
 
 

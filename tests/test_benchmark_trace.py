@@ -106,9 +106,10 @@ def test_a_user_trace_of_page_keys_replays(bench: ModuleType, gen: ModuleType, t
     gen.write_jsonl(trace, path)
     out = tmp_path / "report.json"
     assert bench.main(["--trace", str(path), "--policies", "lru", "prefix", "--capacities", "1.0",
-                       "--json", str(out)]) == 0
+                       "--dram-share", "1.0", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["distinct_pages"] == 7  # keys[0] .. keys[6]: the longest request has 7 pages
     assert [row["variant"] for row in report["rows"]] == ["lru", "prefix"]
     for row in report["rows"]:
         assert 0 < row["hit_rate"] <= report["ceiling_hit_rate"]
+        assert row["disk_bytes_read"] == 0  # dram alone
