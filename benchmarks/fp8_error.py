@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from llama_shape import ModelShape
 from local_servers import machine, start_tierd
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 
 from tierd.tier import Tier
 from tierd_client import NamespaceHandle, TierClient
@@ -46,27 +47,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 FORMATS = ("", "fp8_e4m3", "fp8_e4m3_kivi")
 TIER_BYTES = 256 << 20
 REGION_SHARE = 0.1  # nine namespaces (3 dtypes x 3 formats) share hbm and dram
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    vocab: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-
-    def config(self, init_range: float) -> LlamaConfig:
-        return LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden,
-                           intermediate_size=self.intermediate, num_hidden_layers=self.layers,
-                           num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-                           max_position_embeddings=4096, initializer_range=init_range)
-
-    def describe(self) -> str:
-        return (f"Llama-shaped, random weights (seed {SEED}): {self.layers} layers, hidden {self.hidden}, "
-                f"{self.heads} heads ({self.kv_heads} KV, head dim {self.hidden // self.heads}), "
-                f"MLP {self.intermediate}, vocab {self.vocab}")
 
 
 FULL = ModelShape(vocab=4096, hidden=512, intermediate=1024, layers=6, heads=8, kv_heads=2)
@@ -105,7 +85,7 @@ class Outcome:
 
 def build_model(shape: ModelShape, dtype: torch.dtype, init_range: float) -> LlamaForCausalLM:
     torch.manual_seed(SEED)
-    model = LlamaForCausalLM(shape.config(init_range))
+    model = LlamaForCausalLM(shape.config(4096, init_range))
     torch.nn.Module.to(model, dtype)  # in place; transformers' typed wrappers refuse these
     torch.nn.Module.eval(model)
     return model

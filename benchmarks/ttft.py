@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from llama_shape import ModelShape
 from local_servers import Server, machine, start_tierd
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 from transformers.generation.streamers import BaseStreamer
 
 from tierd.spec import PageSpec
@@ -50,29 +51,6 @@ TIER_HEADROOM = 1.25  # dram holds every prompt's pages with room to spare: no r
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 PREFETCH_POLLS, PREFETCH_POLL_S = 3000, 0.01
 GOALS = ((4096, "dram", 10.0), (4096, "disk", 5.0))  # issue 12's CPU targets: TTFT ratio at 4K
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """A Llama-shaped decoder: sizes of its layers (random weights)."""
-
-    vocab: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-
-    def config(self, max_tokens: int) -> LlamaConfig:
-        return LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden,
-                           intermediate_size=self.intermediate, num_hidden_layers=self.layers,
-                           num_attention_heads=self.heads, num_key_value_heads=self.kv_heads,
-                           max_position_embeddings=max_tokens)
-
-    def describe(self) -> str:
-        return (f"Llama-shaped, random weights: {self.layers} layers, hidden {self.hidden}, "
-                f"{self.heads} heads ({self.kv_heads} KV, head dim {self.hidden // self.heads}), "
-                f"MLP {self.intermediate}, vocab {self.vocab}")
 
 
 FULL = ModelShape(vocab=8192, hidden=512, intermediate=1536, layers=8, heads=8, kv_heads=2)
