@@ -80,19 +80,17 @@ class RequestLeases:
             self._fill_of[slot] = lease
         return lease.slots
 
-    def commit(self, keys: Sequence[bytes], slots: Sequence[int]) -> tuple[int, ...]:
-        """Commit filled slots (``slots[i]`` holds the page of ``keys[i]``) and pin the pages
-        again; returns the slots that hold them now (another one where the key was cached
-        meanwhile). A FILL lease whose last open slot is committed ends in the same RPC."""
-        by_lease: dict[int, tuple[Lease, list[bytes], list[int]]] = {}
-        for key, slot in zip(keys, slots, strict=True):
-            lease = self._fill_of.pop(slot)
-            _, lease_keys, lease_slots = by_lease.setdefault(lease.lease_id, (lease, [], []))
-            lease_keys.append(key)
-            lease_slots.append(slot)
-        for lease, lease_keys, lease_slots in by_lease.values():
-            still_open = self._open[lease.lease_id] - set(lease_slots)
-            lease.commit(lease_keys, lease_slots, release=not still_open)
+    def commit(self, keys: Sequence[bytes], slots: Sequence[int], parent: bytes | None = None) -> tuple[int, ...]:
+        """Commit filled slots (``slots[i]`` holds the page of ``keys[i]``, a chain after the page
+        ``parent``, ``None`` for a prompt's first page) and pin the pages again; returns the
+        slots that hold them now (another one where the key was cached meanwhile). A FILL lease
+        whose last open slot is committed ends in the same RPC."""
+        runs = self._runs_by_lease(keys, slots)
+        for n, (lease, run_keys, run_slots) in enumerate(runs):
+            # Each run names the page before it, so the daemon learns one chain across leases.
+            run_parent = parent if n == 0 else runs[n - 1][1][-1]
+            still_open = self._open[lease.lease_id] - set(run_slots)
+            lease.commit(run_keys, run_slots, release=not still_open, parent=run_parent)
             if still_open:
                 self._open[lease.lease_id] = still_open
             else:
@@ -103,6 +101,18 @@ class RequestLeases:
                                 "they could be pinned again (other workers press on hbm): give the daemon's hbm "
                                 "tier more capacity or run fewer requests at once, then start the request again")
         return pinned
+
+    def _runs_by_lease(self, keys: Sequence[bytes], slots: Sequence[int]
+                       ) -> list[tuple[Lease, list[bytes], list[int]]]:
+        """``keys`` / ``slots`` cut into runs of consecutive pages that share one FILL lease."""
+        runs: list[tuple[Lease, list[bytes], list[int]]] = []
+        for key, slot in zip(keys, slots, strict=True):
+            lease = self._fill_of.pop(slot)
+            if not runs or runs[-1][0] is not lease:
+                runs.append((lease, [], []))
+            runs[-1][1].append(key)
+            runs[-1][2].append(slot)
+        return runs
 
     def keep_alive(self) -> None:
         """Renew each lease past half of its granted TTL."""

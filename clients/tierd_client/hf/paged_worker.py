@@ -229,7 +229,8 @@ class PagedRequest:
         for page in range(first, full):
             parent = self._worker.ns.keys(self._tokens[page * p:(page + 1) * p], parent=parent)[0]
             keys.append(parent)
-        pinned = self._leases.commit(keys, self._table.slots[first:full])
+        # The page before ``first`` (reused or committed by an earlier step) is the chain's parent.
+        pinned = self._leases.commit(keys, self._table.slots[first:full], parent=self._keys[-1] if self._keys else None)
         for offset, slot in enumerate(pinned):
             self._table.replace(first + offset, slot)
         self._keys.extend(keys)

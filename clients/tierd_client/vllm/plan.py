@@ -23,11 +23,15 @@ class BlockLoad:
 
 @dataclass(frozen=True)
 class BlockSave:
-    """Store vLLM blocks ``block_ids[i]`` as the pages ``keys[i]`` once this step wrote them."""
+    """Store vLLM blocks ``block_ids[i]`` as the pages ``keys[i]`` once this step wrote them.
+
+    ``parent``: the key of the prompt's page just before ``keys[0]`` (saved by an earlier step,
+    or the reused prefix's last page); ``None`` when ``keys[0]`` is the prompt's first page."""
 
     req_id: str
     block_ids: tuple[int, ...]
     keys: tuple[bytes, ...]
+    parent: bytes | None = None
 
 
 @dataclass

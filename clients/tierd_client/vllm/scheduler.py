@@ -169,8 +169,9 @@ class SchedulerSide:
             tracked.keys = self.link.call("keys", lambda _c, ns: ns.keys(prompt))
         if tracked.keys is not None:
             first = tracked.done_blocks
+            parent = tracked.keys[first - 1] if first else None  # the chain goes on from there
             plan.saves.append(BlockSave(req_id, tuple(tracked.block_ids[first:upto]),
-                                        tuple(tracked.keys[first:upto])))
+                                        tuple(tracked.keys[first:upto]), parent))
         tracked.done_blocks = upto  # tierd down: those blocks are simply not cached
 
     def _rotate_leases(self) -> None:

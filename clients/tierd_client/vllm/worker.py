@@ -17,12 +17,13 @@ import torch
 
 from tierd.spec import PageSpec
 from tierd_client.errors import TierdRpcError
-from tierd_client.sync import TierClient
+from tierd_client.sync import Lease, TierClient
 from tierd_client.types import NamespaceHandle
 from tierd_client.vllm.kv_copy import blocks_to_pages, pages_to_blocks, pages_view
 from tierd_client.vllm.layout import check_kv_caches
 from tierd_client.vllm.link import TierdLink
-from tierd_client.vllm.plan import BlockLoad, BlockSave, StepPlan
+from tierd_client.vllm.plan import BlockLoad, StepPlan
+from tierd_client.vllm.save_chains import StepSaves, unique_saves
 
 log = logging.getLogger("tierd_client.vllm")
 
@@ -79,51 +80,49 @@ class WorkerSide:
     # -- saves ---------------------------------------------------------------------------------
     def save(self, plan: StepPlan) -> None:
         """Store the blocks of ``plan.saves`` (every layer of this step is written by now)."""
-        block_ids, keys = _unique(plan.saves)
-        if not keys:
+        saves = unique_saves(plan.saves)
+        if not saves.keys:
             return
-        saved = self.link.call("save", lambda c, ns: self._save(c, ns, block_ids, keys))
+        saved = self.link.call("save", lambda c, ns: self._save(c, ns, saves))
         self.blocks_saved += saved or 0
 
-    def _save(self, client: TierClient, ns: NamespaceHandle, block_ids: list[int], keys: list[bytes]) -> int:
+    def _save(self, client: TierClient, ns: NamespaceHandle, saves: StepSaves) -> int:
+        # One put or commit per run of consecutive pages, each naming the page before its run.
+        keys = saves.keys
         arena = self.link.arena(client, ns)
         if arena is None:
             pages = torch.empty((len(keys), self.spec.page_bytes), dtype=torch.uint8)
-            blocks_to_pages(self.layers, block_ids, pages_view(pages, self.spec), range(len(keys)))
-            client.put(ns, keys, pages.numpy(), tier=self.link.tier)
+            blocks_to_pages(self.layers, saves.block_ids, pages_view(pages, self.spec), range(len(keys)))
+            for first, end, parent in saves.pieces(0, len(keys)):
+                client.put(ns, keys[first:end], pages[first:end].numpy(), tier=self.link.tier, parent=parent)
             return len(keys)
         view = pages_view(arena.bytes(), self.spec)
         part = self.link.max_pages(ns)
         for start in range(0, len(keys), part):
-            part_keys, part_ids = keys[start:start + part], block_ids[start:start + part]
-            lease = client.allocate(ns, len(part_keys), ttl_s=self.link.settings.lease_ttl_s, tier=self.link.tier)
+            stop = min(start + part, len(keys))
+            lease = client.allocate(ns, stop - start, ttl_s=self.link.settings.lease_ttl_s, tier=self.link.tier)
             try:
-                blocks_to_pages(self.layers, part_ids, view, lease.slots)
-                client.commit(lease, part_keys, release=True)
+                blocks_to_pages(self.layers, saves.block_ids[start:stop], view, lease.slots)
+                self._commit_pieces(client, lease, saves, start, stop)
             except BaseException:
                 with contextlib.suppress(TierdRpcError, OSError):
                     lease.release()
                 raise
         return len(keys)
 
+    @staticmethod
+    def _commit_pieces(client: TierClient, lease: Lease, saves: StepSaves, start: int, stop: int) -> None:
+        """Commit ``saves.keys[start:stop]`` (in ``lease.slots`` from its first), the last run
+        ending the lease."""
+        pieces = saves.pieces(start, stop)
+        for n, (first, end, parent) in enumerate(pieces):
+            client.commit(lease, saves.keys[first:end], lease.slots[first - start:end - start],
+                          release=n == len(pieces) - 1, parent=parent)
+
 
 def _bind_load(fn: Callable[[TierClient, NamespaceHandle, BlockLoad], int],
                load: BlockLoad) -> Callable[[TierClient, NamespaceHandle], int]:
     return lambda client, ns: fn(client, ns, load)
-
-
-def _unique(saves: Sequence[BlockSave]) -> tuple[list[int], list[bytes]]:
-    """The blocks and keys of ``saves``, each key once (two requests with one prefix in a step)."""
-    block_ids: list[int] = []
-    keys: list[bytes] = []
-    seen: set[bytes] = set()
-    for save in saves:
-        for block_id, key in zip(save.block_ids, save.keys):
-            if key not in seen:
-                seen.add(key)
-                block_ids.append(block_id)
-                keys.append(key)
-    return block_ids, keys
 
 
 def layer_order(kv_caches: Mapping[str, Any]) -> list[str]:
