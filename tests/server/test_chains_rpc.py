@@ -16,7 +16,6 @@ from server_harness import (
     ServerThread,
     keys_for,
     make_server,
-    open_channel,
     pages_for,
     put_stream,
 )
@@ -41,11 +40,6 @@ def server(short_tmp: Path) -> Iterator[ServerThread]:
     yield srv
     srv.stop()
 
-
-@pytest.fixture
-def stub(server: ServerThread) -> Iterator[pb_grpc.TierdStub]:
-    with open_channel(server) as channel:
-        yield pb_grpc.TierdStub(channel)
 
 
 def expect_status(code: grpc.StatusCode, call: Callable[[], object]) -> str:
