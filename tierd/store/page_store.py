@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
 from tierd.config import StoreConfig, WritePolicy
-from tierd.errors import InvalidArgument, ResourceExhausted, TierdError, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.handles import RegionHandle
 from tierd.keys import PageKey, check_keys, check_parent, namespace_fingerprint
 from tierd.remote.base import RemoteBackend
@@ -36,7 +36,8 @@ from tierd.store.durability import Durability
 from tierd.store.flushing import disk_failure_note, flush_to_disk
 from tierd.store.lease_checks import check_acquire, check_allocate, lease_ttl
 from tierd.store.plans import Plan
-from tierd.store.remote_link import fill_from_remote, remote_lookup
+from tierd.store.putting import fill_dram_from_remote, store_pages
+from tierd.store.remote_link import remote_lookup
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.values import Lease, LookupResult
@@ -187,7 +188,7 @@ class PageStore:
         through = self.config.write_policy is WritePolicy.WRITE_THROUGH
         ticket = parts.manager.durability.new_ticket(ns_id) if through else None
         try:
-            stored, skipped = self._store_pages(parts, ns_id, tier, keys, views, ticket, parent)
+            stored, skipped = store_pages(parts, self.config, ns_id, tier, keys, views, ticket, parent)
         finally:
             if ticket is not None:
                 parts.manager.durability.seal(ticket)
@@ -195,59 +196,6 @@ class PageStore:
             parts.remote.published(ns_id, keys)
         parts.maintenance.wake()
         return PutResult(stored, skipped, ticket)
-
-    def _store_pages(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey], views: Sequence[memoryview],
-                     ticket: int | None, parent: PageKey | None = None) -> tuple[int, int]:
-        """Copy pages (a chain after ``parent``) into ``tier`` in batches; ``(stored, skipped)``."""
-        stored = skipped = 0
-        # A batch never needs more free slots than the region has.
-        batch = min(self.config.put_batch_pages, parts.manager.num_slots(ns_id, tier))
-        deadline_s = time.monotonic() + self.config.acquire_timeout_s
-        for start in range(0, len(keys), batch):
-            done, dup = self._put_batch(parts, ns_id, tier, keys[start:start + batch], list(views[start:start + batch]),
-                                        ticket, deadline_s, keys[start - 1] if start else parent)
-            stored += done
-            skipped += dup
-        return stored, skipped
-
-    def _fill_from_remote(self, parts: Parts, ns_id: int, keys: Sequence[PageKey]) -> None:
-        """Put the remote tier's pages of the keys after the local cached prefix into dram
-        (best effort: a miss, a failure or no room leaves the prefix as it is)."""
-        if parts.remote is None:
-            return
-        present = parts.manager.cached_prefix(ns_id, keys)
-        found, pages = fill_from_remote(parts.remote, parts.manager, ns_id, keys, present)
-        if not found:
-            return
-        try:
-            # The remote's pages continue the local prefix: its last page is their parent.
-            self._store_pages(parts, ns_id, Tier.DRAM, found, pages, None,
-                              keys[present - 1] if present else None)
-        except TierdError as exc:
-            log.warning("%d page(s) read from the remote tier found no room in dram: %s",
-                        len(found), exc)
-
-    def _put_batch(self, parts: Parts, ns_id: int, tier: Tier, keys: list[PageKey],
-                   views: list[memoryview], ticket: int | None, deadline_s: float,
-                   parent: PageKey | None) -> tuple[int, int]:
-        by_key = dict(zip(keys, views))
-        while True:
-            plan, skipped, needed, persist = parts.manager.plan_store(ns_id, tier, keys, ticket, parent)
-            parts.runner.start_all([persist])
-            if not needed:
-                break
-            if not parts.evictor.make_room(ns_id, tier, needed, deadline_s):
-                raise ResourceExhausted(
-                    f"namespace {ns_id} cannot make {needed} {tier.label} slots free: its "
-                    f"{parts.manager.num_slots(ns_id, tier)} slots are leased or in flight; release "
-                    "leases or put fewer pages" + disk_failure_note(parts.disk))
-        if plan is None:
-            return 0, skipped
-        outcomes = parts.runner.run(plan, [by_key[move.key] for move in plan.moves])
-        if not all(outcomes):
-            raise Unavailable(f"{outcomes.count(False)} of {len(plan)} pages could not be copied into "
-                              f"{tier.label} (the store is closing, or see the log)")
-        return len(plan), skipped
 
     def allocate(self, ns_id: int, num_pages: int, ttl_s: float | None = None,
                  owner: str | None = None, tier: Tier = Tier.HBM) -> Lease:
@@ -394,7 +342,7 @@ class PageStore:
             raise InvalidArgument(f"got {len(keys)} keys but only {len(outs)} output buffers")
         views = [byte_view(out, what=f"outs[{i}]", expected_bytes=page_bytes, writable=True,
                            expected_note=PAGE_BYTES_NOTE) for i, out in enumerate(outs[:len(keys)])]
-        self._fill_from_remote(self._ready(ns_id), ns_id, keys)
+        fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
         outcomes = parts.runner.run(parts.manager.plan_read(ns_id, keys), views)
         return outcomes.index(False) if False in outcomes else len(outcomes)
 
@@ -433,7 +381,7 @@ class PageStore:
         keys = check_keys(keys)
         if target_tier not in MEMORY_TIERS:
             raise InvalidArgument(f"prefetch moves pages up into hbm or dram, not {target_tier.label}")
-        self._fill_from_remote(parts, ns_id, keys)
+        fill_dram_from_remote(parts, self.config, ns_id, keys)
         todo = parts.manager.to_move(ns_id, keys, target_tier)
         deadline_s = time.monotonic() + self.config.acquire_timeout_s
         return len(parts.promoter.schedule(ns_id, todo, target_tier, deadline_s))
@@ -450,7 +398,7 @@ class PageStore:
         keys, ttl = check_acquire(self.config, parts.manager, ns_id, keys, target_tier, ttl_s)
         wait_s = self.config.acquire_timeout_s if timeout_s is None else timeout_s
         deadline_s = time.monotonic() + wait_s
-        self._fill_from_remote(parts, ns_id, keys)
+        fill_dram_from_remote(parts, self.config, ns_id, keys)
         return acquire_rounds(parts.manager, parts.promoter, ns_id, keys, target_tier, deadline_s,
                               ttl, owner, wait_s, release)
 
