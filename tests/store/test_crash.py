@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 from store_helpers import SPEC, small_config
@@ -27,6 +28,8 @@ from tierd.keys import chain_keys
 from tierd.spec import Namespace
 from tierd.store import PageStore
 from tierd.tier import Tier
+from tierd.tiers.disk import ENV_DIR_NAME, MAX_DBS, PAGES_DB
+from tierd.tiers.disk_parents import PARENT_BYTES, PARENTS_DB
 
 BATCH_PAGES = 6
 BATCHES_PER_ROUND = 40
@@ -101,6 +104,21 @@ def _check_after_crash(data_dir: Path, device: str, acked: set[int], written: ra
         stats = store.stats()
         assert stats.checksum_failures == 0
         assert stats.tiers[Tier.DISK].evictions == 0, "the disk was sized to hold every page"
+    _check_parent_records(data_dir)
+
+
+def _check_parent_records(data_dir: Path) -> None:
+    """Every ``parents`` record has its page and the right length (written in the page's
+    transaction, so a kill never leaves one without the other)."""
+    env = lmdb.open(str(data_dir / ENV_DIR_NAME), max_dbs=MAX_DBS)
+    try:
+        pages_db, parents_db = env.open_db(PAGES_DB), env.open_db(PARENTS_DB)
+        with env.begin() as txn:
+            for dkey, parent in txn.cursor(db=parents_db):
+                assert len(parent) == PARENT_BYTES
+                assert txn.get(dkey, db=pages_db) is not None, "a parent record without its page"
+    finally:
+        env.close()
 
 
 @pytest.mark.slow

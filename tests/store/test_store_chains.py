@@ -1,6 +1,6 @@
 """The page store's puts and commits name parents (the in-process calls the daemon serves):
 under prefix_aware a chain put in pieces is evicted from its end, a malformed parent is refused,
-and after a restart the disk's pages are roots that a later put may continue."""
+and after a restart a later put may continue a chain found on disk."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_a_malformed_parent_is_refused_and_changes_nothing(tmp_path: Path, devic
         assert store.stats().leases == 1
 
 
-def test_after_a_restart_disk_pages_are_roots_a_put_may_continue(tmp_path: Path, device: str) -> None:
+def test_after_a_restart_a_put_may_continue_a_chain_on_disk(tmp_path: Path, device: str) -> None:
     config = _config(tmp_path / "data", device)
     with PageStore(config) as store:
         ns = store.register(SPEC)
@@ -68,8 +68,8 @@ def test_after_a_restart_disk_pages_are_roots_a_put_may_continue(tmp_path: Path,
     with PageStore(config) as store:
         ns = store.register(SPEC)
         assert list(store.lookup(ns.ns_id, chain[:4]).tiers) == [Tier.DISK] * 4
-        # The disk record keeps no parent: chain[:4] are roots now; naming chain[3] as the
-        # parent of what follows makes chain[3:] one chain again.
+        # chain[:4] kept their parents on disk; naming chain[3] as the parent of what follows
+        # makes the whole of chain one chain again.
         store.put(ns.ns_id, chain[4:], make_pages(ns, 4, seed=1), parent=chain[3])
         assert store.lookup(ns.ns_id, chain).num_hits == 8
         assert store.stats().evictions_with_children == 0

@@ -10,8 +10,8 @@ its lock only. The residency tables tell it which tier a page entered or left; t
 orders and the manager's eviction decisions read it (``TierChains`` and ``DiskChains`` are the
 views the orders get). A link exists while its page is cached in some tier or has a cached child;
 a child cached nowhere that outlives its parent's link reads the missing parent as a broken chain.
-Disk pages found at start-up have no parent (the disk record has no room for one): they are roots
-until a put names them as a parent.
+Disk pages found at start-up get the parent stored with them (the disk tier's ``parents``
+database); pages without one (written by an older tierd) are roots until a put names their parent.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def _load_index(disk: DiskTier, manager: Manager) -> None:
     for ns in disk.load_namespaces():
         manager.add_namespace(ns)
     for entry in sorted(disk.scan(), key=lambda entry: entry.seq):
-        if not manager.load_disk_page(entry.ns_id, entry.key, entry.stored_bytes, entry.seq):
+        if not manager.load_disk_page(entry.ns_id, entry.key, entry.stored_bytes, entry.seq,
+                                      entry.parent):
             log.warning("disk holds a page of unknown namespace %d; dropping it", entry.ns_id)
 
 

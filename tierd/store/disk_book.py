@@ -137,7 +137,7 @@ class DiskBook:
             return None
         self.residency.begin_write(dkey, book.stored_bytes)
         book.mem[tier].pin(slot)
-        return Move(key, Place(tier, slot), ON_DISK, next(self._seq))
+        return Move(key, Place(tier, slot), ON_DISK, next(self._seq), book.chains.parent_of(key))
 
     def eviction_writes(self, book: NamespaceBook, tier: Tier,
                         dirty: list[tuple[PageKey, int]]) -> list[Move]:

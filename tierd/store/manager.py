@@ -110,9 +110,10 @@ class Manager:
         with self._lock:
             return self._book_locked(ns_id).residency(tier).free_slots
 
-    def load_disk_page(self, ns_id: int, key: PageKey, stored_bytes: int, seq: int) -> bool:
-        """A page found on disk at start-up (call oldest first); False for an unknown namespace,
-        whose page is queued for removal."""
+    def load_disk_page(self, ns_id: int, key: PageKey, stored_bytes: int, seq: int,
+                       parent: PageKey | None = None) -> bool:
+        """A page found on disk at start-up (call oldest first), with the ``parent`` stored with
+        it; False for an unknown namespace, whose page is queued for removal."""
         with self._lock:
             self._disk.resume_after(seq)
             book = self._books.get(ns_id)
@@ -120,6 +121,7 @@ class Manager:
                 self._disk.deferred_deletes.append((ns_id, key))
                 return False
             self._disk.residency.add(book.dkey(key), stored_bytes)
+            book.chains.name_parent(key, parent)  # after add: a link of an uncached page is dropped
             return True
 
     def _book_locked(self, ns_id: int) -> NamespaceBook:

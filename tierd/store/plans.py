@@ -61,7 +61,7 @@ ON_DISK = Place(Tier.DISK)
 @dataclass(frozen=True)
 class Move:
     """One page: from ``src`` to ``dst`` (``None``: a caller's buffer). ``seq`` orders disk writes;
-    ``parent`` (STORE only) is the page before it, as its put named it."""
+    ``parent`` (STORE, and PERSIST: written with the page) is the page before it in its chain."""
 
     key: PageKey
     src: Place | None

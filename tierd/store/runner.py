@@ -117,7 +117,7 @@ class PlanRunner:
                 raise ValueError(f"a move of page {move.key.hex()} needs the caller's buffer")
             return buffer
         if where.on_disk:
-            return DiskRef(ns_id, move.key, move.seq)
+            return DiskRef(ns_id, move.key, move.seq, move.parent)
         return SlotRef(self._regions.get(ns_id, where.tier), where.slot)
 
     def drain_deletes(self) -> None:

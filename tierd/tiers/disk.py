@@ -1,8 +1,9 @@
 """The ``disk`` tier: page bytes in one LMDB environment (``data_dir/pages.lmdb``).
 
 The tier stores and returns bytes; it never decides what to evict (the store's index does, and
-calls ``delete``). Two named databases: ``pages`` (disk key -> header + payload, see
-``page_format``) and ``meta`` (the persisted namespace registry and the page format version).
+calls ``delete``). Three named databases: ``pages`` (disk key -> header + payload, see
+``page_format``), ``meta`` (the persisted namespace registry and the page format version) and
+``parents`` (disk key -> its parent's page key, ``disk_parents``; absent in older data dirs).
 ``open`` first takes the data dir's lock (``data_dir_lock``: one tierd per data dir), checks
 ``data.mdb`` before LMDB maps it (``lmdb_file``), then refuses a foreign environment and
 migrates a version-1 one (``disk_format``). A durable (fsync) environment writes pages in place
@@ -19,18 +20,17 @@ import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lmdb
-import numpy as np
 
 from tierd.buffers import byte_view
 from tierd.config import DiskConfig, StoreConfig
 from tierd.errors import ConfigError, FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from tierd.keys import check_keys
 from tierd.spec import Namespace
-from tierd.tiers.cold_pages import ColdForms, StoredForm, quantized_put
+from tierd.tiers.cold_pages import ColdForms, quantized_put
 from tierd.tiers.data_dir_lock import DataDirLock
 from tierd.tiers.disk_format import (
     FormatState,
@@ -40,7 +40,8 @@ from tierd.tiers.disk_format import (
     migrate_v1,
     record_format,
 )
-from tierd.tiers.disk_reads import ReadCounters, ReaderGate
+from tierd.tiers.disk_parents import PARENTS_DB, ParentRecords
+from tierd.tiers.disk_reads import ReadCounters, ReaderGate, copy_out
 from tierd.tiers.disk_scan import DiskEntry, measure, scan_chunk
 from tierd.tiers.disk_writer import (
     Barrier,
@@ -72,8 +73,8 @@ log = logging.getLogger(__name__)
 ENV_DIR_NAME = "pages.lmdb"
 PAGES_DB = b"pages"
 META_DB = b"meta"
-MAX_DBS = 2
-TIERD_DBS = frozenset({PAGES_DB, META_DB})
+MAX_DBS = 3
+TIERD_DBS = frozenset({PAGES_DB, META_DB, PARENTS_DB})
 # Reader slots beyond ``reader_threads``: the store's movers, scan/contains from other threads
 # and py-lmdb's cached spare transaction; LMDB's own default (126) costs 8 KiB of lock file.
 EXTRA_READER_SLOTS = 126
@@ -92,13 +93,15 @@ class ReadStatus(enum.Enum):
 
 @dataclass(frozen=True)
 class PageWrite:
-    """One page for ``submit_writes``: ``payload`` stays unchanged until ``on_done`` fires."""
+    """One page for ``submit_writes``: ``payload`` stays unchanged until ``on_done`` fires;
+    ``parent``: the page key of its parent in its chain, if known (stored with the page)."""
 
     ns_id: int
     key: bytes
     payload: memoryview
     seq: int
     on_done: Callable[[bool], None]
+    parent: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,7 @@ class _Session:
     fingerprints: NamespaceFingerprints  # of every namespace with a record: the checksums need them
     forms: ColdForms  # the namespaces whose pages are stored quantized
     pid: int
+    parents: ParentRecords
     map_size_bytes: int  # LMDB's, which is larger than configured if the file already was
     opened: OpenedEnvironment  # env, and whether its pages are written in place
 
@@ -207,6 +211,7 @@ class DiskTier:
         check_databases(env, TIERD_DBS, self._path)
         pages_db = env.open_db(PAGES_DB)
         meta_db = env.open_db(META_DB)
+        parents = ParentRecords(env.open_db(PARENTS_DB))  # created empty in an older data dir
         try:
             namespaces = read_namespaces(env, meta_db, self._path)
             fingerprints = {ns.ns_id: check_fingerprint(ns.fingerprint) for ns in namespaces}
@@ -225,7 +230,7 @@ class DiskTier:
                               quantized_pages=stored.quantized_pages,
                               quantized_bytes_saved=stored.quantized_bytes_saved)
         writer = DiskWriter(env, pages_db, meta_db, self._config.disk, initial,
-                            self._notify_map_full, self._closed_message, forms)
+                            self._notify_map_full, self._closed_message, forms, parents)
         writer.start()
         try:
             if state is FormatState.NEW:
@@ -243,7 +248,7 @@ class DiskTier:
         return _Session(env=env, pages_db=pages_db, meta_db=meta_db, writer=writer,
                         gate=ReaderGate(self._closed_message),
                         fingerprints=NamespaceFingerprints(fingerprints), forms=forms,
-                        pid=os.getpid(),
+                        pid=os.getpid(), parents=parents,
                         map_size_bytes=env.info()["map_size"], opened=opened)
 
     def _open_env(self) -> OpenedEnvironment:
@@ -366,11 +371,13 @@ class DiskTier:
                                          f"tier at {self._path}: save_namespace() it first")
             form = session.forms.get(write.ns_id)
             if form is not None:
-                ops.append(quantized_put(form, dkey, view, write.seq, write.on_done, fingerprint))
+                put = quantized_put(form, dkey, view, write.seq, write.on_done, fingerprint)
+                ops.append(replace(put, parent=write.parent))
                 continue
             header = encode_header(write.ns_id, dkey[NS_ID_BYTES:], fingerprint, view.nbytes,
                                    seq, view)
-            ops.append(PutPage(dkey, write.ns_id, view, seq, write.on_done, header))
+            ops.append(PutPage(dkey, write.ns_id, view, seq, write.on_done, header,
+                               parent=write.parent))
         return session.writer.submit_pages(ops)
 
     def delete(self, ns_id: int, keys: Sequence[bytes],
@@ -425,7 +432,7 @@ class DiskTier:
                     value, ns_id, dkey[NS_ID_BYTES:], fingerprint, expected_bytes, encoding) is None:
                 seen = (bytes(value[:HEADER_BYTES]), len(value))
             else:
-                _copy_out(value[header.header_bytes:], out, form)
+                copy_out(value[header.header_bytes:], out, form)
                 seen = None
         if seen is not None:
             self._drop_corrupt(session, dkey, *seen)
@@ -452,7 +459,7 @@ class DiskTier:
             with session.gate.reading():
                 entries, bad, last_key, num_seen = scan_chunk(session.env, session.pages_db,
                                                               after, SCAN_CHUNK_ENTRIES,
-                                                              session.forms)
+                                                              session.forms, session.parents)
             for dkey, seen_header, seen_bytes in bad:
                 self._drop_corrupt(session, dkey, seen_header, seen_bytes)
             yield from entries
@@ -490,11 +497,3 @@ class DiskTier:
                          map_size_bytes=(session.map_size_bytes if session is not None
                                          else self._map_size_bytes))
 
-
-def _copy_out(payload: memoryview, out: memoryview, form: StoredForm | None) -> None:
-    """A verified stored payload into ``out``: copied (exact), or decoded from its cold form."""
-    if form is not None:
-        form.decode(payload, out)
-        return
-    # numpy's copy releases the GIL, so reads on other threads overlap it.
-    np.copyto(np.frombuffer(out, np.uint8), np.frombuffer(payload, np.uint8))

@@ -34,6 +34,7 @@ class PutPage:
     # ``encoder`` the writer makes the header instead and this is empty.
     header: bytes
     encoder: PageEncoder | None = None
+    parent: bytes | None = None  # the parent's page key, kept in the ``parents`` database
 
     @property
     def stored_payload_bytes(self) -> int:

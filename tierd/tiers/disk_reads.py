@@ -7,7 +7,10 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from tierd.errors import Unavailable
+from tierd.tiers.cold_pages import StoredForm
 
 
 class ReadCounters:
@@ -56,3 +59,12 @@ class ReaderGate:
             self._open = False
             while self._active:
                 self._cond.wait()
+
+
+def copy_out(payload: memoryview, out: memoryview, form: StoredForm | None) -> None:
+    """A verified stored payload into ``out``: copied (exact), or decoded from its cold form."""
+    if form is not None:
+        form.decode(payload, out)
+        return
+    # numpy's copy releases the GIL, so reads on other threads overlap it.
+    np.copyto(np.frombuffer(out, np.uint8), np.frombuffer(payload, np.uint8))

@@ -3,23 +3,26 @@ warm restart. Headers only: payloads are never read (value sizes come from LMDB'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import lmdb
 
 from tierd.errors import InvalidArgument
 from tierd.tiers.cold_pages import ColdForms
+from tierd.tiers.disk_parents import ParentRecords
 from tierd.tiers.page_format import EXACT_ENCODING, HEADER_BYTES, decode_header, split_disk_key
 
 
 @dataclass(frozen=True)
 class DiskEntry:
-    """One stored page as ``scan`` sees it; ``stored_bytes`` includes the header."""
+    """One stored page as ``scan`` sees it; ``stored_bytes`` includes the header; ``parent``:
+    the page key of its parent, when its put named one."""
 
     ns_id: int
     key: bytes
     seq: int
     stored_bytes: int
+    parent: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -51,9 +54,10 @@ ScanChunk = tuple[list[DiskEntry], list[tuple[bytes, bytes, int]], bytes | None,
 
 
 def scan_chunk(env: lmdb.Environment, pages_db: lmdb._Database, after: bytes | None,
-               max_entries: int, forms: ColdForms) -> ScanChunk:
+               max_entries: int, forms: ColdForms,
+               parents: ParentRecords | None = None) -> ScanChunk:
     """Up to ``max_entries`` entries after key ``after``: (good, bad, last key, seen). A bad one
-    is ``(disk key, its first HEADER_BYTES, its size)``."""
+    is ``(disk key, its first HEADER_BYTES, its size)``. Good ones carry their ``parents`` record."""
     entries: list[DiskEntry] = []
     bad: list[tuple[bytes, bytes, int]] = []
     last_key: bytes | None = None
@@ -68,6 +72,8 @@ def scan_chunk(env: lmdb.Environment, pages_db: lmdb._Database, after: bytes | N
             entry = _entry_from_header(last_key, value, forms)
             if entry is None:
                 bad.append((last_key, bytes(value[:HEADER_BYTES]), len(value)))
+            elif parents is not None and (parent := parents.read(txn, last_key)) is not None:
+                entries.append(replace(entry, parent=parent))
             else:
                 entries.append(entry)
             positioned = cursor.next()

@@ -37,6 +37,7 @@ from tierd.tiers.disk_ops import (
     op_cost,
     pages_in,
 )
+from tierd.tiers.disk_parents import ParentRecords
 from tierd.tiers.page_format import HEADER_BYTES
 from tierd.tiers.write_failures import WriteFailureLog, describe
 
@@ -195,8 +196,10 @@ class DiskWriter:
 
     def __init__(self, env: lmdb.Environment, pages_db: lmdb._Database, meta_db: lmdb._Database,
                  disk: DiskConfig, initial: WriterStats, on_map_full: Callable[[], None],
-                 closed_message: str, forms: ColdForms | None = None) -> None:
+                 closed_message: str, forms: ColdForms | None = None,
+                 parents: ParentRecords | None = None) -> None:
         self._env = env
+        self._parents = parents  # None: an environment without the ``parents`` database
         self._forms = forms or ColdForms()  # which namespaces' stored pages are quantized
         self._pages_db = pages_db
         self._meta_db = meta_db
@@ -397,6 +400,8 @@ class DiskWriter:
             if old is not None:
                 self._uncount_quantized(op.dkey, old_bytes, delta)
             txn.put(op.dkey, value, db=self._pages_db)
+            if self._parents is not None:
+                self._parents.write(txn, op.dkey, op.parent)
             if op.encoder is not None:
                 self._count_quantized(op.dkey, len(value), delta, 1)
             delta.pages += old is None
@@ -421,6 +426,8 @@ class DiskWriter:
             delta.stored_bytes -= len(old)
             self._uncount_quantized(dkey, len(old), delta)
             txn.delete(dkey, db=self._pages_db)
+            if self._parents is not None:
+                self._parents.delete(txn, dkey)
 
     def _count_quantized(self, dkey: bytes, value_bytes: int, delta: _Delta, sign: int) -> None:
         """Add (``sign`` 1) or take away (-1) one quantized value of ``value_bytes`` (header

@@ -45,11 +45,13 @@ class SlotRef:
 
 @dataclass(frozen=True)
 class DiskRef:
-    """Page ``key`` of namespace ``ns_id`` on disk; ``seq`` is written into its header."""
+    """Page ``key`` of namespace ``ns_id`` on disk; ``seq`` is written into its header;
+    ``parent`` (a write's): its parent's page key, stored with it so chains survive a restart."""
 
     ns_id: int
     key: bytes
     seq: int = 0
+    parent: bytes | None = None
 
 
 Endpoint = SlotRef | DiskRef | memoryview

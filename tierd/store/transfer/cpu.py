@@ -103,7 +103,7 @@ class DiskWriteHandler:
             if not isinstance(dst, DiskRef):
                 raise TransferError(f"a disk write needs a disk destination, got {dst!r}")
             writes.append(PageWrite(dst.ns_id, dst.key, host_view(copy.src), dst.seq,
-                                    functools.partial(ticket.settle, index)))
+                                    functools.partial(ticket.settle, index), dst.parent))
         queued = 0
         try:
             queued = self._disk.submit_writes(writes)
