@@ -1,12 +1,15 @@
-"""Read-only views of the manager's bookkeeping: tier statistics and a copy of the whole index.
+"""Read-only views of the manager's bookkeeping: tier statistics, regions above their watermarks and
+a copy of the whole index.
 
 Functions over the objects they read; the manager calls them with its lock held.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
+from tierd.config import StoreConfig
 from tierd.index.leases import LeaseRecord
 from tierd.keys import PageKey
 from tierd.store.counters import Counters
@@ -63,3 +66,15 @@ def _by_namespace(dkeys: dict[bytes, int]) -> dict[int, frozenset[PageKey]]:
         ns_id, key = split_disk_key(dkey)
         out.setdefault(ns_id, set()).add(key)
     return {ns_id: frozenset(keys) for ns_id, keys in out.items()}
+
+
+def watermark_excess(books: Sequence[NamespaceBook], config: StoreConfig) -> list[tuple[int, Tier, int]]:
+    """``(ns_id, tier, pages)`` for every region above its high watermark: the pages to demote to
+    bring it down to its low watermark."""
+    out = []
+    for book in books:
+        for tier, res in book.mem.items():
+            cfg = config.memory_tier(tier)
+            if res.used_slots > cfg.high_watermark * res.num_slots:
+                out.append((book.ns_id, tier, res.used_slots - math.floor(cfg.low_watermark * res.num_slots)))
+    return out

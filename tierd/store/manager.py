@@ -12,7 +12,6 @@ here calls the engine or the disk tier, so a completion callback on any thread m
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -410,15 +409,8 @@ class Manager:
     def watermark_excess(self) -> list[tuple[int, Tier, int]]:
         """``(ns_id, tier, pages)`` to demote for every region above its high watermark (down to
         its low watermark)."""
-        out = []
         with self._lock:
-            for book in self._books.values():
-                for tier, res in book.mem.items():
-                    cfg = self.config.memory_tier(tier)
-                    if res.used_slots > cfg.high_watermark * res.num_slots:
-                        out.append((book.ns_id, tier,
-                                    res.used_slots - math.floor(cfg.low_watermark * res.num_slots)))
-        return out
+            return inspection.watermark_excess(list(self._books.values()), self.config)
 
     def evict_disk_to_watermark(self) -> int:
         with self._lock:
