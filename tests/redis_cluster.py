@@ -42,6 +42,9 @@ SLOTS = 16384
 # Bounded polling: attempts times the pause is the most any wait may take (generous: 2 shared cores).
 POLL_PAUSE_S = 0.05
 READY_ATTEMPTS = 600          # 30 s for a server to answer PING or the cluster to settle
+# A master restarted right after a SIGKILL has (rarely, in CI) aborted at start-up; a fresh
+# process on the same dir then starts fine, so a restart tries again a few times.
+RESTART_ATTEMPTS = 3
 CLI_TIMEOUT_S = 120.0         # redis-cli --cluster create / reshard
 OPENSSL_TIMEOUT_S = 60.0
 SPAWN_ATTEMPTS = 3            # fresh ports each time a server dies while starting
@@ -145,6 +148,10 @@ def make_certificates(directory: Path) -> None:
         openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
                 "-CAcreateserial", "-days", "2", "-out", f"{name}.crt",
                 "-extfile", str(cnf), "-extensions", name)
+
+
+class NodeExited(RuntimeError):
+    """A redis-server exited before it answered PING (the message has its log's tail)."""
 
 
 class RedisClusterFixture:
@@ -294,8 +301,15 @@ class RedisClusterFixture:
         its data is gone); with ``wait``, until the whole cluster is ok again (restarting every
         master of a cluster: ``wait=False`` for all but the last)."""
         self._reap(i)
-        self._spawn(i)
-        self._wait_ping(i)
+        for attempt in range(1, RESTART_ATTEMPTS + 1):
+            self._spawn(i)
+            try:
+                self._wait_ping(i)
+                break
+            except NodeExited:
+                if attempt == RESTART_ATTEMPTS:
+                    raise
+                self.procs[i] = None
         if wait:
             self.wait_ok()
 
@@ -336,8 +350,10 @@ class RedisClusterFixture:
                      "--tls-cert-file", str(self.server_cert_file),
                      "--tls-key-file", str(self.server_key_file),
                      "--tls-ca-cert-file", str(self.ca_file)]
-        self.procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+        # stderr says why a server aborted before it could write its log file.
+        with open(node_dir / "stderr.log", "ab") as stderr:
+            self.procs[i] = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                             stderr=stderr, preexec_fn=_die_with_parent)
 
     def _reap(self, i: int) -> None:
         proc = self.procs[i]
@@ -354,8 +370,8 @@ class RedisClusterFixture:
             for _ in range(READY_ATTEMPTS):
                 proc = self.procs[i]
                 if proc is not None and proc.poll() is not None:
-                    raise RuntimeError(f"redis-server {self.nodes[i]} exited with {proc.returncode}: "
-                                       f"{self._log_tail(i)}")
+                    raise NodeExited(f"redis-server {self.nodes[i]} exited with {proc.returncode}: "
+                                     f"{self._log_tail(i)}")
                 with contextlib.suppress(RedisError):
                     if r.ping():
                         return
@@ -396,7 +412,11 @@ class RedisClusterFixture:
                                f"{output[-2000:]}")
 
     def _log_tail(self, i: int) -> str:
-        try:
-            return (self.root / f"node-{i}" / "redis.log").read_text(errors="replace")[-1500:]
-        except OSError:
-            return "(no log)"
+        tails = []
+        for name in ("redis.log", "stderr.log"):
+            try:
+                text = (self.root / f"node-{i}" / name).read_text(errors="replace")[-1500:]
+            except OSError:
+                text = "(none)"
+            tails.append(f"{name}: {text}")
+        return "; ".join(tails)
