@@ -43,3 +43,6 @@ class RegionHandle:
     socket_path: str = ""
     # Bytes of the region's read-only page index (``tierd.page_index``), 0 without one.
     index_bytes: int = 0
+    # The daemon run that made the handle (proto RegionHandle.epoch): a CUDA mapping is stale once
+    # the session reports another.
+    epoch: bytes = field(default=b"", repr=False)

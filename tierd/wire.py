@@ -75,7 +75,8 @@ def handle_to_pb(handle: RegionHandle) -> pb.RegionHandle:
                            size_bytes=handle.size_bytes, page_bytes=handle.page_bytes,
                            num_slots=handle.num_slots, device=handle.device,
                            ipc_handle=handle.ipc_handle, grant=handle.grant,
-                           socket_path=handle.socket_path, index_bytes=handle.index_bytes)
+                           socket_path=handle.socket_path, index_bytes=handle.index_bytes,
+                           epoch=handle.epoch)
 
 
 def handle_from_pb(message: pb.RegionHandle) -> RegionHandle:
@@ -87,7 +88,8 @@ def handle_from_pb(message: pb.RegionHandle) -> RegionHandle:
                         size_bytes=message.size_bytes, page_bytes=message.page_bytes,
                         num_slots=message.num_slots, device=message.device or "cpu",
                         ipc_handle=bytes(message.ipc_handle), grant=bytes(message.grant),
-                        socket_path=message.socket_path, index_bytes=message.index_bytes)
+                        socket_path=message.socket_path, index_bytes=message.index_bytes,
+                        epoch=bytes(message.epoch))
 
 
 def lease_kind_to_pb(kind: LeaseKind) -> pb.LeaseKind:

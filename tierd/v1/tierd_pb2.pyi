@@ -74,7 +74,7 @@ class PageSpec(_message.Message):
     def __init__(self, model: _Optional[str] = ..., dtype: _Optional[str] = ..., num_layers: _Optional[int] = ..., num_kv_heads: _Optional[int] = ..., head_dim: _Optional[int] = ..., page_tokens: _Optional[int] = ..., layout: _Optional[str] = ..., window_tokens: _Optional[int] = ..., sink_tokens: _Optional[int] = ..., cold_format: _Optional[str] = ...) -> None: ...
 
 class RegionHandle(_message.Message):
-    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes")
+    __slots__ = ("tier", "kind", "name", "offset_bytes", "size_bytes", "page_bytes", "num_slots", "device", "ipc_handle", "grant", "socket_path", "index_bytes", "epoch")
     TIER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class RegionHandle(_message.Message):
     GRANT_FIELD_NUMBER: _ClassVar[int]
     SOCKET_PATH_FIELD_NUMBER: _ClassVar[int]
     INDEX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     kind: HandleKind
     name: str
@@ -99,7 +100,8 @@ class RegionHandle(_message.Message):
     grant: bytes
     socket_path: str
     index_bytes: int
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ..., index_bytes: _Optional[int] = ...) -> None: ...
+    epoch: bytes
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., kind: _Optional[_Union[HandleKind, str]] = ..., name: _Optional[str] = ..., offset_bytes: _Optional[int] = ..., size_bytes: _Optional[int] = ..., page_bytes: _Optional[int] = ..., num_slots: _Optional[int] = ..., device: _Optional[str] = ..., ipc_handle: _Optional[bytes] = ..., grant: _Optional[bytes] = ..., socket_path: _Optional[str] = ..., index_bytes: _Optional[int] = ..., epoch: _Optional[bytes] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("lease_id", "ns_id", "tier", "kind", "keys", "slots", "expires_in_s", "page_indices", "prefix_pages")
@@ -386,7 +388,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TierStats(_message.Message):
-    __slots__ = ("tier", "capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in", "bytes_out", "queue_depth", "quantized_pages", "quantized_bytes_saved")
+    __slots__ = ("tier", "capacity_bytes", "used_bytes", "pages", "hits", "misses", "evictions", "bytes_in", "bytes_out", "queue_depth", "quantized_pages", "quantized_bytes_saved", "pinned_bytes")
     TIER_FIELD_NUMBER: _ClassVar[int]
     CAPACITY_BYTES_FIELD_NUMBER: _ClassVar[int]
     USED_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -399,6 +401,7 @@ class TierStats(_message.Message):
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
     QUANTIZED_PAGES_FIELD_NUMBER: _ClassVar[int]
     QUANTIZED_BYTES_SAVED_FIELD_NUMBER: _ClassVar[int]
+    PINNED_BYTES_FIELD_NUMBER: _ClassVar[int]
     tier: Tier
     capacity_bytes: int
     used_bytes: int
@@ -411,7 +414,8 @@ class TierStats(_message.Message):
     queue_depth: int
     quantized_pages: int
     quantized_bytes_saved: int
-    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pages: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., queue_depth: _Optional[int] = ..., quantized_pages: _Optional[int] = ..., quantized_bytes_saved: _Optional[int] = ...) -> None: ...
+    pinned_bytes: int
+    def __init__(self, tier: _Optional[_Union[Tier, str]] = ..., capacity_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ..., pages: _Optional[int] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., evictions: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., queue_depth: _Optional[int] = ..., quantized_pages: _Optional[int] = ..., quantized_bytes_saved: _Optional[int] = ..., pinned_bytes: _Optional[int] = ...) -> None: ...
 
 class ServerStats(_message.Message):
     __slots__ = ("sessions", "rpcs_in_flight", "rpcs_rejected", "version", "device")
@@ -482,13 +486,15 @@ class SessionRequest(_message.Message):
     def __init__(self, client_name: _Optional[str] = ..., client_pid: _Optional[int] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("session_id", "heartbeat_interval_s", "heartbeat_seq", "limits")
+    __slots__ = ("session_id", "heartbeat_interval_s", "heartbeat_seq", "limits", "server_epoch")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_SEQ_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     heartbeat_interval_s: float
     heartbeat_seq: int
     limits: ServerLimits
-    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_seq: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
+    server_epoch: bytes
+    def __init__(self, session_id: _Optional[str] = ..., heartbeat_interval_s: _Optional[float] = ..., heartbeat_seq: _Optional[int] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., server_epoch: _Optional[bytes] = ...) -> None: ...
