@@ -224,6 +224,15 @@ class StoreConfig:
     max_namespaces_per_tenant: int = 64
     max_namespaces: int = 1024
     remote: RemoteConfig = RemoteConfig()
+    # On a CUDA device: page-lock dram (cudaHostRegister) so dram <-> hbm copies run at DMA speed.
+    pin_dram: bool = True
+    # cudaHostRegister takes a region at most this many bytes per call (r580+ drivers refuse
+    # single calls of 512 GiB and more).
+    cuda_register_chunk_bytes: int = 16 << 30
+    # Page-locked bytes the CUDA engine stages hbm pages through on their way to disk.
+    cuda_staging_bytes: int = 64 << 20
+    # The CUDA engine merges at most this many queued copies of a lane into one submission.
+    cuda_batch_pages: int = 1024
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "data_dir", Path(self.data_dir))
@@ -272,7 +281,10 @@ class StoreConfig:
                     "disk.writer_batch_pages": self.disk.writer_batch_pages,
                     "disk.writer_batch_bytes": self.disk.writer_batch_bytes,
                     "disk.writer_queue_pages": self.disk.writer_queue_pages,
-                    "disk.reader_threads": self.disk.reader_threads}
+                    "disk.reader_threads": self.disk.reader_threads,
+                    "cuda_register_chunk_bytes": self.cuda_register_chunk_bytes,
+                    "cuda_staging_bytes": self.cuda_staging_bytes,
+                    "cuda_batch_pages": self.cuda_batch_pages}
         require_positive(positive)
         require_non_negative({"disk.map_headroom": self.disk.map_headroom,
                               "disk.map_min_extra_bytes": self.disk.map_min_extra_bytes,
