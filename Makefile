@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-vllm lint typecheck bench bench-kernels proto clean
+.PHONY: install run test test-vllm lint typecheck bench bench-kernels gpu-check proto clean
 
 install: $(STAMP)
 
@@ -74,6 +74,12 @@ demo: $(STAMP)
 # Needs a CUDA GPU and the `cuda` extra (CuPy); exits 2 with a message without one.
 bench-kernels: $(STAMP)
 	$(PY) benchmarks/kernels.py --quick
+
+# The whole GPU check in one go, within 8 minutes (stage JSON in $OUT, else a temp folder; see
+# benchmarks/gpu_check.py). No $(STAMP) prerequisite: on a GPU machine without network a copied
+# venv must not be reinstalled because pyproject.toml looks newer.
+gpu-check:
+	timeout 540 $(PY) benchmarks/gpu_check.py --budget-s 480
 
 # Regenerates the committed gRPC stubs (tests/test_proto_stubs.py fails when they drift).
 proto: $(STAMP)

@@ -10,9 +10,12 @@ from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig, StoreDevice,
 from tierd.keys import chain_keys
 from tierd.spec import Namespace, PageSpec
 
-# The store tests run on both: the CPU engine, and the strict fake device (no host view of hbm,
-# copies landing 0.2-2 ms after they are submitted, over sentinel-filled slots).
-DEVICES = ("cpu", "fake")
+# The store tests run on all three: the CPU engine; the strict fake device (no host view of hbm,
+# copies landing 0.2-2 ms after they are submitted, over sentinel-filled slots); and the CUDA
+# arena, pinned dram and CUDA engine over the strict fake CUDA runtime (tests/cuda_fake_runtime.py:
+# the device "cuda-fake" is cuda:0 with that runtime, see tests/store/conftest.py).
+DEVICES = ("cpu", "fake", "cuda-fake")
+CUDA_FAKE = "cuda-fake"
 
 # 2 layers x 2 (K,V) x 16 tokens x 2 heads x 64 dims x fp16 = 16 KiB pages.
 SPEC = PageSpec("tiny@r1", "float16", num_layers=2, num_kv_heads=2, head_dim=64, page_tokens=16)
@@ -33,7 +36,7 @@ def small_config(data_dir: Path, hbm_pages: int = 8, dram_pages: int = 16, disk_
         maintenance_interval_s=0.01,
         acquire_timeout_s=10.0,
         flush_timeout_s=30.0,
-        device=StoreDevice.parse(device),
+        device=StoreDevice.parse("cuda:0" if device == CUDA_FAKE else device),
     )
     return cfg.with_changes(**changes) if changes else cfg
 

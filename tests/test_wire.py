@@ -36,6 +36,9 @@ def test_specs_handles_lease_kinds_and_stats_round_trip() -> None:
         assert wire.lease_kind_from_pb(wire.lease_kind_to_pb(kind)) is kind
     stats = TierStats(1, 2, 3, 4, 5, 6, 7, 8, 9)
     assert wire.tier_stats_from_pb(wire.tier_stats_to_pb(Tier.DISK, stats)) == (Tier.DISK, stats)
+    pinned = TierStats(1, 2, 3, 4, 5, 6, 7, 8, 9, pinned_bytes=5 << 30)
+    assert wire.tier_stats_to_pb(Tier.DRAM, pinned).pinned_bytes == 5 << 30
+    assert wire.tier_stats_from_pb(wire.tier_stats_to_pb(Tier.DRAM, pinned)) == (Tier.DRAM, pinned)
     assert wire.write_policy_from_pb(wire.write_policy_to_pb("write_through")) == "write_through"
     assert wire.write_policy_from_pb(77) == "unspecified"
 

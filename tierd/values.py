@@ -86,3 +86,5 @@ class TierStats:
     # stored exactly (payloads; headers are the same either way). 0 in other tiers.
     quantized_pages: int = 0
     quantized_bytes_saved: int = 0
+    # dram only: bytes page-locked for the GPU (cudaHostRegister) now; 0 elsewhere and without one.
+    pinned_bytes: int = 0

@@ -136,7 +136,8 @@ def tier_stats_to_pb(tier: Tier, stats: TierStats) -> pb.TierStats:
                         misses=stats.misses, evictions=stats.evictions, bytes_in=stats.bytes_in,
                         bytes_out=stats.bytes_out, queue_depth=stats.queue_depth,
                         quantized_pages=stats.quantized_pages,
-                        quantized_bytes_saved=stats.quantized_bytes_saved)
+                        quantized_bytes_saved=stats.quantized_bytes_saved,
+                        pinned_bytes=stats.pinned_bytes)
 
 
 def tier_stats_from_pb(message: pb.TierStats) -> tuple[Tier, TierStats]:
@@ -145,5 +146,6 @@ def tier_stats_from_pb(message: pb.TierStats) -> tuple[Tier, TierStats]:
                       evictions=message.evictions, bytes_in=message.bytes_in,
                       bytes_out=message.bytes_out, queue_depth=message.queue_depth,
                       quantized_pages=message.quantized_pages,
-                      quantized_bytes_saved=message.quantized_bytes_saved)
+                      quantized_bytes_saved=message.quantized_bytes_saved,
+                      pinned_bytes=message.pinned_bytes)
     return tier_from_pb(message.tier, "TierStats.tier"), stats

@@ -8,6 +8,7 @@ count, key length) before anything is sent. What a call sends and makes of the a
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 from collections.abc import Sequence
@@ -20,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import local_steps, requests
+from tierd_client import cuda_ipc, local_steps, requests
 from tierd_client.base import ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import AsyncLease, LeaseRequest
@@ -35,6 +36,13 @@ from tierd_client.wire_pages import get_pages_callable
 __all__ = ["ACQUIRE_DEADLINE_SLACK_S", "FLUSH_DEADLINE_S", "HEALTH_SERVICE", "AsyncTierClient"]
 
 T = TypeVar("T")
+
+
+async def _synchronize(devices: frozenset[int]) -> None:
+    """``cuda_ipc.synchronize`` in a thread (it blocks until the device is idle); nothing to do,
+    and no cupy import, for an empty set."""
+    if devices:
+        await asyncio.to_thread(cuda_ipc.synchronize, devices)
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,8 @@ class AsyncTierClient(ClientBase):
         # The session stream lives as long as the client: it takes no in-flight slot (opening it
         # from inside a limited call must not wait for a slot that call holds).
         session = ClientSession(lambda request: stub.Session(request, metadata=self._metadata),
-                                client_name(self.options), functools.partial(runner.call, limited=False))
+                                client_name(self.options), functools.partial(runner.call, limited=False),
+                                on_epoch=self._on_server_epoch)
         self._conn = _Connection(channel=channel, stub=stub, get_pages=get_pages_callable(channel),
                                  runner=runner, session=session)
 
@@ -78,6 +87,8 @@ class AsyncTierClient(ClientBase):
             return
         conn = self._conn
         try:
+            # The session's end releases every lease: this process's kernels go first.
+            await _synchronize(self._view_devices())
             if conn is not None:
                 await self._run(requests.release_all_steps(self._releases.take(), conn.session.is_open))
         finally:
@@ -109,6 +120,7 @@ class AsyncTierClient(ClientBase):
     async def _send(self, call: Call) -> Any:
         """Run one ``call`` (retried on UNAVAILABLE); its answer for the steps."""
         conn = self._ready()
+        await _synchronize(self.handback_devices(call))  # queued releases of CUDA slots
         timeout = call.timeout_s or self.options.rpc_timeout_s
         if call.rpc == "PutPages":
             return await conn.runner.call(call.rpc, lambda: conn.stub.PutPages(
@@ -232,7 +244,11 @@ class AsyncTierClient(ClientBase):
         ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
         ``durable_timeout_s`` passed. ``release``: the daemon then ends the lease (its other
         slots go back) and ``lease`` counts as released. ``parent``: the key before ``keys[0]``.
+
+        On a CUDA region this process maps, the device is synchronized first (in a thread, off
+        the loop), so the daemon never copies a slot a kernel is still writing.
         """
+        await _synchronize(self.fence_devices(lease.ns, lease.tier))
         result = await self._run(requests.commit_steps(lease.state, keys, slots, wait_durable,
                                                        durable_timeout_s, release, self.options,
                                                        parent=parent))
@@ -243,13 +259,18 @@ class AsyncTierClient(ClientBase):
     async def renew_state(self, lease_id: int, ttl_s: float | None = None) -> LeaseState:
         return await self._run(requests.renew_steps(lease_id, ttl_s))
 
-    async def release_id(self, lease_id: int) -> None:
-        await self._run(requests.release_steps(lease_id))
+    async def release_lease(self, lease: AsyncLease) -> None:
+        """Release ``lease``; on a mapped CUDA region after this process's kernels are done."""
+        await _synchronize(self.fence_devices(lease.ns, lease.tier))
+        await self._run(requests.release_steps(lease.lease_id))
 
-    async def release_later_id(self, session_id: str, lease_id: int) -> None:
-        """Queue ``lease_id`` (granted in ``session_id``) for the next Acquire to release."""
+    async def release_later_lease(self, lease: AsyncLease) -> None:
+        """Queue ``lease`` for the next Acquire to release (it synchronizes the device first)."""
         conn = self._ready()
-        await self._run(requests.release_later_steps(self._releases, session_id, lease_id,
+        if conn.session.is_open(lease.session_id):
+            self._releases.remember_devices(lease.session_id, lease.lease_id,
+                                            self.fence_devices(lease.ns, lease.tier))
+        await self._run(requests.release_later_steps(self._releases, lease.session_id, lease.lease_id,
                                                      conn.session.is_open))
 
     # -- operations ------------------------------------------------------------------------

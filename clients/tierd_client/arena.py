@@ -3,13 +3,24 @@
 A region is ``num_slots * page_bytes`` bytes; slot ``i`` is bytes ``[i*page_bytes, (i+1)*page_bytes)``
 and holds one page ``[num_layers][2][page_tokens][num_kv_heads][head_dim]``. The daemon owns the
 memory: the client maps it (host regions: ``tierd_client.shm.map_shm``, the region's memfd
-fetched from the daemon's region socket with the handle's grant) and unmaps it on ``close``.
+fetched from the daemon's region socket with the handle's grant; device regions: the handle's CUDA
+IPC handle, opened through the process-wide ``tierd_client.cuda_ipc`` registry) and unmaps it on
+``close``.
+
+Ordering with the worker's own kernels on a CUDA region (enforced by the clients, not by CUDA):
+the daemon copies a committed slot with its own streams, and may overwrite a released one at
+once. So before a Commit of a lease on a CUDA region, and before a Release (or an Acquire that
+carries ``release_later`` leases) of one, the client synchronizes that device in this process
+(``cupy.cuda.Device(i).synchronize()``: this process's work only). A kernel still writing a slot
+is thus never copied half-written, and one still reading a slot never sees the daemon's next
+page. Work queued on the device after the Commit/Release call is the caller's to order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,7 +28,8 @@ import numpy as np
 from tierd.handles import HandleKind, RegionHandle
 from tierd.page_index import PageIndexReader
 from tierd.spec import DType, PageSpec
-from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
+from tierd_client import cuda_ipc
+from tierd_client.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from tierd_client.shm import MappedIndex, MappedShm, map_index, map_shm
 
 # numpy has no bfloat16 or float8: those arrays carry the raw bits in an unsigned type of the same
@@ -56,26 +68,41 @@ class ArenaView:
 
     ``numpy()``: ``[num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim]`` of the spec's
     dtype (raw bits for bfloat16/float8); ``bytes()``: ``uint8 [num_slots, page_bytes]``;
-    ``torch()``: a tensor of the spec's dtype and the same shape (on the region's device).
+    ``torch()``: a tensor of the spec's dtype and the same shape (on the region's device);
+    ``cupy()``: ``uint8 [num_slots, page_bytes]`` on the device (CUDA regions; both made once).
     Views stay valid until ``close()``; writing into slots the caller does not hold a FILL lease on
-    corrupts other workers' pages.
+    corrupts other workers' pages. A CUDA region's arrays outlive ``close()`` safely: the IPC
+    mapping is closed once the view is closed and the last array over it is gone.
+
+    ``current_epoch()``: the epoch of the daemon run the client's session talks to (``b""`` while
+    none is known); a CUDA view of a handle from another run is stale.
     """
 
-    def __init__(self, handle: RegionHandle, spec: PageSpec) -> None:
+    def __init__(self, handle: RegionHandle, spec: PageSpec,
+                 current_epoch: Callable[[], bytes] | None = None) -> None:
         _check_handle(handle, spec)
         self.handle = handle
         self.spec = spec
+        self._current_epoch = current_epoch
         self._lock = threading.Lock()
         self._mapped: MappedShm | None = None
         self._index: MappedIndex | None = None
         self._flat: memoryview | None = None
-        self._cuda_mem: Any = None  # cupy memory of a CUDA IPC region
+        self._mapping: cuda_ipc.IpcMapping | None = None  # of a CUDA IPC region
+        self._cuda_mem: Any = None  # cupy.cuda.UnownedMemory over the region, owned by _mapping
+        self._cupy: Any = None
+        self._torch: Any = None
         self._closed = False
-        self._ipc_ptr = 0
         if handle.kind is HandleKind.MEMFD:
             self._mapped = map_shm(handle)
         elif handle.kind is HandleKind.CUDA_IPC:
-            self._cuda_mem = self._open_cuda_ipc()
+            if self.is_stale():  # its exporter is gone: opening it would fail in the driver
+                raise NotFoundError(
+                    f"region {handle.name!r} belongs to an earlier run of the daemon (it restarted): "
+                    "register the namespace again and map the new handle")
+            # Only a worker on a CUDA machine gets such a handle; cupy is imported there only.
+            self._mapping = cuda_ipc.registry().open(self.device_index, handle.ipc_handle)
+            self._cuda_mem = self._mapping.memory(handle.offset_bytes, handle.size_bytes)
         else:
             raise InvalidArgumentError(f"region handle kind {handle.kind!r} cannot be mapped")
 
@@ -88,16 +115,30 @@ class ArenaView:
         return self.handle.page_bytes
 
     @property
+    def is_cuda(self) -> bool:
+        """Whether the region is device memory (a CUDA IPC handle)."""
+        return self.handle.kind is HandleKind.CUDA_IPC
+
+    @property
+    def device_index(self) -> int:
+        """The CUDA device of a device region (``FailedPreconditionError`` for host memory)."""
+        return cuda_ipc.device_index_of(self.handle.device)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """``(num_slots, num_layers, 2, page_tokens, num_kv_heads, head_dim)``."""
         return (self.num_slots, *self.spec.page_shape)
 
     def is_stale(self) -> bool:
         """True when the daemon no longer serves this mapping (it stopped or restarted): its slots
-        are no longer the cache's. One ``stat`` of the region socket; host regions only."""
+        are no longer the cache's. Host regions: one ``stat`` of the region socket; CUDA regions:
+        the handle's epoch differs from the session's current one (unknown epochs: not stale)."""
         if self._closed:
             return True
-        return self._mapped is not None and not self._mapped.is_current()
+        if self._mapped is not None:
+            return not self._mapped.is_current()
+        current = self._current_epoch() if self._current_epoch is not None else b""
+        return bool(current and self.handle.epoch and current != self.handle.epoch)
 
     def page_index(self) -> tuple[PageIndexReader, memoryview] | None:
         """The region's page index and its bytes as one flat view, for lease-free reads
@@ -114,18 +155,6 @@ class ArenaView:
         if reader is None or flat is None:
             return None
         return reader, flat
-
-    def _open_cuda_ipc(self) -> Any:
-        # Only a worker on a CUDA machine gets such a handle; cupy is imported on first use only.
-        import cupy
-
-        device_index = int(self.handle.device.partition(":")[2] or 0)
-        with cupy.cuda.Device(device_index):
-            ptr = cupy.cuda.runtime.ipcOpenMemHandle(self.handle.ipc_handle)
-            mem = cupy.cuda.UnownedMemory(ptr + self.handle.offset_bytes, self.handle.size_bytes,
-                                          self, device_index)
-        self._ipc_ptr = ptr
-        return mem
 
     def _require_open(self) -> None:
         if self._closed:
@@ -153,26 +182,34 @@ class ArenaView:
         return page
 
     def torch(self) -> Any:
-        """The region as a torch tensor of the spec's dtype, shape ``shape``, sharing memory."""
+        """The region as a torch tensor of the spec's dtype, shape ``shape``, sharing memory
+        (a CUDA region's tensor is made once, from ``cupy()`` through DLPack)."""
         self._require_open()
         import torch
 
         dtype = _torch_dtype(DType.parse(self.spec.dtype))
         if self._mapped is not None:
-            raw = torch.from_numpy(self.bytes())
-        else:
-            raw = torch.utils.dlpack.from_dlpack(self.cupy())
-        return raw.view(dtype).reshape(self.shape)
+            return torch.from_numpy(self.bytes()).view(dtype).reshape(self.shape)
+        raw = self.cupy()
+        with self._lock:
+            if self._torch is None:
+                self._torch = torch.utils.dlpack.from_dlpack(raw).view(dtype).reshape(self.shape)
+            return self._torch
 
     def cupy(self) -> Any:
-        """``uint8 [num_slots, page_bytes]`` cupy array over a CUDA IPC region."""
+        """``uint8 [num_slots, page_bytes]`` cupy array over a CUDA IPC region (made once)."""
         self._require_open()
-        if self._cuda_mem is None:
-            raise FailedPreconditionError(f"{self.handle.tier.label} region is host memory; use numpy()")
-        import cupy
+        with self._lock:
+            if self._cuda_mem is None:
+                raise FailedPreconditionError(
+                    f"{self.handle.tier.label} region is host memory (or closed); use numpy()")
+            if self._cupy is None:
+                import cupy
 
-        ptr = cupy.cuda.MemoryPointer(self._cuda_mem, 0)
-        return cupy.ndarray((self.num_slots, self.page_bytes), dtype=cupy.uint8, memptr=ptr)
+                ptr = cupy.cuda.MemoryPointer(self._cuda_mem, 0)
+                self._cupy = cupy.ndarray((self.num_slots, self.page_bytes), dtype=cupy.uint8,
+                                          memptr=ptr)
+            return self._cupy
 
     def close(self) -> None:
         """Unmap (idempotent). Arrays still referencing the mapping keep it alive until collected."""
@@ -181,7 +218,8 @@ class ArenaView:
                 return
             self._closed = True
             mapped, self._mapped = self._mapped, None
-            cuda_mem, self._cuda_mem = self._cuda_mem, None
+            mapping, self._mapping = self._mapping, None
+            self._cuda_mem = self._cupy = self._torch = None  # the caller's arrays keep theirs
             index, self._index = self._index, None
             flat, self._flat = self._flat, None
         if index is not None:
@@ -191,7 +229,5 @@ class ArenaView:
                 flat.release()
         if mapped is not None:
             mapped.close()  # unmaps once numpy/torch views of it are dropped; never unlinks
-        if cuda_mem is not None:
-            import cupy
-
-            cupy.cuda.runtime.ipcCloseMemHandle(self._ipc_ptr)
+        if mapping is not None:
+            cuda_ipc.registry().release(mapping)  # closed once no view and no array holds it

@@ -3,6 +3,11 @@ arenas, the queue of lease ids released client-side, and how their channel is co
 
 ``AsyncTierClient`` (grpc.aio) and ``TierClient`` (grpc's blocking API) derive from ``ClientBase``
 and differ only in how they run a ``requests.Call``.
+
+CUDA regions: both clients synchronize a device before the daemon may touch slots this process's
+kernels use (``tierd_client.arena``'s ordering rule): ``fence_devices`` names the devices for one
+lease, ``handback_devices`` those of the queued releases a call sends. Both are empty (and import
+no cupy) unless this process maps that namespace's CUDA region.
 """
 
 from __future__ import annotations
@@ -15,14 +20,16 @@ from typing import Any
 
 import grpc
 
+from tierd.handles import HandleKind
 from tierd.tier import Tier
+from tierd_client import cuda_ipc
 from tierd_client.arena import ArenaView
 from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
 from tierd_client.leases import ReleaseQueue
 from tierd_client.local_path import LocalPathStats, LocalReader, SlotPool
 from tierd_client.local_steps import LocalPath
 from tierd_client.options import ClientOptions, grpc_target
-from tierd_client.requests import require_ns
+from tierd_client.requests import Call, require_ns
 from tierd_client.types import NamespaceHandle
 
 # gRPC's reconnect backoff starts at 1 s by default; a restarted daemon is back much sooner.
@@ -79,6 +86,8 @@ class ClientBase:
         self._arenas: dict[tuple[int, Tier, str, bytes], ArenaView] = {}
         self._arenas_lock = threading.Lock()
         self._releases = ReleaseQueue()
+        # The epoch of the daemon run the session talks to (b"" before the first session).
+        self._server_epoch = b""
         # Local reads and puts need the daemon's region socket: a daemon on this machine.
         local = self.options.local_data_path and self.target.startswith("unix:")
         self._local = LocalPath(LocalReader(self.arena, local), SlotPool(), self.arena, self.options)
@@ -112,9 +121,50 @@ class ClientBase:
                 view.close()  # mapping it again reports the region gone: register again
                 view = None
             if view is None:
-                view = ArenaView(handle, ns.spec)
+                view = ArenaView(handle, ns.spec, self._current_epoch)
             self._arenas[key] = view
             return view
+
+    def _current_epoch(self) -> bytes:
+        return self._server_epoch
+
+    def _on_server_epoch(self, epoch: bytes) -> None:
+        """The session reached daemon run ``epoch`` (first session, or a restarted daemon): CUDA
+        views of another run map the dead daemon's memory (keeping it resident on the GPU) and
+        never the cache's, so they are closed."""
+        self._server_epoch = epoch
+        with self._arenas_lock:
+            old = {key: view for key, view in self._arenas.items()
+                   if view.is_cuda and view.handle.epoch and view.handle.epoch != epoch}
+            for key in old:
+                del self._arenas[key]
+        for view in old.values():
+            view.close()
+
+    def fence_devices(self, ns: NamespaceHandle, tier: Tier) -> frozenset[int]:
+        """The device to synchronize before a Commit or Release of a lease on ``ns``'s ``tier``
+        region: its CUDA device when this process maps that region; else none."""
+        handle = ns.region(tier)
+        if handle is None or handle.kind is not HandleKind.CUDA_IPC:
+            return frozenset()
+        device_index = cuda_ipc.device_index_of(handle.device)
+        if not cuda_ipc.registry().is_mapped(device_index, handle.ipc_handle):
+            return frozenset()
+        return frozenset((device_index,))
+
+    def handback_devices(self, call: Call) -> frozenset[int]:
+        """Devices to synchronize before ``call`` reaches the daemon: those of the queued
+        (``release_later``) leases it ends, an Acquire's carried ones or a queued Release."""
+        if call.carried:
+            return self._releases.devices_for(call.carried)
+        if call.rpc == "Release" and call.owner:
+            return self._releases.devices_for(((call.owner, call.request.lease_id),))
+        return frozenset()
+
+    def _view_devices(self) -> frozenset[int]:
+        """The devices of this client's CUDA views (synchronized before its session ends)."""
+        with self._arenas_lock:
+            return frozenset(view.device_index for view in self._arenas.values() if view.is_cuda)
 
     def _close_arenas(self) -> None:
         self._local.pool.drain()  # their leases end with the session

@@ -34,12 +34,16 @@ MAX_QUEUED_RELEASES = 64
 class ReleaseQueue:
     """``(session_id, lease_id)`` of leases released client-side, for the next Acquire to carry.
 
-    Thread-safe; ``take`` on an empty queue (the common case) takes no lock.
+    A queued lease on a CUDA region this process maps also names its device: whoever sends its
+    release first synchronizes that device (``devices_for``), so the worker's kernels reading its
+    slots are done before the daemon may reuse them. Thread-safe; ``take`` on an empty queue (the
+    common case) takes no lock.
     """
 
     def __init__(self, bound: int = MAX_QUEUED_RELEASES) -> None:
         self._bound = bound
         self._items: deque[tuple[str, int]] = deque()
+        self._devices: dict[tuple[str, int], frozenset[int]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -53,6 +57,22 @@ class ReleaseQueue:
             self._items.append((session_id, lease_id))
             return True
 
+    def remember_devices(self, session_id: str, lease_id: int, devices: frozenset[int]) -> None:
+        """The devices to synchronize before that lease's queued release is sent (called before
+        ``offer``; a full queue sends the release at once, still through ``devices_for``)."""
+        if devices:
+            with self._lock:
+                self._devices[(session_id, lease_id)] = devices
+
+    def devices_for(self, items: Sequence[tuple[str, int]]) -> frozenset[int]:
+        """The devices to synchronize before ``items``' releases are sent (each named once: a
+        sync covers every kernel queued before it)."""
+        if not self._devices:
+            return frozenset()
+        with self._lock:
+            found = [self._devices.pop(item, frozenset()) for item in items]
+        return frozenset().union(*found)
+
     def take(self, limit: int | None = None,
              is_open: Callable[[str], bool] | None = None) -> list[tuple[str, int]]:
         """Remove and return up to ``limit`` (default: all), oldest first; those of sessions that
@@ -62,7 +82,14 @@ class ReleaseQueue:
         with self._lock:
             count = len(self._items) if limit is None else min(limit, len(self._items))
             items = [self._items.popleft() for _ in range(count)]
-        return items if is_open is None else [item for item in items if is_open(item[0])]
+        if is_open is None:
+            return items
+        kept = [item for item in items if is_open(item[0])]
+        if len(kept) < len(items) and self._devices:
+            with self._lock:  # leases of ended sessions are never sent: forget their devices
+                for item in set(items) - set(kept):
+                    self._devices.pop(item, None)
+        return kept
 
     def put_back(self, items: Sequence[tuple[str, int]]) -> None:
         """Return ``items`` (taken by ``take``) to the front of the queue."""
@@ -129,6 +156,11 @@ class _LeaseBase:
     def released(self) -> bool:
         return self._released
 
+    @property
+    def session_id(self) -> str:
+        """The session the lease was granted in (its id names it there only)."""
+        return self._session_id
+
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(id={self.lease_id}, ns={self.ns.ns_id}, {self.kind.value}, "
                 f"{self.tier.label}, pages={self.num_pages}, released={self._released})")
@@ -172,7 +204,7 @@ class AsyncLease(_LeaseBase):
         """End the lease; a second call does nothing. ``NotFoundError`` if it had already ended."""
         if self._released:
             return
-        await self._client.release_id(self._state.lease_id)
+        await self._client.release_lease(self)
         self._released = True
 
     async def release_later(self) -> None:
@@ -182,7 +214,7 @@ class AsyncLease(_LeaseBase):
         if self._released:
             return
         self._released = True
-        await self._client.release_later_id(self._session_id, self._state.lease_id)
+        await self._client.release_later_lease(self)
 
     async def release_on_exit(self) -> None:
         """Release at the end of a ``with`` block: a lease already ended there is only logged."""
@@ -229,7 +261,7 @@ class Lease(_LeaseBase):
         """End the lease (a second call does nothing)."""
         if self._released:
             return
-        self._client._release_id(self._state.lease_id)
+        self._client._release_lease(self)
         self._released = True
 
     def release_later(self) -> None:
@@ -239,7 +271,7 @@ class Lease(_LeaseBase):
         if self._released:
             return
         self._released = True
-        self._client._release_later_id(self._session_id, self._state.lease_id)
+        self._client._release_later_lease(self)
 
     def __enter__(self) -> Lease:
         return self

@@ -5,6 +5,10 @@ crashes (or whose connection breaks) never pins pages. Lease RPCs carry the id a
 ``tierd-session``. If the stream ends while the client lives (daemon restart), the next lease
 RPC opens a new session; leases of the old one are gone with it. ``ClientSession`` reads the
 stream in a task of the async client's loop, ``SyncSession`` in a daemon thread.
+
+Each stream's first event names the daemon run (``server_epoch``, 16 random bytes per start):
+the session keeps it as ``epoch`` and calls ``on_epoch(epoch)`` when it changes (the first
+session, a restarted daemon), so the client can drop mappings of a dead run's regions.
 """
 
 from __future__ import annotations
@@ -45,6 +49,26 @@ def opened(first: pb.SessionEvent | None) -> tuple[str, ServerLimits | None]:
     return first.session_id, limits
 
 
+def epoch_of(first: pb.SessionEvent | None) -> bytes:
+    """The daemon run's epoch in a stream's first event (``b""`` from a daemon that sends none)."""
+    return b"" if first is None else bytes(first.server_epoch)
+
+
+class _EpochTracker:
+    """The current daemon run's epoch and who is told when it changes (a client callback)."""
+
+    def __init__(self, on_epoch: Callable[[bytes], None] | None) -> None:
+        self._on_epoch = on_epoch
+        self.epoch = b""
+
+    def observe(self, epoch: bytes) -> None:
+        if not epoch or epoch == self.epoch:
+            return
+        self.epoch = epoch
+        if self._on_epoch is not None:
+            self._on_epoch(epoch)
+
+
 def session_metadata(session_id: str) -> tuple[tuple[str, str], ...]:
     return ((SESSION_METADATA_KEY, session_id),)
 
@@ -77,9 +101,12 @@ class ClientSession:
     """Owns one ``Session`` stream and its reader task; lives on the client's event loop."""
 
     def __init__(self, open_stream: Callable[[pb.SessionRequest], Any], client_name: str,
-                 retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]) -> None:
+                 retry: Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]],
+                 on_epoch: Callable[[bytes], None] | None = None) -> None:
         """``open_stream(request)`` starts the RPC; ``retry(name, attempt)`` runs ``attempt``
-        with the client's UNAVAILABLE backoff."""
+        with the client's UNAVAILABLE backoff; ``on_epoch(epoch)`` runs on the loop when a new
+        stream names another daemon run than the last one."""
+        self._epochs = _EpochTracker(on_epoch)
         self._open_stream = open_stream
         self._client_name = client_name
         self._retry = retry
@@ -98,6 +125,11 @@ class ClientSession:
     @property
     def limits(self) -> ServerLimits | None:
         return self._limits
+
+    @property
+    def epoch(self) -> bytes:
+        """The epoch of the daemon run last reached (``b""`` before the first session)."""
+        return self._epochs.epoch
 
     def _alive(self) -> bool:
         return bool(self._session_id) and self._reader is not None and not self._reader.done()
@@ -120,11 +152,13 @@ class ClientSession:
     async def _open(self) -> None:
         call = self._open_stream(session_request(self._client_name))
         try:
-            first = await call.read()
-            session_id, limits = opened(None if first is grpc.aio.EOF else first)
+            read = await call.read()
+            first = None if read is grpc.aio.EOF else read
+            session_id, limits = opened(first)
         except (grpc.RpcError, TierdRpcError):
             call.cancel()
             raise
+        self._epochs.observe(epoch_of(first))
         self._call = call
         self._session_id = session_id
         self._limits = limits or self._limits
@@ -178,8 +212,11 @@ class SyncSession:
     session's metadata costs no lock."""
 
     def __init__(self, open_stream: Callable[[pb.SessionRequest], Any], client_name: str,
-                 retry: Callable[[str, Callable[[], None]], None]) -> None:
-        """As ``ClientSession``, with blocking ``open_stream`` and ``retry``."""
+                 retry: Callable[[str, Callable[[], None]], None],
+                 on_epoch: Callable[[bytes], None] | None = None) -> None:
+        """As ``ClientSession``, with blocking ``open_stream`` and ``retry`` (``on_epoch`` runs
+        in the thread that opens the stream, under the session's lock)."""
+        self._epochs = _EpochTracker(on_epoch)
         self._open_stream = open_stream
         self._client_name = client_name
         self._retry = retry
@@ -197,6 +234,11 @@ class SyncSession:
     @property
     def limits(self) -> ServerLimits | None:
         return self._limits
+
+    @property
+    def epoch(self) -> bytes:
+        """The epoch of the daemon run last reached (``b""`` before the first session)."""
+        return self._epochs.epoch
 
     def is_open(self, session_id: str) -> bool:
         """Whether ``session_id`` is still this client's open session (its stream has not ended)."""
@@ -219,10 +261,12 @@ class SyncSession:
     def _open(self) -> None:
         call = self._open_stream(session_request(self._client_name))
         try:
-            session_id, limits = opened(next(call, None))
+            first = next(call, None)
+            session_id, limits = opened(first)
         except (grpc.RpcError, TierdRpcError):
             call.cancel()
             raise
+        self._epochs.observe(epoch_of(first))
         stream = _Stream(call, session_id, session_metadata(session_id))
         stream.reader = threading.Thread(target=self._read_heartbeats, args=(stream,),
                                          name=f"tierd-session-{session_id}", daemon=True)

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import local_steps, requests
+from tierd_client import cuda_ipc, local_steps, requests
 from tierd_client.base import CLOSED_MESSAGE, ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import Lease
@@ -78,7 +78,8 @@ class TierClient(ClientBase):
         self._session = SyncSession(
             lambda request: self._stub.Session(request, metadata=self._metadata),
             client_name(self.options),
-            lambda rpc, attempt: self._runner.call(rpc, attempt, limited=False))
+            lambda rpc, attempt: self._runner.call(rpc, attempt, limited=False),
+            on_epoch=self._on_server_epoch)
         self._close_lock = threading.Lock()
 
     @property
@@ -92,6 +93,8 @@ class TierClient(ClientBase):
             if self._closed:
                 return
             try:
+                # The session's end releases every lease: this process's kernels go first.
+                cuda_ipc.synchronize(self._view_devices())
                 self._run(requests.release_all_steps(self._releases.take(), self._session.is_open))
             finally:
                 self._closed = True
@@ -114,6 +117,9 @@ class TierClient(ClientBase):
         """Run one ``call`` (retried on UNAVAILABLE); its answer for the steps."""
         if self._closed:
             raise FailedPreconditionError(CLOSED_MESSAGE)
+        devices = self.handback_devices(call)
+        if devices:  # queued releases of CUDA slots: this process's kernels first
+            cuda_ipc.synchronize(devices)
         timeout = call.timeout_s or self.options.rpc_timeout_s
         if call.rpc == "PutPages":
             return self._runner.call(call.rpc, lambda: self._stub.PutPages(
@@ -234,7 +240,13 @@ class TierClient(ClientBase):
         ``wait_durable`` (write_through daemons): answer only once the pages are on disk, or once
         ``durable_timeout_s`` passed. ``release``: the daemon then ends the lease (its other
         slots go back) and ``lease`` counts as released. ``parent``: as for ``put``.
+
+        On a CUDA region this process maps, the device is synchronized first (this process's
+        work), so the daemon never copies a slot a kernel is still writing.
         """
+        devices = self.fence_devices(lease.ns, lease.tier)
+        if devices:
+            cuda_ipc.synchronize(devices)
         result = self._run(requests.commit_steps(lease.state, keys, slots, wait_durable,
                                                  durable_timeout_s, release, self.options,
                                                  parent=parent))
@@ -251,11 +263,19 @@ class TierClient(ClientBase):
     def _renew_state(self, lease_id: int, ttl_s: float | None) -> LeaseState:
         return self._run(requests.renew_steps(lease_id, ttl_s))
 
-    def _release_id(self, lease_id: int) -> None:
-        self._run(requests.release_steps(lease_id))
+    def _release_lease(self, lease: Lease) -> None:
+        """Release ``lease``; on a mapped CUDA region after this process's kernels are done."""
+        devices = self.fence_devices(lease.ns, lease.tier)
+        if devices:
+            cuda_ipc.synchronize(devices)
+        self._run(requests.release_steps(lease.lease_id))
 
-    def _release_later_id(self, session_id: str, lease_id: int) -> None:
-        self._run(requests.release_later_steps(self._releases, session_id, lease_id,
+    def _release_later_lease(self, lease: Lease) -> None:
+        """Queue ``lease`` for the next Acquire (which synchronizes its device, if any, first)."""
+        if self._session.is_open(lease.session_id):
+            self._releases.remember_devices(lease.session_id, lease.lease_id,
+                                            self.fence_devices(lease.ns, lease.tier))
+        self._run(requests.release_later_steps(self._releases, lease.session_id, lease.lease_id,
                                                self._session.is_open))
 
     # -- operations ------------------------------------------------------------------------

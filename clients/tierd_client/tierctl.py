@@ -156,6 +156,10 @@ def format_stats(stats: DaemonStats, previous: DaemonStats | None = None) -> str
                  f"rejected {stats.rpcs_rejected}   version {stats.version or '?'}")
     lines.append(f"eviction policy {stats.eviction_policy or '?'}   evictions with cached children "
                  f"{stats.evictions_with_children}")
+    dram = stats.tiers.get(Tier.DRAM)
+    if dram is not None and dram.pinned_bytes:
+        lines.append(f"dram page-locked for {stats.device or 'the GPU'} "
+                     f"{format_size(dram.pinned_bytes)} ({dram.pinned_bytes} bytes)")
     if stats.disk_write_error:
         lines.append(f"disk writes are failing: {stats.disk_write_error}")
     disk = stats.tiers.get(Tier.DISK)

@@ -162,7 +162,8 @@ class DaemonStats:
                          "evictions": s.evictions, "bytes_in": s.bytes_in,
                          "bytes_out": s.bytes_out, "queue_depth": s.queue_depth,
                          "quantized_pages": s.quantized_pages,
-                         "quantized_bytes_saved": s.quantized_bytes_saved}
+                         "quantized_bytes_saved": s.quantized_bytes_saved,
+                         "pinned_bytes": s.pinned_bytes}
             for tier, s in sorted(self.tiers.items())
         }
         return {"tiers": tiers, "namespaces": self.namespaces, "leases": self.leases,

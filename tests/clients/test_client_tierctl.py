@@ -234,6 +234,19 @@ def test_stats_show_the_remote_tier_when_the_daemon_has_one() -> None:
         "dropped": 1, "pages_written": 40}
 
 
+def test_stats_show_the_dram_bytes_page_locked_for_the_gpu() -> None:
+    plain = _sample(5.0, 0, 0)
+    assert "page-locked" not in format_stats(plain)  # a daemon without a GPU pins nothing
+    assert all(tier["pinned_bytes"] == 0 for tier in plain.to_json_dict()["tiers"].values())  # type: ignore[attr-defined]
+    tiers = dict(plain.tiers)
+    tiers[Tier.DRAM] = replace(tiers[Tier.DRAM], pinned_bytes=3 << 30)
+    pinned = replace(plain, tiers=tiers, device="cuda:1")
+    assert "dram page-locked for cuda:1 3.0 GiB (3221225472 bytes)" in format_stats(pinned)
+    data = json.loads(json.dumps(pinned.to_json_dict()))
+    assert data["tiers"]["dram"]["pinned_bytes"] == 3 << 30 and data["tiers"]["hbm"]["pinned_bytes"] == 0
+    assert data["tiers"]["dram"]["quantized_pages"] == 0  # the existing fields stay as they were
+
+
 def test_stats_show_the_eviction_policy_and_evictions_with_children() -> None:
     stats = replace(_sample(5.0, 0, 0), eviction_policy="prefix_aware", evictions_with_children=3)
     assert "eviction policy prefix_aware   evictions with cached children 3" in format_stats(stats)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,10 +52,11 @@ def test_memory_checks(tmp_path: Path) -> None:
     assert memory_problem(cfg, CPU, ROOMY) is None
     tight = replace(ROOMY, mem_available_bytes=4 * GiB + GiB // 2)
     assert "hbm + dram (on cpu) need 5.0 GiB" in memory_problem(cfg, CPU, tight)
-    # Until the CUDA arena lands hbm is host shared memory on a GPU too (tierd.store.media says
-    # so, and the check counts what the store will build).
-    assert "hbm + dram (on cuda:0) need 5.0 GiB" in memory_problem(
-        cfg, GPU, replace(tight, cuda_total_bytes=(80 * GiB,)))
+    # On a GPU hbm is device memory: host memory holds dram alone (tierd.store.media says so,
+    # and the check counts what the store will build).
+    assert memory_problem(cfg, GPU, replace(tight, cuda_total_bytes=(80 * GiB,))) is None
+    assert "dram (on cuda:0) need 4.0 GiB" in memory_problem(
+        cfg, GPU, replace(ONE_GPU, mem_available_bytes=4 * GiB - 1))
     small_gpu = replace(ROOMY, cuda_total_bytes=(GiB // 2,))
     assert "exceeds the 512.0 MiB of cuda:0" in memory_problem(cfg, GPU, small_gpu)
     unknown = replace(ROOMY, mem_available_bytes=None)
@@ -66,8 +68,43 @@ def test_memlock_only_matters_when_dram_is_pinned_for_a_gpu(tmp_path: Path) -> N
     limited = replace(ONE_GPU, memlock_limit_bytes=64 << 20)
     reason = memlock_problem(cfg, GPU, limited)
     assert reason is not None and "RLIMIT_MEMLOCK" in reason and "LimitMEMLOCK=infinity" in reason
+    assert "store.pin_dram = false" in reason
     assert memlock_problem(cfg, CPU, limited) is None
     assert memlock_problem(cfg, GPU, ONE_GPU) is None
+    assert memlock_problem(config(tmp_path, **{"store.pin_dram": False}), GPU, limited) is None
+
+
+def _free_on(device_index: int, free_bytes: int) -> Callable[[int], int | None]:
+    """A probe that knows one device's free bytes and refuses to be asked about any other."""
+    def probe(index: int) -> int | None:
+        assert index == device_index, f"the check asked cuda:{index}, not the daemon's cuda:{device_index}"
+        return free_bytes
+    return probe
+
+
+def test_hbm_must_fit_in_the_devices_free_memory(tmp_path: Path) -> None:
+    cfg = config(tmp_path, **{"hbm.capacity": "10GiB"})
+    second = ResolvedDevice(StoreDevice(DeviceType.CUDA, 1))
+    two_gpus = replace(ROOMY, cuda_total_bytes=(80 * GiB, 80 * GiB))
+    busy = replace(two_gpus, cuda_free_bytes=_free_on(1, 6 * GiB))
+    reason = memory_problem(cfg, second, busy)
+    assert reason is not None and "lower --hbm" in reason and "\n" not in reason
+    assert f"{10 * GiB} bytes" in reason and f"{6 * GiB} bytes) free on cuda:1" in reason
+    assert "80.0 GiB total" in reason
+    assert memory_problem(cfg, second, replace(two_gpus, cuda_free_bytes=_free_on(1, 10 * GiB))) is None
+    # Without a free-memory answer the total is the limit.
+    assert memory_problem(cfg, second, two_gpus) is None
+    small = replace(two_gpus, cuda_total_bytes=(80 * GiB, 8 * GiB))
+    assert "exceeds the 8.0 GiB of cuda:1" in memory_problem(cfg, second, small)
+    # A CPU daemon never asks a GPU.
+    assert memory_problem(cfg, CPU, replace(two_gpus, cuda_free_bytes=_free_on(7, 0))) is None
+
+
+def test_startup_refuses_hbm_above_the_free_memory(tmp_path: Path) -> None:
+    facts = replace(ONE_GPU, cuda_free_bytes=_free_on(0, GiB // 2))
+    device, problems = startup_problems(config(tmp_path, device="cuda:0"), facts)
+    assert device == GPU and any("free on cuda:0" in problem for problem in problems)
+    assert MachineFacts(None, None, ()).cuda_free_bytes(0) is None  # the default: no GPU to ask
 
 
 def test_disk_larger_than_the_file_system_is_refused(tmp_path: Path) -> None:

@@ -192,3 +192,33 @@ def test_session_count_is_capped(short_tmp: Path) -> None:
             assert next(stub.Session(pb.SessionRequest())).session_id
     finally:
         srv.stop()
+
+
+def _run_epochs(srv: ServerThread) -> tuple[list[bytes], list[bytes]]:
+    """The epochs on one Register's region handles and on a session's first two events."""
+    with open_channel(srv) as channel:
+        stub = pb_grpc.TierdStub(channel)
+        handles = [bytes(h.epoch) for h in stub.Register(pb.RegisterRequest(spec=PAGE_SPEC)).regions]
+        events = stub.Session(pb.SessionRequest(client_name="epoch"))
+        session = [bytes(next(events).server_epoch) for _ in range(2)]  # the opening one, a heartbeat
+        events.cancel()
+    return handles, session
+
+
+def test_every_handle_and_session_event_carries_the_runs_epoch(short_tmp: Path) -> None:
+    srv = make_server(short_tmp)
+    try:
+        handles, session = _run_epochs(srv)
+    finally:
+        srv.stop()
+    assert handles and session
+    epoch = session[0]
+    assert len(epoch) == 16 and set(handles) == {epoch} and set(session) == {epoch}
+    # The daemon restarts on the same socket and data directory: its regions are new memory.
+    again = make_server(short_tmp)
+    try:
+        handles_again, session_again = _run_epochs(again)
+    finally:
+        again.stop()
+    assert len(session_again[0]) == 16 and session_again[0] != epoch
+    assert set(handles_again) == set(session_again) == {session_again[0]}

@@ -9,7 +9,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from store_helpers import SPEC, small_config
+from cuda_fake_runtime import FakeCudaRuntime
+from store_helpers import CUDA_FAKE, SPEC, small_config
 from test_crash import BATCH_PAGES, DISK_PAGES, page_bytes_for, page_key
 
 from tierd.config import WritePolicy
@@ -23,7 +24,8 @@ def main() -> None:
     cfg = small_config(data_dir, hbm_pages=4, dram_pages=24, disk_pages=DISK_PAGES,
                        write_policy=WritePolicy.WRITE_THROUGH, device=device)
     cfg = cfg.with_changes(disk=replace(cfg.disk, fsync=True))
-    store = PageStore(cfg)
+    # cuda-fake: the strict fake CUDA runtime in this process (the parent's patch is not here).
+    store = PageStore(cfg, cuda_runtime=FakeCudaRuntime() if device == CUDA_FAKE else None)
     store.open()
     ns = store.register(SPEC)
     print("ready", flush=True)

@@ -6,6 +6,7 @@ region with ``tierd_client.shm.map_shm`` over the region socket (tests/clients/t
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import mmap
 import os
@@ -166,6 +167,22 @@ def test_the_grant_opens_the_regions_memory_and_nothing_else(arena: ShmArena) ->
     for wrong in (bytes(GRANT_BYTES), region.grant[:-1] + bytes([region.grant[-1] ^ 1]), b""):
         with arena.shared_fd(wrong) as fd:
             assert fd is None
+
+
+def test_slot_address_is_where_the_slot_view_writes(arena: ShmArena) -> None:
+    region = arena.create_region(ns_id=1, num_slots=3, page_bytes=PAGE_BYTES)
+    for slot in range(3):
+        _write(region, slot, _page(20 + slot))
+    for slot in range(3):  # what a DMA engine reads at the address is the slot's bytes
+        assert ctypes.string_at(region.slot_address(slot), PAGE_BYTES) == _page(20 + slot)
+    assert region.slot_address(2) - region.slot_address(0) == 2 * PAGE_BYTES
+    assert not region.pinned, "a plain shm region is not page-locked"
+    with pytest.raises(InvalidArgument, match="out of range"):
+        region.slot_address(3)
+    region.close()
+    with pytest.raises(Unavailable, match="is closed"):
+        region.slot_address(0)
+    assert arena.pinned_bytes == 0
 
 
 def test_a_worker_holding_the_descriptor_cannot_resize_the_region(arena: ShmArena) -> None:

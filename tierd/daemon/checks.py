@@ -76,11 +76,23 @@ def memory_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineF
         return (f"{_names(in_host, device)} need {format_size(host_bytes)} of memory but only "
                 f"{format_size(facts.mem_available_bytes)} is available: lower --dram/--hbm")
     if device.is_cuda:
-        index = int(device.name.partition(":")[2] or 0)
-        total = facts.cuda_total_bytes[index]
-        if store.hbm.capacity_bytes > total:
-            return (f"hbm of {format_size(store.hbm.capacity_bytes)} exceeds the "
-                    f"{format_size(total)} of {device.name}: lower --hbm")
+        return gpu_memory_problem(store.hbm.capacity_bytes, device, facts)
+    return None
+
+
+def gpu_memory_problem(hbm_bytes: int, device: ResolvedDevice, facts: MachineFacts) -> str | None:
+    """hbm must fit in the device's free memory (other processes hold some); its total when the
+    free bytes cannot be read."""
+    index = device.device.index
+    total = facts.cuda_total_bytes[index]
+    free = facts.cuda_free_bytes(index)
+    if free is not None and hbm_bytes > free:
+        return (f"hbm of {format_size(hbm_bytes)} ({hbm_bytes} bytes) exceeds the "
+                f"{format_size(free)} ({free} bytes) free on {device.name} (of "
+                f"{format_size(total)} total; other processes hold the rest): lower --hbm")
+    if hbm_bytes > total:
+        return (f"hbm of {format_size(hbm_bytes)} exceeds the {format_size(total)} of "
+                f"{device.name}: lower --hbm")
     return None
 
 
@@ -89,14 +101,16 @@ def _names(tiers: tuple[Tier, ...], device: ResolvedDevice) -> str:
 
 
 def memlock_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
-    """With a GPU, dram is page-locked: it must fit under RLIMIT_MEMLOCK."""
+    """With a GPU, dram is page-locked (unless ``pin_dram`` is off): it must fit under
+    RLIMIT_MEMLOCK."""
     limit = facts.memlock_limit_bytes
     dram_bytes = config.store.dram.capacity_bytes
-    if not device.is_cuda or limit is None or dram_bytes <= limit:
+    pinned = device.is_cuda and config.store.pin_dram
+    if not pinned or limit is None or dram_bytes <= limit:
         return None
     return (f"dram of {format_size(dram_bytes)} is pinned for the GPU but RLIMIT_MEMLOCK is "
             f"{format_size(limit)}: set LimitMEMLOCK=infinity (systemd) or ulimit -l unlimited, "
-            "or lower --dram")
+            "lower --dram, or set store.pin_dram = false")
 
 
 def disk_problem(config: DaemonConfig) -> str | None:

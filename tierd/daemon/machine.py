@@ -2,7 +2,9 @@
 
 ``MachineFacts.probe()`` reads them once; tests build ``MachineFacts`` by hand. The GPU probe asks
 the CUDA *driver* (``libcuda``, through ctypes) for device count and total memory: it creates no
-context, costs no GPU memory, and needs neither torch nor CuPy.
+context, costs no GPU memory, and needs neither torch nor CuPy. Free memory needs a context: only
+for the one device the daemon will use, ``cuda_free_bytes`` retains that device's primary context
+for the query and releases it (never touching another GPU).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import ctypes
 import logging
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,11 @@ log = logging.getLogger(__name__)
 _CUDA_SUCCESS = 0
 
 
+def unknown_free_bytes(device_index: int) -> int | None:
+    """The answer without a GPU to ask: unknown."""
+    return None
+
+
 @dataclass(frozen=True)
 class MachineFacts:
     """What start-up checks need. ``None`` means "unknown" (the check is skipped), except
@@ -29,11 +37,14 @@ class MachineFacts:
     mem_available_bytes: int | None
     memlock_limit_bytes: int | None
     cuda_total_bytes: tuple[int, ...]  # one entry per visible CUDA device
+    # Free bytes of one device, asked only for the device the daemon uses (it makes a context).
+    cuda_free_bytes: Callable[[int], int | None] = unknown_free_bytes
 
     @classmethod
     def probe(cls) -> MachineFacts:
         return cls(mem_available_bytes=mem_available_bytes(),
-                   memlock_limit_bytes=memlock_limit_bytes(), cuda_total_bytes=cuda_devices())
+                   memlock_limit_bytes=memlock_limit_bytes(), cuda_total_bytes=cuda_devices(),
+                   cuda_free_bytes=cuda_device_free_bytes)
 
 
 def existing_path(path: Path) -> Path:
@@ -85,3 +96,37 @@ def cuda_devices() -> tuple[int, ...]:
             return tuple(totals)
         totals.append(total.value)
     return tuple(totals)
+
+
+def cuda_device_free_bytes(device_index: int) -> int | None:
+    """Free memory in bytes of visible CUDA device ``device_index``; ``None`` when it cannot be read.
+
+    ``cuMemGetInfo`` answers for the current context, so this retains the device's primary context
+    (the one CuPy uses later: no second context), pushes it, asks, pops it and releases it.
+    """
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    device = ctypes.c_int(0)
+    if (cuda.cuInit(0) != _CUDA_SUCCESS
+            or cuda.cuDeviceGet(ctypes.byref(device), ctypes.c_int(device_index)) != _CUDA_SUCCESS):
+        return None
+    release = getattr(cuda, "cuDevicePrimaryCtxRelease_v2", None) or cuda.cuDevicePrimaryCtxRelease
+    context = ctypes.c_void_p(None)
+    if cuda.cuDevicePrimaryCtxRetain(ctypes.byref(context), device) != _CUDA_SUCCESS:
+        log.info("cannot make a context on cuda:%d to read its free memory", device_index)
+        return None
+    try:
+        if cuda.cuCtxPushCurrent_v2(context) != _CUDA_SUCCESS:
+            return None
+        try:
+            free = ctypes.c_size_t(0)
+            total = ctypes.c_size_t(0)
+            status = cuda.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total))
+        finally:
+            popped = ctypes.c_void_p(None)
+            cuda.cuCtxPopCurrent_v2(ctypes.byref(popped))
+        return free.value if status == _CUDA_SUCCESS else None
+    finally:
+        release(device)

@@ -90,9 +90,11 @@ def register_from_pb(request: pb.RegisterRequest) -> tuple[PageSpec, str]:
 
 
 def register_to_pb(ns: Namespace, handles: Sequence[RegionHandle], limits: pb.ServerLimits,
-                   region_socket: str = "") -> pb.RegisterResponse:
-    """``region_socket``: where memfd handles are opened (empty: this daemon serves none)."""
-    located = [replace(h, socket_path=region_socket) if h.kind is HandleKind.MEMFD else h
+                   region_socket: str = "", epoch: bytes = b"") -> pb.RegisterResponse:
+    """``region_socket``: where memfd handles are opened (empty: this daemon serves none);
+    ``epoch``: the daemon run's epoch, stamped on every handle."""
+    located = [replace(h, epoch=epoch,
+                       socket_path=region_socket if h.kind is HandleKind.MEMFD else h.socket_path)
                for h in handles]
     return pb.RegisterResponse(ns_id=ns.ns_id, page_bytes=ns.page_bytes, fingerprint=ns.fingerprint,
                                regions=[wire.handle_to_pb(h) for h in located], tenant=ns.tenant,

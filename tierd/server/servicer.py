@@ -35,7 +35,7 @@ from tierd.server.bytepath_rpc import BytePath
 from tierd.server.lease_access import LeaseAccess
 from tierd.server.metrics import ServerCounters
 from tierd.server.sessions import Session as ClientSession
-from tierd.server.sessions import SessionRegistry
+from tierd.server.sessions import SessionRegistry, new_run_epoch
 from tierd.server.settings import ServingSettings
 from tierd.server.status import status_code_of
 from tierd.store import PageStore
@@ -88,12 +88,15 @@ class TierdServicer(pb_grpc.TierdServicer):
     """Serves one ``PageStore``. The store is opened and closed by the caller, not here.
 
     Owns its two thread pools (``close`` shuts them down), the session registry and, with
-    tenants, the tenant of every lease it hands out.
+    tenants, the tenant of every lease it hands out. ``epoch``: 16 random bytes naming this
+    servicer's run (one per daemon start), put on every region handle and session event, so a
+    worker tells a restarted daemon's regions from the dead one's (CUDA mappings cannot ``stat``).
     """
 
     def __init__(self, store: PageStore, settings: ServingSettings) -> None:
         self._store = store
         self._settings = settings
+        self._epoch = new_run_epoch()
         self._auth = Authenticator(settings.tenant_tokens)
         self._limits = pb.ServerLimits(
             max_message_bytes=settings.max_message_bytes, chunk_bytes=settings.chunk_bytes,
@@ -114,6 +117,11 @@ class TierdServicer(pb_grpc.TierdServicer):
         self._background: set[asyncio.Task[None]] = set()
 
     # -- life cycle -----------------------------------------------------------------------------------
+    @property
+    def epoch(self) -> bytes:
+        """This run's 16 random bytes (``RegionHandle.epoch``, ``server_epoch``)."""
+        return self._epoch
+
     @property
     def in_flight(self) -> int:
         return self._in_flight
@@ -241,7 +249,8 @@ class TierdServicer(pb_grpc.TierdServicer):
         tenant = caller.register_tenant(requested, DEFAULT_TENANT)
         ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
-        return convert.register_to_pb(ns, handles, self._limits, self._settings.advertised_region_socket)
+        return convert.register_to_pb(ns, handles, self._limits, self._settings.advertised_region_socket,
+                                      epoch=self._epoch)
 
     @_rpc
     async def Lookup(self, request: pb.LookupRequest, context: Any,
@@ -443,7 +452,8 @@ class TierdServicer(pb_grpc.TierdServicer):
         interval_s = self._settings.session_heartbeat_s
         try:
             await context.write(pb.SessionEvent(session_id=session.session_id,
-                                                heartbeat_interval_s=interval_s, limits=self._limits))
+                                                heartbeat_interval_s=interval_s, limits=self._limits,
+                                                server_epoch=self._epoch))
             seq = 0
             while not self._closing:
                 with contextlib.suppress(TimeoutError):
@@ -452,7 +462,8 @@ class TierdServicer(pb_grpc.TierdServicer):
                 seq += 1
                 self._sessions.prune_expired(session, time.monotonic())
                 await context.write(pb.SessionEvent(session_id=session.session_id,
-                                                    heartbeat_interval_s=interval_s, heartbeat_seq=seq))
+                                                    heartbeat_interval_s=interval_s, heartbeat_seq=seq,
+                                                    server_epoch=self._epoch))
         finally:
             self._end_session(session)
 

@@ -21,6 +21,14 @@ from tierd.values import Lease
 SESSION_METADATA_KEY = "tierd-session"
 # 128 random bits: a session id is a capability (it can release the session's leases).
 SESSION_ID_BYTES = 16
+# A daemon run's epoch (``RegionHandle.epoch``, ``SessionEvent.server_epoch``): random, so two
+# runs never share one (a restart on the same socket and data directory included).
+RUN_EPOCH_BYTES = 16
+
+
+def new_run_epoch() -> bytes:
+    """A fresh ``RUN_EPOCH_BYTES``-byte epoch; the servicer makes one when it is created."""
+    return secrets.token_bytes(RUN_EPOCH_BYTES)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from tierd.store.promotion import Promoter
 from tierd.store.regions import RegionTable
 from tierd.store.remote_link import RemoteLink, open_remote
 from tierd.store.runner import PlanRunner
+from tierd.tiers.cuda_runtime import CudaRuntime
 from tierd.tiers.disk import DiskTier
 from tierd.tiers.shm_cleanup import cleanup_stale_segments
 
@@ -44,16 +45,17 @@ class Parts:
     remote: RemoteLink | None
 
 
-def assemble(cfg: StoreConfig, remote_backend: RemoteBackend | None = None) -> Parts:
+def assemble(cfg: StoreConfig, remote_backend: RemoteBackend | None = None,
+             cuda_runtime: CudaRuntime | None = None) -> Parts:
     """Open the disk tier, rebuild the index from it (warm restart), compose the other parts;
-    maintenance is not started yet."""
+    maintenance is not started yet. ``cuda_runtime``: the device's (``cuda:N``; None opens CuPy's)."""
     cleanup_stale_segments(cfg.shm_prefix)
     disk = DiskTier(cfg)
     disk.open()
     try:
         manager = Manager(cfg)
         _load_index(disk, manager)
-        media = open_media(cfg, disk)
+        media = open_media(cfg, disk, cuda_runtime)
     except BaseException:
         disk.close()
         raise

@@ -40,6 +40,8 @@ from tierd.store.putting import fill_dram_from_remote, store_pages
 from tierd.store.remote_link import remote_lookup
 from tierd.store.types import CommitResult, IndexSnapshot, PeekedPage, PutResult, StoreStats
 from tierd.tier import MEMORY_TIERS, Tier
+from tierd.tiers.cuda_runtime import CudaRuntime
+from tierd.tiers.shm_arena import ShmArena
 from tierd.values import Lease, LookupResult
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,11 @@ class PageStore:
     ``remote_backend``: the remote tier's backend to use instead of the one ``config.remote``
     names (tests, other stores); either way the store closes it."""
 
-    def __init__(self, config: StoreConfig, remote_backend: RemoteBackend | None = None) -> None:
+    def __init__(self, config: StoreConfig, remote_backend: RemoteBackend | None = None,
+                 cuda_runtime: CudaRuntime | None = None) -> None:
         self.config = config
         self._remote_backend = remote_backend
+        self._cuda_runtime = cuda_runtime  # device cuda:N: None opens CuPy's (tests give a fake)
         self._state_lock = threading.Lock()   # open/close/register, never held during page I/O
         self._parts: Parts | None = None
         self._closed = False
@@ -67,7 +71,7 @@ class PageStore:
                 raise Unavailable("this page store was closed; create a new PageStore")
             if self._parts is not None:
                 return
-            self._parts = parts = assemble(self.config, self._remote_backend)
+            self._parts = parts = assemble(self.config, self._remote_backend, self._cuda_runtime)
             parts.maintenance.start()
             self._started_at_s = time.monotonic()
             log.info("page store open (%s engine): %d namespaces, %d pages on disk",
@@ -438,6 +442,10 @@ class PageStore:
         # What is stored quantized (a cold format) only the disk tier itself knows.
         tiers[Tier.DISK] = replace(tiers[Tier.DISK], quantized_pages=disk.quantized_pages,
                                    quantized_bytes_saved=disk.quantized_bytes_saved)
+        # What is page-locked for a GPU only the dram arena knows (0 unless it is pinned).
+        dram = parts.media.arenas.get(Tier.DRAM)
+        if isinstance(dram, ShmArena):
+            tiers[Tier.DRAM] = replace(tiers[Tier.DRAM], pinned_bytes=dram.pinned_bytes)
         remote = parts.remote.stats() if parts.remote is not None else None
         if remote is not None:
             tiers[Tier.REMOTE] = remote.as_tier_stats()

@@ -78,6 +78,16 @@ class HostRegion(Region, Protocol):
         """Writable zero-copy view of ``slot`` (``page_bytes`` bytes)."""
 
 
+class DeviceRegion(Region, Protocol):
+    """A region in GPU memory: only the CUDA transfer engine reaches it, by device address."""
+
+    @property
+    def device_index(self) -> int: ...
+
+    def device_ptr(self, slot: int) -> int:
+        """Device address of ``slot``'s first byte (``InvalidArgument`` outside the region)."""
+
+
 class Arena(Protocol):
     """One memory tier's budget, from which regions are carved."""
 

@@ -98,6 +98,11 @@ class ShmRegion(RegionGeometry):
                        if self._index_mm is not None else None)
         pages = np.frombuffer(mm, dtype=np.uint8, count=num_slots * page_bytes)
         self._pages: np.ndarray | None = pages.reshape(num_slots, page_bytes)
+        # The mapping's first byte: numpy already exports the buffer, so reading its address
+        # adds no export that would keep close() from unmapping.
+        self._base_address: int = pages.__array_interface__["data"][0]
+        # Set by attach_unpin (tierd.tiers.pinned): run once by close(), before the unmap.
+        self._unpin: Callable[[], None] | None = None
         self._label = f"{tier.label} region {name}"
         # Held while the descriptor is being sent, so close() never closes (and the kernel never
         # reuses) a descriptor number in the middle of a send.
@@ -128,6 +133,24 @@ class ShmRegion(RegionGeometry):
     def array(self) -> np.ndarray:
         """Writable zero-copy uint8 array of shape ``[num_slots, page_bytes]`` over the region."""
         return self._live_pages().view()
+
+    def slot_address(self, slot: int) -> int:
+        """Host address of the first byte of ``slot`` (for DMA engines); valid while open."""
+        self._live_pages()
+        return self._base_address + self._check_slot(slot) * self._page_bytes
+
+    @property
+    def pinned(self) -> bool:
+        """True while the mapping is page-locked for a GPU (``tierd.tiers.pinned``)."""
+        with self._close_lock:
+            return self._unpin is not None
+
+    def attach_unpin(self, unpin: Callable[[], None]) -> None:
+        """Mark the region page-locked: ``close()`` calls ``unpin`` once, before the unmap."""
+        with self._close_lock:
+            if self._closed:
+                raise Unavailable(f"{self._label} is closed; it cannot be page-locked")
+            self._unpin = unpin
 
     def _live_pages(self) -> np.ndarray:
         pages = self._pages
@@ -217,6 +240,12 @@ class ShmRegion(RegionGeometry):
                 return
             if self._index is not None:
                 self._index.close()  # first: readers must stop trusting it before anything else
+            unpin, self._unpin = self._unpin, None
+            if unpin is not None:
+                try:
+                    unpin()  # page-locked memory must be unregistered while it is still mapped
+                except Exception:
+                    logger.exception("unpinning %s failed; unmapping it anyway", self._label)
             with self._fd_lock:
                 self._closed = True
                 os.close(self._fd)
@@ -319,6 +348,11 @@ class ShmArena:
         """Bytes of the budget not yet given to a region."""
         return self._budget.unassigned_bytes
 
+    @property
+    def pinned_bytes(self) -> int:
+        """Bytes page-locked for a GPU now: 0 here (``tierd.tiers.pinned.PinnedShmArena``)."""
+        return 0
+
     def regions(self) -> list[ShmRegion]:
         """The regions still open, oldest first."""
         with self._lock:
@@ -391,6 +425,7 @@ class ShmArena:
                            index)
         try:
             prefault_s = region.prefault() if self._prefault else 0.0
+            self._prepare_region(region)
         except BaseException:
             region.close()
             raise
@@ -398,6 +433,10 @@ class ShmArena:
                     self._tier.label, name, num_slots, page_bytes, format_size(size_bytes),
                     prefault_s)
         return region
+
+    def _prepare_region(self, region: ShmRegion) -> None:
+        """What a subclass does to each new region before it is handed out (page-locking);
+        raising closes the region."""
 
     def _forget(self, region: ShmRegion) -> None:
         """Called by ``ShmRegion.close``: its bytes go back to the budget."""
