@@ -67,13 +67,15 @@ flush_timeout_s = 30.0
 class TierdProcess:
     """One daemon's paths and process. ``start`` may be called again after it stopped (restart).
 
-    ``extra_config``: TOML appended to the config file (e.g. ``[tenants.NAME]`` tables).
+    ``extra_config``: TOML appended to the config file (e.g. ``[tenants.NAME]`` tables);
+    ``extra_args``: command-line flags after the config's (they win, e.g. ``--device``).
     """
 
     work_dir: Path
     write_policy: str = "write_back"
     fsync: bool = False
     extra_config: str = ""
+    extra_args: tuple[str, ...] = ()
     metrics: str | None = None  # server.metrics (HOST:PORT of the Prometheus endpoint)
     disk_capacity: str = "256MiB"  # disk.capacity (a data dir on a small file system needs less)
     shm_prefix: str = field(default_factory=lambda: f"tde2e{secrets.token_hex(3)}")
@@ -107,7 +109,8 @@ class TierdProcess:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tierd", "--config", str(self.config_path),
-                 "--socket", str(self.socket_path), "--data-dir", str(self.data_dir)],
+                 "--socket", str(self.socket_path), "--data-dir", str(self.data_dir),
+                 *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.work_dir)
         self._wait_serving()
 

@@ -10,18 +10,17 @@ import importlib.util
 import json
 import os
 import select
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_daemon import REPO_ROOT, TierdProcess, config_text, short_work_dir
+from e2e_daemon import REPO_ROOT, TierdProcess
 
 from tierd_client import ClientOptions, NamespaceHandle, PageSpec, ResourceExhaustedError, Tier, TierClient
 
@@ -74,50 +73,18 @@ AFTER_KILL_JOB = WorkerJob(seed=5, seq_pages=(3, 1), seq_lens=(40, 9))
 DRAM_FILLER_TOKEN = 15 << 28
 
 
-@dataclass
-class DeviceTierd(TierdProcess):
-    """A ``TierdProcess`` on ``--device DEVICE`` with small hbm and dram (flags beat the config
-    file's ``device = "cpu"`` and capacities)."""
-
-    device: str = "cpu"
-
-    def start(self) -> None:
-        assert self.proc is None or self.proc.poll() is not None, "daemon already running"
-        self.config_path.write_text(config_text(self.shm_prefix, self.write_policy, self.fsync))
-        self.starts += 1
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tierd", "--config", str(self.config_path), "--socket",
-                 str(self.socket_path), "--data-dir", str(self.data_dir), "--device", self.device,
-                 "--hbm", HBM_CAPACITY, "--dram", DRAM_CAPACITY],
-                stdout=log, stderr=subprocess.STDOUT, env=child_env(strip_tierd=True), cwd=self.work_dir)
-        self._wait_serving()
-
-
-def child_env(strip_tierd: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not (strip_tierd and k.startswith("TIERD_"))}
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     return env
 
 
 @pytest.fixture()
-def start_device_tierd() -> Iterator[Callable[[str], DeviceTierd]]:
-    """``start(device)`` -> a serving daemon; each is ended, checked for /dev/shm leftovers and removed."""
-    daemons: list[DeviceTierd] = []
-
-    def start(device: str) -> DeviceTierd:
-        daemon = DeviceTierd(short_work_dir(), device=device)
-        daemons.append(daemon)
-        daemon.start()
-        return daemon
-
-    try:
-        yield start
-    finally:
-        for daemon in daemons:
-            daemon.stop()
-            daemon.cleanup()
-            shutil.rmtree(daemon.work_dir, ignore_errors=True)
+def start_device_tierd(start_tierd: Callable[..., TierdProcess]) -> Callable[[str], TierdProcess]:
+    """``start(device)`` -> a serving daemon on ``--device DEVICE`` with small hbm and dram (flags
+    beat the config file's ``device = "cpu"`` and capacities)."""
+    return lambda device: start_tierd(extra_args=("--device", device, "--hbm", HBM_CAPACITY,
+                                                  "--dram", DRAM_CAPACITY))
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -258,17 +225,17 @@ def kill_holder(daemon: TierdProcess, device: str) -> None:
         assert client.stats().leases == 0
 
 
-def test_pages_round_trip_through_dram_and_disk_on_cpu(start_device_tierd: Callable[[str], DeviceTierd]) -> None:
+def test_pages_round_trip_through_dram_and_disk_on_cpu(start_device_tierd: Callable[[str], TierdProcess]) -> None:
     round_trip(start_device_tierd("cpu"), "cpu")
 
 
-def test_a_killed_workers_leases_are_freed_on_cpu(start_device_tierd: Callable[[str], DeviceTierd]) -> None:
+def test_a_killed_workers_leases_are_freed_on_cpu(start_device_tierd: Callable[[str], TierdProcess]) -> None:
     kill_holder(start_device_tierd("cpu"), "cpu")
 
 
 @pytest.mark.cuda
 def test_pages_round_trip_through_dram_and_disk_on_cuda(
-        start_device_tierd: Callable[[str], DeviceTierd], cuda_device: str) -> None:
+        start_device_tierd: Callable[[str], TierdProcess], cuda_device: str) -> None:
     round_trip(start_device_tierd(cuda_device), cuda_device)
 
 
@@ -282,7 +249,7 @@ def device_free_bytes() -> int:
 
 @pytest.mark.cuda
 def test_a_killed_workers_leases_and_device_memory_are_freed_on_cuda(
-        start_device_tierd: Callable[[str], DeviceTierd], cuda_device: str) -> None:
+        start_device_tierd: Callable[[str], TierdProcess], cuda_device: str) -> None:
     device_free_bytes()  # this process's own context exists before the baseline
     before = device_free_bytes()
     daemon = start_device_tierd(cuda_device)

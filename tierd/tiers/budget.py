@@ -6,11 +6,27 @@ created and released when it closes (or when creating it failed). Thread-safe; o
 
 from __future__ import annotations
 
+import operator
 import threading
 
-from tierd.errors import ResourceExhausted, Unavailable
+from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.tier import Tier
 from tierd.units import format_size
+
+
+def check_int(value: object, what: str, minimum: int) -> int:
+    """``value`` as an int (``InvalidArgument`` for a bool, a non-integer or one below ``minimum``):
+    arenas' sizes, counts and slots come from callers."""
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got "
+                              f"{type(value).__name__} {value!r}") from None
+    if number < minimum:
+        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {number}")
+    return number
 
 
 class ArenaBudget:

@@ -21,7 +21,6 @@ bytes back.
 from __future__ import annotations
 
 import logging
-import operator
 import secrets
 import threading
 from collections.abc import Callable
@@ -31,7 +30,7 @@ from tierd.handles import HandleKind, RegionHandle
 from tierd.page_index import PageIndexWriter
 from tierd.tier import Tier
 from tierd.tiers.base import Medium, RegionGeometry
-from tierd.tiers.budget import ArenaBudget
+from tierd.tiers.budget import ArenaBudget, check_int
 from tierd.tiers.cuda_runtime import IPC_HANDLE_BYTES, CudaError, CudaRuntime
 from tierd.units import format_size
 
@@ -39,19 +38,6 @@ logger = logging.getLogger(__name__)
 
 # 4 hex chars tell two regions of one namespace apart in logs; the name opens nothing.
 _LABEL_TOKEN_BYTES = 2
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {value!r}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got "
-                              f"{type(value).__name__} {value!r}") from None
-    if number < minimum:
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {number}")
-    return number
 
 
 def _one_line(exc: BaseException) -> str:
@@ -112,7 +98,7 @@ class CudaRegion(RegionGeometry):
 
     def device_ptr(self, slot: int) -> int:
         """Device address of the first byte of ``slot``; valid until the region is closed."""
-        index = _check_int(slot, "slot", 0)
+        index = check_int(slot, "slot", 0)
         if index >= self._num_slots:
             raise InvalidArgument(f"slot {index} is out of range for hbm region {self._name}: it "
                                   f"has {self._num_slots} slots (0..{self._num_slots - 1})")
@@ -157,7 +143,7 @@ class CudaArena:
 
     def __init__(self, tier: Tier, capacity_bytes: int, runtime: CudaRuntime) -> None:
         self._tier = tier
-        self._budget = ArenaBudget(tier, _check_int(capacity_bytes, "capacity_bytes", 0))
+        self._budget = ArenaBudget(tier, check_int(capacity_bytes, "capacity_bytes", 0))
         self._runtime = runtime
         self._lock = threading.Lock()
         self._regions: dict[int, CudaRegion] = {}  # by id()
@@ -195,9 +181,9 @@ class CudaArena:
         ``ResourceExhausted`` when the budget or the device's free memory cannot hold it (or the
         allocation fails), ``Unavailable`` once the arena is closed.
         """
-        ns_id = _check_int(ns_id, "ns_id", 0)
-        num_slots = _check_int(num_slots, "num_slots", 1)
-        page_bytes = _check_int(page_bytes, "page_bytes", 1)
+        ns_id = check_int(ns_id, "ns_id", 0)
+        num_slots = check_int(num_slots, "num_slots", 1)
+        page_bytes = check_int(page_bytes, "page_bytes", 1)
         size_bytes = self._budget.reserve(ns_id, num_slots, page_bytes)
         try:
             region = self._make_region(ns_id, num_slots, page_bytes)

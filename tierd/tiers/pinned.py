@@ -20,6 +20,7 @@ import threading
 
 from tierd.errors import InvalidArgument, ResourceExhausted
 from tierd.tier import Tier
+from tierd.tiers.budget import check_int
 from tierd.tiers.cuda_runtime import CudaError, CudaRuntime
 from tierd.tiers.shm_arena import ShmArena, ShmRegion
 from tierd.units import format_size
@@ -52,10 +53,7 @@ class PinnedShmArena(ShmArena):
 
     def __init__(self, tier: Tier, capacity_bytes: int, name_prefix: str, prefault: bool,
                  runtime: CudaRuntime, register_chunk_bytes: int) -> None:
-        if isinstance(register_chunk_bytes, bool) or not isinstance(register_chunk_bytes, int) \
-                or register_chunk_bytes < 1:
-            raise InvalidArgument(f"register_chunk_bytes must be an integer >= 1, got "
-                                  f"{register_chunk_bytes!r}")
+        register_chunk_bytes = check_int(register_chunk_bytes, "register_chunk_bytes", 1)
         super().__init__(tier, capacity_bytes, name_prefix, prefault)
         self._runtime = runtime
         self._register_chunk_bytes = register_chunk_bytes

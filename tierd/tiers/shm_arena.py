@@ -23,7 +23,6 @@ import fcntl
 import hashlib
 import logging
 import mmap
-import operator
 import os
 import secrets
 import threading
@@ -39,7 +38,7 @@ from tierd.page_index import PageIndexWriter, index_bytes_for
 from tierd.region_wire import GRANT_BYTES
 from tierd.tier import MEMORY_TIERS, Tier
 from tierd.tiers.base import Medium, RegionGeometry
-from tierd.tiers.budget import ArenaBudget
+from tierd.tiers.budget import ArenaBudget, check_int
 from tierd.tiers.host_memory import mem_available_bytes
 from tierd.units import format_size
 
@@ -63,19 +62,6 @@ _NO_FALLOCATE = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 def grant_digest(grant: bytes) -> bytes:
     """What regions are looked up by: a lookup's timing then says nothing about the grant."""
     return hashlib.sha256(grant).digest()
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {value!r}")
-    try:
-        number = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got "
-                              f"{type(value).__name__} {value!r}") from None
-    if number < minimum:
-        raise InvalidArgument(f"{what} must be an integer >= {minimum}, got {number}")
-    return number
 
 
 class ShmRegion(RegionGeometry):
@@ -159,7 +145,7 @@ class ShmRegion(RegionGeometry):
         return pages
 
     def _check_slot(self, slot: object) -> int:
-        index = _check_int(slot, "slot", 0)
+        index = check_int(slot, "slot", 0)
         if index >= self._num_slots:
             raise InvalidArgument(f"slot {index} is out of range for {self._label}: it has "
                                   f"{self._num_slots} slots (0..{self._num_slots - 1})")
@@ -324,7 +310,7 @@ class ShmArena:
             raise InvalidArgument(f"name_prefix may hold letters, digits, '-' and '_' only, got "
                                   f"{name_prefix!r}")
         self._tier = tier
-        self._budget = ArenaBudget(tier, _check_int(capacity_bytes, "capacity_bytes", 0))
+        self._budget = ArenaBudget(tier, check_int(capacity_bytes, "capacity_bytes", 0))
         self._name_prefix = name_prefix
         self._prefault = bool(prefault)
         self._lock = threading.Lock()
@@ -376,9 +362,9 @@ class ShmArena:
         Raises ``ResourceExhausted`` when the unassigned budget (or host memory) cannot hold
         it, ``Unavailable`` once the arena is closed.
         """
-        ns_id = _check_int(ns_id, "ns_id", 0)
-        num_slots = _check_int(num_slots, "num_slots", 1)
-        page_bytes = _check_int(page_bytes, "page_bytes", 1)
+        ns_id = check_int(ns_id, "ns_id", 0)
+        num_slots = check_int(num_slots, "num_slots", 1)
+        page_bytes = check_int(page_bytes, "page_bytes", 1)
         size_bytes = self._budget.reserve(ns_id, num_slots, page_bytes)
         try:
             region = self._make_region(ns_id, num_slots, page_bytes)
