@@ -71,7 +71,11 @@ def test_memlock_only_matters_when_dram_is_pinned_for_a_gpu(tmp_path: Path) -> N
     assert "store.pin_dram = false" in reason
     assert memlock_problem(cfg, CPU, limited) is None
     assert memlock_problem(cfg, GPU, ONE_GPU) is None
-    assert memlock_problem(config(tmp_path, **{"store.pin_dram": False}), GPU, limited) is None
+    unpinned = config(tmp_path, **{"store.pin_dram": False})
+    assert memlock_problem(unpinned, GPU, limited) is None  # only the 64 MiB of staging is locked
+    tight = replace(ONE_GPU, memlock_limit_bytes=32 << 20)
+    reason = memlock_problem(unpinned, GPU, tight)
+    assert reason is not None and "64.0 MiB of CUDA staging" in reason and "dram" not in reason.split(" are ")[0]
 
 
 def _free_on(device_index: int, free_bytes: int) -> Callable[[int], int | None]:

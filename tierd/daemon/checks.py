@@ -101,16 +101,21 @@ def _names(tiers: tuple[Tier, ...], device: ResolvedDevice) -> str:
 
 
 def memlock_problem(config: DaemonConfig, device: ResolvedDevice, facts: MachineFacts) -> str | None:
-    """With a GPU, dram is page-locked (unless ``pin_dram`` is off): it must fit under
-    RLIMIT_MEMLOCK."""
+    """With a GPU, the CUDA engine's staging memory is page-locked, and dram too (unless
+    ``pin_dram`` is off): together they must fit under RLIMIT_MEMLOCK."""
     limit = facts.memlock_limit_bytes
-    dram_bytes = config.store.dram.capacity_bytes
-    pinned = device.is_cuda and config.store.pin_dram
-    if not pinned or limit is None or dram_bytes <= limit:
+    if not device.is_cuda or limit is None:
         return None
-    return (f"dram of {format_size(dram_bytes)} is pinned for the GPU but RLIMIT_MEMLOCK is "
-            f"{format_size(limit)}: set LimitMEMLOCK=infinity (systemd) or ulimit -l unlimited, "
-            "lower --dram, or set store.pin_dram = false")
+    store = config.store
+    dram_bytes = store.dram.capacity_bytes if store.pin_dram else 0
+    locked_bytes = dram_bytes + store.cuda_staging_bytes
+    if locked_bytes <= limit:
+        return None
+    what = (f"dram of {format_size(dram_bytes)} and " if dram_bytes else "") + \
+        f"{format_size(store.cuda_staging_bytes)} of CUDA staging"
+    return (f"{what} are page-locked for the GPU but RLIMIT_MEMLOCK is {format_size(limit)}: set "
+            "LimitMEMLOCK=infinity (systemd) or ulimit -l unlimited, lower --dram or "
+            "store.cuda_staging_size, or set store.pin_dram = false")
 
 
 def disk_problem(config: DaemonConfig) -> str | None:
