@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import operator
 import threading
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from tierd.errors import InvalidArgument, ResourceExhausted, Unavailable
 from tierd.tier import Tier
 from tierd.units import format_size
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+R = TypeVar("R", bound=_Closable)
 
 
 def check_int(value: object, what: str, minimum: int) -> int:
@@ -73,6 +82,31 @@ class ArenaBudget:
                     f"namespaces or raise the tier's capacity")
             self._assigned_bytes += size_bytes
         return size_bytes
+
+    def carve(self, ns_id: int, num_slots: int, page_bytes: int, make: Callable[[], R],
+              lock: threading.Lock, keep: Callable[[R], None]) -> R:
+        """A region made by ``make`` within the budget: ``reserve`` its bytes, ``make`` it, then
+        ``keep`` it (under the arena's ``lock``) unless the arena closed meanwhile.
+
+        A failed ``make`` gives the bytes back; a region made while the arena closed is closed
+        (``R.close``), its bytes given back, and ``Unavailable`` raised.
+        """
+        size_bytes = self.reserve(ns_id, num_slots, page_bytes)
+        try:
+            region = make()
+        except BaseException:
+            self.release(size_bytes)
+            raise
+        with lock:
+            closed = self.closed
+            if not closed:
+                keep(region)
+        if closed:
+            region.close()
+            self.release(size_bytes)
+            raise Unavailable(f"the {self._tier.label} arena was closed while a region for "
+                              f"namespace {ns_id} was being created")
+        return region
 
     def release(self, size_bytes: int) -> None:
         with self._lock:

@@ -184,22 +184,9 @@ class CudaArena:
         ns_id = check_int(ns_id, "ns_id", 0)
         num_slots = check_int(num_slots, "num_slots", 1)
         page_bytes = check_int(page_bytes, "page_bytes", 1)
-        size_bytes = self._budget.reserve(ns_id, num_slots, page_bytes)
-        try:
-            region = self._make_region(ns_id, num_slots, page_bytes)
-        except BaseException:
-            self._budget.release(size_bytes)
-            raise
-        with self._lock:
-            closed = self._budget.closed
-            if not closed:
-                self._regions[id(region)] = region
-        if closed:
-            region.close()
-            self._budget.release(size_bytes)
-            raise Unavailable(f"the {self._tier.label} arena was closed while a region for "
-                              f"namespace {ns_id} was being created")
-        return region
+        return self._budget.carve(ns_id, num_slots, page_bytes,
+                                  lambda: self._make_region(ns_id, num_slots, page_bytes),
+                                  self._lock, self._keep)
 
     def close(self) -> None:
         """Free every open region; idempotent."""
@@ -259,6 +246,10 @@ class CudaArena:
         except CudaError as exc:
             logger.error("cudaFree while rolling back %s region %s failed: %s", self._tier.label,
                          name, _one_line(exc))
+
+    def _keep(self, region: CudaRegion) -> None:
+        """List a new region (under ``self._lock``, held by ``ArenaBudget.carve``)."""
+        self._regions[id(region)] = region
 
     def _forget(self, region: CudaRegion) -> None:
         """Called by ``CudaRegion.close``: its bytes go back to the budget."""

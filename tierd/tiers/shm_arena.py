@@ -365,22 +365,9 @@ class ShmArena:
         ns_id = check_int(ns_id, "ns_id", 0)
         num_slots = check_int(num_slots, "num_slots", 1)
         page_bytes = check_int(page_bytes, "page_bytes", 1)
-        size_bytes = self._budget.reserve(ns_id, num_slots, page_bytes)
-        try:
-            region = self._make_region(ns_id, num_slots, page_bytes)
-        except BaseException:
-            self._budget.release(size_bytes)
-            raise
-        with self._lock:
-            closed = self._budget.closed
-            if not closed:
-                self._regions[grant_digest(region.grant)] = region
-        if closed:
-            region.close()
-            self._budget.release(size_bytes)
-            raise Unavailable(f"the {self._tier.label} arena was closed while a region for "
-                              f"namespace {ns_id} was being created")
-        return region
+        return self._budget.carve(ns_id, num_slots, page_bytes,
+                                  lambda: self._make_region(ns_id, num_slots, page_bytes),
+                                  self._lock, self._keep)
 
     def close(self) -> None:
         """Close every open region; idempotent. Later creates are refused."""
@@ -423,6 +410,10 @@ class ShmArena:
     def _prepare_region(self, region: ShmRegion) -> None:
         """What a subclass does to each new region before it is handed out (page-locking);
         raising closes the region."""
+
+    def _keep(self, region: ShmRegion) -> None:
+        """List a new region (under ``self._lock``, held by ``ArenaBudget.carve``)."""
+        self._regions[grant_digest(region.grant)] = region
 
     def _forget(self, region: ShmRegion) -> None:
         """Called by ``ShmRegion.close``: its bytes go back to the budget."""
