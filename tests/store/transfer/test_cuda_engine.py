@@ -6,16 +6,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
 from cuda_fake_runtime import FakeCudaRuntime
 from hypothesis import given
 from hypothesis import strategies as st
-from store_helpers import SPEC, small_config
 
-from tierd.spec import Namespace
 from tierd.store.transfer.base import Copy, DiskRef, Lane, SlotRef, TransferTicket
 from tierd.store.transfer.cuda import CudaEngine, CudaEngineSettings, coalesce_ranges
 from tierd.tier import Tier
@@ -44,15 +41,6 @@ def runtime() -> Iterator[FakeCudaRuntime]:
     fake.bind_thread()
     yield fake
     fake.close()
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[DiskTier]:
-    tier = DiskTier(small_config(tmp_path))
-    tier.open()
-    tier.save_namespace(Namespace(ns_id=1, tenant="t", spec=SPEC, fingerprint=bytes(16)))
-    yield tier
-    tier.close()
 
 
 @pytest.fixture

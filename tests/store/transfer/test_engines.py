@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import SPEC, small_config
 
-from tierd.spec import Namespace
 from tierd.store.transfer.base import Copy, DiskRef, Lane, SlotRef, TransferError, TransferTicket, host_view
 from tierd.store.transfer.cpu import CpuEngine
 from tierd.store.transfer.fake import FakeDeviceEngine
@@ -31,16 +28,6 @@ NEVER_S = 3600.0
 
 def page(seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, PAGE_BYTES, dtype=np.uint8).tobytes()
-
-
-@pytest.fixture
-def disk(tmp_path: Path) -> Iterator[DiskTier]:
-    tier = DiskTier(small_config(tmp_path))
-    tier.open()
-    # The pages' checksums cover their namespace's fingerprint: the tier needs its record.
-    tier.save_namespace(Namespace(ns_id=1, tenant="t", spec=SPEC, fingerprint=bytes(16)))
-    yield tier
-    tier.close()
 
 
 @pytest.fixture
