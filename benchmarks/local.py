@@ -34,11 +34,11 @@ from local_servers import Server, cpu_seconds, machine, redis_missing, start_red
 from local_worker import Pool, Timing, WorkerError
 
 KiB, MiB = 1024, 1024**2
-ALL_PATHS = ("ceiling", "redis", "byte", "zero-copy", "local")
+ALL_PATHS = ("ceiling", "redis", "byte", "byte-grpc", "zero-copy", "local")
 OPS = {"ceiling": ("put", "get"), "redis": ("put", "get"), "byte": ("put", "get"),
-       "zero-copy": ("put", "get"), "local": ("put", "get_into", "get")}
+       "byte-grpc": ("put", "get"), "zero-copy": ("put", "get"), "local": ("put", "get_into", "get")}
 LABELS = {"ceiling": "shm copy (ceiling)", "redis": "Redis GET/SET", "byte": "tierd byte path",
-          "zero-copy": "tierd zero-copy", "local": "tierd local"}
+          "byte-grpc": "tierd byte path, gRPC", "zero-copy": "tierd zero-copy", "local": "tierd local"}
 QUICK_TOTAL_MIB = 8
 TIER_HEADROOM = 2  # dram and hbm hold twice the working set: no timed put waits on an eviction
 
@@ -141,7 +141,7 @@ def measure_size(pool: Pool, page_bytes: int, args: argparse.Namespace, redis: S
     rows: list[Row] = []
     tierd: Server | None = None
     version = ""
-    if {"byte", "zero-copy", "local"} & set(args.paths):
+    if {"byte", "byte-grpc", "zero-copy", "local"} & set(args.paths):
         tier_bytes = TIER_HEADROOM * (total_bytes + max(args.clients) * page_bytes)
         try:
             tierd = start_tierd(work_dir / f"tierd-{page_bytes // KiB}k", tier_bytes)

@@ -216,7 +216,8 @@ class TierdPath(PagePath):
 
 
 class BytePath(TierdPath):
-    """``TierClient(ClientOptions(local_data_path=False))``: every page over gRPC."""
+    """``TierClient(ClientOptions(local_data_path=False))``: every page over the byte path, which
+    on the daemon's machine is its page socket."""
 
     name = "byte"
 
@@ -226,6 +227,14 @@ class BytePath(TierdPath):
     def get_one(self, i: int) -> None:
         got = self.client.get(self.ns, [self.keys[i]])
         deliver(self.out[i], got[0] if got else None)
+
+
+class GrpcBytePath(BytePath):
+    """``ClientOptions(local_data_path=False, page_socket=False)``: every page over gRPC
+    GetPages / PutPages (what a client on another machine gets)."""
+
+    name = "byte-grpc"
+    options = ClientOptions(local_data_path=False, page_socket=False)
 
 
 class ZeroCopyPath(TierdPath):
@@ -292,7 +301,8 @@ class LocalPath(TierdPath):
 
 
 PATHS: dict[str, type[PagePath]] = {cls.name: cls for cls in
-                                    (CeilingPath, RedisPath, BytePath, ZeroCopyPath, LocalPath)}
+                                    (CeilingPath, RedisPath, BytePath, GrpcBytePath, ZeroCopyPath,
+                                     LocalPath)}
 
 
 def open_path(name: str, page_bytes: int, num_pages: int, worker: int, socket: str | None) -> PagePath:

@@ -20,11 +20,14 @@ import uvloop
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.keys import chain_keys
 from tierd.server import ServingSettings, TierdServicer, build_server, set_serving
+from tierd.server.page_service import PageService
+from tierd.server.page_socket import PageSocket, PageSocketSettings
 from tierd.server.region_socket import RegionSocket, RegionSocketSettings
 from tierd.store import PageStore
 from tierd.v1 import tierd_pb2 as pb
 
 START_TIMEOUT_S = 60.0
+NO_PAGE_SOCKET = "-"  # make_server(settings with advertised_page_socket=NO_PAGE_SOCKET): none
 PAGE_SPEC = pb.PageSpec(model="tiny@test", dtype="float16", num_layers=2, num_kv_heads=2,
                         head_dim=32, page_tokens=16)  # 8 KiB pages
 PAGE_BYTES = 2 * 2 * 16 * 2 * 32 * 2
@@ -77,6 +80,11 @@ class ServerThread:
                                    self.store.shared_region_fd)
             regions.start()
         self.servicer = TierdServicer(self.store, self.settings)
+        pages = None
+        if self.settings.advertised_page_socket:
+            pages = PageSocket(PageSocketSettings(Path(self.settings.advertised_page_socket)),
+                               PageService(self.store, self.settings, self.servicer.epoch))
+            pages.start()
         server, health = build_server(self.servicer, self.settings)
         server.add_insecure_port(self.address)
         await server.start()
@@ -86,8 +94,9 @@ class ServerThread:
         self.servicer.begin_shutdown()
         await server.stop(grace=5.0)
         await self.servicer.wait_idle(5.0)
-        if regions is not None:
-            regions.close()
+        for unix in (pages, regions):
+            if unix is not None:
+                unix.close()
         await self._loop.run_in_executor(None, self.store.close)
         self.servicer.close()
 
@@ -115,6 +124,10 @@ def make_server(tmp: Path, settings: ServingSettings | None = None, **store_chan
     settings = settings or serving_settings()
     if not settings.advertised_region_socket:
         settings = replace(settings, advertised_region_socket=str(tmp / "s-regions.sock"))
+    if not settings.advertised_page_socket:  # "-": no page socket (clients use gRPC)
+        settings = replace(settings, advertised_page_socket=str(tmp / "s-pages.sock"))
+    elif settings.advertised_page_socket == NO_PAGE_SOCKET:
+        settings = replace(settings, advertised_page_socket="")
     server = ServerThread(store_config(tmp / "data", **store_changes), settings, tmp / "s.sock")
     server.start()
     return server

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import cuda_ipc, local_steps, requests
+from tierd_client import cuda_ipc, local_steps, page_socket, requests
 from tierd_client.base import ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import AsyncLease, LeaseRequest
@@ -122,6 +122,11 @@ class AsyncTierClient(ClientBase):
         conn = self._ready()
         await _synchronize(self.handback_devices(call))  # queued releases of CUDA slots
         timeout = call.timeout_s or self.options.rpc_timeout_s
+        page = self.page_request(call)
+        if page is not None:
+            answer = await page_socket.run_async(self._page_sockets, page)
+            if answer is not None:
+                return answer
         if call.rpc == "PutPages":
             return await conn.runner.call(call.rpc, lambda: conn.stub.PutPages(
                 call.request.messages(), timeout=timeout, metadata=self._metadata))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +29,8 @@ from tierd_client.errors import FailedPreconditionError, InvalidArgumentError
 from tierd_client.leases import ReleaseQueue
 from tierd_client.local_path import LocalPathStats, LocalReader, SlotPool
 from tierd_client.local_steps import LocalPath
-from tierd_client.options import ClientOptions, grpc_target
+from tierd_client.options import ClientOptions, bearer_token, grpc_target
+from tierd_client.page_socket import PageRequest, PageSockets, page_request
 from tierd_client.requests import Call, require_ns
 from tierd_client.types import NamespaceHandle
 
@@ -91,11 +93,20 @@ class ClientBase:
         # Local reads and puts need the daemon's region socket: a daemon on this machine.
         local = self.options.local_data_path and self.target.startswith("unix:")
         self._local = LocalPath(LocalReader(self.arena, local), SlotPool(), self.arena, self.options)
+        # Byte-path gets and puts of a daemon on this machine skip gRPC: its page socket.
+        self._page_sockets = PageSockets(bearer_token(self._metadata), self.options.rpc_timeout_s)
+        self._use_page_socket = self.options.page_socket and self.target.startswith("unix:")
         self._closed = False
 
+    def page_request(self, call: Call) -> PageRequest | None:
+        """``call`` as a page socket request, when it is a GetPages or PutPages that may go there."""
+        return page_request(call) if self._use_page_socket else None
+
     def local_path_stats(self) -> LocalPathStats:
-        """What the local data path did so far (pages read without an RPC, fallbacks, puts)."""
-        return self._local.reader.stats()
+        """What the local data path did so far (pages read without an RPC, fallbacks, puts, calls
+        over the page socket)."""
+        return replace(self._local.reader.stats(), page_socket_calls=self._page_sockets.calls,
+                       page_socket_fallbacks=self._page_sockets.fallbacks)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -167,6 +178,7 @@ class ClientBase:
             return frozenset(view.device_index for view in self._arenas.values() if view.is_cuda)
 
     def _close_arenas(self) -> None:
+        self._page_sockets.close()
         self._local.pool.drain()  # their leases end with the session
         with self._arenas_lock:
             views = list(self._arenas.values())

@@ -18,6 +18,7 @@ from tierd_client.types import (
     LeaseState,
     LookupResult,
     NamespaceHandle,
+    PageSocketAddress,
     RemoteTierStats,
     ServerLimits,
     TierStats,
@@ -87,7 +88,9 @@ def namespace_from_wire(msg: pb.RegisterResponse, asked: PageSpec) -> NamespaceH
     return NamespaceHandle(ns_id=msg.ns_id, tenant=msg.tenant, spec=spec,
                            fingerprint=bytes(msg.fingerprint), page_bytes=msg.page_bytes,
                            regions=tuple(region_from_wire(r) for r in msg.regions),
-                           limits=limits_from_wire(msg.limits))
+                           limits=limits_from_wire(msg.limits),
+                           page_socket=(PageSocketAddress(msg.page_socket, bytes(msg.server_epoch))
+                                        if msg.page_socket else None))
 
 
 def lease_from_wire(msg: pb.Lease, sent_at_s: float) -> LeaseState:

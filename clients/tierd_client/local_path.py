@@ -82,13 +82,19 @@ class LocalPathStats:
     ``pages_read``: pages copied out of mapped regions without an RPC; ``pages_missed``: pages
     asked for that were not resident in a mapped region (read over RPCs instead);
     ``copies_refused``: copies thrown away because the page moved during the copy;
-    ``pages_put``: pages written into leased slots and committed.
+    ``pages_put``: pages written into leased slots and committed;
+    ``page_socket_calls``: byte-path calls (GetPages, PutPages) answered over the daemon's page
+    socket; ``page_socket_fallbacks``: those that went over gRPC although the daemon names one
+    (unreachable, busy, another daemon run, or the connection broke). The two page socket counts
+    are exact from one thread; concurrent threads may lose an increment.
     """
 
     pages_read: int = 0
     pages_missed: int = 0
     copies_refused: int = 0
     pages_put: int = 0
+    page_socket_calls: int = 0
+    page_socket_fallbacks: int = 0
 
 
 class LocalReader:

@@ -80,6 +80,9 @@ class ClientOptions:
     and ``get_into`` read resident pages straight from the mapped regions through the daemon's
     page index (no RPC), and ``put`` writes pages into leased slots and commits them with one RPC;
     ``False`` sends every page over gRPC (the byte path).
+    ``page_socket``: when the daemon shares this machine, byte-path gets and puts (``get``, ``put``
+    and what the local data path leaves to them) go over its page socket, outside gRPC, when it
+    serves one; ``False``: over gRPC GetPages / PutPages.
     ``put_slots``: free slots a local ``put`` keeps leased ahead of need (one Allocate per that
     many pages), at most 1/64 of the region's slots (none in a region of fewer than 64 slots).
     """
@@ -96,6 +99,7 @@ class ClientOptions:
     tls_key: Path | None = None
     local_data_path: bool = True
     put_slots: int = DEFAULT_PUT_SLOTS
+    page_socket: bool = True
 
     def __post_init__(self) -> None:
         if self.max_message_bytes <= MESSAGE_OVERHEAD_BYTES:
@@ -131,6 +135,14 @@ class ClientOptions:
         if token is None:
             return self.metadata
         return self.metadata + ((AUTH_METADATA_KEY, f"Bearer {token}"),)
+
+
+def bearer_token(metadata: tuple[tuple[str, str], ...]) -> str:
+    """The token of ``call_metadata``'s authorization entry; ``""`` without one."""
+    for key, value in metadata:
+        if key == AUTH_METADATA_KEY:
+            return value.partition(" ")[2]
+    return ""
 
 
 def _check_token(token: str, where: str) -> None:

@@ -26,7 +26,8 @@ from tierd_client.leases import ReleaseQueue
 from tierd_client.options import ClientOptions
 from tierd_client.pages import checked_key_list, checked_keys_and_pages, checked_parent
 from tierd_client.transfer import TransferPlan, put_messages
-from tierd_client.types import CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle, PutResult
+from tierd_client.types import (CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle,
+                               PageSocketAddress, PutResult)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,8 @@ class Call:
     ``rpc_timeout_s``); ``session``: a lease RPC, sent with the session id (the answer sent back
     is then ``(response, session_id)``); ``page_bytes``: GetPages' page size (the answer is the
     list of pages); ``carried``: ``(session_id, lease_id)`` of released leases an Acquire carries;
-    ``owner``: the session the call's lease was granted in, which alone may send it.
+    ``owner``: the session the call's lease was granted in, which alone may send it;
+    ``page_socket``: where a GetPages or PutPages call may go instead of gRPC (``tierd_client.page_socket``).
     """
 
     rpc: str
@@ -76,6 +78,7 @@ class Call:
     page_bytes: int = 0
     carried: tuple[tuple[str, int], ...] = field(default=())
     owner: str = ""
+    page_socket: PageSocketAddress | None = None
 
 
 Steps = Generator[Call, Any, T]
@@ -201,7 +204,9 @@ def put_steps(ns: NamespaceHandle, keys: Sequence[bytes], pages: object, tier: T
         put = PutBatch(ns.ns_id, tier, checked[batch.start:batch.stop], views[batch.start:batch.stop],
                        plan.chunk_bytes, wait_durable, durable_timeout_s,
                        checked[batch.start - 1] if batch.start else parent)
-        response: pb.PutPagesResponse = yield Call("PutPages", put, timeout_s=deadline_s)
+        # The page socket does not wait for disk: a put that does goes over gRPC.
+        response: pb.PutPagesResponse = yield Call("PutPages", put, timeout_s=deadline_s,
+                                                   page_socket=None if wait_durable else ns.page_socket)
         stored += response.num_stored
         skipped += response.num_skipped
         if response.durable_ticket:  # 0: nothing of this call was queued for disk
@@ -217,7 +222,8 @@ def get_steps(ns: NamespaceHandle, keys: Sequence[bytes], options: ClientOptions
     pages: list[bytes] = []
     for batch in plan_for(ns, options).get_batches(len(checked), ns.page_bytes):
         request = pb.GetPagesRequest(ns_id=ns.ns_id, keys=checked[batch.start:batch.stop])
-        got: list[bytes] = yield Call("GetPages", request, page_bytes=ns.page_bytes)
+        got: list[bytes] = yield Call("GetPages", request, page_bytes=ns.page_bytes,
+                                      page_socket=ns.page_socket)
         pages.extend(got)
         if len(got) < len(batch):
             break

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2_grpc
 from tierd.spec import PageSpec
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
-from tierd_client import cuda_ipc, local_steps, requests
+from tierd_client import cuda_ipc, local_steps, page_socket, requests
 from tierd_client.base import CLOSED_MESSAGE, ClientBase, client_name, open_channel
 from tierd_client.errors import FailedPreconditionError, from_grpc
 from tierd_client.leases import Lease
@@ -121,6 +121,11 @@ class TierClient(ClientBase):
         if devices:  # queued releases of CUDA slots: this process's kernels first
             cuda_ipc.synchronize(devices)
         timeout = call.timeout_s or self.options.rpc_timeout_s
+        page = self.page_request(call)
+        if page is not None:
+            answer = page_socket.run_blocking(self._page_sockets, page)
+            if answer is not None:
+                return answer
         if call.rpc == "PutPages":
             return self._runner.call(call.rpc, lambda: self._stub.PutPages(
                 requests.sync_messages(call.request.messages()), timeout=timeout,

@@ -30,11 +30,20 @@ class ServerLimits:
 
 
 @dataclass(frozen=True)
+class PageSocketAddress:
+    """A daemon's page socket (``path``) and the run it belongs to (``epoch``, 16 bytes)."""
+
+    path: str
+    epoch: bytes
+
+
+@dataclass(frozen=True)
 class NamespaceHandle:
     """A registered (tenant, spec): what a worker needs to compute keys and move pages.
 
     ``fingerprint`` (16 bytes) is the daemon's; ``regions`` are the hbm and dram region handles to
-    map for the zero-copy path (``TierClient.arena``).
+    map for the zero-copy path (``TierClient.arena``); ``page_socket`` is where the daemon serves
+    byte-path gets and puts outside gRPC (``None``: it serves none).
     """
 
     ns_id: int
@@ -44,6 +53,7 @@ class NamespaceHandle:
     page_bytes: int
     regions: tuple[RegionHandle, ...]
     limits: ServerLimits = field(compare=False)
+    page_socket: PageSocketAddress | None = field(default=None, compare=False)
 
     def keys(self, token_ids: Sequence[int] | np.ndarray, parent: bytes | None = None) -> list[bytes]:
         """Chain keys (16 bytes each) of the full pages of ``token_ids``; a partial tail gets none.

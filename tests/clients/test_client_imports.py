@@ -8,6 +8,7 @@ import sys
 
 # The modules of tierd a worker process may load (values, the wire contract, their conversions).
 SHARED = {"tierd", "tierd.spec", "tierd.keys", "tierd.tier", "tierd.errors", "tierd.handles", "tierd.region_wire",
+          "tierd.page_wire",
           "tierd.page_index", "tierd.protowire",
           "tierd.values", "tierd.buffers", "tierd.units", "tierd.wire", "tierd.v1",
           "tierd.v1.tierd_pb2", "tierd.v1.tierd_pb2_grpc", "tierd.config"}

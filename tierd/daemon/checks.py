@@ -202,7 +202,8 @@ def startup_problems(config: DaemonConfig, facts: MachineFacts) -> tuple[Resolve
     problems += [p for p in (prepare_data_dir(config.store.data_dir), disk_problem(config),
                              tls_problem(config)) if p]
     sockets = ((config.server.socket, "--socket"),
-               (config.server.region_socket_path, "server.region_socket"))
+               (config.server.region_socket_path, "server.region_socket"),
+               (config.server.page_socket_path, "server.page_socket"))
     for path, setting in sockets:
         problem = None if path is None else prepare_socket_path(path, setting)
         if problem:

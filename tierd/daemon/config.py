@@ -51,6 +51,7 @@ ENV_ALIASES = {
 }
 MAX_PORT = 65535
 REGION_SOCKET_SUFFIX = "-regions"
+PAGE_SOCKET_SUFFIX = "-pages"
 DEFAULT_CAPACITY_BYTES = {"hbm": 1 << 30, "dram": 4 << 30, "disk": 64 << 30}
 
 
@@ -105,6 +106,8 @@ class ServerSettings:
     socket: Path | None = Path("/run/tierd/tierd.sock")
     socket_mode: int = 0o660
     region_socket: Path | None = None       # None: next to ``socket`` (see region_socket_path)
+    page_socket: Path | None = None         # None: next to ``socket`` (see page_socket_path)
+    page_connections: int = 256             # page socket connections at once (one per client thread)
     tcp: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -116,11 +119,18 @@ class ServerSettings:
     def region_socket_path(self) -> Path | None:
         """Where zero-copy workers fetch region memory: ``region_socket``, else ``STEM-regions``
         next to the gRPC socket (``/run/tierd/tierd-regions.sock``); ``None`` without either."""
-        if self.region_socket is not None:
-            return self.region_socket
+        return self.region_socket if self.region_socket is not None else self._beside(REGION_SOCKET_SUFFIX)
+
+    @property
+    def page_socket_path(self) -> Path | None:
+        """Where byte-path gets and puts skip gRPC (``tierd.server.page_socket``): ``page_socket``,
+        else ``STEM-pages`` next to the gRPC socket; ``None`` without either."""
+        return self.page_socket if self.page_socket is not None else self._beside(PAGE_SOCKET_SUFFIX)
+
+    def _beside(self, suffix: str) -> Path | None:
         if self.socket is None:
             return None
-        return self.socket.with_name(f"{self.socket.stem}{REGION_SOCKET_SUFFIX}{self.socket.suffix}")
+        return self.socket.with_name(f"{self.socket.stem}{suffix}{self.socket.suffix}")
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first setting that cannot work."""
@@ -128,6 +138,12 @@ class ServerSettings:
             raise ConfigError("neither server.socket nor server.tcp is set: nothing to listen on")
         if self.shutdown_grace_s <= 0:
             raise ConfigError(f"server.shutdown_grace_s must be positive, got {self.shutdown_grace_s}")
+        if self.page_connections <= 0:
+            raise ConfigError(f"server.page_connections must be positive, got {self.page_connections}")
+        paths = [p for p in (self.socket, self.region_socket_path, self.page_socket_path) if p is not None]
+        if len(set(paths)) != len(paths):
+            raise ConfigError("server.socket, server.region_socket and server.page_socket must be "
+                              f"three different paths, got {', '.join(map(str, paths))}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("server.tls_cert and server.tls_key go together: set both or neither")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -314,15 +330,18 @@ def build(values: Mapping[str, object], config_path: Path | None = None) -> Daem
     server = ServerSettings(**_section(values, "server", ServerSettings))
     server.validate()
     tokens = tuple(TenantToken(name, tenant.token_sha256) for name, tenant in tenants.items())
-    region_socket = server.region_socket_path
     serving = ServingSettings(**_section(values, "server", ServingSettings),
                               flush_timeout_s=store.flush_timeout_s, version=tierd.__version__,
                               tenant_tokens=tokens,
-                              advertised_region_socket=("" if region_socket is None
-                                                        else str(region_socket.absolute())))
+                              advertised_region_socket=_advertised(server.region_socket_path),
+                              advertised_page_socket=_advertised(server.page_socket_path))
     serving.validate()
     return DaemonConfig(store=store, server=server, serving=serving, device=top.device,
                         log_level=top.log_level, config_path=config_path, tenant_tokens=tokens)
+
+
+def _advertised(path: Path | None) -> str:
+    return "" if path is None else str(path.absolute())
 
 
 def tenant_quotas(tenants: Mapping[str, TenantConfig]) -> dict[str, dict[Tier, int]]:

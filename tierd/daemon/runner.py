@@ -32,7 +32,10 @@ from tierd.errors import ConfigError, TierdError
 from tierd.server import TierdServicer, build_server, set_serving
 from tierd.server.metrics import METRICS_PATH, MetricsEndpoint
 from tierd.server.metrics import render as render_metrics
+from tierd.server.page_service import PageService
+from tierd.server.page_socket import PageSocket, PageSocketSettings
 from tierd.server.region_socket import RegionSocket, RegionSocketSettings
+from tierd.server.settings import ServingSettings
 from tierd.store import PageStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,17 @@ def region_socket(server: ServerSettings, store: PageStore) -> RegionSocket | No
     if path is None:
         return None
     return RegionSocket(RegionSocketSettings(path, mode=server.socket_mode), store.shared_region_fd)
+
+
+def page_socket(server: ServerSettings, store: PageStore, servicer: TierdServicer,
+                serving: ServingSettings) -> PageSocket | None:
+    """The socket of the byte path outside gRPC, next to the gRPC socket (same limits and tenants)."""
+    path = server.page_socket_path
+    if path is None:
+        return None
+    return PageSocket(PageSocketSettings(path, mode=server.socket_mode,
+                                         max_connections=server.page_connections),
+                      PageService(store, serving, servicer.epoch))
 
 
 class Daemon:
@@ -107,16 +121,18 @@ class Daemon:
         server, health_servicer = build_server(servicer, settings)
         metrics = MetricsEndpoint(functools.partial(collect_metrics, store, servicer))
         regions = region_socket(self._config.server, store)
+        pages = page_socket(self._config.server, store, servicer, settings)
+        sockets = [s for s in (regions, pages) if s is not None]
         try:
-            if regions is not None:
-                await asyncio.to_thread(regions.start)
+            for unix in sockets:
+                await asyncio.to_thread(unix.start)
             await self._start_metrics(metrics)
             addresses = bind(server, self._config.server)
         except (ListenError, ConfigError, OSError) as exc:
             log.error("%s", exc)
             await metrics.close()
-            if regions is not None:
-                await asyncio.to_thread(regions.close)
+            for unix in reversed(sockets):
+                await asyncio.to_thread(unix.close)
             await self._close_store(store)
             servicer.close()
             return EXIT_FAILURE
@@ -128,8 +144,8 @@ class Daemon:
                  access_note(self._config))
         self._notifier.ready(f"serving on {where}")
         await self._stop.wait()
-        if regions is not None:  # no new mappings of a store about to close
-            await asyncio.to_thread(regions.close)
+        for unix in reversed(sockets):  # no new mappings or page requests of a store about to close
+            await asyncio.to_thread(unix.close)
         status = await self._shutdown(server, health_servicer, servicer, store)
         await metrics.close()
         return status

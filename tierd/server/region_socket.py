@@ -19,25 +19,22 @@ import logging
 import os
 import selectors
 import socket
-import stat
-import struct
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tierd.errors import ConfigError, InvalidArgument
+from tierd.errors import InvalidArgument
 from tierd.region_wire import REQUEST_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
-from tierd.server.unix_socket import remove_stale_socket, socket_is_live
+from tierd.server.unix_socket import listen_unix, peer_name
 
 log = logging.getLogger(__name__)
 
 # Looks a grant up: a descriptor valid inside the ``with``, or None.
 # lookup(grant) -> the region's fd; lookup(grant, index=True) -> its page index's fd (None: no such).
 FdLookup = Callable[..., AbstractContextManager[int | None]]
-_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_BACKLOG = 64
+SETTING_NAME = "server.region_socket"
 
 
 @dataclass(frozen=True)
@@ -76,7 +73,8 @@ class RegionSocket:
         with self._lock:
             if self._listener is not None or self._closed:
                 return
-            listener = _bind(self._settings.path, self._settings.mode)
+            listener = listen_unix(self._settings.path, self._settings.mode,
+                                   SETTING_NAME)
             self._listener = listener
             self._inode = os.stat(self._settings.path).st_ino
             self._wake_r, self._wake_w = os.pipe()
@@ -144,9 +142,9 @@ class RegionSocket:
                 conn.settimeout(self._settings.timeout_s)
                 self._exchange(conn)
         except OSError as exc:  # the peer went away or stalled past the timeout
-            log.debug("region socket exchange with %s ended early: %s", _peer(conn), exc)
+            log.debug("region socket exchange with %s ended early: %s", peer_name(conn), exc)
         except Exception:  # one bad exchange must not take the socket down
-            log.exception("region socket exchange with %s failed", _peer(conn))
+            log.exception("region socket exchange with %s failed", peer_name(conn))
         finally:
             with self._lock:
                 self._in_progress -= 1
@@ -161,7 +159,7 @@ class RegionSocket:
                   else self._lookup(request.grant))
         with lookup as fd:
             if fd is None:
-                log.info("region socket: %s presented a grant that opens no region", _peer(conn))
+                log.info("region socket: %s presented a grant that opens no region", peer_name(conn))
                 _reply(conn, RegionReply(RegionStatus.NOT_FOUND,
                                          "no open region has this grant: the daemon closed the "
                                          "region or restarted; register the namespace again"))
@@ -169,36 +167,7 @@ class RegionSocket:
                 _reply(conn, RegionReply(RegionStatus.OK))
             else:
                 socket.send_fds(conn, [RegionReply(RegionStatus.OK).encode()], [fd])
-                log.debug("region socket: sent a region to %s", _peer(conn))
-
-
-def _bind(path: Path, mode: int) -> socket.socket:
-    """A listening unix socket at ``path`` with ``mode``; a stale socket file is replaced."""
-    _refuse_if_served(path)
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        listener.bind(str(path))
-        os.chmod(path, mode)
-        listener.listen(_BACKLOG)
-    except OSError as exc:
-        listener.close()
-        raise ConfigError(f"cannot listen on the region socket {path}: {exc.strerror}; check "
-                          f"that its directory exists and is writable (server.region_socket)") from None
-    return listener
-
-
-def _refuse_if_served(path: Path) -> None:
-    try:
-        mode = path.lstat().st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ConfigError(f"the region socket path {path} exists and is not a socket: move "
-                          f"it away or set server.region_socket elsewhere")
-    if socket_is_live(path):
-        raise ConfigError(f"another process serves the region socket {path}: stop it or set "
-                          f"server.region_socket elsewhere")
-    remove_stale_socket(path)  # left by a daemon that died
+                log.debug("region socket: sent a region to %s", peer_name(conn))
 
 
 def _recv_exactly(conn: socket.socket, num_bytes: int) -> bytes:
@@ -214,12 +183,3 @@ def _recv_exactly(conn: socket.socket, num_bytes: int) -> bytes:
 def _reply(conn: socket.socket, reply: RegionReply) -> None:
     with contextlib.suppress(OSError):
         conn.sendall(reply.encode())
-
-
-def _peer(conn: socket.socket) -> str:
-    try:
-        pid, uid, gid = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-    except OSError:
-        return "a peer"
-    return f"pid {pid} (uid {uid}, gid {gid})"

@@ -249,8 +249,11 @@ class TierdServicer(pb_grpc.TierdServicer):
         tenant = caller.register_tenant(requested, DEFAULT_TENANT)
         ns = await self._call(self._store.register, spec, tenant)
         handles = await self._call(self._store.region_handles, ns.ns_id)
-        return convert.register_to_pb(ns, handles, self._limits, self._settings.advertised_region_socket,
-                                      epoch=self._epoch)
+        response = convert.register_to_pb(ns, handles, self._limits,
+                                          self._settings.advertised_region_socket, epoch=self._epoch)
+        response.page_socket = self._settings.advertised_page_socket
+        response.server_epoch = self._epoch
+        return response
 
     @_rpc
     async def Lookup(self, request: pb.LookupRequest, context: Any,

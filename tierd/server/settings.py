@@ -39,10 +39,12 @@ class ServingSettings:
     device: str = "cpu"
     tenant_tokens: tuple[TenantToken, ...] = ()
     advertised_region_socket: str = ""  # absolute path told to zero-copy workers; empty: none
+    advertised_page_socket: str = ""    # absolute path told to byte-path clients; empty: none
 
     # Fields the daemon fills from elsewhere than its config's [server] table.
     NOT_CONFIGURED: ClassVar[frozenset[str]] = frozenset(
-        {"flush_timeout_s", "version", "device", "tenant_tokens", "advertised_region_socket"})
+        {"flush_timeout_s", "version", "device", "tenant_tokens", "advertised_region_socket",
+         "advertised_page_socket"})
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the first limit that cannot work (as ``server.*``)."""

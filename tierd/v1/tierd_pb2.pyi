@@ -148,7 +148,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[PageSpec, _Mapping]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("ns_id", "page_bytes", "fingerprint", "regions", "tenant", "spec", "limits")
+    __slots__ = ("ns_id", "page_bytes", "fingerprint", "regions", "tenant", "spec", "limits", "page_socket", "server_epoch")
     NS_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,8 @@ class RegisterResponse(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SOCKET_FIELD_NUMBER: _ClassVar[int]
+    SERVER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     ns_id: int
     page_bytes: int
     fingerprint: bytes
@@ -163,7 +165,9 @@ class RegisterResponse(_message.Message):
     tenant: str
     spec: PageSpec
     limits: ServerLimits
-    def __init__(self, ns_id: _Optional[int] = ..., page_bytes: _Optional[int] = ..., fingerprint: _Optional[bytes] = ..., regions: _Optional[_Iterable[_Union[RegionHandle, _Mapping]]] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[PageSpec, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ...) -> None: ...
+    page_socket: str
+    server_epoch: bytes
+    def __init__(self, ns_id: _Optional[int] = ..., page_bytes: _Optional[int] = ..., fingerprint: _Optional[bytes] = ..., regions: _Optional[_Iterable[_Union[RegionHandle, _Mapping]]] = ..., tenant: _Optional[str] = ..., spec: _Optional[_Union[PageSpec, _Mapping]] = ..., limits: _Optional[_Union[ServerLimits, _Mapping]] = ..., page_socket: _Optional[str] = ..., server_epoch: _Optional[bytes] = ...) -> None: ...
 
 class LookupRequest(_message.Message):
     __slots__ = ("ns_id", "keys")
