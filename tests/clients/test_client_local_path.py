@@ -204,7 +204,9 @@ def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
             remote.put(ns, keys[:3], [page_words(i, 1, ns.page_bytes) for i in range(3)])
             assert [bytes(p) for p in remote.get(ns, keys[:3])] == [
                 page_words(i, 1, ns.page_bytes).tobytes() for i in range(3)]
-            assert remote.local_path_stats() == LocalPathStats()  # nothing went the local way
+            stats = remote.local_path_stats()
+            assert (stats.pages_read, stats.pages_missed, stats.pages_put) == (0, 0, 0)  # nothing local
+            assert (stats.page_socket_calls, stats.page_socket_fallbacks) == (2, 0)  # the page socket
             local.put(ns, keys[3:4], [page_words(3, 1, ns.page_bytes)])
             # The rest of the 4 slots stay leased for the next puts (one lease), ...
             assert local.stats().leases == 1

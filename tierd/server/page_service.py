@@ -2,9 +2,10 @@
 
 Each request is checked as GetPages and PutPages are (tenant, namespace, ``max_keys_per_request``,
 ``max_get_bytes``, ``max_put_bytes``), and nothing is read before its size is known to be within
-them. A GET copies each page once out of the store (``get_into``) into a buffer the connection keeps,
-``chunk_bytes`` of pages at a time, and the kernel sends that buffer; a PUT is received straight
-into one buffer and stored with one ``put``. The caller (``PageSocket``) owns the connection and
+them. A GET hands the kernel the pages' own slots, ``chunk_bytes`` of pages at a time, pinned
+while they are sent (``PageStore.read_pinned``: no copy in the daemon, and no page evicted,
+overwritten or deleted mid-send); a PUT is received straight into one buffer and stored with
+one ``put``. The caller (``PageSocket``) owns the connection and
 its thread; this owns nothing.
 """
 
@@ -149,7 +150,7 @@ class PageService:
         raw_keys = recv_exactly(conn, head.keys_bytes)
         try:
             if head.op is PageOp.GET:
-                self._get(conn, head, caller, raw_keys, buffer)
+                self._get(conn, head, caller, raw_keys)
             else:
                 self._put(conn, head, caller, raw_keys, buffer)
         except TierdError as exc:
@@ -165,8 +166,7 @@ class PageService:
                            for i in range(head.num_keys)])
         return keys, ns.page_bytes
 
-    def _get(self, conn: socket.socket, head: RequestHead, caller: Caller, raw_keys: bytearray,
-             buffer: _Buffer) -> None:
+    def _get(self, conn: socket.socket, head: RequestHead, caller: Caller, raw_keys: bytearray) -> None:
         keys, page_bytes = self._checked(head, caller, raw_keys)
         limit = self._settings.max_get_bytes
         if len(keys) * page_bytes > limit:
@@ -177,14 +177,14 @@ class PageService:
         done = 0
         while True:
             group = keys[done:done + per_frame]
-            view = buffer.view(len(group) * page_bytes)
-            outs = [view[i * page_bytes:(i + 1) * page_bytes] for i in range(len(group))]
-            got = self._store.get_into(head.ns_id, group, outs) if group else 0
-            done += got
-            more = got == len(group) and done < len(keys)
-            reply = ReplyHead(count=got, value=page_bytes, payload_bytes=got * page_bytes,
-                              flags=ReplyFlag.MORE if more else ReplyFlag.NONE)
-            send_parts(conn, [reply.encode(), view[:got * page_bytes]])
+            # Resident pages go from their pinned slots to the kernel: no copy in the daemon.
+            with self._store.read_pinned(head.ns_id, group) as pages:
+                got = len(pages)
+                done += got
+                more = got == len(group) and done < len(keys)
+                reply = ReplyHead(count=got, value=page_bytes, payload_bytes=got * page_bytes,
+                                  flags=ReplyFlag.MORE if more else ReplyFlag.NONE)
+                send_parts(conn, [reply.encode(), *pages])
             if not more:
                 return
 

@@ -17,6 +17,7 @@ import logging
 import os
 import selectors
 import socket
+import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,17 +31,20 @@ from tierd.server.unix_socket import listen_unix, peer_name
 log = logging.getLogger(__name__)
 
 SETTING_NAME = "server.page_socket"
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 
 
 @dataclass(frozen=True)
 class PageSocketSettings:
     """Where and how: ``path`` gets ``mode``; ``send_buffer_bytes`` is asked of the kernel for
-    each connection (it may give less: ``net.core.wmem_max``)."""
+    each connection (it may give less: ``net.core.wmem_max``); a client that reads nothing of an
+    answer for ``send_timeout_s`` loses its connection (the pages sent from stay pinned meanwhile)."""
 
     path: Path
     mode: int = 0o660
     max_connections: int = 256
     send_buffer_bytes: int = 4 << 20
+    send_timeout_s: int = 30
 
 
 class PageSocket:
@@ -128,6 +132,9 @@ class PageSocket:
     def _dispatch(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._settings.send_buffer_bytes)
+        # Kernel timeouts keep the socket blocking (Python's would make every recv a poll first).
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                        _TIMEVAL.pack(self._settings.send_timeout_s, 0))
         thread = threading.Thread(target=self._serve, args=(conn,), name="tierd-page-conn",
                                   daemon=True)
         with self._lock:

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 
 from tierd.buffers import PAGE_BYTES_NOTE, byte_view, page_views
@@ -349,6 +349,32 @@ class PageStore:
         fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
         outcomes = parts.runner.run(parts.manager.plan_read(ns_id, keys), views)
         return outcomes.index(False) if False in outcomes else len(outcomes)
+
+    @contextmanager
+    def read_pinned(self, ns_id: int, keys: Sequence[PageKey]) -> Iterator[Sequence[memoryview]]:
+        """The pages of the longest cached prefix of ``keys``, valid inside the ``with``: views of
+        the host-memory slots they are in, pinned (never evicted, overwritten or freed) until it
+        ends, so a caller can hand them to the kernel without copying them first. Where a page of
+        the prefix is on disk or in device memory, every page is copied out instead (as ``get``).
+        Keep the ``with`` short: eviction passes over pinned slots."""
+        parts = self._require()
+        page_bytes = parts.manager.namespace(ns_id).page_bytes
+        keys = check_keys(keys)
+        fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
+        plan = parts.manager.plan_read(ns_id, keys)
+        views = parts.runner.host_views(plan)
+        if views is None:
+            outs, outcomes = self._copy_out(parts, plan, page_bytes)
+            got = outcomes.index(False) if False in outcomes else len(outcomes)
+            yield [memoryview(out) for out in outs[:got]]
+            return
+        try:
+            yield views
+        finally:
+            for view in views:
+                with suppress(BufferError):  # a view the caller still exports stays valid
+                    view.release()
+            parts.manager.complete(plan, (True,) * len(plan.moves))
 
     def peek(self, ns_id: int, keys: Sequence[PageKey]) -> list[PeekedPage | None]:
         """Each page wherever it is now, with the tier it was read from; ``None`` for a page not

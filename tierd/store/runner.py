@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from tierd.store.manager import Manager
 from tierd.store.plans import Move, Place, Plan, PlanKind
 from tierd.store.regions import RegionTable
-from tierd.store.transfer.base import Copy, DiskRef, Endpoint, SlotRef, TransferEngine
+from tierd.store.transfer.base import (Copy, DiskRef, Endpoint, SlotRef, TransferEngine, host_view,
+                                       medium_of)
+from tierd.tiers.base import Medium
 from tierd.tiers.disk import DiskTier
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,19 @@ class PlanRunner:
         run = self.start(plan, buffers)
         run.wait()
         return run.outcomes
+
+    def host_views(self, plan: Plan) -> list[memoryview] | None:
+        """Views of the host-memory slots holding a READ plan's pages (pinned until the plan
+        completes); ``None`` when one of them is on disk or in device memory."""
+        views: list[memoryview] = []
+        for move in plan.moves:
+            if move.src is None or move.src.on_disk:
+                return None
+            ref = self._endpoint(plan.ns_id, move, move.src, None)
+            if medium_of(ref) is not Medium.HOST:
+                return None
+            views.append(host_view(ref))
+        return views
 
     def start_all(self, plans: Sequence[Plan | None]) -> list[Run]:
         return [self.start(plan) for plan in plans if plan is not None]
