@@ -271,3 +271,19 @@ def test_keys_of_a_put_with_parent_are_a_chain(server: ServerThread) -> None:
     assert [p.tier for p in server.store.peek(reg.ns_id, keys)] == [Tier.DRAM] * 3
     assert [p.data for p in server.store.peek(reg.ns_id, keys)] == pages  # type: ignore[union-attr]
     peer.close()
+
+
+def test_frames_may_arrive_in_pieces_or_back_to_back(server: ServerThread) -> None:
+    reg = register(server)
+    keys, pages = keys_for(reg, 2), pages_for(2, seed=11)
+    peer = Peer(page_path(server))
+    data = b"".join(pages)
+    frame = RequestHead(PageOp.PUT, reg.ns_id, 2, len(data), int(Tier.DRAM)).encode() + b"".join(keys) + data
+    for i in range(REQUEST_HEAD_BYTES + 40):  # head and keys a byte at a time, then the pages
+        peer.sock.sendall(frame[i:i + 1])
+    peer.sock.sendall(frame[REQUEST_HEAD_BYTES + 40:])
+    assert peer.reply()[0].count == 2
+    get = RequestHead(PageOp.GET, reg.ns_id, 1).encode()
+    peer.sock.sendall(get + keys[1] + get + keys[0])  # two requests in one send
+    assert [peer.reply()[1], peer.reply()[1]] == [pages[1], pages[0]]
+    peer.close()

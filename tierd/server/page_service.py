@@ -31,6 +31,9 @@ from tierd.tier import MEMORY_TIERS, Tier
 
 log = logging.getLogger(__name__)
 
+# Bytes a connection reads ahead: a request's head and up to 4000 keys in one system call.
+INBOX_BYTES = 64 << 10
+
 
 class FrameError(InvalidArgument):
     """A frame the daemon cannot read on from (bad head, sizes past the limits): answered, then
@@ -51,10 +54,43 @@ def recv_into_exactly(conn: socket.socket, view: memoryview) -> None:
         got += n
 
 
-def recv_exactly(conn: socket.socket, num_bytes: int) -> bytearray:
-    data = bytearray(num_bytes)
-    recv_into_exactly(conn, memoryview(data))
-    return data
+class Inbox:
+    """What a connection has received ahead of the request being read. A request's head and keys
+    arrive in one send, so they are read with one system call; larger parts go straight from the
+    socket into their destination."""
+
+    def __init__(self, conn: socket.socket, capacity_bytes: int) -> None:
+        self._conn = conn
+        self._data = bytearray(capacity_bytes)
+        self._view = memoryview(self._data)
+        self._start = self._end = 0
+
+    def take(self, num_bytes: int) -> bytes:
+        """The next ``num_bytes``; ``PeerGone`` if the peer closes first."""
+        if num_bytes > len(self._data):
+            out = bytearray(num_bytes)
+            self.fill(memoryview(out))
+            return bytes(out)
+        if self._end - self._start < num_bytes:
+            kept = self._end - self._start
+            self._data[:kept] = self._data[self._start:self._end]  # a copy: the ranges overlap
+            self._start, self._end = 0, kept
+            while self._end < num_bytes:
+                got = self._conn.recv_into(self._view[self._end:])
+                if got == 0:
+                    raise PeerGone
+                self._end += got
+        out_bytes = bytes(self._view[self._start:self._start + num_bytes])
+        self._start += num_bytes
+        return out_bytes
+
+    def fill(self, view: memoryview) -> None:
+        """Fill ``view`` with the next bytes: what is here already, then from the socket."""
+        here = min(len(view), self._end - self._start)
+        view[:here] = self._view[self._start:self._start + here]
+        self._start += here
+        if here < len(view):
+            recv_into_exactly(self._conn, view[here:])
 
 
 def send_parts(conn: socket.socket, parts: Sequence[bytes | memoryview]) -> None:
@@ -96,14 +132,15 @@ class PageService:
 
     def serve(self, conn: socket.socket) -> None:
         """Answer requests on ``conn`` until the peer closes it or sends a malformed frame."""
+        inbox = Inbox(conn, INBOX_BYTES)
         try:
-            caller = self._hello(conn)
+            caller = self._hello(conn, inbox)
             if caller is None:
                 return
             buffer = _Buffer(max(self._settings.chunk_bytes, 1))
             while True:
-                head = RequestHead.decode(recv_exactly(conn, REQUEST_HEAD_BYTES))
-                self._one(conn, head, caller, buffer)
+                head = RequestHead.decode(inbox.take(REQUEST_HEAD_BYTES))
+                self._one(conn, inbox, head, caller, buffer)
         except PeerGone:
             return
         except FrameError as exc:
@@ -119,13 +156,13 @@ class PageService:
             send_parts(conn, [error_reply(grpc.StatusCode.INTERNAL.value[0], "internal error "
                                           "on the page socket; the daemon log has the traceback")])
 
-    def _hello(self, conn: socket.socket) -> Caller | None:
-        head = RequestHead.decode(recv_exactly(conn, REQUEST_HEAD_BYTES))
+    def _hello(self, conn: socket.socket, inbox: Inbox) -> Caller | None:
+        head = RequestHead.decode(inbox.take(REQUEST_HEAD_BYTES))
         if head.op is not PageOp.HELLO or head.num_keys or head.payload_bytes > MAX_TEXT_BYTES:
             raise FrameError(f"a page socket connection starts with one HELLO carrying at most "
                              f"{MAX_TEXT_BYTES} bytes of token, got {head.op.name} with "
                              f"{head.num_keys} keys and {head.payload_bytes} bytes")
-        token = bytes(recv_exactly(conn, head.payload_bytes)).decode("utf-8", "replace")
+        token = inbox.take(head.payload_bytes).decode("utf-8", "replace")
         metadata = [(AUTH_METADATA_KEY, f"Bearer {token}")] if token else []
         try:
             caller = self._auth.caller(metadata)
@@ -136,7 +173,8 @@ class PageService:
         send_parts(conn, [ReplyHead(payload_bytes=len(self._epoch)).encode(), self._epoch])
         return caller
 
-    def _one(self, conn: socket.socket, head: RequestHead, caller: Caller, buffer: _Buffer) -> None:
+    def _one(self, conn: socket.socket, inbox: Inbox, head: RequestHead, caller: Caller,
+             buffer: _Buffer) -> None:
         """One request, answered; a ``TierdError`` of the store or the checks becomes its reply."""
         if head.op is PageOp.HELLO:
             raise FrameError("HELLO comes once, first on a connection")
@@ -147,26 +185,24 @@ class PageService:
         if head.payload_bytes > limit:
             raise FrameError(f"a {head.op.name} carries {head.payload_bytes} bytes of payload; at "
                              f"most {limit} (server.max_put_bytes for PUT, none for GET)")
-        raw_keys = recv_exactly(conn, head.keys_bytes)
+        raw_keys = inbox.take(head.keys_bytes)
         try:
             if head.op is PageOp.GET:
                 self._get(conn, head, caller, raw_keys)
             else:
-                self._put(conn, head, caller, raw_keys, buffer)
+                self._put(conn, inbox, head, caller, raw_keys, buffer)
         except TierdError as exc:
             log.debug("page socket %s rejected: %s", head.op.name, exc)
             send_parts(conn, [error_reply(status_code_of(exc).value[0], str(exc))])
 
-    def _checked(self, head: RequestHead, caller: Caller, raw_keys: bytearray) -> tuple[list[PageKey], int]:
+    def _checked(self, head: RequestHead, caller: Caller, raw_keys: bytes) -> tuple[list[PageKey], int]:
         """The request's keys and its namespace's page size, once the caller may use it."""
         ns = self._store.namespace(head.ns_id)
         caller.check_namespace(ns)
-        view = memoryview(raw_keys)
-        keys = check_keys([view[i * KEY_BYTES:(i + 1) * KEY_BYTES].tobytes()
-                           for i in range(head.num_keys)])
+        keys = check_keys([raw_keys[i * KEY_BYTES:(i + 1) * KEY_BYTES] for i in range(head.num_keys)])
         return keys, ns.page_bytes
 
-    def _get(self, conn: socket.socket, head: RequestHead, caller: Caller, raw_keys: bytearray) -> None:
+    def _get(self, conn: socket.socket, head: RequestHead, caller: Caller, raw_keys: bytes) -> None:
         keys, page_bytes = self._checked(head, caller, raw_keys)
         limit = self._settings.max_get_bytes
         if len(keys) * page_bytes > limit:
@@ -188,12 +224,12 @@ class PageService:
             if not more:
                 return
 
-    def _put(self, conn: socket.socket, head: RequestHead, caller: Caller, raw_keys: bytearray,
-             buffer: _Buffer) -> None:
+    def _put(self, conn: socket.socket, inbox: Inbox, head: RequestHead, caller: Caller,
+             raw_keys: bytes, buffer: _Buffer) -> None:
         payload = buffer.view(head.payload_bytes)
-        recv_into_exactly(conn, payload)  # first: a refused PUT leaves the connection usable
+        inbox.fill(payload)  # first: a refused PUT leaves the connection usable
         keys, page_bytes = self._checked(head, caller, raw_keys[:head.num_keys * KEY_BYTES])
-        parent = (check_keys([bytes(raw_keys[-KEY_BYTES:])])[0]
+        parent = (check_keys([raw_keys[-KEY_BYTES:]])[0]
                   if head.flags & RequestFlag.HAS_PARENT else None)
         if head.tier not in (int(tier) for tier in MEMORY_TIERS):
             raise InvalidArgument(f"a PUT targets a memory tier ({', '.join(t.label for t in MEMORY_TIERS)}), "

@@ -358,13 +358,12 @@ class PageStore:
         the prefix is on disk or in device memory, every page is copied out instead (as ``get``).
         Keep the ``with`` short: eviction passes over pinned slots."""
         parts = self._require()
-        page_bytes = parts.manager.namespace(ns_id).page_bytes
         keys = check_keys(keys)
         fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
         plan = parts.manager.plan_read(ns_id, keys)
         views = parts.runner.host_views(plan)
         if views is None:
-            outs, outcomes = self._copy_out(parts, plan, page_bytes)
+            outs, outcomes = self._copy_out(parts, plan, parts.manager.namespace(ns_id).page_bytes)
             got = outcomes.index(False) if False in outcomes else len(outcomes)
             yield [memoryview(out) for out in outs[:got]]
             return
