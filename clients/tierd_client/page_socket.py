@@ -56,6 +56,14 @@ class PageSocketBroken(Exception):
     """The connection broke or answered nonsense: drop it; the call goes over gRPC."""
 
 
+class HelloRefused(PageSocketBroken):
+    """The daemon turned the connection away (``code``: UNAVAILABLE when it is busy)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+
+
 def _refusal(head: ReplyHead, message: bytes, rpc: str) -> TierdRpcError:
     code = _CODES.get(head.status, grpc.StatusCode.UNKNOWN)
     return error_for(code, message.decode("utf-8", "replace"), rpc)
@@ -101,7 +109,8 @@ class PageConnection:
             head = self._head()
             epoch = self._recv(head.payload_bytes)
             if head.status != STATUS_OK:
-                raise PageSocketBroken(_refusal(head, epoch, "page socket").details)
+                refusal = _refusal(head, epoch, "page socket")
+                raise HelloRefused(refusal.code, refusal.details)
             if epoch != address.epoch:
                 raise PageSocketBroken("another daemon run serves it")
         except BaseException:
@@ -220,7 +229,7 @@ class PageSockets:
 
 
 def _is_busy(exc: BaseException) -> bool:
-    return isinstance(exc, PageSocketBroken) and "connections already" in str(exc)
+    return isinstance(exc, HelloRefused) and exc.code is grpc.StatusCode.UNAVAILABLE
 
 
 def page_request(call: Call) -> PageRequest | None:

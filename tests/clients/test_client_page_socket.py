@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from server_harness import NO_PAGE_SOCKET, ServerThread, make_server, serving_se
 
 from tierd.config import MemoryTierConfig
 from tierd.server.auth import TenantToken, token_digest
+from tierd.server.page_service import PageService
+from tierd.server.page_socket import PageSocket, PageSocketSettings
 from tierd_client import (
     AsyncTierClient,
     ClientOptions,
@@ -35,6 +38,7 @@ CHURN_KEYS = 3
 CHURN_OPS = 120
 MIN_READS = 120
 FLOOD_PAGES = 6
+CLOSE_POLLS = 3000
 
 
 def start(tmp: Path, **settings: object) -> ServerThread:
@@ -104,6 +108,34 @@ def test_a_page_socket_that_cannot_serve_falls_back_to_grpc(short_tmp: Path, bro
             assert (stats.page_socket_calls, stats.page_socket_fallbacks) == (0, 2)
             assert client.get(ns, keys) == as_bytes(pages(0, 2, ns.page_bytes))  # the right one serves
             assert client.local_path_stats().page_socket_calls == 1
+    finally:
+        server.stop()
+
+
+def test_a_busy_page_socket_sends_the_call_over_grpc_and_is_tried_again(short_tmp: Path) -> None:
+    server = start(short_tmp)
+    path = short_tmp / "busy.sock"
+    assert server.servicer is not None
+    service = PageService(server.store, server.settings, server.servicer.epoch)
+    try:
+        with PageSocket(PageSocketSettings(path, max_connections=1), service) as sockets, \
+                TierClient(server.address, BYTES_ONLY) as client:
+            holder = TierClient(server.address, BYTES_ONLY)
+            ns = holder.register(SPEC)
+            assert ns.page_socket is not None
+            busy = replace(ns, page_socket=replace(ns.page_socket, path=str(path)))
+            keys = reader_keys(ns, 2)
+            holder.put(busy, keys, pages(0, 2, ns.page_bytes))  # holds the one connection
+            assert holder.local_path_stats().page_socket_calls == 1
+            assert client.get(busy, keys) == as_bytes(pages(0, 2, ns.page_bytes))
+            assert client.local_path_stats().page_socket_fallbacks == 1
+            holder.close()
+            for _ in range(CLOSE_POLLS):  # the daemon's connection thread sees the close
+                if sockets.num_connections == 0:
+                    break
+                time.sleep(0.01)
+            assert client.get(busy, keys) == as_bytes(pages(0, 2, ns.page_bytes))
+            assert client.local_path_stats().page_socket_calls == 1  # not given up on
     finally:
         server.stop()
 

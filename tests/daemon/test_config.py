@@ -86,6 +86,32 @@ def test_the_region_socket_sits_next_to_the_socket_unless_set(tmp_path: Path) ->
     assert tcp_only.serving.advertised_region_socket == ""
 
 
+def test_the_page_socket_sits_next_to_the_socket_unless_set(tmp_path: Path) -> None:
+    default = load_config(None, env={})
+    assert default.server.page_socket_path == Path("/run/tierd/tierd-pages.sock")
+    assert default.serving.advertised_page_socket == "/run/tierd/tierd-pages.sock"
+    assert default.server.page_connections == 256
+    moved = load_config(None, env={"TIERD_SOCKET": str(tmp_path / "d.sock")})
+    assert moved.serving.advertised_page_socket == str(tmp_path / "d-pages.sock")
+    chosen = load_config(write(tmp_path, f'[server]\npage_socket = "{tmp_path}/p.sock"\n'
+                                         'page_connections = 8\n'), env={})
+    assert chosen.server.page_socket_path == tmp_path / "p.sock"
+    assert chosen.serving.advertised_page_socket == str(tmp_path / "p.sock")
+    assert chosen.server.page_connections == 8
+    tcp_only = load_config(None, env={"TIERD_SOCKET": "", "TIERD_TCP": "127.0.0.1:7070"})
+    assert tcp_only.server.page_socket_path is None and tcp_only.serving.advertised_page_socket == ""
+
+
+@pytest.mark.parametrize("toml, words", [
+    ('[server]\npage_connections = 0\n', "server.page_connections must be positive"),
+    ('[server]\nsocket = "/tmp/x.sock"\npage_socket = "/tmp/x.sock"\n', "three different paths"),
+    ('[server]\nregion_socket = "/tmp/y.sock"\npage_socket = "/tmp/y.sock"\n', "three different paths"),
+])
+def test_page_socket_settings_that_cannot_work_are_refused(tmp_path: Path, toml: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_config(write(tmp_path, toml), env={})
+
+
 def test_every_section_of_the_toml_is_read(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL_TOML), env={})
     assert config.device == DeviceChoice(DeviceKind.CUDA, 1) and config.log_level is LogLevel.WARNING

@@ -78,16 +78,17 @@ def test_refusals_for_socket_config_and_environment(short_tmp: Path) -> None:
     assert done.returncode == 2 and "argument --hbm" in done.stderr
 
 
-def test_a_region_socket_another_process_serves_is_refused(short_tmp: Path) -> None:
+@pytest.mark.parametrize("setting", ["region_socket", "page_socket"])
+def test_a_region_or_page_socket_another_process_serves_is_refused(short_tmp: Path, setting: str) -> None:
     served = short_tmp / "taken.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as taken:
         taken.bind(str(served))
         taken.listen(1)
-        done = run_refused(tierd_cmd(short_tmp), env={"TIERD_SERVER__REGION_SOCKET": str(served)})
+        done = run_refused(tierd_cmd(short_tmp), env={f"TIERD_SERVER__{setting.upper()}": str(served)})
     assert done.returncode == EXIT_CONFIG, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"another process is serving on {served}" in lines[0]
-    assert "server.region_socket" in lines[0]
+    assert f"server.{setting}" in lines[0]
 
 
 def test_a_metrics_port_in_use_stops_the_start_with_a_message(short_tmp: Path) -> None:

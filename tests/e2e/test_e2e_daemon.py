@@ -125,6 +125,27 @@ def test_sigterm_then_restart_keeps_the_pages(tierd: TierdProcess) -> None:
         assert_pages(client, again, more_keys, more)
 
 
+def test_the_byte_path_uses_the_page_socket_across_a_restart(tierd: TierdProcess) -> None:
+    pages = make_pages(3, seed=21)
+    page_socket = tierd.socket_path.with_name(f"{tierd.socket_path.stem}-pages.sock")
+    with TierClient(tierd.socket_path, ClientOptions(local_data_path=False)) as client:
+        ns = client.register(SPEC)
+        assert ns.page_socket is not None and ns.page_socket.path == str(page_socket.absolute())
+        keys = ns.keys(token_ids(3, seed=21))
+        client.put(ns, keys, pages)
+        assert_pages(client, ns, keys, pages)
+        assert client.local_path_stats().page_socket_calls == 2
+        assert tierd.terminate() == 0, tierd.log_tail()
+        assert not page_socket.exists()
+        tierd.start()
+        # The old handle names the dead daemon's run: its calls go over gRPC, and still find the pages.
+        assert_pages(client, ns, keys, pages)
+        stats = client.local_path_stats()
+        assert stats.page_socket_calls == 2 and stats.page_socket_fallbacks >= 1
+        assert_pages(client, client.register(SPEC), keys, pages)  # the new run's page socket
+        assert client.local_path_stats().page_socket_calls == 3
+
+
 def test_kill_9_in_write_through_keeps_durable_pages(start_tierd: Callable[..., TierdProcess]) -> None:
     daemon = start_tierd(write_policy="write_through", fsync=True)
     pages = make_pages(12, seed=5)
