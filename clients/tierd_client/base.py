@@ -92,10 +92,11 @@ class ClientBase:
         self._server_epoch = b""
         # Local reads and puts need the daemon's region socket: a daemon on this machine.
         local = self.options.local_data_path and self.target.startswith("unix:")
-        self._local = LocalPath(LocalReader(self.arena, local), SlotPool(), self.arena, self.options)
         # Byte-path gets and puts of a daemon on this machine skip gRPC: its page socket.
         self._page_sockets = PageSockets(bearer_token(self._metadata), self.options.rpc_timeout_s)
         self._use_page_socket = self.options.page_socket and self.target.startswith("unix:")
+        self._local = LocalPath(LocalReader(self.arena, local), SlotPool(), self.arena, self.options,
+                                page_socket=self._use_page_socket)
         self._closed = False
 
     def page_request(self, call: Call) -> PageRequest | None:

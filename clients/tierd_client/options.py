@@ -78,13 +78,16 @@ class ClientOptions:
     client's certificate for mTLS.
     ``local_data_path``: when the daemon shares this machine (its regions can be mapped), ``get``
     and ``get_into`` read resident pages straight from the mapped regions through the daemon's
-    page index (no RPC), and ``put`` writes pages into leased slots and commits them with one RPC;
-    ``False`` sends every page over gRPC (the byte path).
+    page index (no RPC), and ``put`` (when the page socket is not used, or it waits for disk)
+    writes pages into leased slots and commits them with one RPC; ``False`` sends every page over
+    the byte path.
     ``page_socket``: when the daemon shares this machine, byte-path gets and puts (``get``, ``put``
     and what the local data path leaves to them) go over its page socket, outside gRPC, when it
-    serves one; ``False``: over gRPC GetPages / PutPages.
-    ``put_slots``: free slots a local ``put`` keeps leased ahead of need (one Allocate per that
-    many pages), at most 1/64 of the region's slots (none in a region of fewer than 64 slots).
+    serves one; so does every ``put`` that does not wait for disk (faster than leased slots and a
+    Commit). ``False``: gRPC GetPages / PutPages, and local puts into leased slots.
+    ``put_slots``: free slots a local ``put`` (``page_socket=False``) keeps leased ahead of need
+    (one Allocate per that many pages), at most 1/64 of the region's slots (none in a region of
+    fewer than 64 slots).
     """
 
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES

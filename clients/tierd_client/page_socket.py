@@ -27,8 +27,17 @@ from dataclasses import dataclass
 import grpc
 
 from tierd.errors import InvalidArgument
-from tierd.page_wire import (MAX_TEXT_BYTES, REPLY_HEAD_BYTES, STATUS_OK, PageOp, ReplyFlag,
-                             ReplyHead, RequestFlag, RequestHead, decode_ticket)
+from tierd.page_wire import (
+    MAX_TEXT_BYTES,
+    REPLY_HEAD_BYTES,
+    STATUS_OK,
+    PageOp,
+    ReplyFlag,
+    ReplyHead,
+    RequestFlag,
+    RequestHead,
+    decode_ticket,
+)
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
 from tierd_client.errors import DeadlineExceededError, TierdRpcError, error_for

@@ -26,8 +26,15 @@ from tierd_client.leases import ReleaseQueue
 from tierd_client.options import ClientOptions
 from tierd_client.pages import checked_key_list, checked_keys_and_pages, checked_parent
 from tierd_client.transfer import TransferPlan, put_messages
-from tierd_client.types import (CommitResult, DaemonStats, LeaseState, LookupResult, NamespaceHandle,
-                               PageSocketAddress, PutResult)
+from tierd_client.types import (
+    CommitResult,
+    DaemonStats,
+    LeaseState,
+    LookupResult,
+    NamespaceHandle,
+    PageSocketAddress,
+    PutResult,
+)
 
 log = logging.getLogger(__name__)
 

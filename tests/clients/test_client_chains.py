@@ -27,7 +27,8 @@ SPEC = PageSpec(model=PAGE_SPEC.model, dtype=PAGE_SPEC.dtype, num_layers=PAGE_SP
                 num_kv_heads=PAGE_SPEC.num_kv_heads, head_dim=PAGE_SPEC.head_dim,
                 page_tokens=PAGE_SPEC.page_tokens)
 BYTE_PATH = ClientOptions(local_data_path=False)
-LOCAL_PATH = ClientOptions(put_slots=4)  # a local put commits every 4 pages
+# A local put (into leased slots: not over the page socket) commits every 4 pages.
+LOCAL_PATH = ClientOptions(put_slots=4, page_socket=False)
 DRAM_LOW_PAGES = 48  # the harness's 64 dram slots, background eviction down to 75%
 
 

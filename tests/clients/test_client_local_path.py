@@ -20,7 +20,7 @@ from server_harness import ServerThread, make_server, serving_settings
 from tierd.config import DiskConfig, MemoryTierConfig
 from tierd.tier import Tier
 from tierd_client import ClientOptions, InvalidArgumentError, TierClient
-from tierd_client.local_path import TOUCH_BATCH_KEYS, LocalPathStats
+from tierd_client.local_path import TOUCH_BATCH_KEYS
 
 NUM_KEYS = 3  # few keys: the reader is often copying the very key being changed
 # A churn rewrites one key this many times in a row: each rewrite frees the key's slot and the
@@ -167,7 +167,7 @@ def test_local_put_and_get_round_trip_without_byte_path(short_tmp: Path, tier: T
     server = start_server(short_tmp)
     try:
         # Slots for every page of the test leased at once: no put below makes the daemon evict.
-        with TierClient(server.address, ClientOptions(put_slots=16)) as client:
+        with TierClient(server.address, ClientOptions(put_slots=16, page_socket=False)) as client:
             ns = client.register(SPEC)
             keys = reader_keys(ns, 12)
             pages = [page_words(i, 7, ns.page_bytes) for i in range(12)]
@@ -198,7 +198,7 @@ def test_byte_path_option_and_leases_of_local_puts(short_tmp: Path) -> None:
     server = start_server(short_tmp, dram=MemoryTierConfig(512 * SPEC.page_bytes))
     try:
         with TierClient(server.address, ClientOptions(local_data_path=False)) as remote, \
-                TierClient(server.address, ClientOptions(put_slots=4)) as local:
+                TierClient(server.address, ClientOptions(put_slots=4, page_socket=False)) as local:
             ns = remote.register(SPEC)
             keys = reader_keys(ns, 6)
             remote.put(ns, keys[:3], [page_words(i, 1, ns.page_bytes) for i in range(3)])
@@ -245,7 +245,7 @@ def test_the_local_path_comes_back_after_a_daemon_restart(short_tmp: Path) -> No
     over RPCs (the old regions are gone) and registers again; later reads are local again."""
     server = start_server(short_tmp)
     try:
-        with TierClient(server.address, ClientOptions(put_slots=1)) as client:
+        with TierClient(server.address, ClientOptions(put_slots=1, page_socket=False)) as client:
             ns = client.register(SPEC)
             keys = reader_keys(ns, 2)
             client.put(ns, keys, [page_words(i, 3, ns.page_bytes) for i in range(2)])

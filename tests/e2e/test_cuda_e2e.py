@@ -157,7 +157,7 @@ def region_slots(ns: NamespaceHandle, tier: Tier) -> int:
 def round_trip(daemon: TierdProcess, device: str) -> None:
     """Worker 1 fills pages on ``device`` and pushes them out of hbm; this client pushes them out
     of dram; worker 2 acquires them back into hbm and decodes over them."""
-    with TierClient(daemon.socket_path, ClientOptions(put_slots=1)) as client:
+    with TierClient(daemon.socket_path, ClientOptions(put_slots=1, page_socket=False)) as client:
         ns = client.register(SPEC)
         hbm_slots, dram_slots = region_slots(ns, Tier.HBM), region_slots(ns, Tier.DRAM)
         assert hbm_slots >= max(NUM_PAGES, 2), "the verify worker's pages must fit in hbm at once"
@@ -211,7 +211,7 @@ def hold_then_kill(daemon: TierdProcess, client: TierClient, ns: NamespaceHandle
 def kill_holder(daemon: TierdProcess, device: str) -> None:
     """A worker holding a READ and a FILL lease over all of hbm (and its mapping) is killed -9:
     the daemon frees its leases, another client gets every hbm slot, another worker uses them."""
-    with TierClient(daemon.socket_path, ClientOptions(put_slots=1)) as client:
+    with TierClient(daemon.socket_path, ClientOptions(put_slots=1, page_socket=False)) as client:
         ns = client.register(SPEC)
         hold_then_kill(daemon, client, ns, device)
         wait_until(lambda: client.stats().leases == 0, "freeing the dead worker's leases")

@@ -226,7 +226,7 @@ def test_a_dead_workers_leases_are_freed(tierd: TierdProcess) -> None:
     spec_fields = {f: getattr(SPEC, f) for f in ("model", "dtype", "num_layers", "num_kv_heads",
                                                  "head_dim", "page_tokens")}
     # put_slots=1: the put leases no slot ahead, so the only leases counted are the worker's.
-    with TierClient(tierd.socket_path, ClientOptions(put_slots=1)) as client:
+    with TierClient(tierd.socket_path, ClientOptions(put_slots=1, page_socket=False)) as client:
         ns = client.register(SPEC)
         keys = ns.keys(range(3 * SPEC.page_tokens))
         client.put(ns, keys, make_pages(3, seed=7))
@@ -357,6 +357,8 @@ def test_refused_requests_carry_their_status_and_change_nothing(tierd: TierdProc
                 assert _raw_code(lambda: stub.Release(pb.ReleaseRequest(lease_id=read.lease_id),
                                                       metadata=as_other, timeout=WAIT_S)) \
                     == grpc.StatusCode.PERMISSION_DENIED
+        # The promotion the timed-out acquire started ends first: its slots are in flight until then.
+        client.acquire(ns, keys, target_tier=Tier.HBM, timeout_s=WAIT_S).release()
         with client.allocate(ns, ns.region(Tier.HBM).num_slots), pytest.raises(ResourceExhaustedError):
             client.allocate(ns, 1)
         cached.assert_unchanged(tierd, client)

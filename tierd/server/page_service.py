@@ -20,8 +20,17 @@ import grpc
 
 from tierd.errors import InvalidArgument, TierdError, Unauthenticated
 from tierd.keys import KEY_BYTES, PageKey, check_keys
-from tierd.page_wire import (MAX_TEXT_BYTES, REQUEST_HEAD_BYTES, PageOp, ReplyFlag, ReplyHead,
-                             RequestFlag, RequestHead, encode_ticket, error_reply)
+from tierd.page_wire import (
+    MAX_TEXT_BYTES,
+    REQUEST_HEAD_BYTES,
+    PageOp,
+    ReplyFlag,
+    ReplyHead,
+    RequestFlag,
+    RequestHead,
+    encode_ticket,
+    error_reply,
+)
 from tierd.server.auth import AUTH_METADATA_KEY, Authenticator, Caller
 from tierd.server.settings import ServingSettings
 from tierd.server.status import status_code_of

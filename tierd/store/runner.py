@@ -15,8 +15,7 @@ from collections.abc import Callable, Sequence
 from tierd.store.manager import Manager
 from tierd.store.plans import Move, Place, Plan, PlanKind
 from tierd.store.regions import RegionTable
-from tierd.store.transfer.base import (Copy, DiskRef, Endpoint, SlotRef, TransferEngine, host_view,
-                                       medium_of)
+from tierd.store.transfer.base import Copy, DiskRef, Endpoint, SlotRef, TransferEngine, host_view, medium_of
 from tierd.tiers.base import Medium
 from tierd.tiers.disk import DiskTier
 
