@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import selectors
 import socket
 import struct
 import threading
@@ -26,7 +24,8 @@ import grpc
 
 from tierd.page_wire import error_reply
 from tierd.server.page_service import PageService, send_parts
-from tierd.server.unix_socket import listen_unix, peer_name
+from tierd.server.unix_listener import UnixListener
+from tierd.server.unix_socket import peer_name
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +54,9 @@ class PageSocket:
         self._service = service
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, threading.Thread] = {}
-        self._listener: socket.socket | None = None
-        self._inode = 0
-        self._wake_r, self._wake_w = -1, -1
-        self._thread: threading.Thread | None = None
-        self._closed = False
+        self._listener = UnixListener(settings.path, settings.mode, SETTING_NAME, self._dispatch,
+                                      "tierd-page-accept")
+        self._started = False
 
     @property
     def path(self) -> Path:
@@ -72,28 +69,14 @@ class PageSocket:
 
     def start(self) -> None:
         """Bind (``ConfigError`` if another process serves the path), then accept on a thread."""
-        with self._lock:
-            if self._listener is not None or self._closed:
-                return
-            self._listener = listen_unix(self._settings.path, self._settings.mode, SETTING_NAME)
-            self._inode = os.stat(self._settings.path).st_ino
-            self._wake_r, self._wake_w = os.pipe()
-            self._thread = threading.Thread(target=self._accept_loop, args=(self._listener,),
-                                            name="tierd-page-accept", daemon=True)
-            self._thread.start()
-        log.info("page socket on %s", self._settings.path)
+        self._listener.start()
+        if not self._started:
+            self._started = True
+            log.info("page socket on %s", self._settings.path)
 
     def close(self) -> None:
         """Stop accepting, end every connection, remove the socket file."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            listener, thread = self._listener, self._thread
-        if listener is None or thread is None:
-            return
-        os.write(self._wake_w, b"x")
-        thread.join()
+        self._listener.close()  # no connection is added after this
         with self._lock:
             conns = dict(self._conns)
         for conn in conns:  # wakes a thread blocked in recv; a store call runs to its end first
@@ -101,12 +84,6 @@ class PageSocket:
                 conn.shutdown(socket.SHUT_RDWR)
         for conn_thread in conns.values():
             conn_thread.join()
-        listener.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self._settings.path).st_ino == self._inode:
-                os.unlink(self._settings.path)
 
     def __enter__(self) -> PageSocket:
         self.start()
@@ -114,20 +91,6 @@ class PageSocket:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def _accept_loop(self, listener: socket.socket) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                events = selector.select()
-                if any(key.fd == self._wake_r for key, _ in events):
-                    return
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    continue  # the peer gave up between select and accept
-                self._dispatch(conn)
 
     def _dispatch(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):

@@ -16,8 +16,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import os
-import selectors
 import socket
 import threading
 from collections.abc import Callable
@@ -27,7 +25,8 @@ from pathlib import Path
 
 from tierd.errors import InvalidArgument
 from tierd.region_wire import REQUEST_BYTES, RegionOp, RegionReply, RegionRequest, RegionStatus
-from tierd.server.unix_socket import listen_unix, peer_name
+from tierd.server.unix_listener import UnixListener
+from tierd.server.unix_socket import peer_name
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,10 @@ class RegionSocket:
         self._lookup = lookup
         self._lock = threading.Lock()
         self._in_progress = 0
-        self._listener: socket.socket | None = None
-        self._inode = 0
-        self._wake_r, self._wake_w = -1, -1
-        self._thread: threading.Thread | None = None
-        self._pool: cf.ThreadPoolExecutor | None = None
-        self._closed = False
+        self._pool = cf.ThreadPoolExecutor(settings.threads, thread_name_prefix="tierd-region-socket")
+        self._listener = UnixListener(settings.path, settings.mode, SETTING_NAME, self._dispatch,
+                                      "tierd-region-accept")
+        self._started = False
 
     @property
     def path(self) -> Path:
@@ -70,39 +67,15 @@ class RegionSocket:
 
     def start(self) -> None:
         """Bind (``ConfigError`` if another process serves the path), then accept on a thread."""
-        with self._lock:
-            if self._listener is not None or self._closed:
-                return
-            listener = listen_unix(self._settings.path, self._settings.mode,
-                                   SETTING_NAME)
-            self._listener = listener
-            self._inode = os.stat(self._settings.path).st_ino
-            self._wake_r, self._wake_w = os.pipe()
-            self._pool = cf.ThreadPoolExecutor(self._settings.threads,
-                                               thread_name_prefix="tierd-region-socket")
-            self._thread = threading.Thread(target=self._accept_loop, args=(listener, self._pool),
-                                            name="tierd-region-accept", daemon=True)
-            self._thread.start()
-        log.info("region socket on %s", self._settings.path)
+        self._listener.start()
+        if not self._started:
+            self._started = True
+            log.info("region socket on %s", self._settings.path)
 
     def close(self) -> None:
         """Stop accepting, finish the exchanges in progress, remove the socket file."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            listener, thread, pool = self._listener, self._thread, self._pool
-        if listener is None or thread is None or pool is None:
-            return
-        os.write(self._wake_w, b"x")
-        thread.join()
-        pool.shutdown(wait=True)
-        listener.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self._settings.path).st_ino == self._inode:
-                os.unlink(self._settings.path)
+        self._listener.close()
+        self._pool.shutdown(wait=True)
 
     def __enter__(self) -> RegionSocket:
         self.start()
@@ -111,21 +84,7 @@ class RegionSocket:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _accept_loop(self, listener: socket.socket, pool: cf.ThreadPoolExecutor) -> None:
-        with selectors.DefaultSelector() as selector:
-            selector.register(listener, selectors.EVENT_READ)
-            selector.register(self._wake_r, selectors.EVENT_READ)
-            while True:
-                events = selector.select()
-                if any(key.fd == self._wake_r for key, _ in events):
-                    return
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    continue  # the peer gave up between select and accept
-                self._dispatch(conn, pool)
-
-    def _dispatch(self, conn: socket.socket, pool: cf.ThreadPoolExecutor) -> None:
+    def _dispatch(self, conn: socket.socket) -> None:
         with self._lock:
             busy = self._in_progress >= self._settings.max_connections
             if not busy:
@@ -134,7 +93,7 @@ class RegionSocket:
             _reply(conn, RegionReply(RegionStatus.UNAVAILABLE, "the region socket is busy; retry"))
             conn.close()
             return
-        pool.submit(self._serve, conn)
+        self._pool.submit(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         try:
