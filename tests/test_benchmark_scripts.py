@@ -85,6 +85,7 @@ def test_kernels_benchmark_says_it_needs_a_gpu(kernels_bench: ModuleType, capsys
 # -- benchmarks/local.py: a real daemon, redis-server (when installed) and client processes ------
 
 LOCAL_PATH_OPS = {"ceiling": ("put", "get"), "redis": ("put", "get"), "byte": ("put", "get"),
+                  "byte-grpc": ("put", "get"),
                   "zero-copy": ("put", "get"), "local": ("put", "get_into", "get")}
 
 
