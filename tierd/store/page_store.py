@@ -361,7 +361,11 @@ class PageStore:
         keys = check_keys(keys)
         fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
         plan = parts.manager.plan_read(ns_id, keys)
-        views = parts.runner.host_views(plan)
+        try:
+            views = parts.runner.host_views(plan)
+        except BaseException:  # the pins go (a failed outcome would drop disk pages from the index)
+            parts.manager.complete(plan, (True,) * len(plan.moves))
+            raise
         if views is None:
             outs, outcomes = self._copy_out(parts, plan, parts.manager.namespace(ns_id).page_bytes)
             got = outcomes.index(False) if False in outcomes else len(outcomes)
