@@ -1,6 +1,7 @@
 """The page socket's protocol: byte-path gets and puts as binary frames, outside gRPC.
 
-A shared value module (the daemon serves it, ``tierd_client.page_socket`` speaks it). A
+A shared module (the daemon serves it, ``tierd_client.page_socket`` speaks it): the frames'
+values, and how both ends put them on a socket (``send_frame``, ``set_kernel_timeout``). A
 connection carries many requests, one at a time; every integer is little-endian::
 
     request  MAGIC | op (1) | tier (1) | flags (2) | num_keys (4) | ns_id (8) | payload_bytes (8)
@@ -23,7 +24,9 @@ usable, except after a malformed frame, when the daemon closes it.
 from __future__ import annotations
 
 import enum
+import socket
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tierd.errors import InvalidArgument
@@ -37,6 +40,7 @@ STATUS_OK = 0
 _REQUEST = struct.Struct("<4sBBHIQQ")
 _REPLY = struct.Struct("<4sBxHIQQ")
 _TICKET = struct.Struct("<Q")
+_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 REQUEST_HEAD_BYTES = _REQUEST.size
 REPLY_HEAD_BYTES = _REPLY.size
 
@@ -139,3 +143,22 @@ def decode_ticket(data: bytes | bytearray | memoryview) -> int:
         raise InvalidArgument(f"a durability ticket is {TICKET_BYTES} bytes, got {len(data)}")
     ticket: int = _TICKET.unpack(data)[0]
     return ticket
+
+
+def send_frame(sock: socket.socket, parts: Sequence[bytes | memoryview]) -> None:
+    """Send ``parts`` in order with as few system calls as the socket allows (no joining copy);
+    both ends send every frame so."""
+    views = [memoryview(part).cast("B") for part in parts if len(part)]
+    while views:
+        sent = sock.sendmsg(views)
+        while views and sent >= len(views[0]):
+            sent -= len(views[0])
+            views.pop(0)
+        if views and sent:
+            views[0] = views[0][sent:]
+
+
+def set_kernel_timeout(sock: socket.socket, option: int, seconds: int) -> None:
+    """``SO_RCVTIMEO`` / ``SO_SNDTIMEO`` on a blocking socket: the socket stays blocking (Python's
+    own timeouts poll before every call, and MSG_WAITALL then returns early)."""
+    sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(seconds, 0))

@@ -20,7 +20,6 @@ import collections
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,6 +36,8 @@ from tierd.page_wire import (
     RequestFlag,
     RequestHead,
     decode_ticket,
+    send_frame,
+    set_kernel_timeout,
 )
 from tierd.tier import Tier
 from tierd.v1 import tierd_pb2 as pb
@@ -47,7 +48,6 @@ from tierd_client.types import PageSocketAddress
 log = logging.getLogger(__name__)
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
-_TIMEVAL = struct.Struct("@ll")
 # Idle connections kept per daemon address; more are closed when given back.
 MAX_IDLE_CONNECTIONS = 16
 
@@ -111,10 +111,9 @@ class PageConnection:
             self._sock.connect(address.path)
             # Blocking with kernel timeouts (not Python's): MSG_WAITALL then fills a page in one call.
             self._sock.settimeout(None)
-            seconds = max(1, int(timeout_s))
             for option in (socket.SO_RCVTIMEO, socket.SO_SNDTIMEO):
-                self._sock.setsockopt(socket.SOL_SOCKET, option, _TIMEVAL.pack(seconds, 0))
-            self._send([RequestHead(PageOp.HELLO, payload_bytes=len(token)).encode(), token.encode()])
+                set_kernel_timeout(self._sock, option, max(1, int(timeout_s)))
+            send_frame(self._sock, [RequestHead(PageOp.HELLO, payload_bytes=len(token)).encode(), token.encode()])
             head = self._head()
             epoch = self._recv(head.payload_bytes)
             if head.status != STATUS_OK:
@@ -128,16 +127,6 @@ class PageConnection:
 
     def close(self) -> None:
         self._sock.close()
-
-    def _send(self, parts: Sequence[bytes | memoryview]) -> None:
-        views = [memoryview(part).cast("B") for part in parts if len(part)]
-        while views:
-            sent = self._sock.sendmsg(views)
-            while views and sent >= len(views[0]):
-                sent -= len(views[0])
-                views.pop(0)
-            if views and sent:
-                views[0] = views[0][sent:]
 
     def _recv(self, num_bytes: int) -> bytes:
         data = self._sock.recv(num_bytes, socket.MSG_WAITALL) if num_bytes else b""
@@ -158,7 +147,7 @@ class PageConnection:
 
     def get(self, ns_id: int, keys: Sequence[bytes], page_bytes: int) -> list[bytes]:
         """The pages of the longest cached prefix of ``keys``."""
-        self._send(_get_frame(ns_id, keys))
+        send_frame(self._sock, _get_frame(ns_id, keys))
         pages: list[bytes] = []
         while True:
             head = self._head()
@@ -173,7 +162,7 @@ class PageConnection:
 
     def put(self, ns_id: int, tier: Tier, keys: Sequence[bytes], pages: Sequence[memoryview],
             parent: bytes | None) -> PutReply:
-        self._send(_put_frame(ns_id, tier, keys, pages, parent))
+        send_frame(self._sock, _put_frame(ns_id, tier, keys, pages, parent))
         head = self._head()
         payload = self._recv(head.payload_bytes)
         if head.status != STATUS_OK:

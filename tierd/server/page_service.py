@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -30,6 +29,7 @@ from tierd.page_wire import (
     RequestHead,
     encode_ticket,
     error_reply,
+    send_frame,
 )
 from tierd.server.auth import AUTH_METADATA_KEY, Authenticator, Caller
 from tierd.server.settings import ServingSettings
@@ -102,18 +102,6 @@ class Inbox:
             recv_into_exactly(self._conn, view[here:])
 
 
-def send_parts(conn: socket.socket, parts: Sequence[bytes | memoryview]) -> None:
-    """Send ``parts`` in order with as few system calls as the socket allows (no joining copy)."""
-    views = [memoryview(part).cast("B") for part in parts if len(part)]
-    while views:
-        sent = conn.sendmsg(views)
-        while views and sent >= len(views[0]):
-            sent -= len(views[0])
-            views.pop(0)
-        if views and sent:
-            views[0] = views[0][sent:]
-
-
 @dataclass
 class _Buffer:
     """The bytes a connection reuses across requests: at most ``keep_bytes`` are kept."""
@@ -154,15 +142,15 @@ class PageService:
             return
         except FrameError as exc:
             log.info("page socket: closing the connection of %s: %s", peer_name(conn), exc)
-            send_parts(conn, [error_reply(status_code_of(exc).value[0], str(exc))])
+            send_frame(conn, [error_reply(status_code_of(exc).value[0], str(exc))])
         except InvalidArgument as exc:  # RequestHead.decode
             log.info("page socket: closing the connection of %s: %s", peer_name(conn), exc)
-            send_parts(conn, [error_reply(grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc))])
+            send_frame(conn, [error_reply(grpc.StatusCode.INVALID_ARGUMENT.value[0], str(exc))])
         except OSError:
             raise  # the peer went away mid-request: PageSocket notes it
         except Exception:  # a bug: the client gets INTERNAL, the log the traceback
             log.exception("page socket request of %s failed", peer_name(conn))
-            send_parts(conn, [error_reply(grpc.StatusCode.INTERNAL.value[0], "internal error "
+            send_frame(conn, [error_reply(grpc.StatusCode.INTERNAL.value[0], "internal error "
                                           "on the page socket; the daemon log has the traceback")])
 
     def _hello(self, conn: socket.socket, inbox: Inbox) -> Caller | None:
@@ -177,9 +165,9 @@ class PageService:
             caller = self._auth.caller(metadata)
         except Unauthenticated as exc:
             log.info("page socket: %s refused: %s", peer_name(conn), exc)
-            send_parts(conn, [error_reply(grpc.StatusCode.UNAUTHENTICATED.value[0], str(exc))])
+            send_frame(conn, [error_reply(grpc.StatusCode.UNAUTHENTICATED.value[0], str(exc))])
             return None
-        send_parts(conn, [ReplyHead(payload_bytes=len(self._epoch)).encode(), self._epoch])
+        send_frame(conn, [ReplyHead(payload_bytes=len(self._epoch)).encode(), self._epoch])
         return caller
 
     def _one(self, conn: socket.socket, inbox: Inbox, head: RequestHead, caller: Caller,
@@ -202,7 +190,7 @@ class PageService:
                 self._put(conn, inbox, head, caller, raw_keys, buffer)
         except TierdError as exc:
             log.debug("page socket %s rejected: %s", head.op.name, exc)
-            send_parts(conn, [error_reply(status_code_of(exc).value[0], str(exc))])
+            send_frame(conn, [error_reply(status_code_of(exc).value[0], str(exc))])
 
     def _checked(self, head: RequestHead, caller: Caller, raw_keys: bytes) -> tuple[list[PageKey], int]:
         """The request's keys and its namespace's page size, once the caller may use it."""
@@ -229,7 +217,7 @@ class PageService:
                 more = got == len(group) and done < len(keys)
                 reply = ReplyHead(count=got, value=page_bytes, payload_bytes=got * page_bytes,
                                   flags=ReplyFlag.MORE if more else ReplyFlag.NONE)
-                send_parts(conn, [reply.encode(), *pages])
+                send_frame(conn, [reply.encode(), *pages])
             if not more:
                 return
 
@@ -249,5 +237,5 @@ class PageService:
         pages = [payload[i * page_bytes:(i + 1) * page_bytes] for i in range(len(keys))]
         result = self._store.put(head.ns_id, keys, pages, Tier(head.tier), parent)
         ticket = encode_ticket(result.durable_ticket)
-        send_parts(conn, [ReplyHead(count=result.stored, value=result.skipped,
+        send_frame(conn, [ReplyHead(count=result.stored, value=result.skipped,
                                     payload_bytes=len(ticket)).encode(), ticket])

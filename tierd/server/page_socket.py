@@ -15,22 +15,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
-import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
-from tierd.page_wire import error_reply
-from tierd.server.page_service import PageService, send_parts
+from tierd.page_wire import error_reply, send_frame, set_kernel_timeout
+from tierd.server.page_service import PageService
 from tierd.server.unix_listener import UnixListener
 from tierd.server.unix_socket import peer_name
 
 log = logging.getLogger(__name__)
 
 SETTING_NAME = "server.page_socket"
-_TIMEVAL = struct.Struct("@ll")  # struct timeval: seconds, microseconds
 
 
 @dataclass(frozen=True)
@@ -95,9 +93,7 @@ class PageSocket:
     def _dispatch(self, conn: socket.socket) -> None:
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._settings.send_buffer_bytes)
-        # Kernel timeouts keep the socket blocking (Python's would make every recv a poll first).
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
-                        _TIMEVAL.pack(self._settings.send_timeout_s, 0))
+        set_kernel_timeout(conn, socket.SO_SNDTIMEO, self._settings.send_timeout_s)
         thread = threading.Thread(target=self._serve, args=(conn,), name="tierd-page-conn",
                                   daemon=True)
         with self._lock:
@@ -106,7 +102,7 @@ class PageSocket:
                 self._conns[conn] = thread
         if busy:
             with contextlib.suppress(OSError):
-                send_parts(conn, [error_reply(grpc.StatusCode.UNAVAILABLE.value[0],
+                send_frame(conn, [error_reply(grpc.StatusCode.UNAVAILABLE.value[0],
                                               f"the page socket serves {self._settings.max_connections} "
                                               "connections already; use GetPages/PutPages or retry")])
             conn.close()

@@ -347,8 +347,7 @@ class PageStore:
         views = [byte_view(out, what=f"outs[{i}]", expected_bytes=page_bytes, writable=True,
                            expected_note=PAGE_BYTES_NOTE) for i, out in enumerate(outs[:len(keys)])]
         fill_dram_from_remote(self._ready(ns_id), self.config, ns_id, keys)
-        outcomes = parts.runner.run(parts.manager.plan_read(ns_id, keys), views)
-        return outcomes.index(False) if False in outcomes else len(outcomes)
+        return _arrived_prefix(parts.runner.run(parts.manager.plan_read(ns_id, keys), views))
 
     @contextmanager
     def read_pinned(self, ns_id: int, keys: Sequence[PageKey]) -> Iterator[Sequence[memoryview]]:
@@ -368,8 +367,7 @@ class PageStore:
             raise
         if views is None:
             outs, outcomes = self._copy_out(parts, plan, parts.manager.namespace(ns_id).page_bytes)
-            got = outcomes.index(False) if False in outcomes else len(outcomes)
-            yield [memoryview(out) for out in outs[:got]]
+            yield [memoryview(out) for out in outs[:_arrived_prefix(outcomes)]]
             return
         try:
             yield views
@@ -499,3 +497,7 @@ class PageStore:
         """One maintenance round now (lease expiry, eviction to the watermarks)."""
         self._require().maintenance.run_once()
 
+
+def _arrived_prefix(outcomes: Sequence[bool]) -> int:
+    """How many copies arrived before the first that did not (the pages a read returns)."""
+    return outcomes.index(False) if False in outcomes else len(outcomes)
