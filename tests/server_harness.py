@@ -20,6 +20,7 @@ import uvloop
 from tierd.config import DiskConfig, MemoryTierConfig, StoreConfig
 from tierd.keys import chain_keys
 from tierd.server import ServingSettings, TierdServicer, build_server, set_serving
+from tierd.server.auth import TenantToken, token_digest
 from tierd.server.page_service import PageService
 from tierd.server.page_socket import PageSocket, PageSocketSettings
 from tierd.server.region_socket import RegionSocket, RegionSocketSettings
@@ -27,6 +28,9 @@ from tierd.store import PageStore
 from tierd.v1 import tierd_pb2 as pb
 
 START_TIMEOUT_S = 60.0
+ALPHA_TOKEN, BRAVO_TOKEN = "alpha-secret-token-0123456789", "bravo-secret-token-0123456789"
+TENANT_TOKENS = (TenantToken("alpha", token_digest(ALPHA_TOKEN)),
+                 TenantToken("bravo", token_digest(BRAVO_TOKEN)))
 NO_PAGE_SOCKET = "-"  # make_server(settings with advertised_page_socket=NO_PAGE_SOCKET): none
 PAGE_SPEC = pb.PageSpec(model="tiny@test", dtype="float16", num_layers=2, num_kv_heads=2,
                         head_dim=32, page_tokens=16)  # 8 KiB pages

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from server_harness import ServerThread, make_server, open_channel
+from server_harness import TENANT_TOKENS, ServerThread, make_server, open_channel, serving_settings
 
 from tierd.config import WritePolicy
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
@@ -22,6 +22,14 @@ def server(short_tmp: Path) -> Iterator[ServerThread]:
 @pytest.fixture
 def write_through_server(short_tmp: Path) -> Iterator[ServerThread]:
     srv = make_server(short_tmp, write_policy=WritePolicy.WRITE_THROUGH)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def tenant_server(short_tmp: Path) -> Iterator[ServerThread]:
+    """Tenants alpha and bravo (``server_harness.ALPHA_TOKEN``, ``BRAVO_TOKEN``), no quotas."""
+    srv = make_server(short_tmp, serving_settings(tenant_tokens=TENANT_TOKENS))
     yield srv
     srv.stop()
 

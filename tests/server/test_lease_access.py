@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from server_harness import (
+    ALPHA_TOKEN,
+    BRAVO_TOKEN,
     PAGE_BYTES,
     PAGE_SPEC,
     ServerThread,
@@ -19,19 +21,16 @@ from server_harness import (
     open_channel,
     pages_for,
     put_stream,
-    serving_settings,
 )
 
 from tierd.server import SESSION_METADATA_KEY
-from tierd.server.auth import TenantToken, token_digest
 from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
 Metadata = tuple[tuple[str, str], ...]
-TOKEN_A, TOKEN_B = "alpha-secret-token-0123456789", "bravo-secret-token-0123456789"
-AS_A: Metadata = (("authorization", f"Bearer {TOKEN_A}"),)
-AS_B: Metadata = (("authorization", f"Bearer {TOKEN_B}"),)
+AS_A: Metadata = (("authorization", f"Bearer {ALPHA_TOKEN}"),)
+AS_B: Metadata = (("authorization", f"Bearer {BRAVO_TOKEN}"),)
 
 
 def expect_status(code: grpc.StatusCode, call: Callable[[], object]) -> str:
@@ -154,14 +153,6 @@ def test_another_sessions_lease_fails_the_whole_acquire(stub: pb_grpc.TierdStub)
     finally:
         events1.cancel()
         events2.cancel()
-
-
-@pytest.fixture
-def tenant_server(short_tmp: Path) -> Iterator[ServerThread]:
-    tokens = (TenantToken("alpha", token_digest(TOKEN_A)), TenantToken("bravo", token_digest(TOKEN_B)))
-    srv = make_server(short_tmp, serving_settings(tenant_tokens=tokens))
-    yield srv
-    srv.stop()
 
 
 def test_another_tenants_lease_fails_the_whole_acquire(tenant_server: ServerThread) -> None:

@@ -5,12 +5,13 @@ frames, namespaces of other tenants, connections past the limit, close."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from server_harness import (
+    ALPHA_TOKEN,
+    BRAVO_TOKEN,
     PAGE_BYTES,
     PAGE_SPEC,
     ServerThread,
@@ -18,7 +19,6 @@ from server_harness import (
     make_server,
     open_channel,
     pages_for,
-    serving_settings,
 )
 
 from tierd.errors import ConfigError
@@ -33,7 +33,6 @@ from tierd.page_wire import (
     RequestHead,
     decode_ticket,
 )
-from tierd.server.auth import TenantToken, token_digest
 from tierd.server.page_service import PageService
 from tierd.server.page_socket import PageSocket, PageSocketSettings
 from tierd.tier import Tier
@@ -41,7 +40,6 @@ from tierd.v1 import tierd_pb2 as pb
 from tierd.v1 import tierd_pb2_grpc as pb_grpc
 
 Code = grpc.StatusCode
-TOKEN_A, TOKEN_B = "alpha-page-token-0123", "bravo-page-token-0123"
 
 
 class Peer:
@@ -99,14 +97,6 @@ def register(srv: ServerThread, metadata: tuple[tuple[str, str], ...] = ()) -> p
         response: pb.RegisterResponse = pb_grpc.TierdStub(channel).Register(
             pb.RegisterRequest(spec=PAGE_SPEC), metadata=metadata)
         return response
-
-
-@pytest.fixture
-def tenant_server(short_tmp: Path) -> Iterator[ServerThread]:
-    tokens = (TenantToken("alpha", token_digest(TOKEN_A)), TenantToken("bravo", token_digest(TOKEN_B)))
-    srv = make_server(short_tmp, serving_settings(tenant_tokens=tokens))
-    yield srv
-    srv.stop()
 
 
 def test_register_names_the_page_socket_and_hello_answers_its_epoch(server: ServerThread) -> None:
@@ -211,9 +201,9 @@ def test_tenants_need_a_token_and_reach_only_their_namespaces(tenant_server: Ser
         peer = Peer(path, token)
         assert peer.hello[0].status == Code.UNAUTHENTICATED.value[0]
         assert b"token" in peer.hello[1] and peer.closed()
-    alpha = register(tenant_server, (("authorization", f"Bearer {TOKEN_A}"),))
+    alpha = register(tenant_server, (("authorization", f"Bearer {ALPHA_TOKEN}"),))
     keys, pages = keys_for(alpha, 2), pages_for(2, seed=7)
-    as_a, as_b = Peer(path, TOKEN_A), Peer(path, TOKEN_B)
+    as_a, as_b = Peer(path, ALPHA_TOKEN), Peer(path, BRAVO_TOKEN)
     assert as_a.put(alpha.ns_id, keys, pages)[0].count == 2
     for head, message in (as_b.get(alpha.ns_id, keys)[0], as_b.put(alpha.ns_id, keys, pages)):
         assert head.status == Code.PERMISSION_DENIED.value[0] and b"another tenant" in message
